@@ -1,0 +1,55 @@
+"""The SE block in plain PyTorch ops: the same math as the kernels, unfused.
+
+The CPU fallback runs it, and the tests and benchmarks compare against it. Like the kernels,
+it keeps the squeeze and the excitation in fp32 (fp64 for fp64 inputs) and returns x's dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("relu",)
+GATES = ("sigmoid",)
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _opt(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+def excite(
+    z: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    act: str = "relu",
+    gate: str = "sigmoid",
+) -> torch.Tensor:
+    """s = gate(W2 act(W1 z + b1) + b2) for z of shape (B, C), in z's dtype."""
+    h = F.linear(z, w1.to(z.dtype), _opt(b1, z.dtype))
+    h = torch.relu(h)
+    return torch.sigmoid(F.linear(h, w2.to(z.dtype), _opt(b2, z.dtype)))
+
+
+def squeeze_excite(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor] = None,
+    *,
+    act: str = "relu",
+    gate: str = "sigmoid",
+) -> torch.Tensor:
+    """y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2), differentiable by autograd."""
+    acc = _acc_dtype(x.dtype)
+    z = x.to(acc).mean(dim=(2, 3))
+    s = excite(z, w1, b1, w2, b2, act, gate)
+    return (x.to(acc) * s[:, :, None, None]).to(x.dtype)

@@ -1,0 +1,138 @@
+"""Launch parameters: plain functions of the problem's shape, its layout and the card.
+
+No run-time autotuning: the interpreter has no driver to tune with, autotuning under
+torch.compile is fragile, and a pure function gives the same kernel (so the same bits) for
+the same input every time. Every choice between two variants is a named threshold below,
+and the tests cover each side of each one.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+# Elements of x one program of a streaming pass (squeeze, scale) holds at a time.
+REDUCE_TILE = 2048
+SCALE_TILE = 4096
+# Widest channel block along a channels_last row, and widest HW block along an NCHW row.
+MAX_BLOCK_C_STREAM = 128
+MAX_BLOCK_HW_STREAM = 1024
+# The squeeze splits HW across programs (fp32 partial sums, added in a fixed order by the
+# excite kernel) while it would otherwise launch fewer than this many programs per SM.
+SPLIT_BELOW_PROGRAMS_PER_SM = 2
+MAX_HW_SPLIT = 64
+# tl.dot needs every dimension to be at least 16 on the GPU.
+MIN_DOT = 16
+# Excite forward: with W1 at most this big, programs re-compute the hidden layer so that
+# the second GEMM can be spread over channel blocks too; above it each batch block runs alone.
+EXCITE_RECOMPUTE_MAX_W1_BYTES = 128 * 1024
+# Excite backward: the number of per-program partial weight gradients (summed afterwards in a
+# fixed order) is kept near this, growing the batch block instead, up to MAX_EXCITE_BLOCK_B.
+EXCITE_BWD_TARGET_PARTIALS = 16
+MAX_EXCITE_BLOCK_B = 64
+# SM count assumed when kernels run in the Triton interpreter (programs run one after another).
+INTERPRETER_SM_COUNT = 2
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return INTERPRETER_SM_COUNT
+
+
+@dataclass(frozen=True)
+class ReduceConfig:
+    """Sum over HW of x (or of dy * x) per (sample, channel), optionally split over HW."""
+
+    block_c: int
+    block_hw: int
+    split: int  # programs along HW per (sample, channel block); partial sums are fp32
+    hw_per_split: int  # multiple of block_hw
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class ScaleConfig:
+    block_c: int
+    block_hw: int
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class ExciteConfig:
+    block_b: int
+    block_c: int
+    block_r: int
+    programs_c: int  # forward: programs sharing a batch block, each with its own channel blocks
+    dot_tf32: bool
+    num_warps: int
+
+
+def _stream_tile(channels_last: bool, c: int, hw: int, tile: int) -> tuple[int, int]:
+    """(BLOCK_C, BLOCK_HW): the contiguous axis gets the long side of the tile."""
+    if channels_last:
+        block_c = min(next_pow2(c), MAX_BLOCK_C_STREAM)
+        block_hw = min(next_pow2(hw), max(1, tile // block_c))
+    else:
+        block_hw = min(next_pow2(hw), MAX_BLOCK_HW_STREAM)
+        block_c = min(next_pow2(c), max(1, tile // block_hw))
+    return block_c, block_hw
+
+
+def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> ReduceConfig:
+    block_c, block_hw = _stream_tile(channels_last, c, hw, REDUCE_TILE)
+    programs = b * cdiv(c, block_c)
+    hw_blocks = cdiv(hw, block_hw)
+    split = 1
+    if programs < SPLIT_BELOW_PROGRAMS_PER_SM * sms:
+        split = min(hw_blocks, MAX_HW_SPLIT, cdiv(SPLIT_BELOW_PROGRAMS_PER_SM * sms, max(programs, 1)))
+    hw_per_split = cdiv(hw_blocks, split) * block_hw
+    split = cdiv(hw, hw_per_split)  # no empty splits
+    return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
+
+
+def scale_config(c: int, hw: int, channels_last: bool) -> ScaleConfig:
+    block_c, block_hw = _stream_tile(channels_last, c, hw, SCALE_TILE)
+    return ScaleConfig(block_c, block_hw, num_warps=4 if block_c * block_hw <= 2048 else 8)
+
+
+def _excite_blocks(c: int, r: int) -> tuple[int, int]:
+    block_r = max(MIN_DOT, next_pow2(r))
+    block_c = max(MIN_DOT, min(next_pow2(c), 64 if block_r <= 64 else 32))
+    return block_c, block_r
+
+
+def excite_fwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) -> ExciteConfig:
+    block_c, block_r = _excite_blocks(c, r)
+    block_b = MIN_DOT
+    programs_c = 1
+    if r * c * 4 <= EXCITE_RECOMPUTE_MAX_W1_BYTES:
+        programs_c = max(1, min(cdiv(c, block_c), cdiv(sms, cdiv(b, block_b))))
+    return ExciteConfig(block_b, block_c, block_r, programs_c, _dot_tf32(x_dtype), num_warps=4)
+
+
+def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype) -> ExciteConfig:
+    block_c, block_r = _excite_blocks(c, r)
+    block_b = min(MAX_EXCITE_BLOCK_B, max(MIN_DOT, next_pow2(cdiv(b, EXCITE_BWD_TARGET_PARTIALS))))
+    return ExciteConfig(block_b, block_c, block_r, 1, _dot_tf32(x_dtype), num_warps=4)
+
+
+def _dot_tf32(x_dtype: torch.dtype) -> bool:
+    # With 16-bit activations the output's own rounding (2**-9 for bf16, 2**-11 for fp16) is at
+    # least TF32's, so the tiny GEMMs may use tensor cores; fp32 and fp64 inputs get IEEE products.
+    return x_dtype in (torch.float16, torch.bfloat16)

@@ -1,0 +1,521 @@
+"""Triton kernels of the Squeeze-and-Excitation block, and their launchers.
+
+x is viewed as (B, C, HW) through three strides, so NCHW-contiguous and channels_last inputs
+are both native (no copy). N is the number of bytes of x.
+
+Forward:
+    zsum[k,b,c] = sum_{hw in split k} x[b,c,hw]           squeeze      reads x          N
+    z[b,c]      = sum_k zsum[k,b,c] / HW                   excite       one launch, all samples:
+    h[b,:]      = relu(W1 z[b,:] + b1)                                  (B, C) -> (B, R) -> (B, C)
+    s[b,:]      = sigmoid(W2 h[b,:] + b2)
+    y           = x * s[b,c]                               scale        reads x, writes y 2N
+
+Backward, with g = dL/dy:
+    dssum[k,b,c] = sum_{hw in split k} g * x               scale_bwd    reads g and x    2N
+    u       = ds * s * (1 - s)                             excite_bwd   one launch; weight grads
+    dW2 = u^T h,  db2 = sum_b u,  dh = u W2                             are per-program partials
+    v       = dh * (W1 z + b1 > 0)                                      summed in a fixed order
+    dW1 = v^T z,  db1 = sum_b v,  dz = v W1
+    dx      = g * s[b,c] + dz[b,c] / HW                    squeeze_scale_bwd  reads g, writes dx  2N
+
+So 3N forward and 4N backward. Everything between the passes is O(B*C) and fp32 (fp64 for
+fp64 inputs, so that gradcheck sees exact math); nothing the size of x is allocated besides
+the outputs. No atomics: every reduction has a fixed order, so the same input gives the same
+bits on every run.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+from . import heuristics as hz
+
+# When set, every buffer a kernel writes is filled with NaN first, so an element a kernel
+# forgets to write shows up in the tests.
+POISON_OUTPUTS = False
+
+_launch_logs: list[list[str]] = []
+
+
+@contextmanager
+def record_launches() -> Iterator[list[str]]:
+    """Collects the names of the Triton kernels launched inside the block."""
+    log: list[str] = []
+    _launch_logs.append(log)
+    try:
+        yield log
+    finally:
+        _launch_logs.remove(log)
+
+
+def _record(name: str) -> None:
+    for log in _launch_logs:
+        log.append(name)
+
+
+def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def _empty_like(x: torch.Tensor) -> torch.Tensor:
+    # preserve_format keeps NCHW or channels_last for dense inputs and picks one of the two
+    # for anything else, so the result is always a layout the kernels take as it is.
+    out = torch.empty_like(x, memory_format=torch.preserve_format)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def acc_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """dtype of z, s and every intermediate: fp32, or fp64 for fp64 inputs."""
+    return torch.float64 if x_dtype == torch.float64 else torch.float32
+
+
+def bchw_strides(x: torch.Tensor) -> Optional[tuple[int, int, int]]:
+    """(stride_b, stride_c, stride_hw) if H and W flatten into one strided axis, else None."""
+    _, _, h, w = x.shape
+    sb, sc, sh, sw = x.stride()
+    if h == 1:
+        return sb, sc, sw
+    if w == 1:
+        return sb, sc, sh
+    if sh == w * sw:
+        return sb, sc, sw
+    return None
+
+
+def is_channels_last(strides: tuple[int, int, int]) -> bool:
+    return strides[1] == 1 and strides[2] != 1
+
+
+# --------------------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _hw_sum_kernel(
+    x_ptr,  # (B, C, HW) strided
+    g_ptr,  # (B, C, HW) strided; read only when HAS_G (the sum is then of g * x)
+    out_ptr,  # (SPLIT, B, C) partial sums, contiguous, acc dtype
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_gb,
+    stride_gc,
+    stride_ghw,
+    B,
+    C,
+    HW,
+    hw_per_split,
+    HAS_G: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    pid_c = pid % num_c_blocks
+    pid_b = (pid // num_c_blocks) % B
+    pid_k = pid // (num_c_blocks * B)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    hw_start = pid_k * hw_per_split
+    hw_end = tl.minimum(hw_start + hw_per_split, HW)
+
+    x_ptr += pid_b.to(tl.int64) * stride_xb
+    x_ptrs = x_ptr + offs_c.to(tl.int64)[:, None] * stride_xc
+    if HAS_G:
+        g_ptr += pid_b.to(tl.int64) * stride_gb
+        g_ptrs = g_ptr + offs_c.to(tl.int64)[:, None] * stride_gc
+
+    acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=acc_ty)
+    for hw0 in range(hw_start, hw_end, BLOCK_HW):
+        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+        mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
+        val = tl.load(x_ptrs + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0).to(acc_ty)
+        if HAS_G:
+            val *= tl.load(g_ptrs + offs_hw[None, :] * stride_ghw, mask=mask, other=0.0).to(acc_ty)
+        acc += val
+    row = pid_k.to(tl.int64) * B + pid_b
+    tl.store(out_ptr + row * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+
+
+@triton.jit
+def _scale_kernel(
+    x_ptr,  # (B, C, HW) strided: x forward, g backward
+    s_ptr,  # (B, C) contiguous, acc dtype: the per-channel factor
+    t_ptr,  # (B, C) contiguous, acc dtype: a per-channel addend times HW, read only when HAS_T
+    y_ptr,  # (B, C, HW) strided output
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_yb,
+    stride_yc,
+    stride_yhw,
+    C,
+    HW,
+    HAS_T: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0)
+    num_hw_blocks = tl.cdiv(HW, BLOCK_HW)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    pid_hw = pid % num_hw_blocks
+    pid_c = (pid // num_hw_blocks) % num_c_blocks
+    pid_b = pid // (num_hw_blocks * num_c_blocks)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
+    mask_c = offs_c < C
+    mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+
+    row = pid_b.to(tl.int64) * C + offs_c
+    s = tl.load(s_ptr + row, mask=mask_c, other=0.0)
+    x_offs = pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_ty)
+    y = x * s[:, None]
+    if HAS_T:
+        t = tl.load(t_ptr + row, mask=mask_c, other=0.0) / HW
+        y += t[:, None]
+    y_offs = pid_b.to(tl.int64) * stride_yb + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
+    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_TF32: tl.constexpr):
+    if DOT_TF32:
+        return tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _excite_fwd_kernel(
+    zsum_ptr,  # (SPLIT, B, C) partial sums of x over HW, contiguous
+    w1_ptr,  # (R, C) strided
+    b1_ptr,  # (R,) read only when HAS_B1
+    w2_ptr,  # (C, R) strided
+    b2_ptr,  # (C,) read only when HAS_B2
+    z_ptr,  # (B, C) out: the squeeze, kept for the backward
+    s_ptr,  # (B, C) out: the gate
+    stride_w1r,
+    stride_w1c,
+    stride_w2c,
+    stride_w2r,
+    B,
+    C,
+    R,
+    split,
+    HW,
+    programs_c,
+    HAS_B1: tl.constexpr,
+    HAS_B2: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    pid_b = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_b = offs_b < B
+    mask_r = offs_r < R
+
+    # First GEMM over the whole channel axis: each of the programs_c programs of a batch
+    # block computes the same hidden layer, which is cheap while W1 is small (heuristics).
+    h = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        z = tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty)
+        zsum_ptrs = zsum_ptr + bc
+        for _ in range(0, split):
+            z += tl.load(zsum_ptrs, mask=mask_bc, other=0.0)
+            zsum_ptrs += B * C
+        z = z / HW
+        tl.store(z_ptr + bc, z, mask=mask_bc & (pid_c == 0))
+        w1t = tl.load(
+            w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r,
+            mask=mask_c[:, None] & mask_r[None, :],
+            other=0.0,
+        ).to(acc_ty)
+        h = _dot(z, w1t, h, DOT_TF32)
+    if HAS_B1:
+        h += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)[None, :]
+    h = tl.maximum(h, 0.0)
+
+    for c0 in range(pid_c * BLOCK_C, C, programs_c * BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        w2t = tl.load(
+            w2_ptr + offs_r[:, None] * stride_w2r + offs_c[None, :] * stride_w2c,
+            mask=mask_r[:, None] & mask_c[None, :],
+            other=0.0,
+        ).to(acc_ty)
+        a = _dot(h, w2t, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32)
+        if HAS_B2:
+            a += tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0).to(acc_ty)[None, :]
+        s = 1.0 / (1.0 + tl.exp(-a))
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        tl.store(s_ptr + bc, s, mask=mask_b[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _excite_bwd_kernel(
+    dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
+    z_ptr,  # (B, C)
+    s_ptr,  # (B, C)
+    w1_ptr,  # (R, C) strided
+    b1_ptr,  # (R,) read only when HAS_B1
+    w2_ptr,  # (C, R) strided
+    dz_ptr,  # (B, C) out, when NEED_DZ
+    dw1_ptr,  # (P, R, C) out: this program's share of dW1, when NEED_DW1
+    db1_ptr,  # (P, R) out, when NEED_DB1
+    dw2_ptr,  # (P, C, R) out, when NEED_DW2
+    db2_ptr,  # (P, C) out, when NEED_DB2
+    stride_w1r,
+    stride_w1c,
+    stride_w2c,
+    stride_w2r,
+    B,
+    C,
+    R,
+    split,
+    HAS_B1: tl.constexpr,
+    NEED_DZ: tl.constexpr,
+    NEED_DW1: tl.constexpr,
+    NEED_DB1: tl.constexpr,
+    NEED_DW2: tl.constexpr,
+    NEED_DB2: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0)
+    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_b = offs_b < B
+    mask_r = offs_r < R
+
+    # Pass 1 over channels: the pre-activation W1 z + b1 (re-computed, not saved) and dh = u W2.
+    hpre = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    dh = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        mask_cr = mask_c[:, None] & mask_r[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        ds = tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty)
+        dssum_ptrs = dssum_ptr + bc
+        for _ in range(0, split):
+            ds += tl.load(dssum_ptrs, mask=mask_bc, other=0.0)
+            dssum_ptrs += B * C
+        s = tl.load(s_ptr + bc, mask=mask_bc, other=0.0)
+        u = ds * s * (1.0 - s)
+        z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
+        w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
+        w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
+        hpre = _dot(z, w1t.to(acc_ty), hpre, DOT_TF32)
+        dh = _dot(u, w2.to(acc_ty), dh, DOT_TF32)
+    if HAS_B1:
+        hpre += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)[None, :]
+    h = tl.maximum(hpre, 0.0)
+    # Rows past B have u = 0, hence dh = 0 and v = 0: they add nothing to the sums below.
+    v = tl.where(hpre > 0.0, dh, 0.0)
+    if NEED_DB1:
+        tl.store(db1_ptr + pid * R + offs_r, tl.sum(v, axis=0), mask=mask_r)
+
+    # Pass 2 over channels: everything that is indexed by channel.
+    for c0 in range(0, C, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        mask_cr = mask_c[:, None] & mask_r[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        if NEED_DW2 or NEED_DB2:
+            ds = tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty)
+            dssum_ptrs = dssum_ptr + bc
+            for _ in range(0, split):
+                ds += tl.load(dssum_ptrs, mask=mask_bc, other=0.0)
+                dssum_ptrs += B * C
+            s = tl.load(s_ptr + bc, mask=mask_bc, other=0.0)
+            u = ds * s * (1.0 - s)
+            if NEED_DB2:
+                tl.store(db2_ptr + pid * C + offs_c, tl.sum(u, axis=0), mask=mask_c)
+            if NEED_DW2:
+                dw2 = _dot(tl.trans(u), h, tl.zeros((BLOCK_C, BLOCK_R), dtype=acc_ty), DOT_TF32)
+                cr = pid.to(tl.int64) * C * R + offs_c[:, None] * R + offs_r[None, :]
+                tl.store(dw2_ptr + cr, dw2, mask=mask_cr)
+        if NEED_DW1:
+            z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
+            dw1 = _dot(tl.trans(v), z, tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty), DOT_TF32)
+            rc = pid.to(tl.int64) * R * C + offs_r[:, None] * C + offs_c[None, :]
+            tl.store(dw1_ptr + rc, dw1, mask=mask_r[:, None] & mask_c[None, :])
+        if NEED_DZ:
+            w1 = tl.load(w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c,
+                         mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+            dz = _dot(v, w1.to(acc_ty), tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32)
+            tl.store(dz_ptr + bc, dz, mask=mask_bc)
+
+
+# --------------------------------------------------------------------------------------
+# launchers: tensors in, tensors out
+# --------------------------------------------------------------------------------------
+
+
+def _hw_sum(x: torch.Tensor, xs: tuple[int, int, int], g: Optional[torch.Tensor], gs: tuple[int, int, int]):
+    b, c, h, w = x.shape
+    hw = h * w
+    cfg = hz.reduce_config(b, c, hw, is_channels_last(xs), hz.sm_count(x.device))
+    out = _empty(cfg.split, b, c, dtype=acc_dtype(x.dtype), device=x.device)
+    if out.numel() == 0:
+        return out
+    grid = (cfg.split * b * hz.cdiv(c, cfg.block_c),)
+    wrap_triton(_hw_sum_kernel)[grid](
+        x, x if g is None else g, out, *xs, *gs, b, c, hw, cfg.hw_per_split,
+        HAS_G=g is not None, IS_FP64=x.dtype == torch.float64,
+        BLOCK_C=cfg.block_c, BLOCK_HW=cfg.block_hw, num_warps=cfg.num_warps,
+    )
+    return out
+
+
+def squeeze_fwd(x: torch.Tensor) -> torch.Tensor:
+    """Partial sums of x over HW: (SPLIT, B, C) in the accumulation dtype. excite_fwd ends the mean."""
+    xs = bchw_strides(x)
+    assert xs is not None, "x must have H and W flattenable into one strided axis"
+    _record("squeeze")
+    return _hw_sum(x, xs, None, xs)
+
+
+def scale_bwd(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Partial sums over HW of g * x: (SPLIT, B, C), the gradient of the gate before excite_bwd."""
+    xs, gs = bchw_strides(x), bchw_strides(g)
+    assert xs is not None and gs is not None and g.shape == x.shape
+    _record("scale_bwd")
+    return _hw_sum(x, xs, g, gs)
+
+
+def _scale(x: torch.Tensor, s: torch.Tensor, t: Optional[torch.Tensor], out: torch.Tensor):
+    xs, ys = bchw_strides(x), bchw_strides(out)
+    assert xs is not None and ys is not None
+    b, c, h, w = x.shape
+    hw = h * w
+    if out.numel() == 0:
+        return out
+    cfg = hz.scale_config(c, hw, is_channels_last(ys))
+    grid = (b * hz.cdiv(c, cfg.block_c) * hz.cdiv(hw, cfg.block_hw),)
+    wrap_triton(_scale_kernel)[grid](
+        x, s, s if t is None else t, out, *xs, *ys, c, hw,
+        HAS_T=t is not None, IS_FP64=x.dtype == torch.float64,
+        BLOCK_C=cfg.block_c, BLOCK_HW=cfg.block_hw, num_warps=cfg.num_warps,
+    )
+    return out
+
+
+def scale_fwd(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """y = x * s[b, c], in x's dtype and memory format. s: (B, C) contiguous, acc dtype."""
+    _record("scale")
+    return _scale(x, s, None, _empty_like(x))
+
+
+def squeeze_scale_bwd(g: torch.Tensor, s: torch.Tensor, dz: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """dx = g * s[b, c] + dz[b, c] / HW, in the dtype and memory format of `like` (x)."""
+    _record("squeeze_scale_bwd")
+    return _scale(g, s, dz, _empty_like(like))
+
+
+def excite_fwd(
+    zsum: torch.Tensor,
+    hw: int,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    x_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """From the squeeze's partial sums to (z, s), both (B, C) in the accumulation dtype."""
+    split, b, c = zsum.shape
+    r = w1.shape[0]
+    z = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    s = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    _record("excite")
+    if b == 0:
+        return z, s
+    cfg = hz.excite_fwd_config(b, c, r, x_dtype, hz.sm_count(zsum.device))
+    grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
+    wrap_triton(_excite_fwd_kernel)[grid](
+        zsum, w1, w1 if b1 is None else b1, w2, w2 if b2 is None else b2, z, s,
+        *w1.stride(), *w2.stride(), b, c, r, split, hw, cfg.programs_c,
+        HAS_B1=b1 is not None, HAS_B2=b2 is not None, IS_FP64=zsum.dtype == torch.float64,
+        DOT_TF32=cfg.dot_tf32, BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r,
+        num_warps=cfg.num_warps,
+    )
+    return z, s
+
+
+def excite_bwd(
+    dssum: torch.Tensor,
+    z: torch.Tensor,
+    s: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    x_dtype: torch.dtype,
+    need: tuple[bool, bool, bool, bool, bool],
+) -> tuple[Optional[torch.Tensor], ...]:
+    """(dz, dW1, db1, dW2, db2) from the partial sums of g * x; None where `need` says so.
+
+    dz is in the accumulation dtype; the weight gradients are summed over the per-program
+    partials in a fixed order and returned in fp32 (fp64 for fp64 inputs).
+    """
+    need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
+    split, b, c = dssum.shape
+    r = w1.shape[0]
+    cfg = hz.excite_bwd_config(b, c, r, x_dtype)
+    p = hz.cdiv(b, cfg.block_b)
+    dt, dev = dssum.dtype, dssum.device
+    dz = _empty(b, c, dtype=dt, device=dev) if need_dz else None
+    dw1 = _empty(p, r, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = _empty(p, r, dtype=dt, device=dev) if need_db1 else None
+    dw2 = _empty(p, c, r, dtype=dt, device=dev) if need_dw2 else None
+    db2 = _empty(p, c, dtype=dt, device=dev) if need_db2 else None
+    _record("excite_bwd")
+    if p > 0 and any(need):
+        grid = (p,)
+        wrap_triton(_excite_bwd_kernel)[grid](
+            dssum, z, s, w1, w1 if b1 is None else b1, w2,
+            dssum if dz is None else dz, dssum if dw1 is None else dw1, dssum if db1 is None else db1,
+            dssum if dw2 is None else dw2, dssum if db2 is None else db2,
+            *w1.stride(), *w2.stride(), b, c, r, split,
+            HAS_B1=b1 is not None, NEED_DZ=need_dz, NEED_DW1=need_dw1, NEED_DB1=need_db1,
+            NEED_DW2=need_dw2, NEED_DB2=need_db2, IS_FP64=dt == torch.float64, DOT_TF32=cfg.dot_tf32,
+            BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r, num_warps=cfg.num_warps,
+        )
+    # (P, ...) -> (...): a plain reduction over the first axis, the same order on every run.
+    return (
+        dz,
+        None if dw1 is None else dw1.sum(0),
+        None if db1 is None else db1.sum(0),
+        None if dw2 is None else dw2.sum(0),
+        None if db2 is None else db2.sum(0),
+    )

@@ -1,0 +1,33 @@
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent
+
+
+def _version() -> str:
+    for line in (ROOT / "fused_se" / "version.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("fused_se/version.py has no __version__")
+
+
+setup(
+    name="fused_se",
+    version=_version(),
+    description="Fused Triton kernels for Squeeze-and-Excitation blocks in PyTorch",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    # kernels/ is a top-level folder in the repository but must never become a top-level
+    # import name (PyPI has an unrelated package called `kernels`): it installs as fused_se.kernels.
+    packages=["fused_se", "fused_se.kernels"],
+    package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
+    install_requires=["torch>=2.6", "triton"],
+    extras_require={"test": ["pytest>=7", "numpy"]},
+    entry_points={"console_scripts": ["fused-se-demo = fused_se.demo:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)
