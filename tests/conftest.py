@@ -1,0 +1,45 @@
+"""Test set-up: without a CUDA device the Triton kernels run in the interpreter on the CPU.
+
+TRITON_INTERPRET must be set before triton is imported (triton.jit reads it when a kernel is
+defined), so it is set here, before anything imports fused_se's kernels.
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+import fused_se  # noqa: E402
+
+try:
+    from fused_se.kernels import se as se_kernels  # noqa: E402
+except ModuleNotFoundError as e:  # fused_se imported from the source tree, where kernels/ sits beside it
+    raise ImportError(
+        f"fused_se was imported from {fused_se.__file__}, which has no fused_se.kernels: install the package "
+        "(pip install '.[test]') and run `pytest` (not `python -m pytest`, which puts the source tree first)"
+    ) from e
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pytest_report_header(config):
+    where = torch.cuda.get_device_name() if DEVICE.type == "cuda" else "cpu, Triton interpreter"
+    return f"fused_se {fused_se.__version__}: kernels run on {where} (TRITON_INTERPRET={os.environ.get('TRITON_INTERPRET')})"
+
+
+@pytest.fixture(autouse=True)
+def _poison_and_seed(monkeypatch):
+    """Every buffer a kernel writes starts as NaN; every test starts from the same seed."""
+    monkeypatch.setattr(se_kernels, "POISON_OUTPUTS", True)
+    monkeypatch.delenv("FUSED_SE_BACKEND", raising=False)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture
+def device():
+    return DEVICE

@@ -1,0 +1,67 @@
+"""Helpers shared by the tests: the classic SE module and the tolerance rule."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fused_se.kernels import record_launches  # noqa: F401  (re-exported for the tests)
+
+FORWARD_KERNELS = ["squeeze", "excite", "scale"]
+BACKWARD_KERNELS = ["scale_bwd", "excite_bwd", "squeeze_scale_bwd"]
+
+# Absolute slack on top of the 2x-PyTorch rule, relative to the reference's largest magnitude.
+ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}
+
+
+class ClassicSE(nn.Module):
+    """The SE block as SENet and most code bases write it, in nn layers."""
+
+    def __init__(self, channel: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Sequential(
+            nn.Linear(channel, channel // reduction, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(channel // reduction, channel, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, _, _ = x.shape
+        y = self.avg_pool(x).view(b, c)
+        y = self.fc(y).view(b, c, 1, 1)
+        return x * y.expand_as(x)
+
+
+def max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    return (a.double() - ref.double()).abs().max().item() if a.numel() else 0.0
+
+
+def assert_within_torch_error(name: str, ours: torch.Tensor, torch_own: torch.Tensor, ref64: torch.Tensor) -> None:
+    """ours passes when its error against the fp64 reference is at most twice PyTorch's own
+    error in the same dtype, plus a small absolute slack."""
+    assert ours.shape == ref64.shape, f"{name}: shape {tuple(ours.shape)} != {tuple(ref64.shape)}"
+    assert not torch.isnan(ours).any(), f"{name}: NaN in the result (an element left unwritten?)"
+    scale = max(1.0, ref64.abs().max().item())
+    err, own = max_err(ours, ref64), max_err(torch_own, ref64)
+    bound = 2 * own + ATOL[ours.dtype] * scale
+    assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (PyTorch's own error {own:.3g})"
+
+
+def make_input(shape, dtype, device, layout: str) -> torch.Tensor:
+    """A (B, C, H, W) input in one of the layouts the tests cover."""
+    b, c, h, w = shape
+    kw = dict(dtype=dtype, device=device)
+    if layout == "nchw":
+        return torch.randn(b, c, h, w, **kw)
+    if layout == "channels_last":
+        return torch.randn(b, c, h, w, **kw).to(memory_format=torch.channels_last)
+    if layout == "sliced_hw":  # H and W do not flatten into one strided axis: the op copies once
+        return torch.randn(b, c, h + 2, w + 3, **kw)[:, :, 1 : h + 1, 2 : w + 2]
+    if layout == "sliced_c":  # every other channel: strided, but taken as it is
+        return torch.randn(b, 2 * c, h, w, **kw)[:, ::2]
+    raise ValueError(layout)
+
+
+LAYOUTS = ["nchw", "channels_last", "sliced_hw", "sliced_c"]
