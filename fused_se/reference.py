@@ -53,3 +53,22 @@ def squeeze_excite(
     z = x.to(acc).mean(dim=(2, 3))
     s = excite(z, w1, b1, w2, b2, act, gate)
     return (x.to(acc) * s[:, :, None, None]).to(x.dtype)
+
+
+class SEModule(torch.nn.Module):
+    """The classic SE block in nn layers (eager PyTorch): the module FusedSEModule replaces."""
+
+    def __init__(self, channel: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.avg_pool = torch.nn.AdaptiveAvgPool2d(1)
+        self.fc = torch.nn.Sequential(
+            torch.nn.Linear(channel, channel // reduction, bias=False),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Linear(channel // reduction, channel, bias=False),
+            torch.nn.Sigmoid(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c = x.shape[:2]
+        s = self.fc(self.avg_pool(x).view(b, c)).view(b, c, 1, 1)
+        return x * s

@@ -1,0 +1,170 @@
+"""The public boundary: input checks, empty batches, dispatch, state_dict, gradients asked for."""
+
+import pytest
+import torch
+from se_testing import BACKWARD_KERNELS, FORWARD_KERNELS, ClassicSE, record_launches
+
+import fused_se
+from fused_se import _dispatch
+
+
+def _args(device, b=2, c=16, h=5, w=5, r=4, dtype=torch.float32):
+    return [
+        torch.randn(b, c, h, w, device=device, dtype=dtype),
+        torch.randn(r, c, device=device),
+        None,
+        torch.randn(c, r, device=device),
+        None,
+    ]
+
+
+# ---- bad input: a clear error before any kernel runs ------------------------------------------
+
+
+def _bad_cases(device):
+    x, w1, _, w2, _ = _args(device)
+    return {
+        "x rank 3": ((x[0], w1, None, w2, None), ValueError, "x must be 4-D"),
+        "x rank 5": ((x[None], w1, None, w2, None), ValueError, "x must be 4-D"),
+        "x not a tensor": ((x.tolist(), w1, None, w2, None), TypeError, "x must be a torch.Tensor"),
+        "x int": ((x.long(), w1, None, w2, None), TypeError, "x must be float16"),
+        "x bool": ((x > 0, w1, None, w2, None), TypeError, "x must be float16"),
+        "w1 channels": ((x, w1[:, :8], None, w2, None), ValueError, "w1 must have shape"),
+        "w1 rank": ((x, w1[0], None, w2, None), ValueError, "w1 must be 2-D"),
+        "w1 int": ((x, w1.int(), None, w2, None), TypeError, "w1 must be float16"),
+        "w2 shape": ((x, w1, None, w2.t(), None), ValueError, "w2 must have shape"),
+        "b1 shape": ((x, w1, torch.zeros(3, device=device), w2, None), ValueError, "b1 must have shape"),
+        "b2 shape": ((x, w1, None, w2, torch.zeros(15, device=device)), ValueError, "b2 must have shape"),
+        "w1 device": ((x, w1.to("meta"), None, w2, None), ValueError, "w1 is on meta"),
+        "b2 device": ((x, w1, None, w2, torch.zeros(16, device="meta")), ValueError, "b2 is on meta"),
+        "empty HW": ((x[:, :, :0], w1, None, w2, None), ValueError, "H \\* W >= 1"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_bad_cases("cpu")))
+def test_bad_input_raises_before_any_kernel(case, device):
+    args, exc, match = _bad_cases(device)[case]
+    with record_launches() as launched, pytest.raises(exc, match=match):
+        fused_se.squeeze_excite(*args)
+    assert launched == []
+
+
+@pytest.mark.parametrize("kw,match", [({"act": "gelu"}, "act must be one of"), ({"gate": "tanh"}, "gate must be one of")])
+def test_unknown_activation_names(kw, match, device):
+    with pytest.raises(ValueError, match=match):
+        fused_se.squeeze_excite(*_args(device), **kw)
+
+
+@pytest.mark.parametrize(
+    "args,exc,match",
+    [
+        ((0,), ValueError, "channel must be >= 1"),
+        ((16, 0), ValueError, "reduction must be between 1 and channel=16"),
+        ((16, 32), ValueError, "reduction must be between 1 and channel=16"),
+        ((16.0,), TypeError, "channel must be an int"),
+    ],
+)
+def test_module_constructor_errors(args, exc, match):
+    with pytest.raises(exc, match=match):
+        fused_se.FusedSEModule(*args)
+
+
+# ---- empty batch -----------------------------------------------------------------------------
+
+
+def test_empty_batch(device):
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(0, 16, 5, 5, device=device, requires_grad=True)
+    with record_launches() as launched:
+        y = m(x)
+        y.sum().backward()
+    assert launched == FORWARD_KERNELS + BACKWARD_KERNELS  # the Triton path, with nothing to launch
+    assert y.shape == (0, 16, 5, 5) and x.grad.shape == (0, 16, 5, 5)
+    for p in m.parameters():
+        assert p.grad is not None and p.grad.shape == p.shape and not p.grad.any()
+
+
+# ---- dispatch --------------------------------------------------------------------------------
+
+
+def test_kernels_run_by_default(device):
+    with record_launches() as launched:
+        fused_se.squeeze_excite(*_args(device))
+    assert launched == FORWARD_KERNELS
+    assert fused_se.backend_for(torch.empty(1, device=device)) == "triton"
+
+
+def test_forced_reference_runs_no_kernel(device, monkeypatch):
+    args = _args(device)
+    fused = fused_se.squeeze_excite(*args)
+    monkeypatch.setenv("FUSED_SE_BACKEND", "reference")
+    with record_launches() as launched:
+        ref = fused_se.squeeze_excite(*args)
+    assert launched == []
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_cpu_without_interpreter_uses_reference(monkeypatch):
+    monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
+    x = torch.empty(1)
+    assert fused_se.backend_for(x) == "reference"
+    monkeypatch.setenv("FUSED_SE_BACKEND", "triton")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        fused_se.backend_for(x)
+
+
+def test_unknown_backend_name(monkeypatch):
+    monkeypatch.setenv("FUSED_SE_BACKEND", "cuda")
+    with pytest.raises(ValueError, match="FUSED_SE_BACKEND must be one of"):
+        fused_se.squeeze_excite(*_args("cpu"))
+
+
+# ---- the module as a drop-in ------------------------------------------------------------------
+
+
+def test_state_dict_loads_both_ways(device):
+    classic, fused = ClassicSE(64, 16).to(device), fused_se.FusedSEModule(64, 16).to(device)
+    assert list(fused.state_dict()) == list(classic.state_dict()) == ["fc.0.weight", "fc.2.weight"]
+    fused.load_state_dict(classic.state_dict())
+    x = torch.randn(2, 64, 7, 7, device=device)
+    torch.testing.assert_close(fused(x), classic(x), rtol=1e-5, atol=1e-6)
+    other = fused_se.FusedSEModule(64, 16).to(device)
+    classic.load_state_dict(other.state_dict())
+    torch.testing.assert_close(other(x), classic(x), rtol=1e-5, atol=1e-6)
+
+
+def test_repr():
+    text = repr(fused_se.FusedSEModule(256, 16))
+    assert text.startswith("FusedSEModule(\n  channel=256, reduction=16, hidden=16, act=relu, gate=sigmoid")
+    assert "(fc): Sequential" in text
+
+
+# ---- gradients that were asked for, and only those ---------------------------------------------
+
+
+def test_frozen_weights_get_no_grad(device):
+    m = fused_se.FusedSEModule(16, 4).to(device).requires_grad_(False)
+    x = torch.randn(2, 16, 5, 5, device=device, requires_grad=True)
+    m(x).sum().backward()
+    assert x.grad is not None and all(p.grad is None for p in m.parameters())
+    m_ref = fused_se.FusedSEModule(16, 4).to(device)
+    m_ref.load_state_dict(m.state_dict())
+    x_ref = x.detach().clone().requires_grad_()
+    m_ref(x_ref).sum().backward()
+    assert torch.equal(x.grad, x_ref.grad)
+
+
+def test_input_without_grad(device):
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(2, 16, 5, 5, device=device)
+    m(x).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_no_grad_saves_nothing(device):
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(2, 16, 5, 5, device=device, requires_grad=True)
+    saved = []
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = m(x)
+    assert saved == [] and not y.requires_grad

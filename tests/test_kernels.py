@@ -1,0 +1,187 @@
+"""Each launcher against plain PyTorch math, on each side of every heuristic threshold."""
+
+import pytest
+import torch
+from se_testing import make_input, record_launches
+
+from fused_se import kernels, reference
+from fused_se.kernels import heuristics as hz
+
+
+def _sms(device):
+    return hz.sm_count(device)
+
+
+# ---- squeeze: split over HW or not -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "shape,layout,split",
+    [
+        ((3, 64, 7, 7), "nchw", False),  # enough programs without a split
+        ((1, 4, 40, 40), "nchw", True),  # batch 1, few channels: HW split in two
+        ((1, 16, 14, 14), "channels_last", True),
+        ((3, 256, 5, 5), "channels_last", False),
+        ((1, 8, 1, 1), "nchw", False),  # a single HW element cannot be split
+    ],
+)
+def test_squeeze_split_threshold(shape, layout, split, device):
+    b, c, h, w = shape
+    x = make_input(shape, torch.float32, device, layout)
+    cfg = hz.reduce_config(b, c, h * w, layout == "channels_last", _sms(device))
+    assert (cfg.split > 1) == split, cfg
+    with record_launches() as launched:
+        zsum = kernels.squeeze_fwd(x)
+    assert launched == ["squeeze"]
+    assert zsum.shape == (cfg.split, b, c) and zsum.dtype == torch.float32
+    flat = x.reshape(b, c, h * w)
+    for k in range(cfg.split):  # each partial covers its own range of HW, nothing more
+        part = flat[:, :, k * cfg.hw_per_split : (k + 1) * cfg.hw_per_split].sum(-1)
+        torch.testing.assert_close(zsum[k], part, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["nosplit", "split"])
+def test_scale_bwd_reduces_product(split, device):
+    shape = (1, 4, 40, 40) if split else (3, 64, 7, 7)
+    x = make_input(shape, torch.float32, device, "nchw")
+    g = make_input(shape, torch.float32, device, "channels_last")  # a layout unlike x's
+    dssum = kernels.scale_bwd(g, x)
+    assert (dssum.shape[0] > 1) == split
+    torch.testing.assert_close(dssum.sum(0), (g * x).sum((2, 3)), rtol=1e-5, atol=1e-4)
+
+
+# ---- scale and the dx pass ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "sliced_c"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_scale_fwd(layout, dtype, device):
+    x = make_input((3, 65, 5, 13), dtype, device, layout)
+    s = torch.rand(3, 65, device=device)
+    with record_launches() as launched:
+        y = kernels.scale_fwd(x, s)
+    assert launched == ["scale"]
+    assert y.dtype == dtype and y.stride() == torch.empty_like(x).stride()
+    expected = x.float() * s[:, :, None, None]
+    # fp32 must match exactly. The GPU rounds fp32 -> bf16 to nearest even; the interpreter
+    # truncates, so allow one bf16 ulp.
+    rtol = 0.0 if dtype == torch.float32 else 2.0**-7
+    torch.testing.assert_close(y.float(), expected, rtol=rtol, atol=0)
+
+
+@pytest.mark.parametrize("g_layout,x_layout", [("nchw", "nchw"), ("nchw", "channels_last"), ("channels_last", "nchw")])
+def test_squeeze_scale_bwd(g_layout, x_layout, device):
+    shape = (3, 24, 5, 13)
+    g = make_input(shape, torch.float32, device, g_layout)
+    x = make_input(shape, torch.float32, device, x_layout)
+    s, dz = torch.rand(3, 24, device=device), torch.randn(3, 24, device=device)
+    with record_launches() as launched:
+        dx = kernels.squeeze_scale_bwd(g, s, dz, x)
+    assert launched == ["squeeze_scale_bwd"]
+    assert dx.stride() == torch.empty_like(x).stride()
+    expected = g * s[:, :, None, None] + (dz / 65)[:, :, None, None]
+    torch.testing.assert_close(dx, expected, rtol=1e-6, atol=1e-6)
+
+
+# ---- excite: forward and backward, each side of their thresholds ----------------------------
+
+
+def _excite_case(b, c, r, bias, device, split=1):
+    hw = 7
+    zsum = torch.randn(split, b, c, device=device) * hw
+    w1, w2 = torch.randn(r, c, device=device) / c**0.5, torch.randn(c, r, device=device) / r**0.5
+    b1, b2 = (torch.randn(r, device=device), torch.randn(c, device=device)) if bias else (None, None)
+    return zsum, hw, w1, b1, w2, b2
+
+
+@pytest.mark.parametrize(
+    "b,c,r,programs_c",
+    [
+        (1, 256, 16, 2),  # W1 small: the hidden layer is recomputed by two programs
+        (3, 24, 3, 1),  # a single channel block
+        (40, 64, 16, 1),  # three batch blocks already cover the SMs
+        (1, 512, 128, 1),  # W1 above EXCITE_RECOMPUTE_MAX_W1_BYTES
+    ],
+)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_excite_fwd(b, c, r, programs_c, bias, device):
+    assert hz.excite_fwd_config(b, c, r, torch.float32, _sms(device)).programs_c == programs_c
+    zsum, hw, w1, b1, w2, b2 = _excite_case(b, c, r, bias, device, split=2)
+    with record_launches() as launched:
+        z, s = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32)
+    assert launched == ["excite"]
+    z_ref = zsum.sum(0) / hw
+    torch.testing.assert_close(z, z_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s, reference.excite(z_ref, w1, b1, w2, b2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "b,c,r,block_b",
+    [
+        (3, 24, 3, 16),
+        (40, 65, 16, 16),  # three programs, three partials summed
+        (300, 16, 4, 32),  # past EXCITE_BWD_TARGET_PARTIALS * 16 rows: wider batch blocks
+    ],
+)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_excite_bwd(b, c, r, block_b, bias, device):
+    assert hz.excite_bwd_config(b, c, r, torch.float32).block_b == block_b
+    zsum, hw, w1, b1, w2, b2 = _excite_case(b, c, r, bias, device)
+    ds_sum = torch.randn(2, b, c, device=device)
+    z, s = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32)
+
+    leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (z, w1, b1, w2, b2)]
+    s_ref = reference.excite(*leaves)
+    s_ref.backward(ds_sum.sum(0).double())
+    need = (True, True, bias, True, bias)
+    with record_launches() as launched:
+        grads = kernels.excite_bwd(ds_sum, z, s, w1, b1, w2, torch.float32, need)
+    assert launched == ["excite_bwd"]
+    for name, got, leaf in zip(["dz", "dW1", "db1", "dW2", "db2"], grads, leaves):
+        if leaf is None:
+            assert got is None
+            continue
+        torch.testing.assert_close(got.double(), leaf.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_excite_bwd_computes_only_what_is_asked(device):
+    zsum, hw, w1, b1, w2, b2 = _excite_case(3, 24, 3, True, device)
+    z, s = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32)
+    ds = torch.randn(1, 3, 24, device=device)
+    dz, dw1, db1, dw2, db2 = kernels.excite_bwd(ds, z, s, w1, b1, w2, torch.float32, (False, True, False, False, True))
+    assert dz is None and db1 is None and dw2 is None
+    assert dw1.shape == w1.shape and db2.shape == b2.shape
+    full = kernels.excite_bwd(ds, z, s, w1, b1, w2, torch.float32, (True,) * 5)
+    assert torch.equal(dw1, full[1]) and torch.equal(db2, full[4])
+
+
+# ---- heuristics and strides ----------------------------------------------------------------
+
+
+def test_dot_precision_by_dtype():
+    assert not hz.excite_fwd_config(8, 64, 4, torch.float32, 132).dot_tf32
+    assert not hz.excite_bwd_config(8, 64, 4, torch.float64).dot_tf32
+    assert hz.excite_fwd_config(8, 64, 4, torch.bfloat16, 132).dot_tf32
+    assert hz.excite_bwd_config(8, 64, 4, torch.float16).dot_tf32
+
+
+def test_dot_blocks_are_at_least_16():
+    for c, r in [(1, 1), (16, 1), (24, 3), (2048, 128), (65, 65)]:
+        cfg = hz.excite_fwd_config(1, c, r, torch.float32, 132)
+        assert min(cfg.block_b, cfg.block_c, cfg.block_r) >= hz.MIN_DOT and cfg.block_r >= r
+
+
+@pytest.mark.parametrize("layout,flat", [("nchw", True), ("channels_last", True), ("sliced_c", True), ("sliced_hw", False)])
+def test_bchw_strides(layout, flat):
+    x = make_input((2, 8, 5, 7), torch.float32, "cpu", layout)
+    assert (kernels.bchw_strides(x) is not None) == flat
+    if flat:
+        sb, sc, shw = kernels.bchw_strides(x)
+        flat_view = x.as_strided((2, 8, 35), (sb, sc, shw))
+        assert torch.equal(flat_view, x.reshape(2, 8, 35))
+
+
+def test_offsets_fit_int64_for_huge_samples():
+    """A 2**31-element sample splits into the same number of programs with int64 offsets."""
+    cfg = hz.reduce_config(1, 2048, 2**20 + 1, False, 132)
+    assert cfg.split * cfg.hw_per_split >= 2**20 + 1
