@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# GPU check: the parity suite on the GPU, then fused vs eager timings on the SE-ResNet-50 shapes.
+#
+#   OUT=/some/folder bash benchmarks/gpu_check.sh      (OUT defaults to benchmarks/results/)
+#
+# Writes gpu_check.log (everything printed), pytest.txt and seresnet50_b64_bf16.json into $OUT.
+# Runs from the source tree without installing anything: fused_se and kernels/ are laid out as
+# the installed package (kernels/ as fused_se.kernels) in a temporary folder on PYTHONPATH.
+# Budget: well under 8 minutes on an H100 (the tests compile each kernel variant once).
+set -uo pipefail
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+OUT="${OUT:-$ROOT/benchmarks/results}"
+mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
+LOG="$OUT/gpu_check.log"
+: > "$LOG"
+exec > >(tee -a "$LOG") 2>&1
+
+PKG="$(mktemp -d)"
+trap 'rm -rf "$PKG"' EXIT
+cp -r "$ROOT/fused_se" "$PKG/fused_se"
+cp -r "$ROOT/kernels" "$PKG/fused_se/kernels"
+export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
+# From $PKG, `python -m` finds the laid-out package first, not the source tree's fused_se/.
+cd "$PKG"
+
+echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+python -c "import torch, triton; print('torch', torch.__version__, '| triton', triton.__version__, '| cuda', torch.version.cuda, '|', torch.cuda.get_device_name())"
+
+status=0
+echo "== tests on the GPU"
+timeout 330 python -m pytest "$ROOT/tests" -q -p no:cacheprovider --durations=5 2>&1 | tee "$OUT/pytest.txt"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+echo "== timings: SE-ResNet-50 SE shapes, batch 64, bf16"
+timeout 150 python "$ROOT/benchmarks/bench_se.py" --batch 64 --dtype bf16 --preset seresnet50 \
+  --json "$OUT/seresnet50_b64_bf16.json" || status=1
+
+echo "== done (status $status)"
+exit $status
