@@ -24,7 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from se_shapes import PRESETS  # noqa: E402
+from se_shapes import PRESETS
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 MIN_TRAFFIC = {"fwd": 2, "fwd+bwd": 5}  # multiples of N
@@ -81,7 +81,9 @@ def main(argv=None) -> int:
     dtype = DTYPES[args.dtype]
     shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape] or PRESETS[args.preset]
     meta = {
-        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or 'unknown'})",
+        "device": torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"cpu ({platform.processor() or 'unknown'})",
         "torch": torch.__version__,
         "triton": __import__("triton").__version__,
         "fused_se": fused_se.__version__,
@@ -106,12 +108,24 @@ def main(argv=None) -> int:
             for mode in ("fwd", "fwd+bwd"):
                 t_eager = _time_ms(_step(eager, x, grad, mode), device, args.warmup, args.rep)
                 t_fused = _time_ms(_step(fused, x, grad, mode), device, args.warmup, args.rep)
-                gbs = lambda ms: MIN_TRAFFIC[mode] * n_bytes / (ms * 1e-3) / 1e9  # noqa: E731
+                traffic = MIN_TRAFFIC[mode] * n_bytes
                 row = dict(
-                    meta, C=c, H=h, W=w, reduction=r, layout=layout, mode=mode,
-                    eager_ms=t_eager[0], eager_p20_ms=t_eager[1], eager_p80_ms=t_eager[2],
-                    fused_ms=t_fused[0], fused_p20_ms=t_fused[1], fused_p80_ms=t_fused[2],
-                    speedup=t_eager[0] / t_fused[0], eager_gbs=gbs(t_eager[0]), fused_gbs=gbs(t_fused[0]),
+                    meta,
+                    C=c,
+                    H=h,
+                    W=w,
+                    reduction=r,
+                    layout=layout,
+                    mode=mode,
+                    eager_ms=t_eager[0],
+                    eager_p20_ms=t_eager[1],
+                    eager_p80_ms=t_eager[2],
+                    fused_ms=t_fused[0],
+                    fused_p20_ms=t_fused[1],
+                    fused_p80_ms=t_fused[2],
+                    speedup=t_eager[0] / t_fused[0],
+                    eager_gbs=traffic / t_eager[0] / 1e6,
+                    fused_gbs=traffic / t_fused[0] / 1e6,
                 )
                 rows.append(row)
                 print(
@@ -122,7 +136,9 @@ def main(argv=None) -> int:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     if device.type != "cuda":
-        print(f"note: no CUDA device; these are CPU timings ({meta['backend']} path), which say nothing of the GPU kernels.")
+        print(
+            f"note: no CUDA device; these are CPU timings ({meta['backend']} path), which say nothing of the GPU kernels."
+        )
     return 0
 
 

@@ -6,4 +6,4 @@ from .functional import squeeze_excite
 from .modules import FusedSEModule
 from .version import __version__
 
-__all__ = ["FusedSEModule", "backend_for", "functional", "reference", "squeeze_excite", "__version__"]
+__all__ = ["FusedSEModule", "__version__", "backend_for", "functional", "reference", "squeeze_excite"]

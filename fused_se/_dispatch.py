@@ -20,7 +20,7 @@ def interpreter_enabled() -> bool:
 
 
 def backend_for(x: torch.Tensor) -> str:
-    """"triton" or "reference" for an input on x's device.
+    """ "triton" or "reference" for an input on x's device.
 
     CUDA tensors run the kernels; CPU tensors run the reference unless the interpreter is on.
     FUSED_SE_BACKEND=triton|reference forces one path; it is read on every call.

@@ -62,7 +62,9 @@ def main(argv=None) -> int:
 
     where = torch.cuda.get_device_name() if cuda else "cpu (Triton interpreter)"
     print(f"fused_se {fused_se.__version__} | torch {torch.__version__} | kernels on {where}")
-    print(f"x: {tuple(x.shape)} {args.dtype} {'channels_last' if args.channels_last else 'NCHW'}, reduction {args.reduction}")
+    print(
+        f"x: {tuple(x.shape)} {args.dtype} {'channels_last' if args.channels_last else 'NCHW'}, reduction {args.reduction}"
+    )
     t0 = time.perf_counter()
     with kernels.record_launches() as launched:
         ours = run(fused, dtype)

@@ -26,8 +26,9 @@ bits on every run.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator, Optional
+from typing import Optional
 
 import torch
 import triton
@@ -372,8 +373,11 @@ def _excite_bwd_kernel(
             rc = pid.to(tl.int64) * R * C + offs_r[:, None] * C + offs_c[None, :]
             tl.store(dw1_ptr + rc, dw1, mask=mask_r[:, None] & mask_c[None, :])
         if NEED_DZ:
-            w1 = tl.load(w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c,
-                         mask=mask_r[:, None] & mask_c[None, :], other=0.0)
+            w1 = tl.load(
+                w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c,
+                mask=mask_r[:, None] & mask_c[None, :],
+                other=0.0,
+            )
             dz = _dot(v, w1.to(acc_ty), tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32)
             tl.store(dz_ptr + bc, dz, mask=mask_bc)
 
@@ -392,9 +396,20 @@ def _hw_sum(x: torch.Tensor, xs: tuple[int, int, int], g: Optional[torch.Tensor]
         return out
     grid = (cfg.split * b * hz.cdiv(c, cfg.block_c),)
     wrap_triton(_hw_sum_kernel)[grid](
-        x, x if g is None else g, out, *xs, *gs, b, c, hw, cfg.hw_per_split,
-        HAS_G=g is not None, IS_FP64=x.dtype == torch.float64,
-        BLOCK_C=cfg.block_c, BLOCK_HW=cfg.block_hw, num_warps=cfg.num_warps,
+        x,
+        x if g is None else g,
+        out,
+        *xs,
+        *gs,
+        b,
+        c,
+        hw,
+        cfg.hw_per_split,
+        HAS_G=g is not None,
+        IS_FP64=x.dtype == torch.float64,
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        num_warps=cfg.num_warps,
     )
     return out
 
@@ -425,9 +440,19 @@ def _scale(x: torch.Tensor, s: torch.Tensor, t: Optional[torch.Tensor], out: tor
     cfg = hz.scale_config(c, hw, is_channels_last(ys))
     grid = (b * hz.cdiv(c, cfg.block_c) * hz.cdiv(hw, cfg.block_hw),)
     wrap_triton(_scale_kernel)[grid](
-        x, s, s if t is None else t, out, *xs, *ys, c, hw,
-        HAS_T=t is not None, IS_FP64=x.dtype == torch.float64,
-        BLOCK_C=cfg.block_c, BLOCK_HW=cfg.block_hw, num_warps=cfg.num_warps,
+        x,
+        s,
+        s if t is None else t,
+        out,
+        *xs,
+        *ys,
+        c,
+        hw,
+        HAS_T=t is not None,
+        IS_FP64=x.dtype == torch.float64,
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        num_warps=cfg.num_warps,
     )
     return out
 
@@ -464,10 +489,28 @@ def excite_fwd(
     cfg = hz.excite_fwd_config(b, c, r, x_dtype, hz.sm_count(zsum.device))
     grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
     wrap_triton(_excite_fwd_kernel)[grid](
-        zsum, w1, w1 if b1 is None else b1, w2, w2 if b2 is None else b2, z, s,
-        *w1.stride(), *w2.stride(), b, c, r, split, hw, cfg.programs_c,
-        HAS_B1=b1 is not None, HAS_B2=b2 is not None, IS_FP64=zsum.dtype == torch.float64,
-        DOT_TF32=cfg.dot_tf32, BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r,
+        zsum,
+        w1,
+        w1 if b1 is None else b1,
+        w2,
+        w2 if b2 is None else b2,
+        z,
+        s,
+        *w1.stride(),
+        *w2.stride(),
+        b,
+        c,
+        r,
+        split,
+        hw,
+        cfg.programs_c,
+        HAS_B1=b1 is not None,
+        HAS_B2=b2 is not None,
+        IS_FP64=zsum.dtype == torch.float64,
+        DOT_TF32=cfg.dot_tf32,
+        BLOCK_B=cfg.block_b,
+        BLOCK_C=cfg.block_c,
+        BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps,
     )
     return z, s
@@ -503,13 +546,35 @@ def excite_bwd(
     if p > 0 and any(need):
         grid = (p,)
         wrap_triton(_excite_bwd_kernel)[grid](
-            dssum, z, s, w1, w1 if b1 is None else b1, w2,
-            dssum if dz is None else dz, dssum if dw1 is None else dw1, dssum if db1 is None else db1,
-            dssum if dw2 is None else dw2, dssum if db2 is None else db2,
-            *w1.stride(), *w2.stride(), b, c, r, split,
-            HAS_B1=b1 is not None, NEED_DZ=need_dz, NEED_DW1=need_dw1, NEED_DB1=need_db1,
-            NEED_DW2=need_dw2, NEED_DB2=need_db2, IS_FP64=dt == torch.float64, DOT_TF32=cfg.dot_tf32,
-            BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r, num_warps=cfg.num_warps,
+            dssum,
+            z,
+            s,
+            w1,
+            w1 if b1 is None else b1,
+            w2,
+            dssum if dz is None else dz,
+            dssum if dw1 is None else dw1,
+            dssum if db1 is None else db1,
+            dssum if dw2 is None else dw2,
+            dssum if db2 is None else db2,
+            *w1.stride(),
+            *w2.stride(),
+            b,
+            c,
+            r,
+            split,
+            HAS_B1=b1 is not None,
+            NEED_DZ=need_dz,
+            NEED_DW1=need_dw1,
+            NEED_DB1=need_db1,
+            NEED_DW2=need_dw2,
+            NEED_DB2=need_db2,
+            IS_FP64=dt == torch.float64,
+            DOT_TF32=cfg.dot_tf32,
+            BLOCK_B=cfg.block_b,
+            BLOCK_C=cfg.block_c,
+            BLOCK_R=cfg.block_r,
+            num_warps=cfg.num_warps,
         )
     # (P, ...) -> (...): a plain reduction over the first axis, the same order on every run.
     return (

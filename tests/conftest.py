@@ -11,12 +11,12 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-import pytest  # noqa: E402
+import pytest
 
-import fused_se  # noqa: E402
+import fused_se
 
 try:
-    from fused_se.kernels import se as se_kernels  # noqa: E402
+    from fused_se.kernels import se as se_kernels
 except ModuleNotFoundError as e:  # fused_se imported from the source tree, where kernels/ sits beside it
     raise ImportError(
         f"fused_se was imported from {fused_se.__file__}, which has no fused_se.kernels: install the package "

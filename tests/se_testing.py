@@ -52,7 +52,7 @@ def assert_within_torch_error(name: str, ours: torch.Tensor, torch_own: torch.Te
 def make_input(shape, dtype, device, layout: str) -> torch.Tensor:
     """A (B, C, H, W) input in one of the layouts the tests cover."""
     b, c, h, w = shape
-    kw = dict(dtype=dtype, device=device)
+    kw = {"dtype": dtype, "device": device}
     if layout == "nchw":
         return torch.randn(b, c, h, w, **kw)
     if layout == "channels_last":

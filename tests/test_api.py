@@ -49,7 +49,9 @@ def test_bad_input_raises_before_any_kernel(case, device):
     assert launched == []
 
 
-@pytest.mark.parametrize("kw,match", [({"act": "gelu"}, "act must be one of"), ({"gate": "tanh"}, "gate must be one of")])
+@pytest.mark.parametrize(
+    "kw,match", [({"act": "gelu"}, "act must be one of"), ({"gate": "tanh"}, "gate must be one of")]
+)
 def test_unknown_activation_names(kw, match, device):
     with pytest.raises(ValueError, match=match):
         fused_se.squeeze_excite(*_args(device), **kw)
@@ -157,7 +159,9 @@ def test_frozen_weights_get_no_grad(device):
 def test_input_without_grad(device):
     m = fused_se.FusedSEModule(16, 4).to(device)
     x = torch.randn(2, 16, 5, 5, device=device)
-    m(x).sum().backward()
+    with record_launches() as launched:
+        m(x).sum().backward()
+    assert launched == [*FORWARD_KERNELS, "scale_bwd", "excite_bwd"]  # no dx pass
     assert all(p.grad is not None for p in m.parameters())
 
 

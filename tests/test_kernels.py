@@ -171,7 +171,9 @@ def test_dot_blocks_are_at_least_16():
         assert min(cfg.block_b, cfg.block_c, cfg.block_r) >= hz.MIN_DOT and cfg.block_r >= r
 
 
-@pytest.mark.parametrize("layout,flat", [("nchw", True), ("channels_last", True), ("sliced_c", True), ("sliced_hw", False)])
+@pytest.mark.parametrize(
+    "layout,flat", [("nchw", True), ("channels_last", True), ("sliced_c", True), ("sliced_hw", False)]
+)
 def test_bchw_strides(layout, flat):
     x = make_input((2, 8, 5, 7), torch.float32, "cpu", layout)
     assert (kernels.bchw_strides(x) is not None) == flat

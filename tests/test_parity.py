@@ -67,7 +67,7 @@ def _check_parity(shape, dtype, layout, device):
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("shape", SHAPES, ids=_shape_id)
 def test_fp32_shapes_and_layouts(shape, layout, device):
-    x, (y, dx, _, _) = _check_parity(shape, torch.float32, layout, device)
+    _x, (y, dx, _, _) = _check_parity(shape, torch.float32, layout, device)
     if layout == "channels_last":
         assert y.is_contiguous(memory_format=torch.channels_last)
         assert dx.is_contiguous(memory_format=torch.channels_last)
@@ -85,7 +85,7 @@ def test_low_precision(shape, dtype, layout, device):
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 def test_gradcheck_fp64_through_kernels(bias, device):
     b, c, h, w, r = 2, 6, 2, 2, 2
-    kw = dict(dtype=torch.float64, device=device, requires_grad=True)
+    kw = {"dtype": torch.float64, "device": device, "requires_grad": True}
     x = torch.randn(b, c, h, w, **kw)
     w1, w2 = torch.randn(r, c, **kw), torch.randn(c, r, **kw)
     b1, b2 = (torch.randn(r, **kw), torch.randn(c, **kw)) if bias else (None, None)
@@ -97,8 +97,14 @@ def test_gradcheck_fp64_through_kernels(bias, device):
 def test_biases_against_reference_fp64(device):
     """Every gradient of the functional form, biases included, against autograd through the reference."""
     b, c, h, w, r = 3, 24, 5, 13, 6
-    kw = dict(dtype=torch.float64, device=device)
-    args = [torch.randn(b, c, h, w, **kw), torch.randn(r, c, **kw), torch.randn(r, **kw), torch.randn(c, r, **kw), torch.randn(c, **kw)]
+    kw = {"dtype": torch.float64, "device": device}
+    args = [
+        torch.randn(b, c, h, w, **kw),
+        torch.randn(r, c, **kw),
+        torch.randn(r, **kw),
+        torch.randn(c, r, **kw),
+        torch.randn(c, **kw),
+    ]
     g = torch.randn(b, c, h, w, **kw)
     ours = [a.clone().requires_grad_() for a in args]
     ref = [a.clone().requires_grad_() for a in args]
