@@ -38,7 +38,7 @@ def test_squeeze_split_threshold(c, h, w, layout, split, device):
     flat = x.reshape(b, c, h * w)
     for k in range(cfg.split):  # each partial covers its own range of HW, nothing more
         part = flat[:, :, k * cfg.hw_per_split : (k + 1) * cfg.hw_per_split].sum(-1)
-        torch.testing.assert_close(zsum[k], part, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(zsum[k], part, rtol=1e-5, atol=1e-4)
 
 
 def test_squeeze_single_element_map(device):
