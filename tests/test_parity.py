@@ -145,3 +145,30 @@ def test_saves_only_x_weights_and_per_channel_values(device):
     # z and s: (B, C) fp32, nothing else
     assert sorted((tuple(t.shape), t.dtype) for t in rest) == [((b, c), torch.float32)] * 2
     y.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_low_precision_input_with_fp32_weights(dtype, device):
+    """The AMP case: 16-bit activations, fp32 weights. The excitation runs in fp32, y and dx come
+    back in x's dtype, the weight gradients in fp32."""
+    b, c, h, w, r = 3, 24, 5, 13, 6
+    x = torch.randn(b, c, h, w, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn(b, c, h, w, device=device, dtype=dtype)
+    w1 = torch.randn(r, c, device=device, requires_grad=True)
+    w2 = torch.randn(c, r, device=device, requires_grad=True)
+    with record_launches() as launched:
+        y = fused_se.squeeze_excite(x, w1, None, w2)
+        y.backward(g)
+    assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
+    assert y.dtype == x.grad.dtype == dtype and w1.grad.dtype == w2.grad.dtype == torch.float32
+
+    ref = [t.detach().double().requires_grad_() for t in (x, w1, w2)]
+    y_ref = fused_se.reference.squeeze_excite(ref[0], ref[1], None, ref[2])
+    y_ref.backward(g.double())
+    # A few roundings to the output dtype: on the GPU the gate's GEMMs may use TF32 for 16-bit x,
+    # whose input rounding (2**-11) is that of fp16 itself.
+    rtol = 4 * (2.0**-10 if dtype == torch.float16 else 2.0**-7)
+    torch.testing.assert_close(y.double(), y_ref, rtol=rtol, atol=1e-4)
+    torch.testing.assert_close(x.grad.double(), ref[0].grad, rtol=rtol, atol=1e-4)
+    torch.testing.assert_close(w1.grad.double(), ref[1].grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w2.grad.double(), ref[2].grad, rtol=1e-4, atol=1e-4)
