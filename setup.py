@@ -23,8 +23,9 @@ setup(
     # import name (PyPI has an unrelated package called `kernels`): it installs as fused_se.kernels.
     packages=["fused_se", "fused_se.kernels"],
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
-    install_requires=["torch>=2.6", "triton"],
-    extras_require={"test": ["pytest>=7", "numpy"]},
+    # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
+    install_requires=["torch>=2.6", "triton", "numpy"],
+    extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["fused-se-demo = fused_se.demo:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
