@@ -111,14 +111,16 @@ def scale_config(c: int, hw: int, channels_last: bool) -> ScaleConfig:
     return ScaleConfig(block_c, block_hw, num_warps=4 if block_c * block_hw <= 2048 else 8)
 
 
-def _excite_blocks(c: int, r: int) -> tuple[int, int]:
+def _excite_blocks(c: int, r: int, x_dtype: torch.dtype) -> tuple[int, int]:
     block_r = max(MIN_DOT, next_pow2(r))
-    block_c = max(MIN_DOT, min(next_pow2(c), 64 if block_r <= 64 else 32))
+    # fp64 multiplies through a (B, C, R) broadcast instead of tl.dot: keep that tile small.
+    widest = MIN_DOT if x_dtype == torch.float64 else 64 if block_r <= 64 else 32
+    block_c = max(MIN_DOT, min(next_pow2(c), widest))
     return block_c, block_r
 
 
 def excite_fwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) -> ExciteConfig:
-    block_c, block_r = _excite_blocks(c, r)
+    block_c, block_r = _excite_blocks(c, r, x_dtype)
     block_b = MIN_DOT
     programs_c = 1
     if r * c * 4 <= EXCITE_RECOMPUTE_MAX_W1_BYTES:
@@ -127,7 +129,7 @@ def excite_fwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) ->
 
 
 def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype) -> ExciteConfig:
-    block_c, block_r = _excite_blocks(c, r)
+    block_c, block_r = _excite_blocks(c, r, x_dtype)
     block_b = min(MAX_EXCITE_BLOCK_B, max(MIN_DOT, next_pow2(cdiv(b, EXCITE_BWD_TARGET_PARTIALS))))
     return ExciteConfig(block_b, block_c, block_r, 1, _dot_tf32(x_dtype), num_warps=4)
 

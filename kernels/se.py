@@ -194,8 +194,11 @@ def _scale_kernel(
 
 
 @triton.jit
-def _dot(a, b, acc, DOT_TF32: tl.constexpr):
-    if DOT_TF32:
+def _dot(a, b, acc, DOT_TF32: tl.constexpr, IS_FP64: tl.constexpr):
+    """acc + a @ b. fp64 (for gradcheck) takes a sum of products: tl.dot has no fp64 path on every GPU."""
+    if IS_FP64:
+        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    elif DOT_TF32:
         return tl.dot(a, b, acc, input_precision="tf32")
     else:
         return tl.dot(a, b, acc, input_precision="ieee")
@@ -256,7 +259,7 @@ def _excite_fwd_kernel(
             mask=mask_c[:, None] & mask_r[None, :],
             other=0.0,
         ).to(acc_ty)
-        h = _dot(z, w1t, h, DOT_TF32)
+        h = _dot(z, w1t, h, DOT_TF32, IS_FP64)
     if HAS_B1:
         h += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)[None, :]
     h = tl.maximum(h, 0.0)
@@ -269,7 +272,7 @@ def _excite_fwd_kernel(
             mask=mask_r[:, None] & mask_c[None, :],
             other=0.0,
         ).to(acc_ty)
-        a = _dot(h, w2t, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32)
+        a = _dot(h, w2t, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
         if HAS_B2:
             a += tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0).to(acc_ty)[None, :]
         s = 1.0 / (1.0 + tl.exp(-a))
@@ -336,8 +339,8 @@ def _excite_bwd_kernel(
         z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
         w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
         w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
-        hpre = _dot(z, w1t.to(acc_ty), hpre, DOT_TF32)
-        dh = _dot(u, w2.to(acc_ty), dh, DOT_TF32)
+        hpre = _dot(z, w1t.to(acc_ty), hpre, DOT_TF32, IS_FP64)
+        dh = _dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
     if HAS_B1:
         hpre += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)[None, :]
     h = tl.maximum(hpre, 0.0)
@@ -364,12 +367,12 @@ def _excite_bwd_kernel(
             if NEED_DB2:
                 tl.store(db2_ptr + pid * C + offs_c, tl.sum(u, axis=0), mask=mask_c)
             if NEED_DW2:
-                dw2 = _dot(tl.trans(u), h, tl.zeros((BLOCK_C, BLOCK_R), dtype=acc_ty), DOT_TF32)
+                dw2 = _dot(tl.trans(u), h, tl.zeros((BLOCK_C, BLOCK_R), dtype=acc_ty), DOT_TF32, IS_FP64)
                 cr = pid.to(tl.int64) * C * R + offs_c[:, None] * R + offs_r[None, :]
                 tl.store(dw2_ptr + cr, dw2, mask=mask_cr)
         if NEED_DW1:
             z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
-            dw1 = _dot(tl.trans(v), z, tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty), DOT_TF32)
+            dw1 = _dot(tl.trans(v), z, tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
             rc = pid.to(tl.int64) * R * C + offs_r[:, None] * C + offs_c[None, :]
             tl.store(dw1_ptr + rc, dw1, mask=mask_r[:, None] & mask_c[None, :])
         if NEED_DZ:
@@ -378,7 +381,7 @@ def _excite_bwd_kernel(
                 mask=mask_r[:, None] & mask_c[None, :],
                 other=0.0,
             )
-            dz = _dot(v, w1.to(acc_ty), tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32)
+            dz = _dot(v, w1.to(acc_ty), tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
             tl.store(dz_ptr + bc, dz, mask=mask_bc)
 
 
