@@ -90,6 +90,10 @@ def bchw_strides(x: torch.Tensor) -> Optional[tuple[int, int, int]]:
     return None
 
 
+def _vec_stride(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.stride(0)
+
+
 def is_channels_last(strides: tuple[int, int, int]) -> bool:
     return strides[1] == 1 and strides[2] != 1
 
@@ -215,8 +219,10 @@ def _excite_fwd_kernel(
     s_ptr,  # (B, C) out: the gate
     stride_w1r,
     stride_w1c,
+    stride_b1,
     stride_w2c,
     stride_w2r,
+    stride_b2,
     B,
     C,
     R,
@@ -261,7 +267,7 @@ def _excite_fwd_kernel(
         ).to(acc_ty)
         h = _dot(z, w1t, h, DOT_TF32, IS_FP64)
     if HAS_B1:
-        h += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)[None, :]
+        h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
     h = tl.maximum(h, 0.0)
 
     for c0 in range(pid_c * BLOCK_C, C, programs_c * BLOCK_C):
@@ -274,7 +280,7 @@ def _excite_fwd_kernel(
         ).to(acc_ty)
         a = _dot(h, w2t, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
         if HAS_B2:
-            a += tl.load(b2_ptr + offs_c, mask=mask_c, other=0.0).to(acc_ty)[None, :]
+            a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)[None, :]
         s = 1.0 / (1.0 + tl.exp(-a))
         bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
         tl.store(s_ptr + bc, s, mask=mask_b[:, None] & mask_c[None, :])
@@ -295,6 +301,7 @@ def _excite_bwd_kernel(
     db2_ptr,  # (P, C) out, when NEED_DB2
     stride_w1r,
     stride_w1c,
+    stride_b1,
     stride_w2c,
     stride_w2r,
     B,
@@ -342,7 +349,7 @@ def _excite_bwd_kernel(
         hpre = _dot(z, w1t.to(acc_ty), hpre, DOT_TF32, IS_FP64)
         dh = _dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
     if HAS_B1:
-        hpre += tl.load(b1_ptr + offs_r, mask=mask_r, other=0.0).to(acc_ty)[None, :]
+        hpre += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
     h = tl.maximum(hpre, 0.0)
     # Rows past B have u = 0, hence dh = 0 and v = 0: they add nothing to the sums below.
     v = tl.where(hpre > 0.0, dh, 0.0)
@@ -500,7 +507,9 @@ def excite_fwd(
         z,
         s,
         *w1.stride(),
+        _vec_stride(b1),
         *w2.stride(),
+        _vec_stride(b2),
         b,
         c,
         r,
@@ -561,6 +570,7 @@ def excite_bwd(
             dssum if dw2 is None else dw2,
             dssum if db2 is None else db2,
             *w1.stride(),
+            _vec_stride(b1),
             *w2.stride(),
             b,
             c,

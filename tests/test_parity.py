@@ -94,8 +94,10 @@ def test_gradcheck_fp64_through_kernels(bias, device):
     assert set(launched) == set(FORWARD_KERNELS + BACKWARD_KERNELS)
 
 
-def test_biases_against_reference_fp64(device):
-    """Every gradient of the functional form, biases included, against autograd through the reference."""
+@pytest.mark.parametrize("params", ["contiguous", "strided"])
+def test_biases_against_reference_fp64(params, device):
+    """Every gradient of the functional form, biases included, against autograd through the
+    reference; "strided" passes transposed weights and every-other-element biases."""
     b, c, h, w, r = 3, 24, 5, 13, 6
     kw = {"dtype": torch.float64, "device": device}
     args = [
@@ -108,8 +110,15 @@ def test_biases_against_reference_fp64(device):
     g = torch.randn(b, c, h, w, **kw)
     ours = [a.clone().requires_grad_() for a in args]
     ref = [a.clone().requires_grad_() for a in args]
+    if params == "strided":
+        views = [ours[0], ours[1].t().contiguous().t(), ours[2].repeat_interleave(2)[::2], ours[3].t().contiguous().t()]
+        views.append(ours[4].repeat_interleave(2)[::2])
+        assert views[2].stride(0) == 2 and views[1].stride() == (1, r)
+        ours_in = views
+    else:
+        ours_in = ours
     with record_launches() as launched:
-        fused_se.squeeze_excite(*ours).backward(g)
+        fused_se.squeeze_excite(*ours_in).backward(g)
     assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
     fused_se.reference.squeeze_excite(*ref).backward(g)
     for name, a, e in zip(["x", "w1", "b1", "w2", "b2"], ours, ref):
