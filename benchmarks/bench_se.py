@@ -56,9 +56,11 @@ def _step(module, x, grad, mode):
 
     else:
         xg = x.detach().requires_grad_(True)
+        inputs = [xg, *module.parameters()]
 
         def fn():
-            module(xg).backward(grad)
+            # autograd.grad, not backward: accumulating into .grad would add a full-size add to each run.
+            torch.autograd.grad(module(xg), inputs, grad)
 
     return fn
 
