@@ -82,6 +82,8 @@ def squeeze_excite(
     check_inputs(x, w1, b1, w2, b2, act, gate)
     if backend_for(x) == "reference":
         return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate)
+    # Imported here, not at the top: importing fused_se must not import triton, so that
+    # TRITON_INTERPRET can still be set after `import fused_se` (the demo does).
     from . import kernels, ops
 
     if kernels.bchw_strides(x) is None:

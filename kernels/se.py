@@ -589,11 +589,12 @@ def excite_bwd(
             BLOCK_R=cfg.block_r,
             num_warps=cfg.num_warps,
         )
-    # (P, ...) -> (...): a plain reduction over the first axis, the same order on every run.
-    return (
-        dz,
-        None if dw1 is None else dw1.sum(0),
-        None if db1 is None else db1.sum(0),
-        None if dw2 is None else dw2.sum(0),
-        None if db2 is None else db2.sum(0),
-    )
+    return dz, _sum_partials(dw1), _sum_partials(db1), _sum_partials(dw2), _sum_partials(db2)
+
+
+def _sum_partials(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(P, ...) -> (...): a plain reduction over the first axis, the same order on every run;
+    no launch at all for a single program."""
+    if t is None:
+        return None
+    return t[0] if t.shape[0] == 1 else t.sum(0)
