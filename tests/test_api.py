@@ -1,5 +1,9 @@
 """The public boundary: input checks, empty batches, dispatch, state_dict, gradients asked for."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from se_testing import BACKWARD_KERNELS, FORWARD_KERNELS, ClassicSE, record_launches
@@ -172,3 +176,9 @@ def test_no_grad_saves_nothing(device):
     with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
         y = m(x)
     assert saved == [] and not y.requires_grad
+
+
+def test_import_does_not_import_triton():
+    """TRITON_INTERPRET must still take effect when set after `import fused_se`."""
+    code = "import sys, fused_se; assert 'triton' not in sys.modules, 'triton imported'"
+    subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ), cwd=os.path.dirname(__file__))
