@@ -209,6 +209,24 @@ def _dot(a, b, acc, DOT_TF32: tl.constexpr, IS_FP64: tl.constexpr):
 
 
 @triton.jit
+def _sum_splits(ptr, offs, mask, split, stride_split):
+    """sum over k < split of ptr[k * stride_split + offs], in order (the squeeze's HW splits)."""
+    acc = tl.load(ptr + offs, mask=mask, other=0.0)
+    for _ in range(1, split):
+        ptr += stride_split
+        acc += tl.load(ptr + offs, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit
+def _sigmoid_bwd(dssum_ptr, s_ptr, offs, mask, split, stride_split):
+    """u = ds * s * (1 - s): the gradient before the gate, from the partial sums of ds."""
+    ds = _sum_splits(dssum_ptr, offs, mask, split, stride_split)
+    s = tl.load(s_ptr + offs, mask=mask, other=0.0)
+    return ds * s * (1.0 - s)
+
+
+@triton.jit
 def _excite_fwd_kernel(
     zsum_ptr,  # (SPLIT, B, C) partial sums of x over HW, contiguous
     w1_ptr,  # (R, C) strided
@@ -253,12 +271,7 @@ def _excite_fwd_kernel(
         mask_c = offs_c < C
         mask_bc = mask_b[:, None] & mask_c[None, :]
         bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        z = tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty)
-        zsum_ptrs = zsum_ptr + bc
-        for _ in range(0, split):
-            z += tl.load(zsum_ptrs, mask=mask_bc, other=0.0)
-            zsum_ptrs += B * C
-        z = z / HW
+        z = _sum_splits(zsum_ptr, bc, mask_bc, split, B * C) / HW
         tl.store(z_ptr + bc, z, mask=mask_bc & (pid_c == 0))
         w1t = tl.load(
             w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r,
@@ -336,13 +349,7 @@ def _excite_bwd_kernel(
         mask_bc = mask_b[:, None] & mask_c[None, :]
         mask_cr = mask_c[:, None] & mask_r[None, :]
         bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        ds = tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty)
-        dssum_ptrs = dssum_ptr + bc
-        for _ in range(0, split):
-            ds += tl.load(dssum_ptrs, mask=mask_bc, other=0.0)
-            dssum_ptrs += B * C
-        s = tl.load(s_ptr + bc, mask=mask_bc, other=0.0)
-        u = ds * s * (1.0 - s)
+        u = _sigmoid_bwd(dssum_ptr, s_ptr, bc, mask_bc, split, B * C)
         z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
         w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
         w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
@@ -364,13 +371,7 @@ def _excite_bwd_kernel(
         mask_cr = mask_c[:, None] & mask_r[None, :]
         bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
         if NEED_DW2 or NEED_DB2:
-            ds = tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty)
-            dssum_ptrs = dssum_ptr + bc
-            for _ in range(0, split):
-                ds += tl.load(dssum_ptrs, mask=mask_bc, other=0.0)
-                dssum_ptrs += B * C
-            s = tl.load(s_ptr + bc, mask=mask_bc, other=0.0)
-            u = ds * s * (1.0 - s)
+            u = _sigmoid_bwd(dssum_ptr, s_ptr, bc, mask_bc, split, B * C)
             if NEED_DB2:
                 tl.store(db2_ptr + pid * C + offs_c, tl.sum(u, axis=0), mask=mask_c)
             if NEED_DW2:
