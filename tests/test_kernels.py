@@ -191,3 +191,29 @@ def test_bchw_strides(layout, flat):
         sb, sc, shw = kernels.bchw_strides(x)
         flat_view = x.as_strided((2, 8, 35), (sb, sc, shw))
         assert torch.equal(flat_view, x.reshape(2, 8, 35))
+
+
+def _is_pow2(n):
+    return n >= 1 and n & (n - 1) == 0
+
+
+@pytest.mark.parametrize("sms", [2, 132])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_reduce_config_invariants(channels_last, sms):
+    """Every split covers its own HW range, none is empty, and the split count stays capped."""
+    for b in (1, 3, 64, 1024):
+        for c in (1, 16, 65, 2048):
+            for hw in (1, 49, 196, 3136, 66_000, 2**20 + 1):
+                cfg = hz.reduce_config(b, c, hw, channels_last, sms)
+                assert _is_pow2(cfg.block_c) and _is_pow2(cfg.block_hw)
+                assert cfg.block_c * cfg.block_hw <= max(hz.REDUCE_TILE, cfg.block_c)
+                assert cfg.hw_per_split % cfg.block_hw == 0
+                assert 1 <= cfg.split <= hz.MAX_HW_SPLIT
+                assert (cfg.split - 1) * cfg.hw_per_split < hw <= cfg.split * cfg.hw_per_split
+    # The cap itself is reached: batch 1, one channel, a huge map, many SMs.
+    assert hz.reduce_config(1, 1, 2**20, False, 132).split == hz.MAX_HW_SPLIT
+
+
+def test_excite_bwd_batch_block_is_capped():
+    assert hz.excite_bwd_config(16 * hz.EXCITE_BWD_TARGET_PARTIALS, 64, 4, torch.float32).block_b == hz.MIN_DOT
+    assert hz.excite_bwd_config(100_000, 64, 4, torch.float32).block_b == hz.MAX_EXCITE_BLOCK_B
