@@ -32,6 +32,8 @@ EXCITE_RECOMPUTE_MAX_W1_BYTES = 128 * 1024
 # fixed order) is kept near this, growing the batch block instead, up to MAX_EXCITE_BLOCK_B.
 EXCITE_BWD_TARGET_PARTIALS = 16
 MAX_EXCITE_BLOCK_B = 64
+# Excite backward: elements of a (BLOCK_B, BLOCK_R) tile from which it runs with 8 warps.
+EXCITE_BWD_WIDE_TILE = 16 * 64
 # SM count assumed when kernels run in the Triton interpreter (programs run one after another).
 INTERPRETER_SM_COUNT = 2
 
@@ -131,7 +133,10 @@ def excite_fwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) ->
 def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype) -> ExciteConfig:
     block_c, block_r = _excite_blocks(c, r, x_dtype)
     block_b = min(MAX_EXCITE_BLOCK_B, max(MIN_DOT, next_pow2(cdiv(b, EXCITE_BWD_TARGET_PARTIALS))))
-    return ExciteConfig(block_b, block_c, block_r, 1, _dot_tf32(x_dtype), num_warps=4)
+    # Four (BLOCK_B, BLOCK_R) fp32 tiles live across the channel loop: spread them over more
+    # threads once they are wide (ptxas spills at 4 warps from BLOCK_R = 64 on sm_90).
+    num_warps = 8 if block_b * block_r >= EXCITE_BWD_WIDE_TILE else 4
+    return ExciteConfig(block_b, block_c, block_r, 1, _dot_tf32(x_dtype), num_warps=num_warps)
 
 
 def _dot_tf32(x_dtype: torch.dtype) -> bool:

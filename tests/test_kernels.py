@@ -217,3 +217,10 @@ def test_reduce_config_invariants(channels_last, sms):
 def test_excite_bwd_batch_block_is_capped():
     assert hz.excite_bwd_config(16 * hz.EXCITE_BWD_TARGET_PARTIALS, 64, 4, torch.float32).block_b == hz.MIN_DOT
     assert hz.excite_bwd_config(100_000, 64, 4, torch.float32).block_b == hz.MAX_EXCITE_BLOCK_B
+
+
+def test_excite_bwd_warps_by_tile_width():
+    narrow = hz.excite_bwd_config(16, 256, 32, torch.bfloat16)
+    wide = hz.excite_bwd_config(16, 2048, 128, torch.bfloat16)
+    assert narrow.block_b * narrow.block_r < hz.EXCITE_BWD_WIDE_TILE and narrow.num_warps == 4
+    assert wide.block_b * wide.block_r >= hz.EXCITE_BWD_WIDE_TILE and wide.num_warps == 8
