@@ -3,7 +3,8 @@
 #
 #   OUT=/some/folder bash benchmarks/gpu_check.sh      (OUT defaults to benchmarks/results/)
 #
-# Writes gpu_check.log (everything printed), pytest.txt and seresnet50_b64_bf16.json into $OUT.
+# Writes into $OUT/<card>_<date>/: gpu_check.log (everything printed), command.txt, pytest.txt
+# and bench_se.json; commit that folder under benchmarks/results/ as it is.
 # Runs from the source tree without installing anything: fused_se and kernels/ are laid out as
 # the installed package (kernels/ as fused_se.kernels) in a temporary folder on PYTHONPATH.
 # Budget: well under 8 minutes on an H100 (the tests compile each kernel variant once).
@@ -11,7 +12,10 @@ set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-$ROOT/benchmarks/results}"
 mkdir -p "$OUT"
-OUT="$(cd "$OUT" && pwd)"
+CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')"
+OUT="$(cd "$OUT" && pwd)/${CARD:-unknown-gpu}_$(date -u +%Y-%m-%d)"
+mkdir -p "$OUT"
+echo "OUT=<folder> bash benchmarks/gpu_check.sh" > "$OUT/command.txt"
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 exec > >(tee -a "$LOG") 2>&1
@@ -35,9 +39,11 @@ timeout 330 python -m pytest "$ROOT/tests" -q -p no:cacheprovider --durations=5 
   -k "not test_kernels_compile_for_gpu" 2>&1 | tee "$OUT/pytest.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
-echo "== timings: SE-ResNet-50 SE shapes, batch 64, bf16"
-timeout 150 python "$ROOT/benchmarks/bench_se.py" --batch 64 --dtype bf16 --preset seresnet50 \
-  --json "$OUT/seresnet50_b64_bf16.json" || status=1
+# BENCH_ARGS replaces the defaults (a smaller run, or a smoke test of this script on a CPU).
+BENCH_ARGS="${BENCH_ARGS:---batch 64 --dtype bf16 --preset seresnet50}"
+echo "== timings: bench_se.py $BENCH_ARGS"
+# shellcheck disable=SC2086
+timeout 150 python "$ROOT/benchmarks/bench_se.py" $BENCH_ARGS --json "$OUT/bench_se.json" || status=1
 
 echo "== done (status $status)"
 exit $status
