@@ -87,9 +87,9 @@ def squeeze_excite(
     from . import kernels, ops
 
     if kernels.bchw_strides(x) is None:
-        # Neither NCHW nor channels_last once H and W are flattened: one copy into the nearer one.
-        x = x.clone(memory_format=torch.preserve_format)
-        if kernels.bchw_strides(x) is None:
-            x = x.contiguous()
+        # H and W do not flatten into one strided axis (a spatial slice, a permutation): one copy,
+        # into channels_last where channels vary faster than W in x's memory, NCHW otherwise.
+        fmt = torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
     y, _, _ = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
     return y

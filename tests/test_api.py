@@ -182,3 +182,23 @@ def test_import_does_not_import_triton():
     """TRITON_INTERPRET must still take effect when set after `import fused_se`."""
     code = "import sys, fused_se; assert 'triton' not in sys.modules, 'triton imported'"
     subprocess.run([sys.executable, "-c", code], check=True, env=dict(os.environ), cwd=os.path.dirname(__file__))
+
+
+@pytest.mark.parametrize(
+    "make,channels_last",
+    [
+        (lambda b, c, h, w: torch.randn(b, h, c, w).permute(0, 2, 1, 3), False),  # dense, but (B, H, C, W) in memory
+        (lambda b, c, h, w: torch.randn(b, w, h, c).permute(0, 3, 2, 1), True),  # dense, (B, W, H, C) in memory
+        (lambda b, c, h, w: torch.randn(b, h, w + 1, c)[:, :, 1:].permute(0, 3, 1, 2), True),  # a channels_last W slice
+    ],
+    ids=["bhcw", "bwhc", "sliced_channels_last"],
+)
+def test_other_layouts_are_copied_once_into_a_native_one(make, channels_last, device):
+    x = make(3, 24, 5, 7).to(device)
+    assert fused_se.kernels.bchw_strides(x) is None
+    args = [x, *_args(device, c=24)[1:]]
+    with record_launches() as launched:
+        y = fused_se.squeeze_excite(*args)
+    assert launched == FORWARD_KERNELS
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    torch.testing.assert_close(y, fused_se.reference.squeeze_excite(*args), rtol=1e-5, atol=1e-6)
