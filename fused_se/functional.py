@@ -12,14 +12,13 @@ from ._dispatch import backend_for
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> torch.Tensor:
+def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape {shape_doc}; got {type(t).__name__}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D with shape {shape_doc}; got shape {tuple(t.shape)}")
     if t.dtype not in _FLOAT_DTYPES:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
-    return t
 
 
 def check_inputs(

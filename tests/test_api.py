@@ -151,7 +151,9 @@ def test_repr():
 def test_frozen_weights_get_no_grad(device):
     m = fused_se.FusedSEModule(16, 4).to(device).requires_grad_(False)
     x = torch.randn(2, 16, 5, 5, device=device, requires_grad=True)
-    m(x).sum().backward()
+    with record_launches() as launched:
+        m(x).sum().backward()
+    assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
     assert x.grad is not None and all(p.grad is None for p in m.parameters())
     m_ref = fused_se.FusedSEModule(16, 4).to(device)
     m_ref.load_state_dict(m.state_dict())

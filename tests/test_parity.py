@@ -129,8 +129,10 @@ def test_same_bits_twice(device):
     m = fused_se.FusedSEModule(65, 4).to(device)
     x = make_input((3, 65, 7, 7), torch.float32, device, "channels_last")
     g = torch.randn(3, 65, 7, 7, device=device)
-    first = _run(m, x, g)
-    second = _run(m, x, g)
+    with record_launches() as launched:
+        first = _run(m, x, g)
+        second = _run(m, x, g)
+    assert launched == (FORWARD_KERNELS + BACKWARD_KERNELS) * 2
     for a, b in zip(first, second):
         assert torch.equal(a, b)
 
