@@ -1,4 +1,4 @@
-"""The functional form of the fused SE block, with the input checks of the public boundary."""
+"""The functional forms of the fused SE block, with the input checks of the public boundary."""
 
 from __future__ import annotations
 
@@ -21,6 +21,31 @@ def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
 
 
+def _check_x(x: torch.Tensor) -> None:
+    _check_tensor("x", x, 4, "(B, C, H, W)")
+    if x.shape[2] * x.shape[3] == 0:
+        raise ValueError(f"x must have H * W >= 1 to take a mean over H and W; got shape {tuple(x.shape)}")
+
+
+def _check_vector(name: str, t: Optional[torch.Tensor], n: int, what: str) -> None:
+    if t is None:
+        return
+    _check_tensor(name, t, 1, f"({n},)")
+    if t.shape[0] != n:
+        raise ValueError(f"{name} must have shape ({n},) to match {what}; got {tuple(t.shape)}")
+
+
+def _check_devices(x: torch.Tensor, **params: Optional[torch.Tensor]) -> None:
+    for name, t in params.items():
+        if t is not None and t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; all inputs must be on one device")
+
+
+def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+
+
 def check_inputs(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -30,9 +55,9 @@ def check_inputs(
     act: str,
     gate: str,
 ) -> None:
-    """Raises ValueError or TypeError naming the argument; runs before any kernel."""
-    _check_tensor("x", x, 4, "(B, C, H, W)")
-    _, c, h, w = x.shape
+    """Checks squeeze_excite's arguments: ValueError or TypeError naming the argument."""
+    _check_x(x)
+    c = x.shape[1]
     _check_tensor("w1", w1, 2, "(hidden, C)")
     r = w1.shape[0]
     if w1.shape[1] != c:
@@ -42,23 +67,25 @@ def check_inputs(
     _check_tensor("w2", w2, 2, "(C, hidden)")
     if tuple(w2.shape) != (c, r):
         raise ValueError(f"w2 must have shape (C, hidden) = ({c}, {r}) to match x and w1; got {tuple(w2.shape)}")
-    if b1 is not None:
-        _check_tensor("b1", b1, 1, f"({r},)")
-        if b1.shape[0] != r:
-            raise ValueError(f"b1 must have shape ({r},) to match w1; got {tuple(b1.shape)}")
-    if b2 is not None:
-        _check_tensor("b2", b2, 1, f"({c},)")
-        if b2.shape[0] != c:
-            raise ValueError(f"b2 must have shape ({c},) to match x's channels; got {tuple(b2.shape)}")
-    for name, t in (("w1", w1), ("b1", b1), ("w2", w2), ("b2", b2)):
-        if t is not None and t.device != x.device:
-            raise ValueError(f"{name} is on {t.device} but x is on {x.device}; all inputs must be on one device")
-    if h * w == 0:
-        raise ValueError(f"x must have H * W >= 1 to take a mean over H and W; got shape {tuple(x.shape)}")
-    if act not in reference.ACTIVATIONS:
-        raise ValueError(f"act must be one of {reference.ACTIVATIONS}; got {act!r}")
-    if gate not in reference.GATES:
-        raise ValueError(f"gate must be one of {reference.GATES}; got {gate!r}")
+    _check_vector("b1", b1, r, "w1")
+    _check_vector("b2", b2, c, "x's channels")
+    _check_devices(x, w1=w1, b1=b1, w2=w2, b2=b2)
+    _check_choice("act", act, reference.ACTIVATIONS)
+    _check_choice("gate", gate, reference.GATES)
+
+
+def _kernels_input(x: torch.Tensor) -> torch.Tensor:
+    """x itself, or one copy of it where H and W do not flatten into one strided axis."""
+    # Imported here, not at the top: importing fused_se must not import triton, so that
+    # TRITON_INTERPRET can still be set after `import fused_se` (the demo does).
+    from . import kernels
+
+    if kernels.bchw_strides(x) is None:
+        # A spatial slice, a permutation: one copy, into channels_last where channels vary
+        # faster than W in x's memory, NCHW otherwise.
+        fmt = torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+    return x
 
 
 def squeeze_excite(
@@ -74,21 +101,69 @@ def squeeze_excite(
     """y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2), fused.
 
     x: (B, C, H, W), NCHW-contiguous or channels_last (other strides are copied once);
-    w1: (hidden, C) and w2: (C, hidden) as nn.Linear stores them; b1 and b2 may be None.
-    The squeeze and the excitation run in fp32 whatever x's dtype; y has x's dtype and
-    memory format. Differentiable in x, the weights and the biases.
+    w1: (hidden, C) and w2: (C, hidden) as nn.Linear stores them (any hidden >= 1); b1 and b2
+    may be None. act: "relu" or "silu"; gate: "sigmoid" or "hard_sigmoid" (torch's hardsigmoid).
+    The squeeze and the excitation run in fp32 whatever x's dtype; y has x's dtype and memory
+    format. Differentiable in x, the weights and the biases.
     """
     check_inputs(x, w1, b1, w2, b2, act, gate)
     if backend_for(x) == "reference":
         return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate)
-    # Imported here, not at the top: importing fused_se must not import triton, so that
-    # TRITON_INTERPRET can still be set after `import fused_se` (the demo does).
-    from . import kernels, ops
+    from . import ops
 
-    if kernels.bchw_strides(x) is None:
-        # H and W do not flatten into one strided axis (a spatial slice, a permutation): one copy,
-        # into channels_last where channels vary faster than W in x's memory, NCHW otherwise.
-        fmt = torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
-        x = x.contiguous(memory_format=fmt)
-    y, _, _ = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
-    return y
+    return ops.squeeze_excite(_kernels_input(x), w1, b1, w2, b2, act, gate)[0]
+
+
+def effective_squeeze_excite(
+    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, *, gate: str = "hard_sigmoid"
+) -> torch.Tensor:
+    """y = x * gate(W mean_hw(x) + b), fused: the effective SE block (ESE) of VoVNet.
+
+    w: (C, C) (a 1x1 conv's weight viewed as 2-D); b: (C,) or None. As squeeze_excite otherwise.
+    """
+    _check_x(x)
+    c = x.shape[1]
+    _check_tensor("w", w, 2, "(C, C)")
+    if tuple(w.shape) != (c, c):
+        raise ValueError(f"w must have shape (C, C) = ({c}, {c}) to match x; got {tuple(w.shape)}")
+    _check_vector("b", b, c, "x's channels")
+    _check_devices(x, w=w, b=b)
+    _check_choice("gate", gate, reference.GATES)
+    if backend_for(x) == "reference":
+        return reference.effective_squeeze_excite(x, w, b, gate=gate)
+    from . import ops
+
+    return ops.effective_squeeze_excite(_kernels_input(x), w, b, gate)[0]
+
+
+def efficient_channel_attention(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    *,
+    circular: bool = False,
+    gate: str = "sigmoid",
+) -> torch.Tensor:
+    """y = x * gate(conv1d(mean_hw(x), w) + b) across channels, fused: ECA, or CECA if circular.
+
+    w: (K,) with K odd, the taps of a Conv1d(1, 1, K) with padding (K - 1) // 2, zero or
+    circular; b: (1,) or None. As squeeze_excite otherwise.
+    """
+    _check_x(x)
+    c = x.shape[1]
+    _check_tensor("w", w, 1, "(K,)")
+    k = w.shape[0]
+    if k % 2 == 0:
+        raise ValueError(f"w must have an odd number of taps K (padding (K - 1) // 2 on each side); got K = {k}")
+    if circular and (k - 1) // 2 > c:
+        raise ValueError(f"circular padding of {(k - 1) // 2} wraps around C = {c} channels more than once")
+    _check_vector("b", b, 1, "the single output channel")
+    _check_devices(x, w=w, b=b)
+    if not isinstance(circular, bool):
+        raise TypeError(f"circular must be a bool; got {type(circular).__name__}")
+    _check_choice("gate", gate, reference.GATES)
+    if backend_for(x) == "reference":
+        return reference.efficient_channel_attention(x, w, b, circular=circular, gate=gate)
+    from . import ops
+
+    return ops.efficient_channel_attention(_kernels_input(x), w, b, circular, gate)[0]

@@ -1,13 +1,19 @@
-"""The differentiable SE op: torch.library triton ops with a handwritten backward.
+"""The differentiable SE ops: torch.library triton ops with handwritten backwards.
+
+Three excitation forms share the squeeze and scale passes:
+    squeeze_excite                 two FCs (W1, b1, act, W2, b2, gate): the classic SE and its kin
+    effective_squeeze_excite       one C x C FC (W, b, gate): effective SE (ESE)
+    efficient_channel_attention    a k-tap conv across channels (w, b, padding, gate): ECA, CECA
 
 Forward: squeeze, excite, scale (three launches, 3N bytes). Backward: scale_bwd, excite_bwd,
-squeeze_scale_bwd (three launches, 4N bytes). Saved for backward: x, the weights, and z and s,
-two (B, C) fp32 tensors.
+squeeze_scale_bwd (three launches, 4N bytes). Each forward op returns (y, z, s, a): the output,
+and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
+unless the gate's backward needs it). Saved for backward: x, the weights, z, s and a.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor
@@ -16,15 +22,44 @@ from torch.library import triton_op
 from . import kernels
 
 
+def _backward_passes(
+    grad_y: Tensor, x: Tensor, s: Tensor, need_dx: bool, excite_bwd: Callable[[Tensor, bool], Optional[Tensor]]
+) -> Optional[Tensor]:
+    """The two passes over x around an excitation's backward; returns dx (None if not needed).
+
+    excite_bwd(dssum, need_dz) runs the excitation's backward and returns dz.
+    """
+    dssum = kernels.scale_bwd(grad_y, x)
+    dz = excite_bwd(dssum, need_dx)
+    return kernels.squeeze_scale_bwd(grad_y, s, dz, x) if need_dx else None
+
+
+def _dense_grad(grad_y: Tensor) -> Tensor:
+    if kernels.bchw_strides(grad_y) is None:
+        return grad_y.contiguous(memory_format=torch.contiguous_format)
+    return grad_y
+
+
+def _grad_out(t: Optional[Tensor], like: Optional[Tensor], x: Tensor) -> Tensor:
+    """A gradient in its input's dtype, or an empty tensor where none was asked for."""
+    if t is None or like is None:
+        return x.new_empty(0)
+    return t.to(like.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# two FCs
+# --------------------------------------------------------------------------------------
+
+
 @triton_op("fused_se::squeeze_excite", mutates_args=())
 def squeeze_excite(
     x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str, gate: str
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(y, z, s): the output, and the squeeze and gate (B, C) in the accumulation dtype."""
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
     zsum = kernels.squeeze_fwd(x)
-    z, s = kernels.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype)
-    y = kernels.scale_fwd(x, s)
-    return y, z, s
+    z, s, a = kernels.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
+    return kernels.scale_fwd(x, s), z, s, a
 
 
 @triton_op("fused_se::squeeze_excite_backward", mutates_args=())
@@ -33,6 +68,7 @@ def squeeze_excite_backward(
     x: Tensor,
     z: Tensor,
     s: Tensor,
+    a: Tensor,
     w1: Tensor,
     b1: Optional[Tensor],
     w2: Tensor,
@@ -46,39 +82,165 @@ def squeeze_excite_backward(
     need_db2: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dW1, db1, dW2, db2); a gradient that was not asked for comes back empty."""
-    if kernels.bchw_strides(grad_y) is None:
-        grad_y = grad_y.contiguous(memory_format=torch.contiguous_format)
+    grad_y = _dense_grad(grad_y)
     need_db1 = need_db1 and b1 is not None
     need_db2 = need_db2 and b2 is not None
-    dssum = kernels.scale_bwd(grad_y, x)
-    dz, dw1, db1, dw2, db2 = kernels.excite_bwd(
-        dssum, z, s, w1, b1, w2, x.dtype, need=(need_dx, need_dw1, need_db1, need_dw2, need_db2)
+    wgrads: list[Optional[Tensor]] = []
+
+    def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
+        need = (need_dz, need_dw1, need_db1, need_dw2, need_db2)
+        dz, *rest = kernels.excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, need, act, gate)
+        wgrads.extend(rest)
+        return dz
+
+    dx = _backward_passes(grad_y, x, s, need_dx, excite_bwd)
+    dw1, db1, dw2, db2 = wgrads
+    return (
+        _grad_out(dx, x, x),
+        _grad_out(dw1, w1, x),
+        _grad_out(db1, b1, x),
+        _grad_out(dw2, w2, x),
+        _grad_out(db2, b2, x),
     )
-    dx = kernels.squeeze_scale_bwd(grad_y, s, dz, x) if need_dx else None
-
-    def out(t: Optional[Tensor], like: Optional[Tensor]) -> Tensor:
-        if t is None or like is None:
-            return x.new_empty(0)
-        return t.to(like.dtype)
-
-    return out(dx, x), out(dw1, w1), out(db1, b1), out(dw2, w2), out(db2, b2)
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x, w1, b1, w2, b2, act, gate = inputs
-    _, z, s = output
-    ctx.save_for_backward(x, w1, b1, w2, b2, z, s)
+    _, z, s, a = output
+    ctx.save_for_backward(x, w1, b1, w2, b2, z, s, a)
     ctx.act, ctx.gate = act, gate
 
 
-def _backward(ctx, grad_y, grad_z, grad_s):
-    x, w1, b1, w2, b2, z, s = ctx.saved_tensors
-    need_x, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
-    grads = squeeze_excite_backward(
-        grad_y, x, z, s, w1, b1, w2, b2, ctx.act, ctx.gate, need_x, need_w1, need_b1, need_w2, need_b2
-    )
-    dx, dw1, db1, dw2, db2 = (g if need else None for g, need in zip(grads, ctx.needs_input_grad[:5]))
-    return dx, dw1, db1, dw2, db2, None, None
+def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
+    x, w1, b1, w2, b2, z, s, a = ctx.saved_tensors
+    need = ctx.needs_input_grad[:5]
+    grads = squeeze_excite_backward(grad_y, x, z, s, a, w1, b1, w2, b2, ctx.act, ctx.gate, *need)
+    return (*(g if n else None for g, n in zip(grads, need)), None, None)
 
 
 squeeze_excite.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------
+# one C x C FC
+# --------------------------------------------------------------------------------------
+
+
+@triton_op("fused_se::effective_squeeze_excite", mutates_args=())
+def effective_squeeze_excite(
+    x: Tensor, w: Tensor, b: Optional[Tensor], gate: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, z, s, a) for s = gate(W z + b)."""
+    zsum = kernels.squeeze_fwd(x)
+    z, s, a = kernels.excite_fc_fwd(zsum, x.shape[2] * x.shape[3], w, b, x.dtype, gate)
+    return kernels.scale_fwd(x, s), z, s, a
+
+
+@triton_op("fused_se::effective_squeeze_excite_backward", mutates_args=())
+def effective_squeeze_excite_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    z: Tensor,
+    s: Tensor,
+    a: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    gate: str,
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dW, db); a gradient that was not asked for comes back empty."""
+    grad_y = _dense_grad(grad_y)
+    need_db = need_db and b is not None
+    wgrads: list[Optional[Tensor]] = []
+
+    def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
+        dz, *rest = kernels.excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, (need_dz, need_dw, need_db))
+        wgrads.extend(rest)
+        return dz
+
+    dx = _backward_passes(grad_y, x, s, need_dx, excite_bwd)
+    dw, db = wgrads
+    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x)
+
+
+def _setup_context_fc(ctx, inputs, output) -> None:
+    x, w, b, gate = inputs
+    _, z, s, a = output
+    ctx.save_for_backward(x, w, b, z, s, a)
+    ctx.gate = gate
+
+
+def _backward_fc(ctx, grad_y, grad_z, grad_s, grad_a):
+    x, w, b, z, s, a = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    grads = effective_squeeze_excite_backward(grad_y, x, z, s, a, w, b, ctx.gate, *need)
+    return (*(g if n else None for g, n in zip(grads, need)), None)
+
+
+effective_squeeze_excite.register_autograd(_backward_fc, setup_context=_setup_context_fc)
+
+
+# --------------------------------------------------------------------------------------
+# k-tap conv across channels
+# --------------------------------------------------------------------------------------
+
+
+@triton_op("fused_se::efficient_channel_attention", mutates_args=())
+def efficient_channel_attention(
+    x: Tensor, w: Tensor, b: Optional[Tensor], circular: bool, gate: str
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(y, z, s, a) for s = gate(conv1d_k(z) + b) across channels."""
+    zsum = kernels.squeeze_fwd(x)
+    z, s, a = kernels.excite_conv_fwd(zsum, x.shape[2] * x.shape[3], w, b, circular, gate)
+    return kernels.scale_fwd(x, s), z, s, a
+
+
+@triton_op("fused_se::efficient_channel_attention_backward", mutates_args=())
+def efficient_channel_attention_backward(
+    grad_y: Tensor,
+    x: Tensor,
+    z: Tensor,
+    s: Tensor,
+    a: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    circular: bool,
+    gate: str,
+    need_dx: bool,
+    need_dw: bool,
+    need_db: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(dx, dw, db); a gradient that was not asked for comes back empty."""
+    grad_y = _dense_grad(grad_y)
+    need_db = need_db and b is not None
+    wgrads: list[Optional[Tensor]] = []
+
+    def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
+        dz, *rest = kernels.excite_conv_bwd(dssum, z, s, a, w, circular, gate, (need_dz, need_dw, need_db))
+        wgrads.extend(rest)
+        return dz
+
+    dx = _backward_passes(grad_y, x, s, need_dx, excite_bwd)
+    dw, db = wgrads
+    if db is not None and b is not None:
+        db = db.view(b.shape)
+    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x)
+
+
+def _setup_context_conv(ctx, inputs, output) -> None:
+    x, w, b, circular, gate = inputs
+    _, z, s, a = output
+    ctx.save_for_backward(x, w, b, z, s, a)
+    ctx.circular, ctx.gate = circular, gate
+
+
+def _backward_conv(ctx, grad_y, grad_z, grad_s, grad_a):
+    x, w, b, z, s, a = ctx.saved_tensors
+    need = ctx.needs_input_grad[:3]
+    grads = efficient_channel_attention_backward(grad_y, x, z, s, a, w, b, ctx.circular, ctx.gate, *need)
+    return (*(g if n else None for g, n in zip(grads, need)), None, None)
+
+
+efficient_channel_attention.register_autograd(_backward_conv, setup_context=_setup_context_conv)

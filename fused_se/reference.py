@@ -11,8 +11,11 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-ACTIVATIONS = ("relu",)
-GATES = ("sigmoid",)
+ACTIVATIONS = ("relu", "silu")
+GATES = ("sigmoid", "hard_sigmoid")
+
+_ACT_FNS = {"relu": torch.relu, "silu": F.silu}
+_GATE_FNS = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
 
 
 def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -33,9 +36,33 @@ def excite(
     gate: str = "sigmoid",
 ) -> torch.Tensor:
     """s = gate(W2 act(W1 z + b1) + b2) for z of shape (B, C), in z's dtype."""
-    h = F.linear(z, w1.to(z.dtype), _opt(b1, z.dtype))
-    h = torch.relu(h)
-    return torch.sigmoid(F.linear(h, w2.to(z.dtype), _opt(b2, z.dtype)))
+    h = _ACT_FNS[act](F.linear(z, w1.to(z.dtype), _opt(b1, z.dtype)))
+    return _GATE_FNS[gate](F.linear(h, w2.to(z.dtype), _opt(b2, z.dtype)))
+
+
+def excite_fc(z: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], gate: str = "hard_sigmoid") -> torch.Tensor:
+    """FC form (effective SE): s = gate(W z + b), W of shape (C, C)."""
+    return _GATE_FNS[gate](F.linear(z, w.to(z.dtype), _opt(b, z.dtype)))
+
+
+def excite_conv(
+    z: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], circular: bool = False, gate: str = "sigmoid"
+) -> torch.Tensor:
+    """Conv form (ECA, CECA): s = gate(conv1d over channels of z with the K taps w, + b), K odd."""
+    pad = (w.shape[0] - 1) // 2
+    v = z[:, None, :]
+    if circular:
+        v = F.pad(v, (pad, pad), mode="circular")
+        pad = 0
+    a = F.conv1d(v, w.to(z.dtype).view(1, 1, -1), _opt(b, z.dtype), padding=pad)
+    return _GATE_FNS[gate](a[:, 0, :])
+
+
+def _squeeze_scale(x: torch.Tensor, excitation) -> torch.Tensor:
+    acc = _acc_dtype(x.dtype)
+    z = x.to(acc).mean(dim=(2, 3))
+    s = excitation(z)
+    return (x.to(acc) * s[:, :, None, None]).to(x.dtype)
 
 
 def squeeze_excite(
@@ -49,10 +76,21 @@ def squeeze_excite(
     gate: str = "sigmoid",
 ) -> torch.Tensor:
     """y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2), differentiable by autograd."""
-    acc = _acc_dtype(x.dtype)
-    z = x.to(acc).mean(dim=(2, 3))
-    s = excite(z, w1, b1, w2, b2, act, gate)
-    return (x.to(acc) * s[:, :, None, None]).to(x.dtype)
+    return _squeeze_scale(x, lambda z: excite(z, w1, b1, w2, b2, act, gate))
+
+
+def effective_squeeze_excite(
+    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, *, gate: str = "hard_sigmoid"
+) -> torch.Tensor:
+    """y = x * gate(W mean_hw(x) + b), W of shape (C, C)."""
+    return _squeeze_scale(x, lambda z: excite_fc(z, w, b, gate))
+
+
+def efficient_channel_attention(
+    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, *, circular: bool = False, gate: str = "sigmoid"
+) -> torch.Tensor:
+    """y = x * gate(conv1d_k(mean_hw(x)) + b) across channels, zero or circular padding."""
+    return _squeeze_scale(x, lambda z: excite_conv(z, w, b, circular, gate))
 
 
 class SEModule(torch.nn.Module):

@@ -2,6 +2,8 @@
 
 from . import heuristics
 from .se import (
+    ACT_CODES,
+    GATE_CODES,
     acc_dtype,
     bchw_strides,
     excite_bwd,
@@ -12,11 +14,18 @@ from .se import (
     squeeze_fwd,
     squeeze_scale_bwd,
 )
+from .se_variants import excite_conv_bwd, excite_conv_fwd, excite_fc_bwd, excite_fc_fwd
 
 __all__ = [
+    "ACT_CODES",
+    "GATE_CODES",
     "acc_dtype",
     "bchw_strides",
     "excite_bwd",
+    "excite_conv_bwd",
+    "excite_conv_fwd",
+    "excite_fc_bwd",
+    "excite_fc_fwd",
     "excite_fwd",
     "heuristics",
     "record_launches",

@@ -34,6 +34,14 @@ EXCITE_BWD_TARGET_PARTIALS = 16
 MAX_EXCITE_BLOCK_B = 64
 # Excite backward: elements of a (BLOCK_B, BLOCK_R) tile from which it runs with 8 warps.
 EXCITE_BWD_WIDE_TILE = 16 * 64
+# FC form (a C x C layer): output and input channel blocks of its tiles, and the batch block.
+EXCITE_FC_BLOCK = 64
+EXCITE_FC_BWD_BLOCK_K = 32
+# Conv form (a k-tap conv across channels): elements of a (BLOCK_B, BLOCK_C) tile, the widest
+# channel block, and the number of per-program partial weight gradients aimed at.
+EXCITE_CONV_TILE = 2048
+MAX_EXCITE_CONV_BLOCK_C = 256
+EXCITE_CONV_BWD_TARGET_PARTIALS = 16
 # SM count assumed when kernels run in the Triton interpreter (programs run one after another).
 INTERPRETER_SM_COUNT = 2
 
@@ -82,6 +90,23 @@ class ExciteConfig:
     block_r: int
     programs_c: int  # forward: programs sharing a batch block, each with its own channel blocks
     dot_tf32: bool
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class ExciteFCConfig:
+    block_b: int
+    block_n: int  # output channels of a tile
+    block_k: int  # input channels of a tile (backward: the columns of dW a program owns)
+    dot_tf32: bool
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class ExciteConvConfig:
+    block_b: int
+    block_c: int
+    block_k: int  # taps, padded to a power of two (backward)
     num_warps: int
 
 
@@ -137,6 +162,26 @@ def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype) -> ExciteCon
     # threads once they are wide (ptxas spills at 4 warps from BLOCK_R = 64 on sm_90).
     num_warps = 8 if block_b * block_r >= EXCITE_BWD_WIDE_TILE else 4
     return ExciteConfig(block_b, block_c, block_r, 1, _dot_tf32(x_dtype), num_warps=num_warps)
+
+
+def excite_fc_config(c: int, x_dtype: torch.dtype) -> ExciteFCConfig:
+    # fp64 multiplies through a (B, K, N) broadcast instead of tl.dot: keep that tile small.
+    widest = MIN_DOT if x_dtype == torch.float64 else EXCITE_FC_BLOCK
+    block = max(MIN_DOT, min(next_pow2(c), widest))
+    block_k = max(MIN_DOT, min(block, EXCITE_FC_BWD_BLOCK_K))
+    return ExciteFCConfig(MIN_DOT, block, block_k, _dot_tf32(x_dtype), num_warps=4)
+
+
+def excite_conv_fwd_config(b: int, c: int) -> ExciteConvConfig:
+    block_c = min(next_pow2(c), MAX_EXCITE_CONV_BLOCK_C)
+    block_b = min(next_pow2(b), max(1, EXCITE_CONV_TILE // block_c))
+    return ExciteConvConfig(block_b, block_c, 1, num_warps=4)
+
+
+def excite_conv_bwd_config(b: int, c: int, k: int) -> ExciteConvConfig:
+    block_c = min(next_pow2(c), MAX_EXCITE_CONV_BLOCK_C)
+    block_b = min(next_pow2(cdiv(b, EXCITE_CONV_BWD_TARGET_PARTIALS)), max(1, EXCITE_CONV_TILE // block_c))
+    return ExciteConvConfig(block_b, block_c, next_pow2(k), num_warps=4)
 
 
 def _dot_tf32(x_dtype: torch.dtype) -> bool:

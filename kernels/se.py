@@ -6,17 +6,23 @@ are both native (no copy). N is the number of bytes of x.
 Forward:
     zsum[k,b,c] = sum_{hw in split k} x[b,c,hw]           squeeze      reads x          N
     z[b,c]      = sum_k zsum[k,b,c] / HW                   excite       one launch, all samples:
-    h[b,:]      = relu(W1 z[b,:] + b1)                                  (B, C) -> (B, R) -> (B, C)
-    s[b,:]      = sigmoid(W2 h[b,:] + b2)
+    h[b,:]      = act(W1 z[b,:] + b1)                                   (B, C) -> (B, R) -> (B, C)
+    a[b,:]      = W2 h[b,:] + b2,   s = gate(a)                         act: relu | silu
+                                                                        gate: sigmoid | hard_sigmoid
     y           = x * s[b,c]                               scale        reads x, writes y 2N
 
 Backward, with g = dL/dy:
     dssum[k,b,c] = sum_{hw in split k} g * x               scale_bwd    reads g and x    2N
-    u       = ds * s * (1 - s)                             excite_bwd   one launch; weight grads
+    u       = ds * gate'(a)                                excite_bwd   one launch; weight grads
     dW2 = u^T h,  db2 = sum_b u,  dh = u W2                             are per-program partials
-    v       = dh * (W1 z + b1 > 0)                                      summed in a fixed order
+    v       = dh * act'(W1 z + b1)                                      summed in a fixed order
     dW1 = v^T z,  db1 = sum_b v,  dz = v W1
     dx      = g * s[b,c] + dz[b,c] / HW                    squeeze_scale_bwd  reads g, writes dx  2N
+
+gate'(a) is s * (1 - s) for the sigmoid; for the hard sigmoid, min(max(a + 3, 0), 6) / 6 as in
+torch, it is 1/6 on -3 < a < 3 and 0 elsewhere, which s cannot tell at the edges (a + 3 may round
+to 6), so that gate keeps a as well. se_variants.py holds the other excitation forms (a single
+C x C FC, a k-tap conv across channels) around the same squeeze and scale passes.
 
 So 3N forward and 4N backward. Everything between the passes is O(B*C) and fp32 (fp64 for
 fp64 inputs, so that gradcheck sees exact math); nothing the size of x is allocated besides
@@ -218,12 +224,54 @@ def _sum_splits(ptr, offs, mask, split, stride_split):
     return acc
 
 
+# Codes of the constexprs ACT and GATE.
+ACT_CODES = {"relu": 0, "silu": 1}
+GATE_CODES = {"sigmoid": 0, "hard_sigmoid": 1}
+
+
+def keeps_gate_input(gate: str) -> bool:
+    """Whether the backward of this gate needs its input a, not only s = gate(a)."""
+    return gate == "hard_sigmoid"
+
+
 @triton.jit
-def _sigmoid_bwd(dssum_ptr, s_ptr, offs, mask, split, stride_split):
-    """u = ds * s * (1 - s): the gradient before the gate, from the partial sums of ds."""
+def _act_fwd(h, ACT: tl.constexpr):
+    if ACT == 1:  # silu, as torch: h / (1 + exp(-h))
+        return h / (1.0 + tl.exp(-h))
+    else:  # relu; NaN stays NaN, as in torch
+        return tl.maximum(h, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def _act_bwd(hpre, dh, ACT: tl.constexpr):
+    """dh * act'(hpre)."""
+    if ACT == 1:
+        sg = 1.0 / (1.0 + tl.exp(-hpre))
+        return dh * sg * (1.0 + hpre * (1.0 - sg))
+    else:
+        # torch's threshold_backward: zero where the input is <= 0, so a NaN input passes dh on.
+        return tl.where(hpre <= 0.0, 0.0, dh)
+
+
+@triton.jit
+def _gate_fwd(a, GATE: tl.constexpr):
+    if GATE == 1:  # hard sigmoid, as torch: min(max(a + 3, 0), 6) / 6, NaN stays NaN
+        t = tl.maximum(a + 3.0, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        return tl.minimum(t, 6.0, propagate_nan=tl.PropagateNan.ALL) / 6.0
+    else:
+        return 1.0 / (1.0 + tl.exp(-a))
+
+
+@triton.jit
+def _gate_bwd(dssum_ptr, s_ptr, a_ptr, offs, mask, split, stride_split, GATE: tl.constexpr):
+    """u = ds * gate'(a), the gradient before the gate, from the partial sums of ds."""
     ds = _sum_splits(dssum_ptr, offs, mask, split, stride_split)
-    s = tl.load(s_ptr + offs, mask=mask, other=0.0)
-    return ds * s * (1.0 - s)
+    if GATE == 1:
+        a = tl.load(a_ptr + offs, mask=mask, other=0.0)
+        return tl.where((a > -3.0) & (a < 3.0), ds / 6.0, 0.0)
+    else:
+        s = tl.load(s_ptr + offs, mask=mask, other=0.0)
+        return ds * s * (1.0 - s)
 
 
 @triton.jit
@@ -235,6 +283,7 @@ def _excite_fwd_kernel(
     b2_ptr,  # (C,) read only when HAS_B2
     z_ptr,  # (B, C) out: the squeeze, kept for the backward
     s_ptr,  # (B, C) out: the gate
+    a_ptr,  # (B, C) out: the gate's input, written only when KEEP_A
     stride_w1r,
     stride_w1c,
     stride_b1,
@@ -249,6 +298,9 @@ def _excite_fwd_kernel(
     programs_c,
     HAS_B1: tl.constexpr,
     HAS_B2: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    KEEP_A: tl.constexpr,
     IS_FP64: tl.constexpr,
     DOT_TF32: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -281,7 +333,7 @@ def _excite_fwd_kernel(
         h = _dot(z, w1t, h, DOT_TF32, IS_FP64)
     if HAS_B1:
         h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
-    h = tl.maximum(h, 0.0)
+    h = _act_fwd(h, ACT)  # padded columns r >= R stay 0 for both activations
 
     for c0 in range(pid_c * BLOCK_C, C, programs_c * BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -294,9 +346,11 @@ def _excite_fwd_kernel(
         a = _dot(h, w2t, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
         if HAS_B2:
             a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)[None, :]
-        s = 1.0 / (1.0 + tl.exp(-a))
         bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        tl.store(s_ptr + bc, s, mask=mask_b[:, None] & mask_c[None, :])
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        tl.store(s_ptr + bc, _gate_fwd(a, GATE), mask=mask_bc)
+        if KEEP_A:
+            tl.store(a_ptr + bc, a, mask=mask_bc)
 
 
 @triton.jit
@@ -304,6 +358,7 @@ def _excite_bwd_kernel(
     dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
     z_ptr,  # (B, C)
     s_ptr,  # (B, C)
+    a_ptr,  # (B, C) the gate's input, read only when GATE needs it
     w1_ptr,  # (R, C) strided
     b1_ptr,  # (R,) read only when HAS_B1
     w2_ptr,  # (C, R) strided
@@ -322,6 +377,8 @@ def _excite_bwd_kernel(
     R,
     split,
     HAS_B1: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
     NEED_DZ: tl.constexpr,
     NEED_DW1: tl.constexpr,
     NEED_DB1: tl.constexpr,
@@ -349,7 +406,7 @@ def _excite_bwd_kernel(
         mask_bc = mask_b[:, None] & mask_c[None, :]
         mask_cr = mask_c[:, None] & mask_r[None, :]
         bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        u = _sigmoid_bwd(dssum_ptr, s_ptr, bc, mask_bc, split, B * C)
+        u = _gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
         z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
         w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
         w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
@@ -357,9 +414,9 @@ def _excite_bwd_kernel(
         dh = _dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
     if HAS_B1:
         hpre += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
-    h = tl.maximum(hpre, 0.0)
+    h = _act_fwd(hpre, ACT)
     # Rows past B have u = 0, hence dh = 0 and v = 0: they add nothing to the sums below.
-    v = tl.where(hpre > 0.0, dh, 0.0)
+    v = _act_bwd(hpre, dh, ACT)
     if NEED_DB1:
         tl.store(db1_ptr + pid * R + offs_r, tl.sum(v, axis=0), mask=mask_r)
 
@@ -371,7 +428,7 @@ def _excite_bwd_kernel(
         mask_cr = mask_c[:, None] & mask_r[None, :]
         bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
         if NEED_DW2 or NEED_DB2:
-            u = _sigmoid_bwd(dssum_ptr, s_ptr, bc, mask_bc, split, B * C)
+            u = _gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
             if NEED_DB2:
                 tl.store(db2_ptr + pid * C + offs_c, tl.sum(u, axis=0), mask=mask_c)
             if NEED_DW2:
@@ -480,6 +537,13 @@ def squeeze_scale_bwd(g: torch.Tensor, s: torch.Tensor, dz: torch.Tensor, like: 
     return _scale(g, s, dz, _empty_like(like))
 
 
+def _gate_input(b: int, c: int, gate: str, like: torch.Tensor) -> torch.Tensor:
+    """(B, C) for a gate whose backward needs its input, else an empty placeholder."""
+    if keeps_gate_input(gate):
+        return _empty(b, c, dtype=like.dtype, device=like.device)
+    return like.new_empty(0)
+
+
 def excite_fwd(
     zsum: torch.Tensor,
     hw: int,
@@ -488,15 +552,21 @@ def excite_fwd(
     w2: torch.Tensor,
     b2: Optional[torch.Tensor],
     x_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """From the squeeze's partial sums to (z, s), both (B, C) in the accumulation dtype."""
+    act: str = "relu",
+    gate: str = "sigmoid",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From the squeeze's partial sums to (z, s, a), each (B, C) in the accumulation dtype.
+
+    a, the gate's input, is kept only where the gate's backward needs it (empty otherwise).
+    """
     split, b, c = zsum.shape
     r = w1.shape[0]
     z = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
     s = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    a = _gate_input(b, c, gate, zsum)
     _record("excite")
     if b == 0:
-        return z, s
+        return z, s, a
     cfg = hz.excite_fwd_config(b, c, r, x_dtype, hz.sm_count(zsum.device))
     grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
     wrap_triton(_excite_fwd_kernel)[grid](
@@ -507,6 +577,7 @@ def excite_fwd(
         w2 if b2 is None else b2,
         z,
         s,
+        a if keeps_gate_input(gate) else s,
         *w1.stride(),
         _vec_stride(b1),
         *w2.stride(),
@@ -519,6 +590,9 @@ def excite_fwd(
         cfg.programs_c,
         HAS_B1=b1 is not None,
         HAS_B2=b2 is not None,
+        ACT=ACT_CODES[act],
+        GATE=GATE_CODES[gate],
+        KEEP_A=keeps_gate_input(gate),
         IS_FP64=zsum.dtype == torch.float64,
         DOT_TF32=cfg.dot_tf32,
         BLOCK_B=cfg.block_b,
@@ -526,20 +600,25 @@ def excite_fwd(
         BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps,
     )
-    return z, s
+    return z, s, a
 
 
 def excite_bwd(
     dssum: torch.Tensor,
     z: torch.Tensor,
     s: torch.Tensor,
+    a: torch.Tensor,
     w1: torch.Tensor,
     b1: Optional[torch.Tensor],
     w2: torch.Tensor,
     x_dtype: torch.dtype,
     need: tuple[bool, bool, bool, bool, bool],
+    act: str = "relu",
+    gate: str = "sigmoid",
 ) -> tuple[Optional[torch.Tensor], ...]:
     """(dz, dW1, db1, dW2, db2) from the partial sums of g * x; None where `need` says so.
+
+    z, s and a are excite_fwd's outputs (a may be empty where the gate does not need it).
 
     dz is in the accumulation dtype; the weight gradients are summed over the per-program
     partials in a fixed order and returned in fp32 (fp64 for fp64 inputs).
@@ -562,6 +641,7 @@ def excite_bwd(
             dssum,
             z,
             s,
+            a if keeps_gate_input(gate) else s,
             w1,
             w1 if b1 is None else b1,
             w2,
@@ -578,6 +658,8 @@ def excite_bwd(
             r,
             split,
             HAS_B1=b1 is not None,
+            ACT=ACT_CODES[act],
+            GATE=GATE_CODES[gate],
             NEED_DZ=need_dz,
             NEED_DW1=need_dw1,
             NEED_DB1=need_db1,

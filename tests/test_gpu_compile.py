@@ -29,20 +29,25 @@ def _can_compile_for_gpu() -> bool:
 
 
 @pytest.mark.skipif(not _can_compile_for_gpu(), reason="this triton has no nvidia backend to compile with")
-@pytest.mark.parametrize("arch", TARGETS, ids=[f"sm{a}" for a in TARGETS])
-def test_kernels_compile_for_gpu(arch):
+def test_kernels_compile_for_gpu():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.pop("CUDA_VISIBLE_DEVICES", None)
-    done = subprocess.run(
-        [sys.executable, __file__, arch],
-        env=env,
-        cwd=os.path.dirname(__file__),
-        capture_output=True,
-        text=True,
-        timeout=480,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "compiled" in done.stdout, done.stdout
+    # One process per target, side by side: compiling is CPU-bound and single-threaded.
+    procs = {
+        arch: subprocess.Popen(
+            [sys.executable, __file__, arch],
+            env=env,
+            cwd=os.path.dirname(__file__),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for arch in TARGETS
+    }
+    for arch, proc in procs.items():
+        out, _ = proc.communicate(timeout=480)
+        assert proc.returncode == 0, f"sm_{arch}:\n{out}"
+        assert "compiled" in out, f"sm_{arch}:\n{out}"
 
 
 # ---- the subprocess ----------------------------------------------------------------------------
@@ -52,7 +57,7 @@ _PTR_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64
 
 def _record_launches():
     """Replaces the launchers' wrap_triton with a recorder; returns the list of launches."""
-    from fused_se.kernels import se
+    from fused_se.kernels import se, se_variants
 
     launches = []
 
@@ -66,7 +71,7 @@ def _record_launches():
 
             return launch
 
-    se.wrap_triton = _Recorder
+    se.wrap_triton = se_variants.wrap_triton = _Recorder
     return launches
 
 
@@ -97,26 +102,47 @@ def _exercise():
 
     from fused_se import ops
 
+    def backward(op, x, y, z, s, a, weights, flags, needs):
+        for need in needs:
+            op(y, x, z, s, a, *weights, *flags, *need)
+
+    dtypes = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
     cases = []
-    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+    for dtype in dtypes:
         for shape in ((1, 16, 40, 40), (3, 65, 7, 7), (300, 24, 5, 13)):
             for layout in ("nchw", "channels_last"):
-                cases.append((dtype, shape, layout, True))
-        cases.append((dtype, (3, 512, 7, 7), "nchw", False))  # W1 over the recompute threshold, no biases
-    for dtype, (b, c, h, w), layout, bias in cases:
+                cases.append((dtype, shape, layout, True, "relu", "sigmoid"))
+        cases.append((dtype, (3, 512, 7, 7), "nchw", False, "relu", "sigmoid"))  # W1 over the recompute threshold
+        for act, gate in (("silu", "sigmoid"), ("relu", "hard_sigmoid"), ("silu", "hard_sigmoid")):
+            cases.append((dtype, (3, 65, 7, 7), "nchw", True, act, gate))
+    for dtype, (b, c, h, w), layout, bias, act, gate in cases:
         r = max(1, c // 16) if c != 512 else 128
         x = torch.randn(b, c, h, w, dtype=dtype)
         if layout == "channels_last":
             x = x.to(memory_format=torch.channels_last)
         w1, w2 = torch.randn(r, c), torch.randn(c, r)
         b1, b2 = (torch.randn(r), torch.randn(c)) if bias else (None, None)
-        y, z, s = ops.squeeze_excite(x, w1, b1, w2, b2, "relu", "sigmoid")
-        for needs in (
-            (True, True, bias, True, bias),
-            (True, False, False, False, False),
-            (False, True, bias, True, bias),
-        ):
-            ops.squeeze_excite_backward(y, x, z, s, w1, b1, w2, b2, "relu", "sigmoid", *needs)
+        y, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+        needs = [(True, True, bias, True, bias)]
+        if act == "relu" and gate == "sigmoid":  # the partial-gradient variants, once per tiling
+            needs += [(True, False, False, False, False), (False, True, bias, True, bias)]
+        backward(ops.squeeze_excite_backward, x, y, z, s, a, (w1, b1, w2, b2), (act, gate), needs)
+
+    # The other excitation forms: every dtype, with and without a bias, both gates; the
+    # partial-gradient variants in one dtype.
+    for dtype in dtypes:
+        for bias, gate, circular in ((True, "hard_sigmoid", True), (False, "sigmoid", False)):
+            needs = [(True, True, bias)]
+            if dtype == torch.bfloat16:
+                needs += [(False, True, bias), (True, False, False)]
+            for b, c in ((3, 65), (40, 256)):
+                x = torch.randn(b, c, 7, 7, dtype=dtype)
+                w, bb = torch.randn(c, c), (torch.randn(c) if bias else None)
+                y, z, s, a = ops.effective_squeeze_excite(x, w, bb, gate)
+                backward(ops.effective_squeeze_excite_backward, x, y, z, s, a, (w, bb), (gate,), needs)
+                w, bb = torch.randn(5), (torch.randn(1) if bias else None)
+                y, z, s, a = ops.efficient_channel_attention(x, w, bb, circular, gate)
+                backward(ops.efficient_channel_attention_backward, x, y, z, s, a, (w, bb), (circular, gate), needs)
 
 
 def _main(arch: str) -> int:

@@ -104,6 +104,17 @@ def _excite_case(b, c, r, bias, device, split=1):
     return zsum, hw, w1, b1, w2, b2
 
 
+ACT_GATES = [("relu", "sigmoid"), ("silu", "sigmoid"), ("relu", "hard_sigmoid"), ("silu", "hard_sigmoid")]
+
+
+def _check_gate_input(a, z, w1, b1, w2, b2, act, gate):
+    if gate == "hard_sigmoid":  # kept for the backward
+        h = reference._ACT_FNS[act](torch.nn.functional.linear(z, w1, b1))
+        torch.testing.assert_close(a, torch.nn.functional.linear(h, w2, b2), rtol=1e-5, atol=1e-5)
+    else:
+        assert a.numel() == 0
+
+
 @pytest.mark.parametrize(
     "b,c,r,recompute",
     [
@@ -114,15 +125,17 @@ def _excite_case(b, c, r, bias, device, split=1):
     ],
 )
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-def test_excite_fwd(b, c, r, recompute, bias, device):
+@pytest.mark.parametrize("act,gate", ACT_GATES)
+def test_excite_fwd(b, c, r, recompute, bias, act, gate, device):
     assert (hz.excite_fwd_config(b, c, r, torch.float32, _sms(device)).programs_c > 1) == recompute
     zsum, hw, w1, b1, w2, b2 = _excite_case(b, c, r, bias, device, split=2)
     with record_launches() as launched:
-        z, s = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32)
+        z, s, a = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32, act, gate)
     assert launched == ["excite"]
     z_ref = zsum.sum(0) / hw
     torch.testing.assert_close(z, z_ref, rtol=1e-6, atol=1e-6)
-    torch.testing.assert_close(s, reference.excite(z_ref, w1, b1, w2, b2), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(s, reference.excite(z_ref, w1, b1, w2, b2, act, gate), rtol=1e-5, atol=1e-6)
+    _check_gate_input(a, z_ref, w1, b1, w2, b2, act, gate)
 
 
 @pytest.mark.parametrize(
@@ -134,18 +147,21 @@ def test_excite_fwd(b, c, r, recompute, bias, device):
     ],
 )
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
-def test_excite_bwd(b, c, r, block_b, bias, device):
+@pytest.mark.parametrize("act,gate", ACT_GATES)
+def test_excite_bwd(b, c, r, block_b, bias, act, gate, device):
     assert hz.excite_bwd_config(b, c, r, torch.float32).block_b == block_b
     zsum, hw, w1, b1, w2, b2 = _excite_case(b, c, r, bias, device)
+    # Gate inputs spread over [-6, 6], so the hard sigmoid's flat parts are reached too.
+    w2 = w2 * 4
     ds_sum = torch.randn(2, b, c, device=device)
-    z, s = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32)
+    z, s, a = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32, act, gate)
 
     leaves = [t.detach().double().requires_grad_() if t is not None else None for t in (z, w1, b1, w2, b2)]
-    s_ref = reference.excite(*leaves)
+    s_ref = reference.excite(*leaves, act, gate)
     s_ref.backward(ds_sum.sum(0).double())
     need = (True, True, bias, True, bias)
     with record_launches() as launched:
-        grads = kernels.excite_bwd(ds_sum, z, s, w1, b1, w2, torch.float32, need)
+        grads = kernels.excite_bwd(ds_sum, z, s, a, w1, b1, w2, torch.float32, need, act, gate)
     assert launched == ["excite_bwd"]
     for name, got, leaf in zip(["dz", "dW1", "db1", "dW2", "db2"], grads, leaves):
         if leaf is None:
@@ -156,13 +172,119 @@ def test_excite_bwd(b, c, r, block_b, bias, device):
 
 def test_excite_bwd_computes_only_what_is_asked(device):
     zsum, hw, w1, b1, w2, b2 = _excite_case(3, 24, 3, True, device)
-    z, s = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32)
+    z, s, a = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32)
     ds = torch.randn(1, 3, 24, device=device)
-    dz, dw1, db1, dw2, db2 = kernels.excite_bwd(ds, z, s, w1, b1, w2, torch.float32, (False, True, False, False, True))
+    need = (False, True, False, False, True)
+    dz, dw1, db1, dw2, db2 = kernels.excite_bwd(ds, z, s, a, w1, b1, w2, torch.float32, need)
     assert dz is None and db1 is None and dw2 is None
     assert dw1.shape == w1.shape and db2.shape == b2.shape
-    full = kernels.excite_bwd(ds, z, s, w1, b1, w2, torch.float32, (True,) * 5)
+    full = kernels.excite_bwd(ds, z, s, a, w1, b1, w2, torch.float32, (True,) * 5)
     assert torch.equal(dw1, full[1]) and torch.equal(db2, full[4])
+
+
+def test_hard_sigmoid_gradient_at_its_edges(device):
+    """torch's hardsigmoid passes the gradient on -3 < a < 3 only; a = +-3 exactly gives 0."""
+    b, c, r, hw = 1, 16, 1, 1
+    w1 = torch.ones(r, c, device=device)
+    w2 = torch.zeros(c, r, device=device)
+    b2 = torch.tensor([-3.0, 3.0, -2.999, 2.999, -7.0, 7.0, 0.0, 1.0] * 2, device=device)
+    zsum = torch.zeros(1, b, c, device=device)
+    z, s, a = kernels.excite_fwd(zsum, hw, w1, None, w2, b2, torch.float32, "relu", "hard_sigmoid")
+    ds = torch.ones(1, b, c, device=device)
+    *_, db2 = kernels.excite_bwd(
+        ds, z, s, a, w1, None, w2, torch.float32, (False,) * 4 + (True,), "relu", "hard_sigmoid"
+    )
+    a_ref = b2.clone().requires_grad_()
+    torch.nn.functional.hardsigmoid(a_ref).sum().backward()
+    assert torch.equal(s[0], torch.nn.functional.hardsigmoid(b2))
+    assert torch.equal(db2, a_ref.grad)
+
+
+# ---- the FC form (effective SE) and the conv form (ECA) -------------------------------------
+
+
+def _form_case(b, c, device, split=2):
+    hw = 5
+    zsum = torch.randn(split, b, c, device=device) * hw
+    ds_sum = torch.randn(split, b, c, device=device)
+    return zsum, hw, ds_sum
+
+
+def _grads(excitation, z, ds, params):
+    leaves = [z.detach().double().requires_grad_()] + [
+        p.detach().double().requires_grad_() if p is not None else None for p in params
+    ]
+    excitation(*leaves).backward(ds.double())
+    return [leaf.grad if leaf is not None else None for leaf in leaves]
+
+
+# (B, C, backward programs): one tile; several batch blocks and dW column owners; more of both.
+@pytest.mark.parametrize("b,c,programs", [(3, 24, 1), (40, 65, 3), (2, 200, 7)])
+@pytest.mark.parametrize("bias,gate", [(True, "hard_sigmoid"), (False, "sigmoid"), (True, "sigmoid")])
+def test_excite_fc(b, c, programs, bias, gate, device):
+    assert hz.cdiv(c, hz.excite_fc_config(c, torch.float32).block_k) == programs
+    zsum, hw, ds_sum = _form_case(b, c, device)
+    w = torch.randn(c, c, device=device) * 3 / c**0.5
+    bb = torch.randn(c, device=device) if bias else None
+    with record_launches() as launched:
+        z, s, a = kernels.excite_fc_fwd(zsum, hw, w, bb, torch.float32, gate)
+        dz, dw, db = kernels.excite_fc_bwd(ds_sum, z, s, a, w, torch.float32, gate, (True, True, bias))
+    assert launched == ["excite_fc", "excite_fc_bwd"]
+    z_ref = zsum.sum(0) / hw
+    torch.testing.assert_close(z, z_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s, reference.excite_fc(z_ref, w, bb, gate), rtol=1e-5, atol=1e-6)
+    expected = _grads(lambda *t: reference.excite_fc(*t, gate), z, ds_sum.sum(0), [w, bb])
+    for name, got, want in zip(["dz", "dW", "db"], [dz, dw, db], expected):
+        if want is None:
+            assert got is None
+            continue
+        torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("b,c", [(3, 24), (40, 300)])  # one program; partials and several channel blocks
+@pytest.mark.parametrize("k", [1, 3, 9])
+@pytest.mark.parametrize("circular", [False, True], ids=["zeros", "circular"])
+@pytest.mark.parametrize("bias,gate", [(False, "sigmoid"), (True, "hard_sigmoid")])
+def test_excite_conv(b, c, k, circular, bias, gate, device):
+    zsum, hw, ds_sum = _form_case(b, c, device)
+    w = torch.randn(k, device=device) * 2
+    bb = torch.randn(1, device=device) if bias else None
+    with record_launches() as launched:
+        z, s, a = kernels.excite_conv_fwd(zsum, hw, w, bb, circular, gate)
+        dz, dw, db = kernels.excite_conv_bwd(ds_sum, z, s, a, w, circular, gate, (True, True, bias))
+    assert launched == ["excite_conv", "excite_conv_bwd"]
+    z_ref = zsum.sum(0) / hw
+    torch.testing.assert_close(z, z_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s, reference.excite_conv(z_ref, w, bb, circular, gate), rtol=1e-5, atol=1e-6)
+    expected = _grads(lambda *t: reference.excite_conv(*t, circular, gate), z, ds_sum.sum(0), [w, bb])
+    for name, got, want in zip(["dz", "dw", "db"], [dz, dw, db], expected):
+        if want is None:
+            assert got is None
+            continue
+        torch.testing.assert_close(got.double().view_as(want), want, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_excite_conv_bwd_partials(device):
+    """Enough rows for several per-program partials of dw, summed in a fixed order."""
+    b, c = 4 * hz.EXCITE_CONV_BWD_TARGET_PARTIALS, 8
+    assert hz.cdiv(b, hz.excite_conv_bwd_config(b, c, 3).block_b) > 1
+    zsum, hw, ds_sum = _form_case(b, c, device, split=1)
+    w = torch.randn(3, device=device)
+    z, s, a = kernels.excite_conv_fwd(zsum, hw, w, None, False, "sigmoid")
+    _, dw, _ = kernels.excite_conv_bwd(ds_sum, z, s, a, w, False, "sigmoid", (False, True, False))
+    (dw_ref,) = _grads(lambda z, w: reference.excite_conv(z, w, None), z, ds_sum[0], [w])[1:]
+    torch.testing.assert_close(dw.double(), dw_ref, rtol=1e-5, atol=1e-5)
+
+
+def test_excite_forms_empty_batch(device):
+    zsum, hw, ds = _form_case(0, 8, device)
+    w_fc, w_conv = torch.randn(8, 8, device=device), torch.randn(3, device=device)
+    z, s, a = kernels.excite_fc_fwd(zsum, hw, w_fc, None, torch.float32, "sigmoid")
+    _, dw, db = kernels.excite_fc_bwd(ds, z, s, a, w_fc, torch.float32, "sigmoid", (True, True, True))
+    assert z.shape == (0, 8) and torch.equal(dw, torch.zeros_like(w_fc)) and torch.equal(db, torch.zeros(8))
+    z, s, a = kernels.excite_conv_fwd(zsum, hw, w_conv, None, True, "sigmoid")
+    _, dw, db = kernels.excite_conv_bwd(ds, z, s, a, w_conv, True, "sigmoid", (True, True, True))
+    assert torch.equal(dw, torch.zeros(3)) and torch.equal(db, torch.zeros(1))
 
 
 # ---- heuristics and strides ----------------------------------------------------------------
