@@ -2,8 +2,24 @@
 
 from . import functional, reference
 from ._dispatch import backend_for
-from .functional import squeeze_excite
-from .modules import FusedSEModule
+from .conversion import ConversionReport, convert, revert
+from .functional import effective_squeeze_excite, efficient_channel_attention, squeeze_excite
+from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
 from .version import __version__
 
-__all__ = ["FusedSEModule", "__version__", "backend_for", "functional", "reference", "squeeze_excite"]
+__all__ = [
+    "ConversionReport",
+    "FusedConv2dSEModule",
+    "FusedEcaModule",
+    "FusedEffectiveSEModule",
+    "FusedSEModule",
+    "__version__",
+    "backend_for",
+    "convert",
+    "effective_squeeze_excite",
+    "efficient_channel_attention",
+    "functional",
+    "reference",
+    "revert",
+    "squeeze_excite",
+]

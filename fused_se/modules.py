@@ -1,17 +1,49 @@
-"""nn.Modules that run the fused SE block."""
+"""nn.Modules that run the fused SE block.
+
+FusedSEModule is the drop-in for the classic SEModule; its subclasses hold their parameters the
+way timm and torchvision lay them out (1x1 convs, a single C x C conv, a k-tap Conv1d), so that
+fused_se.convert can swap a model's SE blocks for them with the state_dict unchanged.
+"""
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 
-from .functional import squeeze_excite
+from . import reference
+from .functional import effective_squeeze_excite, efficient_channel_attention, squeeze_excite
+
+_ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU}
+_GATE_MODULES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
+
+
+def _check_int(name: str, value: object, low: int, high: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        bound = f"between {low} and {high}" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}; got {value}")
+    return value
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__}")
+    return value
+
+
+def _check_name(name: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+    return value  # type: ignore[return-value]
 
 
 class FusedSEModule(nn.Module):
     """Drop-in for the classic SEModule, with the fused forward and backward.
 
-    Same constructor and the same parameters as
+    With the defaults, the same constructor and the same parameters as
 
         SEModule(channel, reduction=16):
             avg_pool = AdaptiveAvgPool2d(1)
@@ -20,34 +52,223 @@ class FusedSEModule(nn.Module):
 
     so state_dicts (``fc.0.weight``, ``fc.2.weight``) load both ways. The fc Sequential is
     kept as the container of the parameters; forward does not call it.
+
+    Keyword options give the variants of other code bases: ``rd_channels`` sets the hidden
+    width directly (any width >= 1, instead of ``channel // reduction``), ``bias`` adds biases
+    to both layers (``fc.0.bias``, ``fc.2.bias``), ``act`` is the inner activation ("relu" or
+    "silu") and ``gate`` the outer one ("sigmoid" or "hard_sigmoid", torch's hardsigmoid).
+
+    The subclasses (FusedConv2dSEModule, FusedEffectiveSEModule, FusedEcaModule) hold their
+    parameters in other layers; every fused block is an instance of this class.
     """
 
-    def __init__(self, channel: int, reduction: int = 16) -> None:
+    def __init__(
+        self,
+        channel: int,
+        reduction: int = 16,
+        *,
+        rd_channels: Optional[int] = None,
+        bias: bool = False,
+        act: str = "relu",
+        gate: str = "sigmoid",
+    ) -> None:
         super().__init__()
-        for name, value in (("channel", channel), ("reduction", reduction)):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int; got {type(value).__name__}")
-        if channel < 1:
-            raise ValueError(f"channel must be >= 1; got {channel}")
-        if not 1 <= reduction <= channel:
-            raise ValueError(f"reduction must be between 1 and channel={channel}; got {reduction}")
-        hidden = channel // reduction
-        self.channel = channel
-        self.reduction = reduction
+        _check_int("channel", channel, 1)
+        if rd_channels is None:
+            hidden = channel // _check_int("reduction", reduction, 1, channel)
+        else:
+            hidden = _check_int("rd_channels", rd_channels, 1)
+        self._configure(channel, hidden, act, gate)
+        self.reduction = reduction if rd_channels is None else None
+        bias = _check_bool("bias", bias)
         self.fc = nn.Sequential(
-            nn.Linear(channel, hidden, bias=False),
-            nn.ReLU(inplace=True),
-            nn.Linear(hidden, channel, bias=False),
-            nn.Sigmoid(),
+            nn.Linear(channel, hidden, bias=bias),
+            _ACT_MODULES[act](inplace=True),
+            nn.Linear(hidden, channel, bias=bias),
+            _GATE_MODULES[gate](),
         )
 
+    def _configure(self, channel: Optional[int], hidden: Optional[int], act: Optional[str], gate: str) -> None:
+        # channel, hidden and act are None where the form has no such thing (ESE: no hidden
+        # layer; ECA: any channel count).
+        self.channel = channel
+        self._hidden = hidden
+        self.act = None if act is None else _check_name("act", act, reference.ACTIVATIONS)
+        self.gate = _check_name("gate", gate, reference.GATES)
+
     @property
-    def hidden(self) -> int:
-        return self.fc[0].out_features
+    def hidden(self) -> Optional[int]:
+        """The hidden width; None for the forms without a hidden layer."""
+        return self._hidden
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fc1, fc2 = self.fc[0], self.fc[2]
-        return squeeze_excite(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, act="relu", gate="sigmoid")
+        return squeeze_excite(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, act=self.act, gate=self.gate)
 
     def extra_repr(self) -> str:
-        return f"channel={self.channel}, reduction={self.reduction}, hidden={self.hidden}, act=relu, gate=sigmoid"
+        reduction = "" if self.reduction is None else f", reduction={self.reduction}"
+        return f"channel={self.channel}{reduction}, hidden={self.hidden}, act={self.act}, gate={self.gate}"
+
+
+def _check_pointwise_conv(name: str, conv: nn.Module, in_channels: int, out_channels: int) -> None:
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"{name} must be an nn.Conv2d; got {type(conv).__name__}")
+    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding not in ((0, 0), "valid"):
+        raise ValueError(
+            f"{name} must be a 1x1 Conv2d without padding or groups; got kernel_size={conv.kernel_size}, "
+            f"padding={conv.padding}, groups={conv.groups}"
+        )
+    if (conv.in_channels, conv.out_channels) != (in_channels, out_channels):
+        raise ValueError(
+            f"{name} must map {in_channels} to {out_channels} channels; got {conv.in_channels} to {conv.out_channels}"
+        )
+
+
+class FusedConv2dSEModule(FusedSEModule):
+    """The two-layer SE with 1x1 Conv2d layers, as timm's SEModule and SqueezeExcite and
+    torchvision's SqueezeExcitation hold them.
+
+    ``names`` are the attributes of the two layers: ("fc1", "fc2") for timm's SEModule and
+    torchvision, ("conv_reduce", "conv_expand") for timm's EfficientNet blocks. Their weights
+    keep the conv shapes ((hidden, C, 1, 1), (C, hidden, 1, 1)); the kernels see them as 2-D views.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        rd_channels: int,
+        *,
+        bias: bool = True,
+        act: str = "relu",
+        gate: str = "sigmoid",
+        names: tuple[str, str] = ("fc1", "fc2"),
+    ) -> None:
+        channels = _check_int("channels", channels, 1)
+        rd_channels = _check_int("rd_channels", rd_channels, 1)
+        bias = _check_bool("bias", bias)
+        self._init_from_layers(
+            nn.Conv2d(channels, rd_channels, 1, bias=bias),
+            nn.Conv2d(rd_channels, channels, 1, bias=bias),
+            act,
+            gate,
+            names,
+        )
+
+    @classmethod
+    def from_layers(
+        cls, reduce: nn.Conv2d, expand: nn.Conv2d, *, act: str, gate: str, names: tuple[str, str] = ("fc1", "fc2")
+    ) -> FusedConv2dSEModule:
+        """A fused block around two existing 1x1 convs: their Parameters are shared, not copied."""
+        module = cls.__new__(cls)
+        module._init_from_layers(reduce, expand, act, gate, names)
+        return module
+
+    def _init_from_layers(self, reduce: nn.Conv2d, expand: nn.Conv2d, act: str, gate: str, names) -> None:
+        # Not FusedSEModule.__init__: this block holds the given layers, not a Linear fc.
+        nn.Module.__init__(self)
+        if not (isinstance(names, tuple) and len(names) == 2 and all(isinstance(n, str) for n in names)):
+            raise TypeError(f"names must be a tuple of two attribute names; got {names!r}")
+        channels = getattr(reduce, "in_channels", None)
+        hidden = getattr(reduce, "out_channels", None)
+        _check_pointwise_conv(names[0], reduce, channels, hidden)
+        _check_pointwise_conv(names[1], expand, hidden, channels)
+        self._configure(channels, hidden, act, gate)
+        self.reduction = None
+        self._names = names
+        setattr(self, names[0], reduce)
+        setattr(self, names[1], expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        reduce, expand = getattr(self, self._names[0]), getattr(self, self._names[1])
+        return squeeze_excite(
+            x,
+            reduce.weight.flatten(1),
+            reduce.bias,
+            expand.weight.flatten(1),
+            expand.bias,
+            act=self.act,
+            gate=self.gate,
+        )
+
+
+class FusedEffectiveSEModule(FusedSEModule):
+    """Effective SE (VoVNet's ESE): one C x C 1x1 conv ``fc`` and a gate, no hidden layer,
+    as timm's EffectiveSEModule holds it."""
+
+    def __init__(self, channels: int, *, bias: bool = True, gate: str = "hard_sigmoid") -> None:
+        channels = _check_int("channels", channels, 1)
+        self._init_from_layer(nn.Conv2d(channels, channels, 1, bias=_check_bool("bias", bias)), gate)
+
+    @classmethod
+    def from_layer(cls, fc: nn.Conv2d, *, gate: str) -> FusedEffectiveSEModule:
+        """A fused block around an existing C x C 1x1 conv, sharing its Parameters."""
+        module = cls.__new__(cls)
+        module._init_from_layer(fc, gate)
+        return module
+
+    def _init_from_layer(self, fc: nn.Conv2d, gate: str) -> None:
+        # Not FusedSEModule.__init__: this block holds the given layer, not a Linear fc.
+        nn.Module.__init__(self)
+        channels = getattr(fc, "in_channels", None)
+        _check_pointwise_conv("fc", fc, channels, channels)
+        self._configure(channels, None, None, gate)
+        self.reduction = None
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return effective_squeeze_excite(x, self.fc.weight.flatten(1), self.fc.bias, gate=self.gate)
+
+    def extra_repr(self) -> str:
+        return f"channel={self.channel}, gate={self.gate}"
+
+
+class FusedEcaModule(FusedSEModule):
+    """Efficient channel attention (ECA): a k-tap Conv1d ``conv`` across the channels of the
+    pooled vector, then the gate; ``circular=True`` pads circularly (timm's CecaModule).
+
+    Works for any channel count; ``channel`` is not fixed by the parameters.
+    """
+
+    def __init__(self, kernel_size: int = 3, *, circular: bool = False, bias: bool = False, gate: str = "sigmoid"):
+        k = _check_int("kernel_size", kernel_size, 1)
+        if k % 2 == 0:
+            raise ValueError(f"kernel_size must be odd (padding (k - 1) // 2 on each side); got {k}")
+        circular = _check_bool("circular", circular)
+        pad = 0 if circular else (k - 1) // 2
+        self._init_from_layer(nn.Conv1d(1, 1, k, padding=pad, bias=_check_bool("bias", bias)), circular, gate)
+
+    @classmethod
+    def from_layer(cls, conv: nn.Conv1d, *, circular: bool, gate: str) -> FusedEcaModule:
+        """A fused block around an existing Conv1d(1, 1, k), sharing its Parameters. With
+        ``circular`` the conv itself has no padding (the input is padded circularly before it);
+        without, it pads (k - 1) // 2 zeros on each side."""
+        module = cls.__new__(cls)
+        module._init_from_layer(conv, circular, gate)
+        return module
+
+    def _init_from_layer(self, conv: nn.Conv1d, circular: bool, gate: str) -> None:
+        # Not FusedSEModule.__init__: this block holds the given layer, not a Linear fc.
+        nn.Module.__init__(self)
+        if not isinstance(conv, nn.Conv1d):
+            raise TypeError(f"conv must be an nn.Conv1d; got {type(conv).__name__}")
+        k = conv.kernel_size[0]
+        pad = 0 if circular else (k - 1) // 2
+        if (conv.in_channels, conv.out_channels, conv.groups, conv.stride, conv.dilation) != (1, 1, 1, (1,), (1,)):
+            raise ValueError("conv must be a Conv1d(1, 1, k) with stride 1, dilation 1 and one group")
+        if k % 2 == 0 or conv.padding != (pad,) or conv.padding_mode != "zeros":
+            raise ValueError(f"conv must have an odd k and zero padding {pad}; got k={k}, padding={conv.padding}")
+        self._configure(None, None, None, gate)
+        self.reduction = None
+        self.circular = circular
+        self.conv = conv
+
+    @property
+    def kernel_size(self) -> int:
+        return self.conv.kernel_size[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv.weight.view(-1)
+        return efficient_channel_attention(x, w, self.conv.bias, circular=self.circular, gate=self.gate)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, circular={self.circular}, gate={self.gate}"

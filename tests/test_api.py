@@ -62,17 +62,21 @@ def test_unknown_activation_names(kw, match, device):
 
 
 @pytest.mark.parametrize(
-    "args,exc,match",
+    "args,kwargs,exc,match",
     [
-        ((0,), ValueError, "channel must be >= 1"),
-        ((16, 0), ValueError, "reduction must be between 1 and channel=16"),
-        ((16, 32), ValueError, "reduction must be between 1 and channel=16"),
-        ((16.0,), TypeError, "channel must be an int"),
+        ((0,), {}, ValueError, "channel must be >= 1"),
+        ((16, 0), {}, ValueError, "reduction must be between 1 and 16"),
+        ((16, 32), {}, ValueError, "reduction must be between 1 and 16"),
+        ((16.0,), {}, TypeError, "channel must be an int"),
+        ((16,), {"rd_channels": 0}, ValueError, "rd_channels must be >= 1"),
+        ((16,), {"act": "gelu"}, ValueError, "act must be one of"),
+        ((16,), {"gate": "tanh"}, ValueError, "gate must be one of"),
+        ((16,), {"bias": 1}, TypeError, "bias must be a bool"),
     ],
 )
-def test_module_constructor_errors(args, exc, match):
+def test_module_constructor_errors(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
-        fused_se.FusedSEModule(*args)
+        fused_se.FusedSEModule(*args, **kwargs)
 
 
 # ---- empty batch -----------------------------------------------------------------------------

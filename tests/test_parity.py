@@ -137,9 +137,10 @@ def test_same_bits_twice(device):
         assert torch.equal(a, b)
 
 
-def test_saves_only_x_weights_and_per_channel_values(device):
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
+def test_saves_only_x_weights_and_per_channel_values(gate, device):
     b, c, h, w = 3, 24, 5, 13
-    m = fused_se.FusedSEModule(c, 3).to(device)
+    m = fused_se.FusedSEModule(c, 3, gate=gate).to(device)
     x = torch.randn(b, c, h, w, device=device, requires_grad=True)
     saved = []
 
@@ -153,8 +154,10 @@ def test_saves_only_x_weights_and_per_channel_values(device):
     xs = [t for t in saved if t.data_ptr() == x.data_ptr()]
     rest = [t for t in saved if t.data_ptr() != x.data_ptr() and t.data_ptr() not in weights]
     assert len(xs) == 1 and xs[0].shape == x.shape
-    # z and s: (B, C) fp32, nothing else
-    assert sorted((tuple(t.shape), t.dtype) for t in rest) == [((b, c), torch.float32)] * 2
+    # z and s, (B, C) fp32, and the hard sigmoid's input (an empty placeholder for the sigmoid)
+    per_channel = [((b, c), torch.float32)] * (2 if gate == "sigmoid" else 3)
+    placeholder = [((0,), torch.float32)] if gate == "sigmoid" else []
+    assert sorted((tuple(t.shape), t.dtype) for t in rest) == sorted(per_channel + placeholder)
     y.sum().backward()
 
 

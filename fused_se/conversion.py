@@ -1,0 +1,331 @@
+"""convert(model) swaps the SE blocks of a built model for fused ones; revert(model) undoes it.
+
+Recognised blocks (by exact class, looked up among the modules already imported, so importing
+fused_se never imports timm or torchvision):
+
+    timm SEModule / SqueezeExcite            fc1, act, fc2, gate (1x1 convs)    -> FusedConv2dSEModule
+    timm _efficientnet_blocks.SqueezeExcite  conv_reduce, act1, conv_expand     -> FusedConv2dSEModule
+    torchvision ops.SqueezeExcitation        fc1, activation, fc2, scale_act.   -> FusedConv2dSEModule
+    timm EffectiveSEModule                   fc (C x C 1x1 conv), gate          -> FusedEffectiveSEModule
+    timm EcaModule / CecaModule              conv (Conv1d(1, 1, k)), gate       -> FusedEcaModule
+    any module shaped like the classic SE    avg_pool, fc = Sequential(Linear, act, Linear, gate)
+                                                                                -> FusedSEModule
+
+The fused block holds the original's own layers, so it shares their Parameter objects (optimizer
+state and tied weights keep working) and the model's state_dict keeps its keys and values. What
+cannot be fused (a norm layer between the FCs, a max-pool added to the squeeze, an activation the
+kernels do not have) stays as it is and is reported with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Union
+
+from torch import nn
+
+from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
+
+logger = logging.getLogger("fused_se")
+
+# The attribute of a fused block that keeps the module it replaced, for revert. Kept out of
+# the module tree (a plain attribute), so it adds nothing to state_dict or parameters().
+_ORIGINAL = "_fused_se_original"
+
+
+class _Skip(Exception):
+    """A recognised SE block that cannot be fused; the message is the reason."""
+
+
+def _imported_class(module_name: str, class_name: str) -> Optional[type]:
+    """The class if its module is already imported (never imports anything)."""
+    module = sys.modules.get(module_name)
+    return getattr(module, class_name, None) if module is not None else None
+
+
+def _activation_name(module: object, kinds: dict[str, list[tuple[str, str]]], role: str) -> str:
+    for name, classes in kinds.items():
+        for module_name, class_name in classes:
+            cls = getattr(nn, class_name) if module_name == "torch.nn" else _imported_class(module_name, class_name)
+            if cls is not None and type(module) is cls:
+                return name
+    raise _Skip(f"{role} {type(module).__name__} is not supported (supported: {', '.join(kinds)})")
+
+
+_ACTS = {
+    "relu": [("torch.nn", "ReLU")],
+    "silu": [("torch.nn", "SiLU"), ("timm.layers.activations", "Swish"), ("timm.layers.activations_me", "SwishMe")],
+}
+_GATES = {
+    "sigmoid": [("torch.nn", "Sigmoid"), ("timm.layers.activations", "Sigmoid")],
+    "hard_sigmoid": [
+        ("torch.nn", "Hardsigmoid"),
+        ("timm.layers.activations", "HardSigmoid"),
+        ("timm.layers.activations_me", "HardSigmoidMe"),
+    ],
+}
+
+
+def _act(module: object, role: str = "activation") -> str:
+    return _activation_name(module, _ACTS, role)
+
+
+def _gate(module: object) -> str:
+    return _activation_name(module, _GATES, "gate")
+
+
+def _no_maxpool(module: nn.Module) -> None:
+    if getattr(module, "add_maxpool", False):
+        raise _Skip("add_maxpool: the squeeze also takes a max over H and W")
+
+
+def _two_convs(reduce_name: str, act_name: str, expand_name: str, gate_name: str):
+    def build(module: nn.Module) -> FusedSEModule:
+        act = _act(getattr(module, act_name))
+        gate = _gate(getattr(module, gate_name))
+        reduce, expand = getattr(module, reduce_name), getattr(module, expand_name)
+        try:
+            return FusedConv2dSEModule.from_layers(reduce, expand, act=act, gate=gate, names=(reduce_name, expand_name))
+        except (TypeError, ValueError) as e:
+            raise _Skip(str(e)) from None
+
+    return build
+
+
+def _timm_se(module: nn.Module) -> FusedSEModule:
+    _no_maxpool(module)
+    if not isinstance(module.bn, nn.Identity):
+        raise _Skip(f"a {type(module.bn).__name__} between the two FCs")
+    return _two_convs("fc1", "act", "fc2", "gate")(module)
+
+
+def _timm_ese(module: nn.Module) -> FusedSEModule:
+    _no_maxpool(module)
+    gate = _gate(module.gate)
+    try:
+        return FusedEffectiveSEModule.from_layer(module.fc, gate=gate)
+    except (TypeError, ValueError) as e:
+        raise _Skip(str(e)) from None
+
+
+def _timm_eca(circular: bool):
+    def build(module: nn.Module) -> FusedSEModule:
+        if getattr(module, "conv2", None) is not None:
+            raise _Skip("use_mlp: a hidden layer in the channel conv")
+        if circular and module.padding != (module.conv.kernel_size[0] - 1) // 2:
+            raise _Skip(f"circular padding {module.padding} is not (k - 1) // 2")
+        gate = _gate(module.gate)
+        try:
+            return FusedEcaModule.from_layer(module.conv, circular=circular, gate=gate)
+        except (TypeError, ValueError) as e:
+            raise _Skip(str(e)) from None
+
+    return build
+
+
+def _torchvision_se(module: nn.Module) -> FusedSEModule:
+    pool = module.avgpool
+    if not (isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1))):
+        raise _Skip(f"the squeeze is {pool!r}, not a global average")
+    return _two_convs("fc1", "activation", "fc2", "scale_activation")(module)
+
+
+# (module, class, builder) of the blocks recognised by class.
+_KNOWN: list[tuple[str, str, Callable[[nn.Module], FusedSEModule]]] = [
+    ("timm.layers.squeeze_excite", "SEModule", _timm_se),
+    ("timm.layers.squeeze_excite", "EffectiveSEModule", _timm_ese),
+    ("timm.models._efficientnet_blocks", "SqueezeExcite", _two_convs("conv_reduce", "act1", "conv_expand", "gate")),
+    ("timm.models.efficientnet_blocks", "SqueezeExcite", _two_convs("conv_reduce", "act1", "conv_expand", "gate")),
+    ("timm.layers.eca", "EcaModule", _timm_eca(circular=False)),
+    ("timm.layers.eca", "CecaModule", _timm_eca(circular=True)),
+    ("torchvision.ops.misc", "SqueezeExcitation", _torchvision_se),
+]
+
+
+def _classic_shape(module: nn.Module) -> bool:
+    """Children exactly avg_pool = AdaptiveAvgPool2d(1) and fc = Sequential(Linear, act, Linear, gate)."""
+    children = dict(module.named_children())
+    if set(children) != {"avg_pool", "fc"} or dict(module.named_parameters(recurse=False)):
+        return False
+    pool, fc = children["avg_pool"], children["fc"]
+    return (
+        isinstance(pool, nn.AdaptiveAvgPool2d)
+        and pool.output_size in (1, (1, 1))
+        and type(fc) is nn.Sequential
+        and len(fc) == 4
+        and type(fc[0]) is nn.Linear
+        and type(fc[2]) is nn.Linear
+    )
+
+
+def _classic(module: nn.Module) -> FusedSEModule:
+    fc = module.fc
+    act, gate = _act(fc[1]), _gate(fc[3])
+    if fc[0].out_features != fc[2].in_features or fc[0].in_features != fc[2].out_features:
+        raise _Skip("the two Linear layers do not map C -> hidden -> C")
+    fused = FusedSEModule.__new__(FusedSEModule)
+    nn.Module.__init__(fused)
+    fused._configure(fc[0].in_features, fc[0].out_features, act, gate)
+    fused.reduction = None
+    fused.fc = fc
+    return fused
+
+
+def _builder(module: nn.Module) -> Optional[Callable[[nn.Module], FusedSEModule]]:
+    if isinstance(module, FusedSEModule):
+        return None
+    for module_name, class_name, build in _KNOWN:
+        cls = _imported_class(module_name, class_name)
+        if cls is not None and type(module) is cls:
+            return build
+    return _classic if _classic_shape(module) else None
+
+
+# --------------------------------------------------------------------------------------
+# the report
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Replaced:
+    name: str  # the module's qualified name in the model ("" for the model itself)
+    original: str  # its class
+    fused: str  # the fused block's class
+    details: str
+
+
+@dataclass(frozen=True)
+class Skipped:
+    name: str
+    original: str
+    reason: str
+
+
+@dataclass
+class ConversionReport:
+    """What convert replaced and what it left alone, and why. str() gives a table."""
+
+    replaced: list[Replaced] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str, str, str]]:
+        """(name, original class, outcome, details or reason) for every SE block found."""
+        out = [(r.name or "<model>", r.original, f"-> {r.fused}", r.details) for r in self.replaced]
+        out += [(s.name or "<model>", s.original, "skipped", s.reason) for s in self.skipped]
+        return out
+
+    def __str__(self) -> str:
+        head = f"fused_se.convert: {len(self.replaced)} replaced, {len(self.skipped)} skipped"
+        rows = self.rows()
+        if not rows:
+            return head + " (no SE block found)"
+        table = [("module", "class", "outcome", "details"), *rows]
+        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        lines = [head]
+        for row in table:
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+        return "\n".join(lines)
+
+
+def _details(fused: FusedSEModule) -> str:
+    parts = [f"C={fused.channel}"] if fused.channel is not None else []
+    if isinstance(fused, FusedEcaModule):
+        parts += [f"k={fused.kernel_size}", "circular" if fused.circular else "zero padding"]
+    if fused.hidden is not None and not isinstance(fused, FusedEffectiveSEModule):
+        parts.append(f"hidden={fused.hidden}")
+    if fused.act is not None:
+        parts.append(f"act={fused.act}")
+    parts.append(f"gate={fused.gate}")
+    return " ".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# convert and revert
+# --------------------------------------------------------------------------------------
+
+
+def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, attr, new)
+
+
+def _check_model(model: object) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+
+
+def convert(
+    model: nn.Module, *, verbose: bool = False, return_report: bool = False
+) -> Union[nn.Module, tuple[nn.Module, ConversionReport]]:
+    """Replaces, in place, every SE block of ``model`` that the fused kernels can run.
+
+    Returns the model (the fused block itself if ``model`` is an SE block), or ``(model,
+    report)`` with ``return_report=True``. ``verbose=True`` logs the report's table on the
+    "fused_se" logger (to stderr when logging is not configured). A module reached through
+    several names is replaced once, everywhere. Blocks already fused are left as they are.
+    """
+    _check_model(model)
+    report = ConversionReport()
+    handled: dict[int, Optional[FusedSEModule]] = {}  # id -> its fused block, or None if skipped
+    handled_names: set[str] = set()
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        if _below(name, handled_names):
+            continue  # inside a block already replaced or skipped
+        if id(module) not in handled:
+            build = _builder(module)
+            if build is None:
+                continue
+            try:
+                fused = build(module)
+            except _Skip as e:
+                report.skipped.append(Skipped(name, type(module).__name__, str(e)))
+                fused = None
+            else:
+                fused.train(module.training)
+                fused.__dict__[_ORIGINAL] = module
+                report.replaced.append(Replaced(name, type(module).__name__, type(fused).__name__, _details(fused)))
+            handled[id(module)] = fused
+        handled_names.add(name)
+        fused = handled[id(module)]
+        if fused is None:
+            continue
+        if not name:  # the model is itself an SE block
+            model = fused
+            break
+        _set_child(model, name, fused)
+    if verbose:
+        _log(str(report))
+    return (model, report) if return_report else model
+
+
+def _below(name: str, names: set[str]) -> bool:
+    """Whether a strict ancestor of the module called `name` is in `names`."""
+    if "" in names:
+        return True
+    parts = name.split(".")
+    return any(".".join(parts[:i]) in names for i in range(1, len(parts)))
+
+
+def revert(model: nn.Module) -> nn.Module:
+    """Puts back, in place, every module that convert replaced in ``model``; returns the model
+    (the original block itself if ``model`` is a fused block made by convert)."""
+    _check_model(model)
+    for name, module in list(model.named_modules(remove_duplicate=False)):
+        original = module.__dict__.get(_ORIGINAL)
+        if original is None:
+            continue
+        original.train(module.training)
+        if not name:
+            return original
+        _set_child(model, name, original)
+    return model
+
+
+def _log(text: str) -> None:
+    if logger.hasHandlers():
+        logger.info(text)
+    else:
+        print(text, file=sys.stderr)
