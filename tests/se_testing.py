@@ -65,3 +65,47 @@ def make_input(shape, dtype, device, layout: str) -> torch.Tensor:
 
 
 LAYOUTS = ["nchw", "channels_last", "sliced_hw", "sliced_c"]
+
+
+# ---- the excitation variants --------------------------------------------------------------------
+
+_ACTS = {"relu": torch.relu, "silu": torch.nn.functional.silu}
+_GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": torch.nn.functional.hardsigmoid}
+
+
+def eager_variant(
+    x: torch.Tensor, form: str, params: list, act: str, gate: str, circular: bool = False
+) -> torch.Tensor:
+    """The SE variants as timm and torchvision compute them: every step in x's dtype, unfused."""
+    F = torch.nn.functional
+    params = [p.to(x.dtype) if p is not None else None for p in params]
+    z = x.mean((2, 3))
+    if form == "mlp":
+        w1, b1, w2, b2 = params
+        a = F.linear(_ACTS[act](F.linear(z, w1, b1)), w2, b2)
+    elif form == "fc":
+        w, b = params
+        a = F.linear(z, w, b)
+    else:
+        w, b = params
+        pad = (w.shape[0] - 1) // 2
+        v = z[:, None, :]
+        if circular:
+            v, pad = F.pad(v, (pad, pad), mode="circular"), 0
+        a = F.conv1d(v, w.view(1, 1, -1), b, padding=pad)[:, 0]
+    return x * _GATES[gate](a)[:, :, None, None]
+
+
+def make_variant_params(form: str, c: int, hidden: int, k: int, bias: bool, device, dtype=torch.float32) -> list:
+    """Weights with gate inputs spread over a few units, so that both sides of the hard
+    sigmoid's flat parts and of ReLU are reached."""
+    kw = {"device": device, "dtype": dtype}
+    if form == "mlp":
+        w1, w2 = torch.randn(hidden, c, **kw) * 2 / c**0.5, torch.randn(c, hidden, **kw) * 2 / hidden**0.5
+        return [w1, torch.randn(hidden, **kw) if bias else None, w2, torch.randn(c, **kw) if bias else None]
+    if form == "fc":
+        return [torch.randn(c, c, **kw) * 2 / c**0.5, torch.randn(c, **kw) if bias else None]
+    return [torch.randn(k, **kw), torch.randn(1, **kw) if bias else None]
+
+
+FORM_KERNELS = {"mlp": "excite", "fc": "excite_fc", "conv": "excite_conv"}

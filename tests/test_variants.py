@@ -1,0 +1,125 @@
+"""The excitation variants (inner activation, gate, biases, any hidden width, the FC and the
+conv forms) through the fused kernels, against eager PyTorch: the same parity rules as the
+classic block (dtypes, layouts, odd shapes, gradcheck)."""
+
+import pytest
+import torch
+from se_testing import (
+    FORM_KERNELS,
+    LAYOUTS,
+    assert_within_torch_error,
+    eager_variant,
+    make_input,
+    make_variant_params,
+    record_launches,
+)
+
+import fused_se
+
+# (form, act, gate, bias, circular): every act x gate of the MLP form, both gates and paddings
+# of the others.
+VARIANTS = [
+    ("mlp", "relu", "sigmoid", True, False),
+    ("mlp", "silu", "sigmoid", True, False),
+    ("mlp", "relu", "hard_sigmoid", True, False),
+    ("mlp", "silu", "hard_sigmoid", False, False),
+    ("fc", None, "hard_sigmoid", True, False),
+    ("fc", None, "sigmoid", False, False),
+    ("conv", None, "sigmoid", False, False),
+    ("conv", None, "hard_sigmoid", True, True),
+]
+
+# (B, C, H, W, hidden, k): odd channel counts, hidden widths 1..13 that are not C // r, HW 1..196.
+SHAPES = [(3, 24, 5, 13, 5, 3), (1, 65, 7, 7, 13, 5), (2, 16, 1, 1, 1, 1), (2, 40, 14, 14, 3, 9)]
+
+
+def _variant_id(v):
+    form, act, gate, bias, circular = v
+    return "-".join(filter(None, [form, act, gate, "bias" if bias else "nobias", "circular" if circular else None]))
+
+
+def _fused(x, form, params, act, gate, circular):
+    if form == "mlp":
+        return fused_se.squeeze_excite(x, *params, act=act, gate=gate)
+    if form == "fc":
+        return fused_se.effective_squeeze_excite(x, *params, gate=gate)
+    return fused_se.efficient_channel_attention(x, *params, circular=circular, gate=gate)
+
+
+def _run(fn, x, params, g):
+    x = x.detach().clone().requires_grad_()
+    leaves = [p.detach().clone().requires_grad_() if p is not None else None for p in params]
+    y = fn(x, leaves)
+    wrt = [x] + [p for p in leaves if p is not None]
+    return [y.detach(), *torch.autograd.grad(y, wrt, g)]
+
+
+def _check(variant, shape, dtype, layout, device):
+    form, act, gate, bias, circular = variant
+    b, c, h, w, hidden, k = shape
+    params = make_variant_params(form, c, hidden, k, bias, device)
+    x = make_input((b, c, h, w), dtype, device, layout) * 2
+    g = torch.randn(b, c, h, w, device=device, dtype=dtype)
+    with record_launches() as launched:
+        ours = _run(lambda x, p: _fused(x, form, p, act, gate, circular), x, params, g)
+    kernel = FORM_KERNELS[form]
+    expected = ["squeeze", kernel, "scale", "scale_bwd", kernel + "_bwd", "squeeze_scale_bwd"]
+    assert launched == expected, "the Triton path did not run"
+    own = _run(lambda x, p: eager_variant(x, form, p, act, gate, circular), x, params, g)
+    ref64 = _run(
+        lambda x, p: eager_variant(x, form, p, act, gate, circular),
+        x.double(),
+        [p.double() if p is not None else None for p in params],
+        g.double(),
+    )
+    names = ["y", "dx"] + [f"d{i}" for i in range(len(ours) - 2)]
+    assert ours[0].dtype == ours[1].dtype == dtype
+    for name, o, t, r in zip(names, ours, own, ref64):
+        # Weight gradients come back in the weights' dtype (fp32 here): compare them in fp32.
+        assert_within_torch_error(name, o, t.to(o.dtype), r)
+    return ours
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}-C{}-{}x{}-h{}-k{}".format(*s))
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
+def test_fp32_shapes(variant, shape, device):
+    _check(variant, shape, torch.float32, "nchw", device)
+
+
+@pytest.mark.parametrize("layout", [lay for lay in LAYOUTS if lay != "nchw"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
+def test_fp32_layouts(variant, layout, device):
+    _check(variant, SHAPES[1], torch.float32, layout, device)
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
+def test_low_precision(variant, dtype, layout, device):
+    _check(variant, SHAPES[0], dtype, layout, device)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
+def test_gradcheck_fp64(variant, device):
+    form, act, gate, bias, circular = variant
+    b, c, h, w, hidden, k = 2, 6, 2, 2, 2, 3
+    params = make_variant_params(form, c, hidden, k, bias, device, torch.float64)
+    x = torch.randn(b, c, h, w, dtype=torch.float64, device=device) * 2
+    inputs = [t.requires_grad_() for t in [x, *params] if t is not None]
+
+    def fn(x, *weights):
+        it = iter(weights)
+        full = [next(it) if p is not None else None for p in params]
+        return _fused(x, form, full, act, gate, circular)
+
+    with record_launches() as launched:
+        # The hard sigmoid's kinks: keep gradcheck's steps well inside the pieces.
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
+    assert FORM_KERNELS[form] + "_bwd" in launched
+
+
+def test_hidden_width_one_and_wide(device):
+    """Reduced widths that are not C // r: 1, and one past a power of two."""
+    for hidden in (1, 17):
+        variant = ("mlp", "silu", "sigmoid", True, False)
+        _check(variant, (2, 48, 3, 3, hidden, 1), torch.float32, "nchw", device)
