@@ -267,8 +267,9 @@ def _gate_bwd(dssum_ptr, s_ptr, a_ptr, offs, mask, split, stride_split, GATE: tl
     """u = ds * gate'(a), the gradient before the gate, from the partial sums of ds."""
     ds = _sum_splits(dssum_ptr, offs, mask, split, stride_split)
     if GATE == 1:
+        # torch's hardsigmoid_backward multiplies by 1/6 rounded to fp32, in every dtype.
         a = tl.load(a_ptr + offs, mask=mask, other=0.0)
-        return tl.where((a > -3.0) & (a < 3.0), ds / 6.0, 0.0)
+        return tl.where((a > -3.0) & (a < 3.0), ds * 0.1666666716337204, 0.0)
     else:
         s = tl.load(s_ptr + offs, mask=mask, other=0.0)
         return ds * s * (1.0 - s)
