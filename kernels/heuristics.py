@@ -34,6 +34,9 @@ EXCITE_BWD_TARGET_PARTIALS = 16
 MAX_EXCITE_BLOCK_B = 64
 # Excite backward: elements of a (BLOCK_B, BLOCK_R) tile from which it runs with 8 warps.
 EXCITE_BWD_WIDE_TILE = 16 * 64
+# fp64 (gradcheck's dtype) multiplies through a broadcast of this many elements at most, in
+# place of tl.dot, which has no fp64 path on every GPU.
+FP64_BROADCAST_TILE = 16 * 16 * 64
 # FC form (a C x C layer): output and input channel blocks of its tiles, and the batch block.
 EXCITE_FC_BLOCK = 64
 EXCITE_FC_BWD_BLOCK_K = 32
@@ -140,8 +143,11 @@ def scale_config(c: int, hw: int, channels_last: bool) -> ScaleConfig:
 
 def _excite_blocks(c: int, r: int, x_dtype: torch.dtype) -> tuple[int, int]:
     block_r = max(MIN_DOT, next_pow2(r))
-    # fp64 multiplies through a (B, C, R) broadcast instead of tl.dot: keep that tile small.
-    widest = MIN_DOT if x_dtype == torch.float64 else 64 if block_r <= 64 else 32
+    if x_dtype == torch.float64:
+        # fp64 multiplies through a (BLOCK_B, BLOCK_C, BLOCK_R) broadcast instead of tl.dot.
+        widest = max(MIN_DOT, FP64_BROADCAST_TILE // (MIN_DOT * block_r))
+    else:
+        widest = 64 if block_r <= 64 else 32
     block_c = max(MIN_DOT, min(next_pow2(c), widest))
     return block_c, block_r
 
@@ -165,10 +171,11 @@ def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype) -> ExciteCon
 
 
 def excite_fc_config(c: int, x_dtype: torch.dtype) -> ExciteFCConfig:
-    # fp64 multiplies through a (B, K, N) broadcast instead of tl.dot: keep that tile small.
-    widest = MIN_DOT if x_dtype == torch.float64 else EXCITE_FC_BLOCK
-    block = max(MIN_DOT, min(next_pow2(c), widest))
+    block = max(MIN_DOT, min(next_pow2(c), EXCITE_FC_BLOCK))
     block_k = max(MIN_DOT, min(block, EXCITE_FC_BWD_BLOCK_K))
+    if x_dtype == torch.float64:
+        # fp64 multiplies through a (BLOCK_B, BLOCK_K, BLOCK_N) broadcast instead of tl.dot.
+        block = min(block, FP64_BROADCAST_TILE // (MIN_DOT * block_k))
     return ExciteFCConfig(MIN_DOT, block, block_k, _dot_tf32(x_dtype), num_warps=4)
 
 

@@ -121,6 +121,7 @@ def _excite_fc_bwd_kernel(
     NEED_DZ: tl.constexpr,
     NEED_DW: tl.constexpr,
     NEED_DB: tl.constexpr,
+    SINGLE_B_BLOCK: tl.constexpr,
     IS_FP64: tl.constexpr,
     DOT_TF32: tl.constexpr,
     BLOCK_B: tl.constexpr,
@@ -134,26 +135,39 @@ def _excite_fc_bwd_kernel(
     offs_k = pid * BLOCK_K + tl.arange(0, BLOCK_K)
     mask_k = offs_k < C
 
-    if NEED_DZ:
+    if NEED_DZ or (SINGLE_B_BLOCK and (NEED_DW or NEED_DB)):
         for b0 in range(0, B, BLOCK_B):
             offs_b = b0 + tl.arange(0, BLOCK_B)
             mask_b = offs_b < B
+            bk = offs_b.to(tl.int64)[:, None] * C + offs_k[None, :]
+            mask_bk = mask_b[:, None] & mask_k[None, :]
+            if SINGLE_B_BLOCK and NEED_DW:
+                z = tl.load(z_ptr + bk, mask=mask_bk, other=0.0)
             dz = tl.zeros((BLOCK_B, BLOCK_K), dtype=acc_ty)
             for n0 in range(0, C, BLOCK_N):
                 offs_n = n0 + tl.arange(0, BLOCK_N)
                 mask_n = offs_n < C
                 bn = offs_b.to(tl.int64)[:, None] * C + offs_n[None, :]
                 u = _gate_bwd(dssum_ptr, s_ptr, a_ptr, bn, mask_b[:, None] & mask_n[None, :], split, B * C, GATE)
-                w = tl.load(
-                    w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
-                    mask=mask_n[:, None] & mask_k[None, :],
-                    other=0.0,
-                ).to(acc_ty)
-                dz = _dot(u, w, dz, DOT_TF32, IS_FP64)
-            bk = offs_b.to(tl.int64)[:, None] * C + offs_k[None, :]
-            tl.store(dz_ptr + bk, dz, mask=mask_b[:, None] & mask_k[None, :])
+                if NEED_DZ:
+                    w = tl.load(
+                        w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :] * stride_wk,
+                        mask=mask_n[:, None] & mask_k[None, :],
+                        other=0.0,
+                    ).to(acc_ty)
+                    dz = _dot(u, w, dz, DOT_TF32, IS_FP64)
+                # With the whole batch in one block, the weight gradients need no sum over
+                # batch blocks: they come out of the same pass over u.
+                if SINGLE_B_BLOCK and NEED_DW:
+                    dw = _dot(tl.trans(u), z, tl.zeros((BLOCK_N, BLOCK_K), dtype=acc_ty), DOT_TF32, IS_FP64)
+                    nk = offs_n.to(tl.int64)[:, None] * C + offs_k[None, :]
+                    tl.store(dw_ptr + nk, dw, mask=mask_n[:, None] & mask_k[None, :])
+                if SINGLE_B_BLOCK and NEED_DB:
+                    tl.store(db_ptr + offs_n, tl.sum(u, axis=0), mask=mask_n & (pid == 0))
+            if NEED_DZ:
+                tl.store(dz_ptr + bk, dz, mask=mask_bk)
 
-    if NEED_DW or NEED_DB:
+    if not SINGLE_B_BLOCK and (NEED_DW or NEED_DB):
         for n0 in range(0, C, BLOCK_N):
             offs_n = n0 + tl.arange(0, BLOCK_N)
             mask_n = offs_n < C
@@ -262,6 +276,7 @@ def excite_fc_bwd(
         NEED_DZ=need_dz,
         NEED_DW=need_dw,
         NEED_DB=need_db,
+        SINGLE_B_BLOCK=nb <= cfg.block_b,
         IS_FP64=dt == torch.float64,
         DOT_TF32=cfg.dot_tf32,
         BLOCK_B=cfg.block_b,

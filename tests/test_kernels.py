@@ -241,6 +241,24 @@ def test_excite_fc(b, c, programs, bias, gate, device):
         torch.testing.assert_close(got.double(), want, rtol=1e-4, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("b", [3, 40], ids=["one-batch-block", "several-batch-blocks"])
+@pytest.mark.parametrize(
+    "need", [(False, True, False), (False, False, True), (True, False, False), (False, True, True)]
+)
+def test_excite_fc_bwd_computes_only_what_is_asked(b, need, device):
+    c = 40
+    assert (b <= hz.excite_fc_config(c, torch.float32).block_b) == (b == 3)
+    zsum, hw, ds = _form_case(b, c, device)
+    w, bb = torch.randn(c, c, device=device), torch.randn(c, device=device)
+    z, s, a = kernels.excite_fc_fwd(zsum, hw, w, bb, torch.float32, "sigmoid")
+    full = kernels.excite_fc_bwd(ds, z, s, a, w, torch.float32, "sigmoid", (True, True, True))
+    part = kernels.excite_fc_bwd(ds, z, s, a, w, torch.float32, "sigmoid", need)
+    for got, want, asked in zip(part, full, need):
+        assert (got is None) != asked
+        if asked:
+            torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("b,c", [(3, 24), (40, 300)])  # one program; partials and several channel blocks
 @pytest.mark.parametrize("k", [1, 3, 9])
 @pytest.mark.parametrize("circular", [False, True], ids=["zeros", "circular"])
