@@ -25,7 +25,8 @@ setup(
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
     install_requires=["torch>=2.6", "triton", "numpy"],
-    extras_require={"test": ["pytest>=7"]},
+    # timm and torchvision: the tests convert real models of both (built with random weights).
+    extras_require={"test": ["pytest>=7", "timm", "torchvision"]},
     entry_points={"console_scripts": ["fused-se-demo = fused_se.demo:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",

@@ -53,7 +53,7 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, g_seed: int = 1):
     x = x.detach().clone().requires_grad_()
     torch.manual_seed(1234)  # the same dropout and drop-path masks on both sides in train mode
     y = model(x)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(g_seed)).to(y.dtype)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(g_seed)).to(y)
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     grads = torch.autograd.grad(y, [x, *params], g, allow_unused=True)
     return y.detach(), dict(zip(["input", *names], grads))
@@ -64,8 +64,8 @@ def _max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-def test_real_model(name):
-    model = MODELS[name]()
+def test_real_model(name, device):
+    model = MODELS[name]().to(device)
     _randomize_norms(model)
     original = copy.deepcopy(model)
     original64 = copy.deepcopy(model).double()
@@ -88,7 +88,7 @@ def test_real_model(name):
     assert all(torch.equal(after[k], state[k]) for k in state)
 
     # fp32 in eval mode: the output within twice the original's own error against fp64.
-    x = torch.randn(4, 3, 32, 32)
+    x = torch.randn(4, 3, 32, 32, device=device)
     model.eval()
     original.eval()
     original64.eval()
