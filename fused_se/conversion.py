@@ -163,14 +163,10 @@ def _classic_shape(module: nn.Module) -> bool:
 def _classic(module: nn.Module) -> FusedSEModule:
     fc = module.fc
     act, gate = _act(fc[1]), _gate(fc[3])
-    if fc[0].out_features != fc[2].in_features or fc[0].in_features != fc[2].out_features:
-        raise _Skip("the two Linear layers do not map C -> hidden -> C")
-    fused = FusedSEModule.__new__(FusedSEModule)
-    nn.Module.__init__(fused)
-    fused._configure(fc[0].in_features, fc[0].out_features, act, gate)
-    fused.reduction = None
-    fused.fc = fc
-    return fused
+    try:
+        return FusedSEModule.from_sequential(fc, act=act, gate=gate)
+    except (TypeError, ValueError) as e:
+        raise _Skip(str(e)) from None
 
 
 def _builder(module: nn.Module) -> Optional[Callable[[nn.Module], FusedSEModule]]:

@@ -88,6 +88,29 @@ class FusedSEModule(nn.Module):
             _GATE_MODULES[gate](),
         )
 
+    @classmethod
+    def from_sequential(cls, fc: nn.Sequential, *, act: str, gate: str) -> FusedSEModule:
+        """A fused block around an existing classic ``fc = Sequential(Linear(C, hidden), act,
+        Linear(hidden, C), gate)``, sharing its Parameters (the activation modules are kept as
+        they are; ``act`` and ``gate`` name what they compute)."""
+        if not (isinstance(fc, nn.Sequential) and len(fc) == 4):
+            raise TypeError(f"fc must be an nn.Sequential of four modules; got {type(fc).__name__}")
+        fc1, fc2 = fc[0], fc[2]
+        if not (isinstance(fc1, nn.Linear) and isinstance(fc2, nn.Linear)):
+            raise TypeError(f"fc[0] and fc[2] must be nn.Linear; got {type(fc1).__name__}, {type(fc2).__name__}")
+        if (fc2.in_features, fc2.out_features) != (fc1.out_features, fc1.in_features):
+            raise ValueError(
+                f"fc[0] and fc[2] must map C -> hidden -> C; got {fc1.in_features} -> {fc1.out_features} and "
+                f"{fc2.in_features} -> {fc2.out_features}"
+            )
+        module = cls.__new__(cls)
+        # Not __init__: this block holds the given layers instead of new ones.
+        nn.Module.__init__(module)
+        module._configure(fc1.in_features, fc1.out_features, act, gate)
+        module.reduction = None
+        module.fc = fc
+        return module
+
     def _configure(self, channel: Optional[int], hidden: Optional[int], act: Optional[str], gate: str) -> None:
         # channel, hidden and act are None where the form has no such thing (ESE: no hidden
         # layer; ECA: any channel count).
