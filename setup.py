@@ -25,9 +25,16 @@ setup(
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
     install_requires=["torch>=2.6", "triton", "numpy"],
-    # timm and torchvision: the tests convert real models of both (built with random weights).
-    extras_require={"test": ["pytest>=7", "timm", "torchvision"]},
-    entry_points={"console_scripts": ["fused-se-demo = fused_se.demo:main"]},
+    # timm and torchvision: the tests convert real models of both (built with random weights);
+    # matplotlib: the tests write fused-se-bench's plot.
+    # bench: fused-se-bench's --plot (matplotlib) and --e2e (timm), and the pytest-benchmark suite.
+    extras_require={
+        "test": ["pytest>=7", "timm", "torchvision", "matplotlib"],
+        "bench": ["matplotlib", "timm", "pytest-benchmark"],
+    },
+    entry_points={
+        "console_scripts": ["fused-se-bench = fused_se.bench:main", "fused-se-demo = fused_se.demo:main"],
+    },
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",

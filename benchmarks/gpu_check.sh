@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # GPU check: the parity suite on the GPU, converted timm/torchvision models against their
-# originals (bf16, channels_last), then fused vs eager timings on the SE-ResNet-50 shapes.
+# originals (bf16, channels_last), fused-se-bench's default run (SE-ResNet-50's SE shapes against
+# eager and torch.compile) and its end-to-end training steps.
 #
 #   OUT=/some/folder bash benchmarks/gpu_check.sh      (OUT defaults to benchmarks/results/)
 #
 # Writes into $OUT/<card>_<date>/: gpu_check.log (everything printed), command.txt, pytest.txt,
-# check_models.json and bench_se.json; commit that folder under benchmarks/results/ as it is.
+# check_models.json, bench.{json,csv,png} and e2e.{json,csv}; commit that folder under
+# benchmarks/results/ as it is.
 # Runs from the source tree without installing anything: fused_se and kernels/ are laid out as
 # the installed package (kernels/ as fused_se.kernels) in a temporary folder on PYTHONPATH.
-# Budget: well under 8 minutes on an H100 (the tests compile each kernel variant once).
+# Budget: under 10 minutes on an H100, each step under its own timeout (the tests compile each
+# kernel variant once; the torch.compile rows compile once per row).
 set -uo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 OUT="${OUT:-$ROOT/benchmarks/results}"
@@ -36,21 +39,31 @@ python -c "import torch, triton; print('torch', torch.__version__, '| triton', t
 status=0
 echo "== tests on the GPU"
 # The ahead-of-time compile check is for machines without a GPU; here the kernels compile for real.
-timeout 300 python -m pytest "$ROOT/tests" -q -p no:cacheprovider --durations=5 \
-  -k "not test_kernels_compile_for_gpu" 2>&1 | tee "$OUT/pytest.txt"
+# PYTEST_ARGS adds to the command (a smoke test of this script on a CPU: PYTEST_ARGS="-k bench").
+# shellcheck disable=SC2086
+timeout 270 python -m pytest "$ROOT/tests" -q -p no:cacheprovider --durations=5 \
+  -k "not test_kernels_compile_for_gpu" ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # MODELS_ARGS replaces the defaults (batch 8 at 224x224, bf16, channels_last).
 MODELS_ARGS="${MODELS_ARGS:-}"
 echo "== converted models against their originals: check_models.py $MODELS_ARGS"
 # shellcheck disable=SC2086
-timeout 120 python "$ROOT/benchmarks/check_models.py" $MODELS_ARGS --json "$OUT/check_models.json" || status=1
+timeout 90 python "$ROOT/benchmarks/check_models.py" $MODELS_ARGS --json "$OUT/check_models.json" || status=1
 
-# BENCH_ARGS replaces the defaults (a smaller run, or a smoke test of this script on a CPU).
-BENCH_ARGS="${BENCH_ARGS:---batch 64 --dtype bf16 --preset seresnet50}"
-echo "== timings: bench_se.py $BENCH_ARGS"
+# BENCH_ARGS adds to (or overrides) fused-se-bench's default run: SE-ResNet-50's SE shapes, bf16,
+# both layouts, fwd and fwd+bwd, eager / eager-conv / torch.compile / fused.
+BENCH_ARGS="${BENCH_ARGS:-}"
+PLOT=(--plot "$OUT/bench.png")
+python -c "import matplotlib" 2>/dev/null || { PLOT=(); echo "no matplotlib here: no bench.png"; }
+echo "== fused-se-bench $BENCH_ARGS"
 # shellcheck disable=SC2086
-timeout 120 python "$ROOT/benchmarks/bench_se.py" $BENCH_ARGS --json "$OUT/bench_se.json" || status=1
+timeout 150 python -m fused_se.bench $BENCH_ARGS --json "$OUT/bench.json" --csv "$OUT/bench.csv" "${PLOT[@]}" || status=1
+
+E2E_ARGS="${E2E_ARGS:-}"
+echo "== fused-se-bench --e2e $E2E_ARGS"
+# shellcheck disable=SC2086
+timeout 60 python -m fused_se.bench --e2e $E2E_ARGS --json "$OUT/e2e.json" --csv "$OUT/e2e.csv" || status=1
 
 echo "== done (status $status)"
 exit $status
