@@ -115,8 +115,11 @@ def _exercise():
         cases.append((dtype, (3, 512, 7, 7), "nchw", False, "relu", "sigmoid"))  # W1 over the recompute threshold
         for act, gate in (("silu", "sigmoid"), ("relu", "hard_sigmoid"), ("silu", "hard_sigmoid")):
             cases.append((dtype, (3, 65, 7, 7), "nchw", True, act, gate))
+    # MobileNetV3-Large's widest hidden layer (960 -> 240): BLOCK_R = 256.
+    cases.append((torch.bfloat16, (3, 960, 7, 7), "channels_last", True, "relu", "hard_sigmoid"))
+    hidden = {512: 128, 960: 240}
     for dtype, (b, c, h, w), layout, bias, act, gate in cases:
-        r = max(1, c // 16) if c != 512 else 128
+        r = hidden.get(c, max(1, c // 16))
         x = torch.randn(b, c, h, w, dtype=dtype)
         if layout == "channels_last":
             x = x.to(memory_format=torch.channels_last)
