@@ -32,6 +32,7 @@ bits on every run.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Optional
@@ -64,6 +65,20 @@ def record_launches() -> Iterator[list[str]]:
 def _record(name: str) -> None:
     for log in _launch_logs:
         log.append(name)
+
+
+def _launch(kernel, grid):
+    """kernel[grid] through wrap_triton, launched with the device of its first tensor argument
+    made current, so that it runs on that device's current stream whichever device is current."""
+    launcher = wrap_triton(kernel)[grid]
+
+    def run(*args, **kwargs) -> None:
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with guard:
+            launcher(*args, **kwargs)
+
+    return run
 
 
 def _empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -464,7 +479,7 @@ def _hw_sum(x: torch.Tensor, xs: tuple[int, int, int], g: Optional[torch.Tensor]
     if out.numel() == 0:
         return out
     grid = (cfg.split * b * hz.cdiv(c, cfg.block_c),)
-    wrap_triton(_hw_sum_kernel)[grid](
+    _launch(_hw_sum_kernel, grid)(
         x,
         x if g is None else g,
         out,
@@ -508,7 +523,7 @@ def _scale(x: torch.Tensor, s: torch.Tensor, t: Optional[torch.Tensor], out: tor
         return out
     cfg = hz.scale_config(c, hw, is_channels_last(ys))
     grid = (b * hz.cdiv(c, cfg.block_c) * hz.cdiv(hw, cfg.block_hw),)
-    wrap_triton(_scale_kernel)[grid](
+    _launch(_scale_kernel, grid)(
         x,
         s,
         s if t is None else t,
@@ -570,7 +585,7 @@ def excite_fwd(
         return z, s, a
     cfg = hz.excite_fwd_config(b, c, r, x_dtype, hz.sm_count(zsum.device))
     grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
-    wrap_triton(_excite_fwd_kernel)[grid](
+    _launch(_excite_fwd_kernel, grid)(
         zsum,
         w1,
         w1 if b1 is None else b1,
@@ -638,7 +653,7 @@ def excite_bwd(
     _record("excite_bwd")
     if p > 0 and any(need):
         grid = (p,)
-        wrap_triton(_excite_bwd_kernel)[grid](
+        _launch(_excite_bwd_kernel, grid)(
             dssum,
             z,
             s,

@@ -25,7 +25,6 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
-from torch.library import wrap_triton
 
 from . import heuristics as hz
 from .se import (
@@ -35,6 +34,7 @@ from .se import (
     _gate_bwd,
     _gate_fwd,
     _gate_input,
+    _launch,
     _record,
     _sum_partials,
     _sum_splits,
@@ -209,7 +209,7 @@ def excite_fc_fwd(
         return z, s, a
     cfg = hz.excite_fc_config(c, x_dtype)
     grid = (hz.cdiv(nb, cfg.block_b), hz.cdiv(c, cfg.block_n))
-    wrap_triton(_excite_fc_fwd_kernel)[grid](
+    _launch(_excite_fc_fwd_kernel, grid)(
         zsum,
         w,
         w if b is None else b,
@@ -259,7 +259,7 @@ def excite_fc_bwd(
         return dz, None if dw is None else dw.zero_(), None if db is None else db.zero_()
     cfg = hz.excite_fc_config(c, x_dtype)
     grid = (hz.cdiv(c, cfg.block_k),)
-    wrap_triton(_excite_fc_bwd_kernel)[grid](
+    _launch(_excite_fc_bwd_kernel, grid)(
         dssum,
         z,
         s,
@@ -430,7 +430,7 @@ def excite_conv_fwd(
         return z, s, a
     cfg = hz.excite_conv_fwd_config(nb, c)
     grid = (hz.cdiv(nb, cfg.block_b), hz.cdiv(c, cfg.block_c))
-    wrap_triton(_excite_conv_fwd_kernel)[grid](
+    _launch(_excite_conv_fwd_kernel, grid)(
         zsum,
         w,
         w if b is None else b,
@@ -477,7 +477,7 @@ def excite_conv_bwd(
     db = _empty(p, 1, dtype=dt, device=dev) if need_db else None
     _record("excite_conv_bwd")
     if p > 0 and any(need):
-        wrap_triton(_excite_conv_bwd_kernel)[(p,)](
+        _launch(_excite_conv_bwd_kernel, (p,))(
             dssum,
             z,
             s,
