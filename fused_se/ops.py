@@ -244,3 +244,23 @@ def _backward_conv(ctx, grad_y, grad_z, grad_s, grad_a):
 
 
 efficient_channel_attention.register_autograd(_backward_conv, setup_context=_setup_context_conv)
+
+
+# --------------------------------------------------------------------------------------
+# gradients of gradients
+# --------------------------------------------------------------------------------------
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "fused_se: double backward (a gradient of a gradient) through the fused SE block is not supported; "
+        "set FUSED_SE_BACKEND=reference to run the plain PyTorch reference, which supports it"
+    )
+
+
+def _nothing_saved(ctx, inputs, output) -> None:
+    pass
+
+
+for _op in (squeeze_excite_backward, effective_squeeze_excite_backward, efficient_channel_attention_backward):
+    _op.register_autograd(_no_double_backward, setup_context=_nothing_saved)

@@ -349,7 +349,9 @@ def _excite_fwd_kernel(
         h = _dot(z, w1t, h, DOT_TF32, IS_FP64)
     if HAS_B1:
         h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
-    h = _act_fwd(h, ACT)  # padded columns r >= R stay 0 for both activations
+    # Padded columns r >= R are exactly 0: an Inf in z times their zero weights would be NaN,
+    # and would reach every channel through the second GEMM.
+    h = tl.where(mask_r[None, :], _act_fwd(h, ACT), 0.0)
 
     for c0 in range(pid_c * BLOCK_C, C, programs_c * BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
@@ -430,9 +432,10 @@ def _excite_bwd_kernel(
         dh = _dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
     if HAS_B1:
         hpre += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
-    h = _act_fwd(hpre, ACT)
+    # Padded columns r >= R are exactly 0 (an Inf in z or u times their zero weights is NaN).
     # Rows past B have u = 0, hence dh = 0 and v = 0: they add nothing to the sums below.
-    v = _act_bwd(hpre, dh, ACT)
+    h = tl.where(mask_r[None, :], _act_fwd(hpre, ACT), 0.0)
+    v = tl.where(mask_r[None, :], _act_bwd(hpre, dh, ACT), 0.0)
     if NEED_DB1:
         tl.store(db1_ptr + pid * R + offs_r, tl.sum(v, axis=0), mask=mask_r)
 
