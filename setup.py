@@ -26,10 +26,10 @@ setup(
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
     install_requires=["torch>=2.6", "triton", "numpy"],
     # timm and torchvision: the tests convert real models of both (built with random weights);
-    # matplotlib: the tests write fused-se-bench's plot.
+    # matplotlib: the tests write fused-se-bench's plot; hypothesis: the property-based tests.
     # bench: fused-se-bench's --plot (matplotlib) and --e2e (timm), and the pytest-benchmark suite.
     extras_require={
-        "test": ["pytest>=7", "timm", "torchvision", "matplotlib"],
+        "test": ["pytest>=7", "hypothesis", "timm", "torchvision", "matplotlib"],
         "bench": ["matplotlib", "timm", "pytest-benchmark"],
     },
     entry_points={

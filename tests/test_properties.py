@@ -1,0 +1,106 @@
+"""Property-based parity: random shapes, strides, dtypes, variants and requires_grad patterns
+against eager PyTorch, through the kernels.
+
+The example count is bounded for CI (the "ci" profile: a fixed seed, a bounded number of
+examples); `HYPOTHESIS_PROFILE=long pytest tests/test_properties.py` runs many more by hand.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from se_testing import FORM_KERNELS, assert_within_torch_error, eager_variant, make_variant_params, record_launches
+
+import fused_se
+
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("long", max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+# How x is laid out in memory: the two native layouts, strided views taken as they are, and
+# views that are neither NCHW nor channels_last (copied once).
+LAYOUTS = ["nchw", "channels_last", "sliced_c", "batch_step", "sliced_hw", "hw_transposed", "c_last_permuted"]
+
+
+def _make_x(b, c, h, w, dtype, layout, device):
+    kw = {"dtype": dtype, "device": device}
+    if layout == "nchw":
+        return torch.randn(b, c, h, w, **kw)
+    if layout == "channels_last":
+        return torch.randn(b, c, h, w, **kw).to(memory_format=torch.channels_last)
+    if layout == "sliced_c":
+        return torch.randn(b, 2 * c, h, w, **kw)[:, 1::2]
+    if layout == "batch_step":
+        return torch.randn(2 * b, c, h, w, **kw)[::2]
+    if layout == "sliced_hw":
+        return torch.randn(b, c, h + 1, w + 2, **kw)[:, :, 1:, 1 : w + 1]
+    if layout == "hw_transposed":  # W strides over H's rows: H and W do not flatten in order
+        return torch.randn(b, c, w, h, **kw).transpose(2, 3)
+    return torch.randn(h, b, w, c, **kw).permute(1, 3, 0, 2)  # a layout no one uses on purpose
+
+
+@st.composite
+def cases(draw):
+    form = draw(st.sampled_from(["mlp", "fc", "conv"]))
+    return {
+        "form": form,
+        "b": draw(st.integers(1, 5)),
+        "c": draw(st.integers(1, 40)),
+        "h": draw(st.integers(1, 9)),
+        "w": draw(st.integers(1, 9)),
+        "hidden": draw(st.integers(1, 20)),
+        "k": draw(st.sampled_from([1, 3, 5])),
+        "act": draw(st.sampled_from(["relu", "silu"])),
+        "gate": draw(st.sampled_from(["sigmoid", "hard_sigmoid"])),
+        "bias": draw(st.booleans()),
+        "circular": draw(st.booleans()),
+        "dtype": draw(st.sampled_from(DTYPES)),
+        "layout": draw(st.sampled_from(LAYOUTS)),
+        "grads": draw(st.lists(st.booleans(), min_size=5, max_size=5)),
+    }
+
+
+def _fused(case, x, params):
+    form, act, gate = case["form"], case["act"], case["gate"]
+    if form == "mlp":
+        return fused_se.squeeze_excite(x, *params, act=act, gate=gate)
+    if form == "fc":
+        return fused_se.effective_squeeze_excite(x, *params, gate=gate)
+    return fused_se.efficient_channel_attention(x, *params, circular=case["circular"], gate=gate)
+
+
+def _run(fn, x, params, grads, g):
+    x = x.detach().clone().requires_grad_(grads[0])
+    leaves = [p.detach().clone().requires_grad_(n) if p is not None else None for p, n in zip(params, grads[1:])]
+    y = fn(x, leaves)
+    wrt = [t for t in [x, *leaves] if t is not None and t.requires_grad]
+    return [y.detach(), *(torch.autograd.grad(y, wrt, g) if wrt else [])]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@given(case=cases())
+def test_random_inputs_match_eager(case):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if case["form"] == "conv" and case["circular"] and (case["k"] - 1) // 2 > case["c"]:
+        case["circular"] = False  # torch's circular padding cannot wrap more than once either
+    b, c, h, w, dtype = case["b"], case["c"], case["h"], case["w"], case["dtype"]
+    params = make_variant_params(case["form"], c, case["hidden"], case["k"], case["bias"], device)
+    x = _make_x(b, c, h, w, dtype, case["layout"], device) * 2
+    g = torch.randn(b, c, h, w, device=device, dtype=dtype)
+    with record_launches() as launched:
+        ours = _run(lambda x, p: _fused(case, x, p), x, params, case["grads"], g)
+    assert launched[:3] == ["squeeze", FORM_KERNELS[case["form"]], "scale"], launched
+    args = (case["form"], case["act"], case["gate"], case["circular"])
+    own = _run(lambda x, p: eager_variant(x, args[0], p, *args[1:]), x, params, case["grads"], g)
+    params64 = [p.double() if p is not None else None for p in params]
+    ref = _run(lambda x, p: eager_variant(x, args[0], p, *args[1:]), x.double(), params64, case["grads"], g.double())
+    assert ours[0].dtype == dtype and ours[0].shape == x.shape
+    for i, (o, e, r) in enumerate(zip(ours, own, ref)):
+        assert_within_torch_error(f"tensor {i} of {case}", o, e.to(o.dtype), r)
