@@ -1,0 +1,84 @@
+"""What only a GPU can show: a tensor past 2**31 elements, streams, a second device.
+
+Skipped, with the reason, on machines without CUDA; benchmarks/gpu_check.sh runs them.
+"""
+
+import pytest
+import torch
+from se_testing import record_launches
+
+import fused_se
+from fused_se import reference
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@cuda
+def test_tensor_past_int32_elements():
+    """About 2.2e9 bf16 elements, forward and backward, against the reference run one sample
+    at a time (the reference's fp32 temporaries of the whole tensor would not fit)."""
+    b, c, h, w = 4, 512, 1024, 1050
+    assert b * c * h * w > 2**31
+    torch.manual_seed(0)
+    m = fused_se.FusedSEModule(c, 16).cuda()  # fp32 weights, bf16 activations
+    x = torch.randn(b, c, h, w, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    g = torch.randn(b, c, h, w, device="cuda", dtype=torch.bfloat16)
+    with record_launches() as launched:
+        y = m(x)
+        y.backward(g)
+    assert launched == ["squeeze", "excite", "scale", "scale_bwd", "excite_bwd", "squeeze_scale_bwd"]
+    w1, w2 = m.fc[0].weight, m.fc[2].weight
+    dw1, dw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+    for i in range(b):
+        xi = x[i : i + 1].detach().requires_grad_()
+        w1i, w2i = w1.detach().requires_grad_(), w2.detach().requires_grad_()
+        yi = reference.squeeze_excite(xi, w1i, None, w2i)
+        yi.backward(g[i : i + 1])
+        torch.testing.assert_close(y[i : i + 1], yi, rtol=2e-2, atol=2e-2)
+        torch.testing.assert_close(x.grad[i : i + 1], xi.grad, rtol=2e-2, atol=2e-2)
+        dw1 += w1i.grad
+        dw2 += w2i.grad
+        del xi, yi
+    torch.testing.assert_close(w1.grad, dw1, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(w2.grad, dw2, rtol=1e-2, atol=1e-2)
+
+
+@cuda
+def test_kernels_run_on_the_current_stream():
+    """With the default stream held up by a long sleep, work issued under a side stream must
+    finish on that stream alone: it would hang behind the sleep (or read unfinished, NaN-filled
+    buffers) had it gone to the default stream."""
+    m = fused_se.FusedSEModule(256, 16).cuda()
+    x = torch.randn(8, 256, 14, 14, device="cuda", requires_grad=True)
+    g = torch.randn_like(x)
+    y_ref = reference.squeeze_excite(x, m.fc[0].weight, None, m.fc[2].weight)
+    dx_ref = torch.autograd.grad(y_ref, x, g)[0]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # compile the kernels first, outside the timed window
+        torch.autograd.grad(m(x), x, g)
+    side.synchronize()
+    torch.cuda._sleep(2_000_000_000)  # about a second of spinning on the default stream
+    with torch.cuda.stream(side):
+        y = m(x)
+        (dx,) = torch.autograd.grad(y, x, g)
+        y_host, dx_host = y.to("cpu", non_blocking=False), dx.to("cpu", non_blocking=False)
+    assert not torch.cuda.current_stream().query(), "the default stream was not busy: the test shows nothing"
+    torch.testing.assert_close(y_host, y_ref.detach().cpu(), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(dx_host, dx_ref.cpu(), rtol=1e-4, atol=1e-5)
+    torch.cuda.synchronize()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_a_device_that_is_not_current():
+    torch.cuda.set_device(0)
+    m = fused_se.FusedSEModule(64, 16).to("cuda:1")
+    x = torch.randn(4, 64, 7, 7, device="cuda:1", requires_grad=True)
+    y = m(x)
+    y.sum().backward()
+    x_ref = x.detach().requires_grad_()
+    y_ref = reference.squeeze_excite(x_ref, m.fc[0].weight, None, m.fc[2].weight)
+    y_ref.sum().backward()
+    assert y.device == x.grad.device == torch.device("cuda:1")
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
