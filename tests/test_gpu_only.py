@@ -82,3 +82,30 @@ def test_tensors_on_a_device_that_is_not_current():
     assert y.device == x.grad.device == torch.device("cuda:1")
     torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-4, atol=1e-5)
+
+
+@cuda
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_peak_memory_of_a_training_step_is_at_most_eagers(layout):
+    """Forward and backward of the fused block hold no temporary the size of x; eager's
+    backward of x * s holds one (g * x) on top of y and dx."""
+    from fused_se.bench import EagerSE, SEShape
+
+    shape = SEShape(256, 56, 56, 16)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.randn(32, 256, 56, 56, device="cuda", dtype=torch.bfloat16).to(memory_format=fmt)
+    g = torch.randn_like(x)
+
+    def peak(module):
+        xg = x.detach().requires_grad_()
+        module(xg).backward(g)  # warm-up: kernels compiled, .grad buffers allocated
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        module(xg).backward(g)
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+
+    eager = EagerSE(shape, conv=False).cuda().to(torch.bfloat16)
+    fused = fused_se.FusedSEModule(256, rd_channels=16, bias=True).cuda().to(torch.bfloat16)
+    assert peak(fused) <= peak(eager)
