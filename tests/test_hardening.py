@@ -144,3 +144,50 @@ def test_double_backward_raises_a_clear_error(form, act, gate, circular, device)
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"double backward .* not supported; set FUSED_SE_BACKEND=reference"):
         gx.sum().backward()
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+
+
+def _peak_cpu_bytes(fn) -> int:
+    """Peak bytes held by the CPU allocator during fn, from the profiler's memory records.
+
+    The profiler books what an op allocates or frees to the op itself (its self memory). Counted
+    at the op's start for allocations and at its end for frees, this gives a timeline whose
+    maximum is the peak (an autograd node that frees its inputs books them negatively, at its end).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    timeline = []
+    for e in prof.events():
+        nbytes = e.cpu_memory_usage if e.name == "[memory]" else e.self_cpu_memory_usage
+        if nbytes:
+            timeline.append((e.time_range.start if nbytes > 0 else e.time_range.end, nbytes))
+    held = peak = 0
+    for _, nbytes in sorted(timeline):
+        held += nbytes
+        peak = max(peak, held)
+    return peak
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant is in test_gpu_only.py")
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
+def test_peak_memory_of_a_training_step_is_at_most_eagers(layout):
+    from fused_se.bench import EagerSE, SEShape
+
+    shape = SEShape(64, 28, 28, 4)
+    x = torch.randn(8, 64, 28, 28).to(memory_format=layout).requires_grad_()
+    g = torch.randn(8, 64, 28, 28).to(memory_format=layout)
+    eager = EagerSE(shape, conv=False)
+    fused = fused_se.FusedSEModule(64, rd_channels=4, bias=True)
+    peaks = {}
+    for name, m in (("eager", eager), ("fused", fused)):
+        with record_launches() as launched:
+            peaks[name] = _peak_cpu_bytes(lambda m=m: torch.autograd.grad(m(x), [x, *m.parameters()], g))
+        assert bool(launched) == (name == "fused")
+    n = x.numel() * x.element_size()
+    # Eager holds y, dx and the g * x of mul's backward at once (about 3N); fused holds y and dx.
+    assert peaks["eager"] >= 3 * n
+    assert peaks["fused"] <= peaks["eager"] and peaks["fused"] < 2.1 * n, {k: v / n for k, v in peaks.items()}
