@@ -109,3 +109,13 @@ def make_variant_params(form: str, c: int, hidden: int, k: int, bias: bool, devi
 
 
 FORM_KERNELS = {"mlp": "excite", "fc": "excite_fc", "conv": "excite_conv"}
+
+
+def run_variant(impl, x: torch.Tensor, form: str, params: list, act: str, gate: str, circular: bool = False):
+    """One excitation form through `impl`: fused_se (the kernels) or fused_se.reference, which
+    name their three functional forms alike."""
+    if form == "mlp":
+        return impl.squeeze_excite(x, *params, act=act, gate=gate)
+    if form == "fc":
+        return impl.effective_squeeze_excite(x, *params, gate=gate)
+    return impl.efficient_channel_attention(x, *params, circular=circular, gate=gate)

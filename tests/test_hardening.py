@@ -3,7 +3,7 @@ double backward."""
 
 import pytest
 import torch
-from se_testing import FORM_KERNELS, make_variant_params, record_launches
+from se_testing import FORM_KERNELS, make_variant_params, record_launches, run_variant
 
 import fused_se
 from fused_se import reference
@@ -20,29 +20,13 @@ FORMS = [
 ]
 
 
-def _fused(form, x, params, act, gate, circular):
-    if form == "mlp":
-        return fused_se.squeeze_excite(x, *params, act=act, gate=gate)
-    if form == "fc":
-        return fused_se.effective_squeeze_excite(x, *params, gate=gate)
-    return fused_se.efficient_channel_attention(x, *params, circular=circular, gate=gate)
-
-
-def _reference(form, x, params, act, gate, circular):
-    if form == "mlp":
-        return reference.squeeze_excite(x, *params, act=act, gate=gate)
-    if form == "fc":
-        return reference.effective_squeeze_excite(x, *params, gate=gate)
-    return reference.efficient_channel_attention(x, *params, circular=circular, gate=gate)
-
-
 def _both(form, x, params, act, gate, circular, g):
     """(ours, reference): output and gradients of x and of every parameter."""
     out = []
-    for fn in (_fused, _reference):
+    for impl in (fused_se, reference):
         xs = x.detach().clone().requires_grad_()
         ps = [p.detach().clone().requires_grad_() if p is not None else None for p in params]
-        y = fn(form, xs, ps, act, gate, circular)
+        y = run_variant(impl, xs, form, ps, act, gate, circular)
         out.append([y.detach(), *torch.autograd.grad(y, [xs] + [p for p in ps if p is not None], g)])
     return out
 
@@ -140,7 +124,7 @@ def test_gradient_patterns(needs, device):
 def test_double_backward_raises_a_clear_error(form, act, gate, circular, device):
     x = torch.randn(2, 16, 3, 3, device=device, requires_grad=True)
     params = make_variant_params(form, 16, 4, 3, False, device)
-    y = _fused(form, x, params, act, gate, circular)
+    y = run_variant(fused_se, x, form, params, act, gate, circular)
     (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match=r"double backward .* not supported; set FUSED_SE_BACKEND=reference"):
         gx.sum().backward()

@@ -13,7 +13,14 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from se_testing import FORM_KERNELS, assert_within_torch_error, eager_variant, make_variant_params, record_launches
+from se_testing import (
+    FORM_KERNELS,
+    assert_within_torch_error,
+    eager_variant,
+    make_variant_params,
+    record_launches,
+    run_variant,
+)
 
 import fused_se
 
@@ -67,15 +74,6 @@ def cases(draw):
     }
 
 
-def _fused(case, x, params):
-    form, act, gate = case["form"], case["act"], case["gate"]
-    if form == "mlp":
-        return fused_se.squeeze_excite(x, *params, act=act, gate=gate)
-    if form == "fc":
-        return fused_se.effective_squeeze_excite(x, *params, gate=gate)
-    return fused_se.efficient_channel_attention(x, *params, circular=case["circular"], gate=gate)
-
-
 def _run(fn, x, params, grads, g):
     x = x.detach().clone().requires_grad_(grads[0])
     leaves = [p.detach().clone().requires_grad_(n) if p is not None else None for p, n in zip(params, grads[1:])]
@@ -94,10 +92,10 @@ def test_random_inputs_match_eager(case):
     params = make_variant_params(case["form"], c, case["hidden"], case["k"], case["bias"], device)
     x = _make_x(b, c, h, w, dtype, case["layout"], device) * 2
     g = torch.randn(b, c, h, w, device=device, dtype=dtype)
-    with record_launches() as launched:
-        ours = _run(lambda x, p: _fused(case, x, p), x, params, case["grads"], g)
-    assert launched[:3] == ["squeeze", FORM_KERNELS[case["form"]], "scale"], launched
     args = (case["form"], case["act"], case["gate"], case["circular"])
+    with record_launches() as launched:
+        ours = _run(lambda x, p: run_variant(fused_se, x, case["form"], p, *args[1:]), x, params, case["grads"], g)
+    assert launched[:3] == ["squeeze", FORM_KERNELS[case["form"]], "scale"], launched
     own = _run(lambda x, p: eager_variant(x, args[0], p, *args[1:]), x, params, case["grads"], g)
     params64 = [p.double() if p is not None else None for p in params]
     ref = _run(lambda x, p: eager_variant(x, args[0], p, *args[1:]), x.double(), params64, case["grads"], g.double())

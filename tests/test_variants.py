@@ -12,6 +12,7 @@ from se_testing import (
     make_input,
     make_variant_params,
     record_launches,
+    run_variant,
 )
 
 import fused_se
@@ -38,14 +39,6 @@ def _variant_id(v):
     return "-".join(filter(None, [form, act, gate, "bias" if bias else "nobias", "circular" if circular else None]))
 
 
-def _fused(x, form, params, act, gate, circular):
-    if form == "mlp":
-        return fused_se.squeeze_excite(x, *params, act=act, gate=gate)
-    if form == "fc":
-        return fused_se.effective_squeeze_excite(x, *params, gate=gate)
-    return fused_se.efficient_channel_attention(x, *params, circular=circular, gate=gate)
-
-
 def _run(fn, x, params, g):
     x = x.detach().clone().requires_grad_()
     leaves = [p.detach().clone().requires_grad_() if p is not None else None for p in params]
@@ -61,7 +54,7 @@ def _check(variant, shape, dtype, layout, device):
     x = make_input((b, c, h, w), dtype, device, layout) * 2
     g = torch.randn(b, c, h, w, device=device, dtype=dtype)
     with record_launches() as launched:
-        ours = _run(lambda x, p: _fused(x, form, p, act, gate, circular), x, params, g)
+        ours = _run(lambda x, p: run_variant(fused_se, x, form, p, act, gate, circular), x, params, g)
     kernel = FORM_KERNELS[form]
     expected = ["squeeze", kernel, "scale", "scale_bwd", kernel + "_bwd", "squeeze_scale_bwd"]
     assert launched == expected, "the Triton path did not run"
@@ -110,7 +103,7 @@ def test_gradcheck_fp64(variant, device):
     def fn(x, *weights):
         it = iter(weights)
         full = [next(it) if p is not None else None for p in params]
-        return _fused(x, form, full, act, gate, circular)
+        return run_variant(fused_se, x, form, full, act, gate, circular)
 
     with record_launches() as launched:
         # The hard sigmoid's kinks: keep gradcheck's steps well inside the pieces.
