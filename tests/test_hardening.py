@@ -110,6 +110,7 @@ def test_gradient_patterns(needs, device):
     with record_launches() as launched:
         y = fused_se.squeeze_excite(*leaves, act="silu", gate="hard_sigmoid")
         y.backward(torch.ones_like(y))
+    assert launched[:5] == ["squeeze", "excite", "scale", "scale_bwd", "excite_bwd"]
     assert ("squeeze_scale_bwd" in launched) == needs[0]  # no dx pass unless x needs it
     ref_leaves = [t.detach().clone().requires_grad_(n) for t, n in zip(leaves, needs)]
     reference.squeeze_excite(*ref_leaves, act="silu", gate="hard_sigmoid").backward(torch.ones_like(y))
