@@ -556,11 +556,14 @@ def squeeze_scale_bwd(g: torch.Tensor, s: torch.Tensor, dz: torch.Tensor, like: 
     return _scale(g, s, dz, _empty_like(like))
 
 
-def _gate_input(b: int, c: int, gate: str, like: torch.Tensor) -> torch.Tensor:
-    """(B, C) for a gate whose backward needs its input, else an empty placeholder."""
-    if keeps_gate_input(gate):
-        return _empty(b, c, dtype=like.dtype, device=like.device)
-    return like.new_empty(0)
+def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, s, a) for every excitation form: (B, C) each in zsum's dtype; a, the gate's input,
+    only where the gate's backward needs it (an empty placeholder otherwise)."""
+    _, b, c = zsum.shape
+    z = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    s = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    a = _empty(b, c, dtype=zsum.dtype, device=zsum.device) if keeps_gate_input(gate) else zsum.new_empty(0)
+    return z, s, a
 
 
 def excite_fwd(
@@ -580,9 +583,7 @@ def excite_fwd(
     """
     split, b, c = zsum.shape
     r = w1.shape[0]
-    z = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    s = _empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    a = _gate_input(b, c, gate, zsum)
+    z, s, a = excite_outputs(zsum, gate)
     _record("excite")
     if b == 0:
         return z, s, a

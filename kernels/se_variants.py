@@ -33,12 +33,12 @@ from .se import (
     _empty,
     _gate_bwd,
     _gate_fwd,
-    _gate_input,
     _launch,
     _record,
     _sum_partials,
     _sum_splits,
     _vec_stride,
+    excite_outputs,
     keeps_gate_input,
 )
 
@@ -201,9 +201,7 @@ def excite_fc_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FC form: from the squeeze's partial sums to (z, s, a), as excite_fwd."""
     split, nb, c = zsum.shape
-    z = _empty(nb, c, dtype=zsum.dtype, device=zsum.device)
-    s = _empty(nb, c, dtype=zsum.dtype, device=zsum.device)
-    a = _gate_input(nb, c, gate, zsum)
+    z, s, a = excite_outputs(zsum, gate)
     _record("excite_fc")
     if nb == 0:
         return z, s, a
@@ -422,9 +420,7 @@ def excite_conv_fwd(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Conv form: from the squeeze's partial sums to (z, s, a), as excite_fwd. w: (K,), K odd."""
     split, nb, c = zsum.shape
-    z = _empty(nb, c, dtype=zsum.dtype, device=zsum.device)
-    s = _empty(nb, c, dtype=zsum.dtype, device=zsum.device)
-    a = _gate_input(nb, c, gate, zsum)
+    z, s, a = excite_outputs(zsum, gate)
     _record("excite_conv")
     if nb == 0:
         return z, s, a
