@@ -1,4 +1,4 @@
-"""Which implementation runs: the Triton kernels or the reference in PyTorch ops."""
+"""Which path runs: the Triton kernels, their twins in torch ops, or the autograd reference."""
 
 from __future__ import annotations
 
@@ -11,31 +11,38 @@ BACKENDS = ("auto", "triton", "reference")
 
 
 def interpreter_enabled() -> bool:
-    """True when the Triton interpreter runs kernels on the CPU (TRITON_INTERPRET=1 at import)."""
-    try:
-        from triton import knobs
-    except ImportError:  # triton < 3.4 reads the variable directly
-        return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
-    return bool(knobs.runtime.interpret)
+    """True when the Triton interpreter runs the kernels on the CPU (TRITON_INTERPRET=1 when
+    triton.jit defined them, which is when fused_se.kernels was first imported)."""
+    from .kernels import se  # triton is imported here, on first use, not by `import fused_se`
+
+    return se.INTERPRETED
+
+
+def kernels_run_on(device: torch.device) -> bool:
+    """True where the Triton kernels run: CUDA, or the CPU with the interpreter on."""
+    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
 
 
 def backend_for(x: torch.Tensor) -> str:
-    """ "triton" or "reference" for an input on x's device.
+    """Which path an input on x's device takes: "triton", "decomposed" or "reference".
 
-    CUDA tensors run the kernels; CPU tensors run the reference unless the interpreter is on.
+    "triton": the fused ops run the Triton kernels (CUDA tensors; CPU tensors with the interpreter on).
+    "decomposed": the same ops, with the kernels' twins in torch ops as their body (CPU tensors
+    otherwise); torch.compile, torch.export and ONNX export see the fused ops either way.
+    "reference": fused_se.reference, plain autograd through torch ops (supports double backward);
+    also what torch.onnx.export traces, so that the ONNX graph is made of standard operators.
     FUSED_SE_BACKEND=triton|reference forces one path; it is read on every call.
     """
     forced = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
     if forced not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}; got {forced!r}")
-    kernels_run_here = x.device.type == "cuda" or (x.device.type == "cpu" and interpreter_enabled())
-    if forced == "reference":
+    if forced == "reference" or torch.onnx.is_in_onnx_export():
         return "reference"
-    if forced == "triton":
-        if not kernels_run_here:
-            raise RuntimeError(
-                f"{BACKEND_ENV}=triton, but the Triton kernels cannot run on {x.device.type} tensors here: "
-                "use CUDA tensors, or set TRITON_INTERPRET=1 before triton is imported to run them on the CPU"
-            )
+    if kernels_run_on(x.device):
         return "triton"
-    return "triton" if kernels_run_here else "reference"
+    if forced == "triton":
+        raise RuntimeError(
+            f"{BACKEND_ENV}=triton, but the Triton kernels cannot run on {x.device.type} tensors here: "
+            "use CUDA tensors, or set TRITON_INTERPRET=1 before triton is imported to run them on the CPU"
+        )
+    return "decomposed"

@@ -17,9 +17,25 @@ from typing import Callable, Optional
 
 import torch
 from torch import Tensor
+from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op
 
-from . import kernels
+from . import _dispatch, decomposed, kernels
+
+
+def _impl(x: Tensor):
+    """The launchers for x: the Triton kernels, or their twins in torch ops (fused_se.decomposed).
+
+    CUDA tensors take the kernels. CPU tensors take the twins, except with the Triton
+    interpreter on, outside tracing: the interpreter runs on real tensors only, so torch.compile
+    and torch.export (which run this body on fake tensors) trace the twins on the CPU.
+    The device is a static fact under tracing, so the traced branch is the one that runs.
+    """
+    if x.device.type == "cuda":
+        return kernels
+    if x.device.type == "cpu" and _dispatch.interpreter_enabled() and not is_fake(x):
+        return kernels
+    return decomposed
 
 
 def _backward_passes(
@@ -29,9 +45,10 @@ def _backward_passes(
 
     excite_bwd(dssum, need_dz) runs the excitation's backward and returns dz.
     """
-    dssum = kernels.scale_bwd(grad_y, x)
+    impl = _impl(x)
+    dssum = impl.scale_bwd(grad_y, x)
     dz = excite_bwd(dssum, need_dx)
-    return kernels.squeeze_scale_bwd(grad_y, s, dz, x) if need_dx else None
+    return impl.squeeze_scale_bwd(grad_y, s, dz, x) if need_dx else None
 
 
 def _dense_grad(grad_y: Tensor) -> Tensor:
@@ -57,9 +74,10 @@ def squeeze_excite(
     x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str, gate: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
-    zsum = kernels.squeeze_fwd(x)
-    z, s, a = kernels.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
-    return kernels.scale_fwd(x, s), z, s, a
+    impl = _impl(x)
+    zsum = impl.squeeze_fwd(x)
+    z, s, a = impl.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
+    return impl.scale_fwd(x, s), z, s, a
 
 
 @triton_op("fused_se::squeeze_excite_backward", mutates_args=())
@@ -89,7 +107,7 @@ def squeeze_excite_backward(
 
     def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
         need = (need_dz, need_dw1, need_db1, need_dw2, need_db2)
-        dz, *rest = kernels.excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, need, act, gate)
+        dz, *rest = _impl(x).excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, need, act, gate)
         wgrads.extend(rest)
         return dz
 
@@ -131,9 +149,10 @@ def effective_squeeze_excite(
     x: Tensor, w: Tensor, b: Optional[Tensor], gate: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(W z + b)."""
-    zsum = kernels.squeeze_fwd(x)
-    z, s, a = kernels.excite_fc_fwd(zsum, x.shape[2] * x.shape[3], w, b, x.dtype, gate)
-    return kernels.scale_fwd(x, s), z, s, a
+    impl = _impl(x)
+    zsum = impl.squeeze_fwd(x)
+    z, s, a = impl.excite_fc_fwd(zsum, x.shape[2] * x.shape[3], w, b, x.dtype, gate)
+    return impl.scale_fwd(x, s), z, s, a
 
 
 @triton_op("fused_se::effective_squeeze_excite_backward", mutates_args=())
@@ -156,7 +175,7 @@ def effective_squeeze_excite_backward(
     wgrads: list[Optional[Tensor]] = []
 
     def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
-        dz, *rest = kernels.excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, (need_dz, need_dw, need_db))
+        dz, *rest = _impl(x).excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, (need_dz, need_dw, need_db))
         wgrads.extend(rest)
         return dz
 
@@ -192,9 +211,10 @@ def efficient_channel_attention(
     x: Tensor, w: Tensor, b: Optional[Tensor], circular: bool, gate: str
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(conv1d_k(z) + b) across channels."""
-    zsum = kernels.squeeze_fwd(x)
-    z, s, a = kernels.excite_conv_fwd(zsum, x.shape[2] * x.shape[3], w, b, circular, gate)
-    return kernels.scale_fwd(x, s), z, s, a
+    impl = _impl(x)
+    zsum = impl.squeeze_fwd(x)
+    z, s, a = impl.excite_conv_fwd(zsum, x.shape[2] * x.shape[3], w, b, circular, gate)
+    return impl.scale_fwd(x, s), z, s, a
 
 
 @triton_op("fused_se::efficient_channel_attention_backward", mutates_args=())
@@ -218,7 +238,7 @@ def efficient_channel_attention_backward(
     wgrads: list[Optional[Tensor]] = []
 
     def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
-        dz, *rest = kernels.excite_conv_bwd(dssum, z, s, a, w, circular, gate, (need_dz, need_dw, need_db))
+        dz, *rest = _impl(x).excite_conv_bwd(dssum, z, s, a, w, circular, gate, (need_dz, need_dw, need_db))
         wgrads.extend(rest)
         return dz
 

@@ -469,6 +469,11 @@ def _excite_bwd_kernel(
             tl.store(dz_ptr + bc, dz, mask=mask_bc)
 
 
+# True when triton.jit made the kernels above interpreter functions (TRITON_INTERPRET=1 when
+# this module was imported): they then run on CPU tensors, with numpy.
+INTERPRETED: bool = not isinstance(_scale_kernel, triton.runtime.JITFunction)
+
+
 # --------------------------------------------------------------------------------------
 # launchers: tensors in, tensors out
 # --------------------------------------------------------------------------------------

@@ -2,13 +2,42 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fused_se.kernels import record_launches  # noqa: F401  (re-exported for the tests)
 
 FORWARD_KERNELS = ["squeeze", "excite", "scale"]
 BACKWARD_KERNELS = ["scale_bwd", "excite_bwd", "squeeze_scale_bwd"]
+
+FUSED_OPS = {
+    "mlp": "fused_se.squeeze_excite",
+    "fc": "fused_se.effective_squeeze_excite",
+    "conv": "fused_se.efficient_channel_attention",
+}
+
+
+class _OpRecorder(TorchDispatchMode):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__()
+        self.log = log
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.log.append(str(func.overloadpacket._qualified_op_name).replace("::", "."))
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def record_ops() -> Iterator[list[str]]:
+    """Names of the ops dispatched inside the block ("fused_se.squeeze_excite", "aten.mul", ...)."""
+    log: list[str] = []
+    with _OpRecorder(log):
+        yield log
+
 
 # Absolute slack on top of the 2x-PyTorch rule, relative to the reference's largest magnitude.
 ATOL = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float64: 1e-12}

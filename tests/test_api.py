@@ -114,13 +114,17 @@ def test_forced_reference_runs_no_kernel(device, monkeypatch):
     torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_cpu_without_interpreter_uses_reference(monkeypatch):
+def test_cpu_without_interpreter_runs_the_ops_decomposed(monkeypatch):
     monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
-    x = torch.empty(1)
-    assert fused_se.backend_for(x) == "reference"
+    args = _args("cpu")
+    assert fused_se.backend_for(args[0]) == "decomposed"
+    with record_launches() as launched:
+        y = fused_se.squeeze_excite(*args)
+    assert launched == []
+    torch.testing.assert_close(y, fused_se.reference.squeeze_excite(*args), rtol=1e-5, atol=1e-6)
     monkeypatch.setenv("FUSED_SE_BACKEND", "triton")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        fused_se.backend_for(x)
+        fused_se.backend_for(args[0])
 
 
 def test_unknown_backend_name(monkeypatch):

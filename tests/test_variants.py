@@ -1,21 +1,25 @@
 """The excitation variants (inner activation, gate, biases, any hidden width, the FC and the
 conv forms) through the fused kernels, against eager PyTorch: the same parity rules as the
-classic block (dtypes, layouts, odd shapes, gradcheck)."""
+classic block (dtypes, layouts, odd shapes, gradcheck). The ops' CPU kernel (their twins of the
+launchers in torch ops, fused_se.decomposed) is held to the same rules."""
 
 import pytest
 import torch
 from se_testing import (
     FORM_KERNELS,
+    FUSED_OPS,
     LAYOUTS,
     assert_within_torch_error,
     eager_variant,
     make_input,
     make_variant_params,
     record_launches,
+    record_ops,
     run_variant,
 )
 
 import fused_se
+from fused_se import _dispatch
 
 # (form, act, gate, bias, circular): every act x gate of the MLP form, both gates and paddings
 # of the others.
@@ -47,17 +51,26 @@ def _run(fn, x, params, g):
     return [y.detach(), *torch.autograd.grad(y, wrt, g)]
 
 
-def _check(variant, shape, dtype, layout, device):
+@pytest.fixture
+def decomposed(monkeypatch):
+    """The CPU without the interpreter: the fused ops run their torch-ops kernel."""
+    monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
+    return torch.device("cpu")
+
+
+def _check(variant, shape, dtype, layout, device, path="triton"):
     form, act, gate, bias, circular = variant
     b, c, h, w, hidden, k = shape
     params = make_variant_params(form, c, hidden, k, bias, device)
     x = make_input((b, c, h, w), dtype, device, layout) * 2
     g = torch.randn(b, c, h, w, device=device, dtype=dtype)
-    with record_launches() as launched:
+    with record_launches() as launched, record_ops() as ops:
         ours = _run(lambda x, p: run_variant(fused_se, x, form, p, act, gate, circular), x, params, g)
+    assert fused_se.backend_for(x) == path
+    assert [op for op in ops if op.startswith("fused_se.")] == [FUSED_OPS[form], FUSED_OPS[form] + "_backward"]
     kernel = FORM_KERNELS[form]
     expected = ["squeeze", kernel, "scale", "scale_bwd", kernel + "_bwd", "squeeze_scale_bwd"]
-    assert launched == expected, "the Triton path did not run"
+    assert launched == (expected if path == "triton" else []), f"the {path} path did not run"
     own = _run(lambda x, p: eager_variant(x, form, p, act, gate, circular), x, params, g)
     ref64 = _run(
         lambda x, p: eager_variant(x, form, p, act, gate, circular),
@@ -109,6 +122,38 @@ def test_gradcheck_fp64(variant, device):
         # The hard sigmoid's kinks: keep gradcheck's steps well inside the pieces.
         assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5, fast_mode=True)
     assert FORM_KERNELS[form] + "_bwd" in launched
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
+def test_decomposed_fp32_shapes(variant, decomposed):
+    for shape in SHAPES:
+        _check(variant, shape, torch.float32, "nchw", decomposed, path="decomposed")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
+def test_decomposed_layouts_and_low_precision(variant, decomposed):
+    for layout in LAYOUTS:
+        _check(variant, SHAPES[1], torch.float32, layout, decomposed, path="decomposed")
+    for dtype in (torch.float16, torch.bfloat16):
+        _check(variant, SHAPES[0], dtype, "channels_last", decomposed, path="decomposed")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=_variant_id)
+def test_decomposed_gradcheck_fp64(variant, decomposed):
+    form, act, gate, bias, circular = variant
+    params = make_variant_params(form, 6, 2, 3, bias, decomposed, torch.float64)
+    x = torch.randn(2, 6, 2, 2, dtype=torch.float64) * 2
+    inputs = [t.requires_grad_() for t in [x, *params] if t is not None]
+
+    def fn(x, *weights):
+        it = iter(weights)
+        return run_variant(
+            fused_se, x, form, [next(it) if p is not None else None for p in params], act, gate, circular
+        )
+
+    with record_ops() as ops:
+        assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-5)
+    assert FUSED_OPS[form] + "_backward" in ops
 
 
 def test_hidden_width_one_and_wide(device):

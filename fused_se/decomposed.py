@@ -1,0 +1,222 @@
+"""The launchers' twins in plain torch ops: the fused ops' CPU kernel.
+
+Every function here takes and returns what the launcher of the same name in fused_se.kernels
+does, forward and backward written out (no autograd), so the ops' bodies run unchanged on
+either. The ops pick these where the Triton kernels cannot run (CPU tensors without the
+interpreter); torch.compile, torch.export and ONNX export on the CPU trace them into standard
+aten ops. The squeeze and the excitation run in fp32 (fp64 for fp64 inputs), as in the kernels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def _acc(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _exact(device: torch.device):
+    """Autocast off: the excitation stays in the accumulation dtype under torch.autocast."""
+    if torch.is_autocast_enabled(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if t is None else t.to(dtype)
+
+
+def _bc(t: Tensor) -> Tensor:
+    return t[:, :, None, None]
+
+
+def _like(t: Tensor, like: Tensor) -> Tensor:
+    """t in like's dtype and memory format: channels_last where like is, NCHW otherwise."""
+    cl = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
+    return t.to(like.dtype).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
+# ---- the passes over x ----------------------------------------------------------------------
+
+
+def squeeze_fwd(x: Tensor) -> Tensor:
+    """Sums of x over HW as one partial: (1, B, C) in the accumulation dtype."""
+    return x.to(_acc(x.dtype)).sum(dim=(2, 3))[None]
+
+
+def scale_bwd(g: Tensor, x: Tensor) -> Tensor:
+    """Sums over HW of g * x: (1, B, C)."""
+    acc = _acc(x.dtype)
+    return (g.to(acc) * x.to(acc)).sum(dim=(2, 3))[None]
+
+
+def scale_fwd(x: Tensor, s: Tensor) -> Tensor:
+    """y = x * s[b, c] in x's dtype and memory format."""
+    return _like(x.to(s.dtype) * _bc(s), x)
+
+
+def squeeze_scale_bwd(g: Tensor, s: Tensor, dz: Tensor, like: Tensor) -> Tensor:
+    """dx = g * s[b, c] + dz[b, c] / HW, in like's dtype and memory format."""
+    hw = g.shape[2] * g.shape[3]
+    return _like(g.to(s.dtype) * _bc(s) + _bc(dz / hw), like)
+
+
+# ---- the gates and the inner activations ------------------------------------------------------
+
+
+def _gate(a: Tensor, gate: str) -> Tensor:
+    return torch.sigmoid(a) if gate == "sigmoid" else F.hardsigmoid(a)
+
+
+def _gate_outputs(a: Tensor, gate: str) -> tuple[Tensor, Tensor]:
+    """(s, a kept for the backward or an empty placeholder), as the kernels return them."""
+    return _gate(a, gate), (a if gate == "hard_sigmoid" else a.new_empty(0))
+
+
+def _gate_bwd(ds: Tensor, s: Tensor, a: Tensor, gate: str) -> Tensor:
+    if gate == "sigmoid":
+        return torch.ops.aten.sigmoid_backward(ds, s)
+    return torch.ops.aten.hardsigmoid_backward(ds, a)
+
+
+def _act(h: Tensor, act: str) -> Tensor:
+    return torch.relu(h) if act == "relu" else F.silu(h)
+
+
+def _act_bwd(dh: Tensor, h: Tensor, act: str) -> Tensor:
+    if act == "relu":
+        return torch.ops.aten.threshold_backward(dh, h, 0)
+    return torch.ops.aten.silu_backward(dh, h)
+
+
+def _mean(zsum: Tensor, hw: int) -> Tensor:
+    return zsum.sum(0) / hw
+
+
+# ---- two FCs ----------------------------------------------------------------------------------
+
+
+def excite_fwd(
+    zsum: Tensor,
+    hw: int,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    x_dtype: torch.dtype,
+    act: str = "relu",
+    gate: str = "sigmoid",
+) -> tuple[Tensor, Tensor, Tensor]:
+    z = _mean(zsum, hw)
+    dt = z.dtype
+    with _exact(z.device):
+        h = F.linear(z, w1.to(dt), _opt(b1, dt))
+        a = F.linear(_act(h, act), w2.to(dt), _opt(b2, dt))
+    return (z, *_gate_outputs(a, gate))
+
+
+def excite_bwd(
+    dssum: Tensor,
+    z: Tensor,
+    s: Tensor,
+    a: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    x_dtype: torch.dtype,
+    need: tuple[bool, bool, bool, bool, bool],
+    act: str = "relu",
+    gate: str = "sigmoid",
+) -> tuple[Optional[Tensor], ...]:
+    need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
+    dt = z.dtype
+    with _exact(z.device):
+        w1, w2 = w1.to(dt), w2.to(dt)
+        h = F.linear(z, w1, _opt(b1, dt))  # recomputed: (B, hidden) is cheaper to redo than to keep
+        da = _gate_bwd(dssum.sum(0), s, a, gate)
+        dw2 = da.t() @ _act(h, act) if need_dw2 else None
+        db2 = da.sum(0) if need_db2 else None
+        dh = _act_bwd(da @ w2, h, act) if (need_dz or need_dw1 or need_db1) else None
+        dw1 = dh.t() @ z if need_dw1 else None
+        db1 = dh.sum(0) if need_db1 else None
+        dz = dh @ w1 if need_dz else None
+    return dz, dw1, db1, dw2, db2
+
+
+# ---- one C x C FC -----------------------------------------------------------------------------
+
+
+def excite_fc_fwd(
+    zsum: Tensor, hw: int, w: Tensor, b: Optional[Tensor], x_dtype: torch.dtype, gate: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    z = _mean(zsum, hw)
+    with _exact(z.device):
+        a = F.linear(z, w.to(z.dtype), _opt(b, z.dtype))
+    return (z, *_gate_outputs(a, gate))
+
+
+def excite_fc_bwd(
+    dssum: Tensor, z: Tensor, s: Tensor, a: Tensor, w: Tensor, x_dtype: torch.dtype, gate: str, need
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    need_dz, need_dw, need_db = need
+    with _exact(z.device):
+        da = _gate_bwd(dssum.sum(0), s, a, gate)
+        dz = da @ w.to(z.dtype) if need_dz else None
+        dw = da.t() @ z if need_dw else None
+        db = da.sum(0) if need_db else None
+    return dz, dw, db
+
+
+# ---- k-tap conv across channels ----------------------------------------------------------------
+
+
+def _conv_input(z: Tensor, pad: int, circular: bool) -> Tensor:
+    v = z[:, None, :]
+    return F.pad(v, (pad, pad), mode="circular" if circular else "constant")
+
+
+def excite_conv_fwd(
+    zsum: Tensor, hw: int, w: Tensor, b: Optional[Tensor], circular: bool, gate: str
+) -> tuple[Tensor, Tensor, Tensor]:
+    z = _mean(zsum, hw)
+    pad = (w.shape[0] - 1) // 2
+    with _exact(z.device):
+        a = F.conv1d(_conv_input(z, pad, circular), w.to(z.dtype).view(1, 1, -1), _opt(b, z.dtype))[:, 0, :]
+    return (z, *_gate_outputs(a, gate))
+
+
+def excite_conv_bwd(
+    dssum: Tensor, z: Tensor, s: Tensor, a: Tensor, w: Tensor, circular: bool, gate: str, need
+) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    need_dz, need_dw, need_db = need
+    nb, c = z.shape
+    k = w.shape[0]
+    pad = (k - 1) // 2
+    with _exact(z.device):
+        da = _gate_bwd(dssum.sum(0), s, a, gate)
+        v = _conv_input(z, pad, circular)  # (B, 1, C + 2 pad)
+        # a[b, c] = sum_j w[j] v[b, c + j]: dw[j] = sum_bc da[b, c] v[b, c + j], a conv of v with da over b and c
+        if not need_dw:
+            dw = None
+        elif nb == 0:  # a sum over an empty batch
+            dw = z.new_zeros(k)
+        else:
+            dw = F.conv1d(v.transpose(0, 1), da[None]).reshape(k)
+        db = da.sum().reshape(1) if need_db else None
+        dz = None
+        if need_dz:
+            # dv[b, c + j] += w[j] da[b, c]
+            dv = F.conv_transpose1d(da[:, None, :], w.to(z.dtype).view(1, 1, -1))[:, 0, :]  # (B, C + 2 pad)
+            dz = dv[:, pad : pad + c]
+            if circular and pad > 0:
+                dz = dz.clone()
+                dz[:, c - pad :] += dv[:, :pad]
+                dz[:, :pad] += dv[:, pad + c :]
+    return dz, dw, db
