@@ -29,7 +29,7 @@ setup(
     # matplotlib: the tests write fused-se-bench's plot; hypothesis: the property-based tests.
     # bench: fused-se-bench's --plot (matplotlib) and --e2e (timm), and the pytest-benchmark suite.
     extras_require={
-        "test": ["pytest>=7", "hypothesis", "timm", "torchvision", "matplotlib"],
+        "test": ["pytest>=7", "hypothesis", "timm", "torchvision", "matplotlib", "onnx", "onnxscript", "onnxruntime"],
         "bench": ["matplotlib", "timm", "pytest-benchmark"],
     },
     entry_points={
