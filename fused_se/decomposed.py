@@ -51,20 +51,44 @@ def squeeze_fwd(x: Tensor) -> Tensor:
     return x.to(_acc(x.dtype)).sum(dim=(2, 3))[None]
 
 
-def scale_bwd(g: Tensor, x: Tensor) -> Tensor:
-    """Sums over HW of g * x: (1, B, C)."""
+def scale_bwd(
+    g: Tensor, x: Tensor, d: Optional[Tensor] = None, relu_out: Optional[Tensor] = None, store_g: bool = False
+) -> tuple[Tensor, Optional[Tensor]]:
+    """(sums over HW of g * x, times d[b]: (1, B, C); the masked g or None). With relu_out, g
+    is first zeroed where relu_out <= 0, as threshold_backward."""
+    if relu_out is not None:
+        g = torch.ops.aten.threshold_backward(g, relu_out, 0)
     acc = _acc(x.dtype)
-    return (g.to(acc) * x.to(acc)).sum(dim=(2, 3))[None]
+    sums = (g.to(acc) * x.to(acc)).sum(dim=(2, 3))
+    if d is not None:
+        sums = sums * d[:, None]
+    return sums[None], (g if store_g else None)
 
 
-def scale_fwd(x: Tensor, s: Tensor) -> Tensor:
-    """y = x * s[b, c] in x's dtype and memory format."""
-    return _like(x.to(s.dtype) * _bc(s), x)
+def scale_fwd(
+    x: Tensor, s: Tensor, d: Optional[Tensor] = None, residual: Optional[Tensor] = None, relu: bool = False
+) -> Tensor:
+    """y = act(x * s[b, c] * d[b] + residual) in x's dtype and memory format."""
+    if d is not None:
+        s = s * d[:, None]
+    y = x.to(s.dtype) * _bc(s)
+    if residual is not None:
+        y = y + residual.to(s.dtype)
+    if relu:
+        y = torch.relu(y)
+    return _like(y, x)
 
 
-def squeeze_scale_bwd(g: Tensor, s: Tensor, dz: Tensor, like: Tensor) -> Tensor:
-    """dx = g * s[b, c] + dz[b, c] / HW, in like's dtype and memory format."""
+def squeeze_scale_bwd(
+    g: Tensor, s: Tensor, dz: Tensor, like: Tensor, d: Optional[Tensor] = None, relu_out: Optional[Tensor] = None
+) -> Tensor:
+    """dx = g * s[b, c] * d[b] + dz[b, c] / HW, in like's dtype and memory format; g masked
+    by relu_out > 0 first where given."""
+    if relu_out is not None:
+        g = torch.ops.aten.threshold_backward(g, relu_out, 0)
     hw = g.shape[2] * g.shape[3]
+    if d is not None:
+        s = s * d[:, None]
     return _like(g.to(s.dtype) * _bc(s) + _bc(dz / hw), like)
 
 

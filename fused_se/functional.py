@@ -74,8 +74,33 @@ def check_inputs(
     _check_choice("gate", gate, reference.GATES)
 
 
-def _kernels_input(x: torch.Tensor) -> torch.Tensor:
+def check_epilogue(
+    x: torch.Tensor, residual: Optional[torch.Tensor], out_act: str, sample_scale: Optional[torch.Tensor]
+) -> None:
+    """Checks the residual-block tail's arguments against x."""
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"residual must be a torch.Tensor shaped like x or None; got {type(residual).__name__}")
+        if residual.shape != x.shape:
+            raise ValueError(f"residual must have x's shape {tuple(x.shape)}; got {tuple(residual.shape)}")
+        if residual.dtype != x.dtype:
+            raise TypeError(f"residual must have x's dtype {x.dtype}; got {residual.dtype}")
+    _check_choice("out_act", out_act, reference.OUT_ACTS)
+    if sample_scale is not None:
+        _check_tensor("sample_scale", sample_scale, 1, "(B,)")
+        if sample_scale.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"sample_scale must have shape (B,) = ({x.shape[0]},) to match x; got {tuple(sample_scale.shape)}"
+            )
+        if sample_scale.requires_grad and torch.is_grad_enabled():
+            raise ValueError("sample_scale (drop-path's per-sample factor) is not differentiable; detach it")
+    _check_devices(x, residual=residual, sample_scale=sample_scale)
+
+
+def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """x itself, or one copy of it where H and W do not flatten into one strided axis."""
+    if x is None:
+        return None
     # Imported here, not at the top: importing fused_se must not import triton, so that
     # TRITON_INTERPRET can still be set after `import fused_se` (the demo does).
     from . import kernels
@@ -97,6 +122,9 @@ def squeeze_excite(
     *,
     act: str = "relu",
     gate: str = "sigmoid",
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2), fused.
 
@@ -105,21 +133,37 @@ def squeeze_excite(
     may be None. act: "relu" or "silu"; gate: "sigmoid" or "hard_sigmoid" (torch's hardsigmoid).
     The squeeze and the excitation run in fp32 whatever x's dtype; y has x's dtype and memory
     format. Differentiable in x, the weights and the biases.
+
+    A residual block's tail, in the same pass over x: y = out_act(x * s * sample_scale[b] +
+    residual), out_act "identity" or "relu". residual: x's shape and dtype (the shortcut;
+    differentiable); sample_scale: (B,) (drop-path's per-sample factor, 1 or 0 / keep_prob;
+    not differentiable). The output is a new tensor; the residual is not written.
     """
     check_inputs(x, w1, b1, w2, b2, act, gate)
+    check_epilogue(x, residual, out_act, sample_scale)
+    tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
-        return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate)
+        return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate, **tail)
     from . import ops
 
-    return ops.squeeze_excite(_kernels_input(x), w1, b1, w2, b2, act, gate)[0]
+    tail["residual"] = _kernels_input(residual)
+    return ops.squeeze_excite(_kernels_input(x), w1, b1, w2, b2, act, gate, **tail)[0]
 
 
 def effective_squeeze_excite(
-    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, *, gate: str = "hard_sigmoid"
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    *,
+    gate: str = "hard_sigmoid",
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """y = x * gate(W mean_hw(x) + b), fused: the effective SE block (ESE) of VoVNet.
 
-    w: (C, C) (a 1x1 conv's weight viewed as 2-D); b: (C,) or None. As squeeze_excite otherwise.
+    w: (C, C) (a 1x1 conv's weight viewed as 2-D); b: (C,) or None. As squeeze_excite otherwise,
+    the residual tail included.
     """
     _check_x(x)
     c = x.shape[1]
@@ -129,11 +173,14 @@ def effective_squeeze_excite(
     _check_vector("b", b, c, "x's channels")
     _check_devices(x, w=w, b=b)
     _check_choice("gate", gate, reference.GATES)
+    check_epilogue(x, residual, out_act, sample_scale)
+    tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
-        return reference.effective_squeeze_excite(x, w, b, gate=gate)
+        return reference.effective_squeeze_excite(x, w, b, gate=gate, **tail)
     from . import ops
 
-    return ops.effective_squeeze_excite(_kernels_input(x), w, b, gate)[0]
+    tail["residual"] = _kernels_input(residual)
+    return ops.effective_squeeze_excite(_kernels_input(x), w, b, gate, **tail)[0]
 
 
 def efficient_channel_attention(
@@ -143,11 +190,14 @@ def efficient_channel_attention(
     *,
     circular: bool = False,
     gate: str = "sigmoid",
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """y = x * gate(conv1d(mean_hw(x), w) + b) across channels, fused: ECA, or CECA if circular.
 
     w: (K,) with K odd, the taps of a Conv1d(1, 1, K) with padding (K - 1) // 2, zero or
-    circular; b: (1,) or None. As squeeze_excite otherwise.
+    circular; b: (1,) or None. As squeeze_excite otherwise, the residual tail included.
     """
     _check_x(x)
     c = x.shape[1]
@@ -162,8 +212,11 @@ def efficient_channel_attention(
     if not isinstance(circular, bool):
         raise TypeError(f"circular must be a bool; got {type(circular).__name__}")
     _check_choice("gate", gate, reference.GATES)
+    check_epilogue(x, residual, out_act, sample_scale)
+    tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
-        return reference.efficient_channel_attention(x, w, b, circular=circular, gate=gate)
+        return reference.efficient_channel_attention(x, w, b, circular=circular, gate=gate, **tail)
     from . import ops
 
-    return ops.efficient_channel_attention(_kernels_input(x), w, b, circular, gate)[0]
+    tail["residual"] = _kernels_input(residual)
+    return ops.efficient_channel_attention(_kernels_input(x), w, b, circular, gate, **tail)[0]

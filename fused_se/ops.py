@@ -9,6 +9,13 @@ Forward: squeeze, excite, scale (three launches, 3N bytes). Backward: scale_bwd,
 squeeze_scale_bwd (three launches, 4N bytes). Each forward op returns (y, z, s, a): the output,
 and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
 unless the gate's backward needs it). Saved for backward: x, the weights, z, s and a.
+
+Every forward op also takes a residual block's tail, fused into the scale pass:
+    y = out_act(x * s[b, c] * d[b] + residual)      out_act: "identity" | "relu"
+with d (sample_scale, (B,) or None) drop-path's per-sample factor and residual (x's shape, or
+None) the shortcut: 4N bytes forward instead of about 8N unfused. Its backward stays in the two
+passes: scale_bwd masks g by the ReLU's output and writes the residual's gradient, the dx pass
+reads that gradient. With a ReLU, the output is saved as well (its mask).
 """
 
 from __future__ import annotations
@@ -38,17 +45,45 @@ def _impl(x: Tensor):
     return decomposed
 
 
-def _backward_passes(
-    grad_y: Tensor, x: Tensor, s: Tensor, need_dx: bool, excite_bwd: Callable[[Tensor, bool], Optional[Tensor]]
-) -> Optional[Tensor]:
-    """The two passes over x around an excitation's backward; returns dx (None if not needed).
+OUT_ACTS = ("identity", "relu")
 
-    excite_bwd(dssum, need_dz) runs the excitation's backward and returns dz.
+
+def _sample_factor(sample_scale: Optional[Tensor], x: Tensor) -> Optional[Tensor]:
+    return None if sample_scale is None else sample_scale.to(kernels.acc_dtype(x.dtype)).contiguous()
+
+
+def _scale_epilogue(
+    impl, x: Tensor, s: Tensor, residual: Optional[Tensor], sample_scale: Optional[Tensor], out_act: str
+) -> Tensor:
+    return impl.scale_fwd(x, s, _sample_factor(sample_scale, x), residual, out_act == "relu")
+
+
+def _backward_passes(
+    grad_y: Tensor,
+    x: Tensor,
+    s: Tensor,
+    sample_scale: Optional[Tensor],
+    out: Optional[Tensor],
+    need_dx: bool,
+    need_dres: bool,
+    excite_bwd: Callable[[Tensor, bool], Optional[Tensor]],
+) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """The two passes over x around an excitation's backward: (dx, the residual's gradient
+    through the ReLU epilogue), None where not needed.
+
+    out: the forward's output where a ReLU ended it (None otherwise); excite_bwd(dssum, need_dz)
+    runs the excitation's backward and returns dz.
     """
     impl = _impl(x)
-    dssum = impl.scale_bwd(grad_y, x)
+    d = _sample_factor(sample_scale, x)
+    store_g = need_dres and out is not None
+    dssum, g = impl.scale_bwd(grad_y, x, d, out, store_g)
     dz = excite_bwd(dssum, need_dx)
-    return impl.squeeze_scale_bwd(grad_y, s, dz, x) if need_dx else None
+    if not need_dx:
+        return None, g
+    if g is not None:  # the masked gradient is already in memory: read it instead of dy and out
+        return impl.squeeze_scale_bwd(g, s, dz, x, d), g
+    return impl.squeeze_scale_bwd(grad_y, s, dz, x, d, out), None
 
 
 def _dense_grad(grad_y: Tensor) -> Tensor:
@@ -64,6 +99,24 @@ def _grad_out(t: Optional[Tensor], like: Optional[Tensor], x: Tensor) -> Tensor:
     return t.to(like.dtype)
 
 
+def _save_epilogue(ctx, residual: Optional[Tensor], sample_scale: Optional[Tensor], out_act: str, y: Tensor):
+    """The epilogue's part of what the backward needs: d, and the output where a ReLU ended it."""
+    ctx.relu = out_act == "relu"
+    return sample_scale, (y if ctx.relu else None)
+
+
+def _needs_grad(ctx, i: int) -> bool:
+    """Whether input i needs a gradient; trailing inputs left at their defaults are not passed
+    through autograd, so needs_input_grad may be shorter than the schema."""
+    return i < len(ctx.needs_input_grad) and ctx.needs_input_grad[i]
+
+
+def _residual_grad(ctx, grad_y: Tensor, dres: Tensor, need_res: bool) -> Optional[Tensor]:
+    if not need_res:
+        return None
+    return dres if ctx.relu else grad_y  # without a ReLU the residual's gradient is dy itself
+
+
 # --------------------------------------------------------------------------------------
 # two FCs
 # --------------------------------------------------------------------------------------
@@ -71,13 +124,22 @@ def _grad_out(t: Optional[Tensor], like: Optional[Tensor], x: Tensor) -> Tensor:
 
 @triton_op("fused_se::squeeze_excite", mutates_args=())
 def squeeze_excite(
-    x: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str, gate: str
+    x: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    act: str,
+    gate: str,
+    residual: Optional[Tensor] = None,
+    sample_scale: Optional[Tensor] = None,
+    out_act: str = "identity",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
     impl = _impl(x)
     zsum = impl.squeeze_fwd(x)
     z, s, a = impl.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
-    return impl.scale_fwd(x, s), z, s, a
+    return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
 @triton_op("fused_se::squeeze_excite_backward", mutates_args=())
@@ -98,8 +160,12 @@ def squeeze_excite_backward(
     need_db1: bool,
     need_dw2: bool,
     need_db2: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dx, dW1, db1, dW2, db2); a gradient that was not asked for comes back empty."""
+    need_dres: bool = False,
+    sample_scale: Optional[Tensor] = None,
+    out: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dW1, db1, dW2, db2, dresidual); a gradient that was not asked for comes back empty,
+    and so does dresidual without a ReLU epilogue (out None: it is dy itself)."""
     grad_y = _dense_grad(grad_y)
     need_db1 = need_db1 and b1 is not None
     need_db2 = need_db2 and b2 is not None
@@ -111,7 +177,7 @@ def squeeze_excite_backward(
         wgrads.extend(rest)
         return dz
 
-    dx = _backward_passes(grad_y, x, s, need_dx, excite_bwd)
+    dx, dres = _backward_passes(grad_y, x, s, sample_scale, out, need_dx, need_dres, excite_bwd)
     dw1, db1, dw2, db2 = wgrads
     return (
         _grad_out(dx, x, x),
@@ -119,21 +185,25 @@ def squeeze_excite_backward(
         _grad_out(db1, b1, x),
         _grad_out(dw2, w2, x),
         _grad_out(db2, b2, x),
+        _grad_out(dres, x, x),
     )
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w1, b1, w2, b2, act, gate = inputs
-    _, z, s, a = output
-    ctx.save_for_backward(x, w1, b1, w2, b2, z, s, a)
+    x, w1, b1, w2, b2, act, gate, residual, sample_scale, out_act = inputs
+    y, z, s, a = output
+    ctx.save_for_backward(x, w1, b1, w2, b2, z, s, a, *_save_epilogue(ctx, residual, sample_scale, out_act, y))
     ctx.act, ctx.gate = act, gate
 
 
 def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
-    x, w1, b1, w2, b2, z, s, a = ctx.saved_tensors
-    need = ctx.needs_input_grad[:5]
-    grads = squeeze_excite_backward(grad_y, x, z, s, a, w1, b1, w2, b2, ctx.act, ctx.gate, *need)
-    return (*(g if n else None for g, n in zip(grads, need)), None, None)
+    x, w1, b1, w2, b2, z, s, a, sample_scale, out = ctx.saved_tensors
+    need, need_res = ctx.needs_input_grad[:5], _needs_grad(ctx, 7)
+    *grads, dres = squeeze_excite_backward(
+        grad_y, x, z, s, a, w1, b1, w2, b2, ctx.act, ctx.gate, *need, need_res, sample_scale, out
+    )
+    grads = [g if n else None for g, n in zip(grads, need)]
+    return (*grads, None, None, _residual_grad(ctx, grad_y, dres, need_res), None, None)
 
 
 squeeze_excite.register_autograd(_backward, setup_context=_setup_context)
@@ -146,13 +216,19 @@ squeeze_excite.register_autograd(_backward, setup_context=_setup_context)
 
 @triton_op("fused_se::effective_squeeze_excite", mutates_args=())
 def effective_squeeze_excite(
-    x: Tensor, w: Tensor, b: Optional[Tensor], gate: str
+    x: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    gate: str,
+    residual: Optional[Tensor] = None,
+    sample_scale: Optional[Tensor] = None,
+    out_act: str = "identity",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(W z + b)."""
     impl = _impl(x)
     zsum = impl.squeeze_fwd(x)
     z, s, a = impl.excite_fc_fwd(zsum, x.shape[2] * x.shape[3], w, b, x.dtype, gate)
-    return impl.scale_fwd(x, s), z, s, a
+    return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
 @triton_op("fused_se::effective_squeeze_excite_backward", mutates_args=())
@@ -168,8 +244,11 @@ def effective_squeeze_excite_backward(
     need_dx: bool,
     need_dw: bool,
     need_db: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dW, db); a gradient that was not asked for comes back empty."""
+    need_dres: bool = False,
+    sample_scale: Optional[Tensor] = None,
+    out: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dW, db, dresidual); a gradient that was not asked for comes back empty."""
     grad_y = _dense_grad(grad_y)
     need_db = need_db and b is not None
     wgrads: list[Optional[Tensor]] = []
@@ -179,23 +258,26 @@ def effective_squeeze_excite_backward(
         wgrads.extend(rest)
         return dz
 
-    dx = _backward_passes(grad_y, x, s, need_dx, excite_bwd)
+    dx, dres = _backward_passes(grad_y, x, s, sample_scale, out, need_dx, need_dres, excite_bwd)
     dw, db = wgrads
-    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x)
+    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x), _grad_out(dres, x, x)
 
 
 def _setup_context_fc(ctx, inputs, output) -> None:
-    x, w, b, gate = inputs
-    _, z, s, a = output
-    ctx.save_for_backward(x, w, b, z, s, a)
+    x, w, b, gate, residual, sample_scale, out_act = inputs
+    y, z, s, a = output
+    ctx.save_for_backward(x, w, b, z, s, a, *_save_epilogue(ctx, residual, sample_scale, out_act, y))
     ctx.gate = gate
 
 
 def _backward_fc(ctx, grad_y, grad_z, grad_s, grad_a):
-    x, w, b, z, s, a = ctx.saved_tensors
-    need = ctx.needs_input_grad[:3]
-    grads = effective_squeeze_excite_backward(grad_y, x, z, s, a, w, b, ctx.gate, *need)
-    return (*(g if n else None for g, n in zip(grads, need)), None)
+    x, w, b, z, s, a, sample_scale, out = ctx.saved_tensors
+    need, need_res = ctx.needs_input_grad[:3], _needs_grad(ctx, 4)
+    *grads, dres = effective_squeeze_excite_backward(
+        grad_y, x, z, s, a, w, b, ctx.gate, *need, need_res, sample_scale, out
+    )
+    grads = [g if n else None for g, n in zip(grads, need)]
+    return (*grads, None, _residual_grad(ctx, grad_y, dres, need_res), None, None)
 
 
 effective_squeeze_excite.register_autograd(_backward_fc, setup_context=_setup_context_fc)
@@ -208,13 +290,20 @@ effective_squeeze_excite.register_autograd(_backward_fc, setup_context=_setup_co
 
 @triton_op("fused_se::efficient_channel_attention", mutates_args=())
 def efficient_channel_attention(
-    x: Tensor, w: Tensor, b: Optional[Tensor], circular: bool, gate: str
+    x: Tensor,
+    w: Tensor,
+    b: Optional[Tensor],
+    circular: bool,
+    gate: str,
+    residual: Optional[Tensor] = None,
+    sample_scale: Optional[Tensor] = None,
+    out_act: str = "identity",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(conv1d_k(z) + b) across channels."""
     impl = _impl(x)
     zsum = impl.squeeze_fwd(x)
     z, s, a = impl.excite_conv_fwd(zsum, x.shape[2] * x.shape[3], w, b, circular, gate)
-    return impl.scale_fwd(x, s), z, s, a
+    return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
 @triton_op("fused_se::efficient_channel_attention_backward", mutates_args=())
@@ -231,8 +320,11 @@ def efficient_channel_attention_backward(
     need_dx: bool,
     need_dw: bool,
     need_db: bool,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """(dx, dw, db); a gradient that was not asked for comes back empty."""
+    need_dres: bool = False,
+    sample_scale: Optional[Tensor] = None,
+    out: Optional[Tensor] = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dx, dw, db, dresidual); a gradient that was not asked for comes back empty."""
     grad_y = _dense_grad(grad_y)
     need_db = need_db and b is not None
     wgrads: list[Optional[Tensor]] = []
@@ -242,25 +334,28 @@ def efficient_channel_attention_backward(
         wgrads.extend(rest)
         return dz
 
-    dx = _backward_passes(grad_y, x, s, need_dx, excite_bwd)
+    dx, dres = _backward_passes(grad_y, x, s, sample_scale, out, need_dx, need_dres, excite_bwd)
     dw, db = wgrads
     if db is not None and b is not None:
         db = db.view(b.shape)
-    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x)
+    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x), _grad_out(dres, x, x)
 
 
 def _setup_context_conv(ctx, inputs, output) -> None:
-    x, w, b, circular, gate = inputs
-    _, z, s, a = output
-    ctx.save_for_backward(x, w, b, z, s, a)
+    x, w, b, circular, gate, residual, sample_scale, out_act = inputs
+    y, z, s, a = output
+    ctx.save_for_backward(x, w, b, z, s, a, *_save_epilogue(ctx, residual, sample_scale, out_act, y))
     ctx.circular, ctx.gate = circular, gate
 
 
 def _backward_conv(ctx, grad_y, grad_z, grad_s, grad_a):
-    x, w, b, z, s, a = ctx.saved_tensors
-    need = ctx.needs_input_grad[:3]
-    grads = efficient_channel_attention_backward(grad_y, x, z, s, a, w, b, ctx.circular, ctx.gate, *need)
-    return (*(g if n else None for g, n in zip(grads, need)), None, None)
+    x, w, b, z, s, a, sample_scale, out = ctx.saved_tensors
+    need, need_res = ctx.needs_input_grad[:3], _needs_grad(ctx, 5)
+    *grads, dres = efficient_channel_attention_backward(
+        grad_y, x, z, s, a, w, b, ctx.circular, ctx.gate, *need, need_res, sample_scale, out
+    )
+    grads = [g if n else None for g, n in zip(grads, need)]
+    return (*grads, None, None, _residual_grad(ctx, grad_y, dres, need_res), None, None)
 
 
 efficient_channel_attention.register_autograd(_backward_conv, setup_context=_setup_context_conv)

@@ -58,11 +58,27 @@ def excite_conv(
     return _GATE_FNS[gate](a[:, 0, :])
 
 
-def _squeeze_scale(x: torch.Tensor, excitation) -> torch.Tensor:
+OUT_ACTS = ("identity", "relu")
+
+
+def _squeeze_scale(
+    x: torch.Tensor,
+    excitation,
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
     acc = _acc_dtype(x.dtype)
     z = x.to(acc).mean(dim=(2, 3))
     s = excitation(z)
-    return (x.to(acc) * s[:, :, None, None]).to(x.dtype)
+    if sample_scale is not None:
+        s = s * sample_scale.to(acc)[:, None]
+    y = x.to(acc) * s[:, :, None, None]
+    if residual is not None:
+        y = y + residual.to(acc)
+    if out_act == "relu":
+        y = torch.relu(y)
+    return y.to(x.dtype)
 
 
 def squeeze_excite(
@@ -74,23 +90,42 @@ def squeeze_excite(
     *,
     act: str = "relu",
     gate: str = "sigmoid",
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2), differentiable by autograd."""
-    return _squeeze_scale(x, lambda z: excite(z, w1, b1, w2, b2, act, gate))
+    """y = out_act(x * gate(W2 act(W1 mean_hw(x) + b1) + b2) * sample_scale + residual), by autograd."""
+    return _squeeze_scale(x, lambda z: excite(z, w1, b1, w2, b2, act, gate), residual, out_act, sample_scale)
 
 
 def effective_squeeze_excite(
-    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, *, gate: str = "hard_sigmoid"
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    *,
+    gate: str = "hard_sigmoid",
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(W mean_hw(x) + b), W of shape (C, C)."""
-    return _squeeze_scale(x, lambda z: excite_fc(z, w, b, gate))
+    """y = x * gate(W mean_hw(x) + b), W of shape (C, C); the epilogue as squeeze_excite."""
+    return _squeeze_scale(x, lambda z: excite_fc(z, w, b, gate), residual, out_act, sample_scale)
 
 
 def efficient_channel_attention(
-    x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor] = None, *, circular: bool = False, gate: str = "sigmoid"
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor] = None,
+    *,
+    circular: bool = False,
+    gate: str = "sigmoid",
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(conv1d_k(mean_hw(x)) + b) across channels, zero or circular padding."""
-    return _squeeze_scale(x, lambda z: excite_conv(z, w, b, circular, gate))
+    """y = x * gate(conv1d_k(mean_hw(x)) + b) across channels, zero or circular padding; the
+    epilogue as squeeze_excite."""
+    return _squeeze_scale(x, lambda z: excite_conv(z, w, b, circular, gate), residual, out_act, sample_scale)
 
 
 class SEModule(torch.nn.Module):

@@ -128,6 +128,9 @@ def is_channels_last(strides: tuple[int, int, int]) -> bool:
 def _hw_sum_kernel(
     x_ptr,  # (B, C, HW) strided
     g_ptr,  # (B, C, HW) strided; read only when HAS_G (the sum is then of g * x)
+    o_ptr,  # (B, C, HW) strided, a ReLU's output: g is zeroed where o <= 0; read only when RELU_MASK
+    dr_ptr,  # (B, C, HW) strided: the masked g is written here when STORE_G
+    d_ptr,  # (B,) acc dtype, a per-sample factor of the sums; read only when HAS_D
     out_ptr,  # (SPLIT, B, C) partial sums, contiguous, acc dtype
     stride_xb,
     stride_xc,
@@ -135,11 +138,20 @@ def _hw_sum_kernel(
     stride_gb,
     stride_gc,
     stride_ghw,
+    stride_ob,
+    stride_oc,
+    stride_ohw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
     B,
     C,
     HW,
     hw_per_split,
     HAS_G: tl.constexpr,
+    RELU_MASK: tl.constexpr,
+    STORE_G: tl.constexpr,
+    HAS_D: tl.constexpr,
     IS_FP64: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
@@ -161,6 +173,9 @@ def _hw_sum_kernel(
     if HAS_G:
         g_ptr += pid_b.to(tl.int64) * stride_gb
         g_ptrs = g_ptr + offs_c.to(tl.int64)[:, None] * stride_gc
+    if RELU_MASK:
+        o_ptrs = o_ptr + pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc
+        dr_ptrs = dr_ptr + pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc
 
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=acc_ty)
     for hw0 in range(hw_start, hw_end, BLOCK_HW):
@@ -168,10 +183,19 @@ def _hw_sum_kernel(
         mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
         val = tl.load(x_ptrs + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0).to(acc_ty)
         if HAS_G:
-            val *= tl.load(g_ptrs + offs_hw[None, :] * stride_ghw, mask=mask, other=0.0).to(acc_ty)
+            g = tl.load(g_ptrs + offs_hw[None, :] * stride_ghw, mask=mask, other=0.0)
+            if RELU_MASK:  # as torch's threshold_backward on a ReLU's output: NaN outputs pass g
+                o = tl.load(o_ptrs + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0)
+                g = tl.where(o <= 0, 0.0, g).to(g.dtype)
+                if STORE_G:
+                    tl.store(dr_ptrs + offs_hw[None, :] * stride_rhw, g, mask=mask)
+            val *= g.to(acc_ty)
         acc += val
+    total = tl.sum(acc, axis=1)
+    if HAS_D:
+        total *= tl.load(d_ptr + pid_b)
     row = pid_k.to(tl.int64) * B + pid_b
-    tl.store(out_ptr + row * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
+    tl.store(out_ptr + row * C + offs_c, total, mask=mask_c)
 
 
 @triton.jit
@@ -179,16 +203,29 @@ def _scale_kernel(
     x_ptr,  # (B, C, HW) strided: x forward, g backward
     s_ptr,  # (B, C) contiguous, acc dtype: the per-channel factor
     t_ptr,  # (B, C) contiguous, acc dtype: a per-channel addend times HW, read only when HAS_T
+    d_ptr,  # (B,) acc dtype: a per-sample factor on s, read only when HAS_D
+    r_ptr,  # (B, C, HW) strided: a residual added before the output activation, read only when HAS_R
+    o_ptr,  # (B, C, HW) strided, a ReLU's output: x is zeroed where o <= 0 first; read only when RELU_MASK
     y_ptr,  # (B, C, HW) strided output
     stride_xb,
     stride_xc,
     stride_xhw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    stride_ob,
+    stride_oc,
+    stride_ohw,
     stride_yb,
     stride_yc,
     stride_yhw,
     C,
     HW,
     HAS_T: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_R: tl.constexpr,
+    RELU: tl.constexpr,
+    RELU_MASK: tl.constexpr,
     IS_FP64: tl.constexpr,
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
@@ -208,12 +245,26 @@ def _scale_kernel(
 
     row = pid_b.to(tl.int64) * C + offs_c
     s = tl.load(s_ptr + row, mask=mask_c, other=0.0)
+    if HAS_D:
+        s *= tl.load(d_ptr + pid_b)
     x_offs = pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_ty)
+    if RELU_MASK:  # the backward through a ReLU epilogue, as threshold_backward on its output
+        o_offs = (
+            pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc + offs_hw[None, :] * stride_ohw
+        )
+        x = tl.where(tl.load(o_ptr + o_offs, mask=mask, other=0.0) <= 0, 0.0, x)
     y = x * s[:, None]
     if HAS_T:
         t = tl.load(t_ptr + row, mask=mask_c, other=0.0) / HW
         y += t[:, None]
+    if HAS_R:
+        r_offs = (
+            pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc + offs_hw[None, :] * stride_rhw
+        )
+        y += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(acc_ty)
+    if RELU:
+        y = _act_fwd(y, 0)
     y_offs = pid_b.to(tl.int64) * stride_yb + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -479,52 +530,99 @@ INTERPRETED: bool = not isinstance(_scale_kernel, triton.runtime.JITFunction)
 # --------------------------------------------------------------------------------------
 
 
-def _hw_sum(x: torch.Tensor, xs: tuple[int, int, int], g: Optional[torch.Tensor], gs: tuple[int, int, int]):
+def _strides(t: Optional[torch.Tensor], like: Optional[tuple[int, int, int]]) -> tuple[int, int, int]:
+    if t is None:
+        assert like is not None
+        return like
+    ts = bchw_strides(t)
+    assert ts is not None, "every (B, C, H, W) operand must have H and W flattenable into one strided axis"
+    return ts
+
+
+def _hw_sum(
+    x: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    relu_out: Optional[torch.Tensor] = None,
+    d: Optional[torch.Tensor] = None,
+    store_g: bool = False,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Partial sums over HW of x, or of g * x; with relu_out, g is first zeroed where
+    relu_out <= 0 (and, with store_g, written out: returned second); with d, sample b's sums
+    are times d[b]."""
     b, c, h, w = x.shape
     hw = h * w
+    xs = _strides(x, None)
+    gs = _strides(g, xs)
     cfg = hz.reduce_config(b, c, hw, is_channels_last(xs), hz.sm_count(x.device))
     out = _empty(cfg.split, b, c, dtype=acc_dtype(x.dtype), device=x.device)
+    dr = _empty_like(g) if store_g and g is not None else None
     if out.numel() == 0:
-        return out
+        return out, dr
     grid = (cfg.split * b * hz.cdiv(c, cfg.block_c),)
     _launch(_hw_sum_kernel, grid)(
         x,
         x if g is None else g,
+        x if relu_out is None else relu_out,
+        x if dr is None else dr,
+        x if d is None else d,
         out,
         *xs,
         *gs,
+        *_strides(relu_out, xs),
+        *_strides(dr, xs),
         b,
         c,
         hw,
         cfg.hw_per_split,
         HAS_G=g is not None,
+        RELU_MASK=relu_out is not None,
+        STORE_G=dr is not None,
+        HAS_D=d is not None,
         IS_FP64=x.dtype == torch.float64,
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
         num_warps=cfg.num_warps,
     )
-    return out
+    return out, dr
 
 
 def squeeze_fwd(x: torch.Tensor) -> torch.Tensor:
     """Partial sums of x over HW: (SPLIT, B, C) in the accumulation dtype. excite_fwd ends the mean."""
-    xs = bchw_strides(x)
-    assert xs is not None, "x must have H and W flattenable into one strided axis"
     _record("squeeze")
-    return _hw_sum(x, xs, None, xs)
+    return _hw_sum(x)[0]
 
 
-def scale_bwd(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Partial sums over HW of g * x: (SPLIT, B, C), the gradient of the gate before excite_bwd."""
-    xs, gs = bchw_strides(x), bchw_strides(g)
-    assert xs is not None and gs is not None and g.shape == x.shape
+def scale_bwd(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    d: Optional[torch.Tensor] = None,
+    relu_out: Optional[torch.Tensor] = None,
+    store_g: bool = False,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Partial sums over HW of g * x: (SPLIT, B, C), the gradient of the gate before excite_bwd.
+
+    d: (B,) acc dtype or None, the per-sample factor the forward applied to s. Through a ReLU
+    epilogue, relu_out is the forward's output: g is first zeroed where relu_out <= 0, as
+    torch's threshold_backward; store_g also writes that masked g, the gradient of the residual,
+    in g's dtype and memory format. Returns (dssum, masked g or None).
+    """
+    assert g.shape == x.shape and (relu_out is None or relu_out.shape == x.shape)
+    assert not store_g or relu_out is not None
     _record("scale_bwd")
-    return _hw_sum(x, xs, g, gs)
+    return _hw_sum(x, g, relu_out, d, store_g)
 
 
-def _scale(x: torch.Tensor, s: torch.Tensor, t: Optional[torch.Tensor], out: torch.Tensor):
-    xs, ys = bchw_strides(x), bchw_strides(out)
-    assert xs is not None and ys is not None
+def _scale(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    out: torch.Tensor,
+    t: Optional[torch.Tensor] = None,
+    d: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    relu: bool = False,
+    relu_out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    xs, ys = _strides(x, None), _strides(out, None)
     b, c, h, w = x.shape
     hw = h * w
     if out.numel() == 0:
@@ -535,12 +633,21 @@ def _scale(x: torch.Tensor, s: torch.Tensor, t: Optional[torch.Tensor], out: tor
         x,
         s,
         s if t is None else t,
+        s if d is None else d,
+        x if residual is None else residual,
+        x if relu_out is None else relu_out,
         out,
         *xs,
+        *_strides(residual, xs),
+        *_strides(relu_out, xs),
         *ys,
         c,
         hw,
         HAS_T=t is not None,
+        HAS_D=d is not None,
+        HAS_R=residual is not None,
+        RELU=relu,
+        RELU_MASK=relu_out is not None,
         IS_FP64=x.dtype == torch.float64,
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
@@ -549,16 +656,35 @@ def _scale(x: torch.Tensor, s: torch.Tensor, t: Optional[torch.Tensor], out: tor
     return out
 
 
-def scale_fwd(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-    """y = x * s[b, c], in x's dtype and memory format. s: (B, C) contiguous, acc dtype."""
+def scale_fwd(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    d: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """y = x * s[b, c], in x's dtype and memory format. s: (B, C) contiguous, acc dtype.
+
+    The epilogue of a residual block, in the same pass: y = act(x * s[b, c] * d[b] + residual),
+    act a ReLU if `relu`; d: (B,) acc dtype (drop-path's per-sample factor) or None; residual:
+    x's shape, any flattenable strides, or None.
+    """
     _record("scale")
-    return _scale(x, s, None, _empty_like(x))
+    return _scale(x, s, _empty_like(x), d=d, residual=residual, relu=relu)
 
 
-def squeeze_scale_bwd(g: torch.Tensor, s: torch.Tensor, dz: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """dx = g * s[b, c] + dz[b, c] / HW, in the dtype and memory format of `like` (x)."""
+def squeeze_scale_bwd(
+    g: torch.Tensor,
+    s: torch.Tensor,
+    dz: torch.Tensor,
+    like: torch.Tensor,
+    d: Optional[torch.Tensor] = None,
+    relu_out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """dx = g * s[b, c] * d[b] + dz[b, c] / HW, in the dtype and memory format of `like` (x);
+    through a ReLU epilogue, g is first zeroed where relu_out (the forward's output) <= 0."""
     _record("squeeze_scale_bwd")
-    return _scale(g, s, dz, _empty_like(like))
+    return _scale(g, s, _empty_like(like), t=dz, d=d, relu_out=relu_out)
 
 
 def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

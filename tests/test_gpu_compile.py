@@ -11,6 +11,7 @@ JIT functions, not the interpreter's.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -47,7 +48,8 @@ def test_kernels_compile_for_gpu():
     for arch, proc in procs.items():
         out, _ = proc.communicate(timeout=480)
         assert proc.returncode == 0, f"sm_{arch}:\n{out}"
-        assert "compiled" in out, f"sm_{arch}:\n{out}"
+        match = re.search(r"compiled (\d+) kernel variants", out)
+        assert match and int(match.group(1)) >= 150, f"sm_{arch}: too few variants recorded:\n{out}"
 
 
 # ---- the subprocess ----------------------------------------------------------------------------
@@ -72,6 +74,11 @@ def _record_launches():
             return launch
 
     se.wrap_triton = _Recorder  # every launch goes through se._launch
+    # The ops take the kernels' path on CPU tensors only with the interpreter on: claim it, since
+    # nothing runs here (without this the ops would run their torch-ops kernel and record nothing).
+    from fused_se import _dispatch
+
+    _dispatch.interpreter_enabled = lambda: True
     return launches
 
 
@@ -146,6 +153,26 @@ def _exercise():
                 w, bb = torch.randn(5), (torch.randn(1) if bias else None)
                 y, z, s, a = ops.efficient_channel_attention(x, w, bb, circular, gate)
                 backward(ops.efficient_channel_attention_backward, x, y, z, s, a, (w, bb), (circular, gate), needs)
+
+    # The residual tail in the scale pass (shortcut, drop-path's factor, ReLU) and its backward
+    # passes (masked by the output, the shortcut's gradient written or not).
+    for dtype in dtypes:
+        for layout in ("nchw", "channels_last"):
+            x = torch.randn(3, 65, 7, 7, dtype=dtype)
+            if layout == "channels_last":
+                x = x.to(memory_format=torch.channels_last)
+            residual, d = torch.randn(3, 65, 7, 7, dtype=dtype), torch.rand(3, dtype=dtype)
+            w1, w2 = torch.randn(4, 65), torch.randn(65, 4)
+            for out_act, sample_scale in (("relu", d), ("relu", None), ("identity", d)):
+                y, z, s, a = ops.squeeze_excite(
+                    x, w1, None, w2, None, "relu", "sigmoid", residual, sample_scale, out_act
+                )
+                out = y if out_act == "relu" else None
+                for need_dres in (True, False):
+                    ops.squeeze_excite_backward(
+                        y, x, z, s, a, w1, None, w2, None, "relu", "sigmoid",
+                        True, True, False, True, False, need_dres, sample_scale, out,
+                    )  # fmt: skip
 
 
 def _main(arch: str) -> int:
