@@ -124,13 +124,39 @@ class FusedSEModule(nn.Module):
         """The hidden width; None for the forms without a hidden layer."""
         return self._hidden
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        *,
+        out_act: str = "identity",
+        sample_scale: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """x * s, or a residual block's tail fused into the same pass: out_act(x * s *
+        sample_scale[b] + residual) (see fused_se.functional.squeeze_excite)."""
         fc1, fc2 = self.fc[0], self.fc[2]
-        return squeeze_excite(x, fc1.weight, fc1.bias, fc2.weight, fc2.bias, act=self.act, gate=self.gate)
+        return squeeze_excite(
+            x,
+            fc1.weight,
+            fc1.bias,
+            fc2.weight,
+            fc2.bias,
+            act=self.act,
+            gate=self.gate,
+            residual=residual,
+            out_act=out_act,
+            sample_scale=sample_scale,
+        )
 
     def extra_repr(self) -> str:
         reduction = "" if self.reduction is None else f", reduction={self.reduction}"
         return f"channel={self.channel}{reduction}, hidden={self.hidden}, act={self.act}, gate={self.gate}"
+
+
+def _as_matrix(w: torch.Tensor) -> torch.Tensor:
+    """A 1x1 conv's (O, I, 1, 1) weight as the (O, I) matrix, through a view whose gradient
+    comes back in w's own strides (channels_last too, as DDP's gradient buckets expect)."""
+    return w.permute(0, 2, 3, 1).flatten(1) if w.stride(-1) != 1 else w.flatten(1)
 
 
 def _check_pointwise_conv(name: str, conv: nn.Module, in_channels: int, out_channels: int) -> None:
@@ -201,16 +227,26 @@ class FusedConv2dSEModule(FusedSEModule):
         setattr(self, names[0], reduce)
         setattr(self, names[1], expand)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        *,
+        out_act: str = "identity",
+        sample_scale: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
         reduce, expand = getattr(self, self._names[0]), getattr(self, self._names[1])
         return squeeze_excite(
             x,
-            reduce.weight.flatten(1),
+            _as_matrix(reduce.weight),
             reduce.bias,
-            expand.weight.flatten(1),
+            _as_matrix(expand.weight),
             expand.bias,
             act=self.act,
             gate=self.gate,
+            residual=residual,
+            out_act=out_act,
+            sample_scale=sample_scale,
         )
 
 
@@ -238,8 +274,23 @@ class FusedEffectiveSEModule(FusedSEModule):
         self.reduction = None
         self.fc = fc
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return effective_squeeze_excite(x, self.fc.weight.flatten(1), self.fc.bias, gate=self.gate)
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        *,
+        out_act: str = "identity",
+        sample_scale: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        return effective_squeeze_excite(
+            x,
+            _as_matrix(self.fc.weight),
+            self.fc.bias,
+            gate=self.gate,
+            residual=residual,
+            out_act=out_act,
+            sample_scale=sample_scale,
+        )
 
     def extra_repr(self) -> str:
         return f"channel={self.channel}, gate={self.gate}"
@@ -289,9 +340,24 @@ class FusedEcaModule(FusedSEModule):
     def kernel_size(self) -> int:
         return self.conv.kernel_size[0]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.conv.weight.view(-1)
-        return efficient_channel_attention(x, w, self.conv.bias, circular=self.circular, gate=self.gate)
+    def forward(
+        self,
+        x: torch.Tensor,
+        residual: Optional[torch.Tensor] = None,
+        *,
+        out_act: str = "identity",
+        sample_scale: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        return efficient_channel_attention(
+            x,
+            self.conv.weight.view(-1),
+            self.conv.bias,
+            circular=self.circular,
+            gate=self.gate,
+            residual=residual,
+            out_act=out_act,
+            sample_scale=sample_scale,
+        )
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, circular={self.circular}, gate={self.gate}"

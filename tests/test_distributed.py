@@ -281,12 +281,6 @@ def test_ddp_matches_single_process(interpreted_runs, single_process, initial_pa
     _check_matches(interpreted_runs[0][name]["params"], single_process[torch.float64], initial_params)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the SE blocks' 1x1 conv weights reach the op as flatten(1) views, whose backward returns NCHW-strided "
-    "gradients for channels_last weights; DDP compares every stride with its bucket's and warns",
-)
 def test_ddp_channels_last_gradient_layout(interpreted_runs):
     """The gradients of a channels_last model keep their parameters' strides, as DDP's buckets expect."""
     for rank, results in enumerate(interpreted_runs):
