@@ -26,6 +26,7 @@ from typing import Callable, Optional, Union
 
 from torch import nn
 
+from . import tails
 from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
 
 logger = logging.getLogger("fused_se")
@@ -205,15 +206,23 @@ class ConversionReport:
 
     replaced: list[Replaced] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    # With fuse_residual=True: the residual blocks whose tail runs in the SE's epilogue, and those left as they are.
+    tails_fused: list[Replaced] = field(default_factory=list)
+    tails_skipped: list[Skipped] = field(default_factory=list)
 
     def rows(self) -> list[tuple[str, str, str, str]]:
-        """(name, original class, outcome, details or reason) for every SE block found."""
+        """(name, original class, outcome, details or reason) for every SE block found, then
+        for every residual block whose tail was considered."""
         out = [(r.name or "<model>", r.original, f"-> {r.fused}", r.details) for r in self.replaced]
         out += [(s.name or "<model>", s.original, "skipped", s.reason) for s in self.skipped]
+        out += [(r.name or "<model>", r.original, "tail fused", r.details) for r in self.tails_fused]
+        out += [(s.name or "<model>", s.original, "tail skipped", s.reason) for s in self.tails_skipped]
         return out
 
     def __str__(self) -> str:
         head = f"fused_se.convert: {len(self.replaced)} replaced, {len(self.skipped)} skipped"
+        if self.tails_fused or self.tails_skipped:
+            head += f"; residual tails: {len(self.tails_fused)} fused, {len(self.tails_skipped)} skipped"
         rows = self.rows()
         if not rows:
             return head + " (no SE block found)"
@@ -254,7 +263,7 @@ def _check_model(model: object) -> None:
 
 
 def convert(
-    model: nn.Module, *, verbose: bool = False, return_report: bool = False
+    model: nn.Module, *, fuse_residual: bool = False, verbose: bool = False, return_report: bool = False
 ) -> Union[nn.Module, tuple[nn.Module, ConversionReport]]:
     """Replaces, in place, every SE block of ``model`` that the fused kernels can run.
 
@@ -262,8 +271,15 @@ def convert(
     report)`` with ``return_report=True``. ``verbose=True`` logs the report's table on the
     "fused_se" logger (to stderr when logging is not configured). A module reached through
     several names is replaced once, everywhere. Blocks already fused are left as they are.
+
+    ``fuse_residual=True`` also routes the tail of timm's ResNet blocks (Bottleneck,
+    BasicBlock) whose attention block is fused, ``act(drop_path(se(x)) + shortcut)``, through
+    the SE's scale pass (see fused_se.tails); a block with anything else between the SE and
+    the add is left as it is and reported.
     """
     _check_model(model)
+    if not isinstance(fuse_residual, bool):
+        raise TypeError(f"fuse_residual must be a bool; got {type(fuse_residual).__name__}")
     report = ConversionReport()
     handled: dict[int, Optional[FusedSEModule]] = {}  # id -> its fused block, or None if skipped
     handled_names: set[str] = set()
@@ -292,9 +308,25 @@ def convert(
             model = fused
             break
         _set_child(model, name, fused)
+    if fuse_residual:
+        _fuse_tails(model, report)
     if verbose:
         _log(str(report))
     return (model, report) if return_report else model
+
+
+def _fuse_tails(model: nn.Module, report: ConversionReport) -> None:
+    for name, block in model.named_modules():
+        kind = tails.block_kind(block)
+        if kind is None or getattr(block, "se", None) is None or tails.is_installed(block):
+            continue
+        try:
+            details = tails.check_block(block, kind)
+        except tails.TailSkip as e:
+            report.tails_skipped.append(Skipped(name, kind, str(e)))
+            continue
+        tails.install(block, kind)
+        report.tails_fused.append(Replaced(name, kind, "tail", details))
 
 
 def _below(name: str, names: set[str]) -> bool:
@@ -309,6 +341,8 @@ def revert(model: nn.Module) -> nn.Module:
     """Puts back, in place, every module that convert replaced in ``model``; returns the model
     (the original block itself if ``model`` is a fused block made by convert)."""
     _check_model(model)
+    for module in model.modules():
+        tails.uninstall(module)
     for name, module in list(model.named_modules(remove_duplicate=False)):
         original = module.__dict__.get(_ORIGINAL)
         if original is None:
