@@ -3,6 +3,7 @@
     fused-se-bench                                  the default: SE-ResNet-50's SE shapes
     fused-se-bench --preset efficientnet_b0 --modes fwd --providers eager fused
     fused-se-bench --shapes 32,256,56,56 --dtype fp16 --json out.json --csv out.csv --plot out.png
+    fused-se-bench --tail                           SE + residual add + ReLU: a ResNet block's tail
     fused-se-bench --e2e                            training steps of whole timm models
     python -m fused_se.bench --help
 
@@ -81,6 +82,12 @@ MODES = ("fwd", "bwd", "fwd+bwd")
 # fused kernels' own budget (DESIGN.md): read x, write y; read dy and x, write dx.
 MIN_TRAFFIC = {"fwd": 2, "bwd": 3, "fwd+bwd": 5}
 FUSED_TRAFFIC = {"fwd": 3, "bwd": 4, "fwd+bwd": 7}
+# With --tail, out = relu(se(x) + shortcut): read x and the shortcut, write out; read dy, out
+# (the ReLU's mask) and x, write dx and the shortcut's gradient. The fused tail adds the
+# shortcut to the scale pass (4N) and, backward, writes the masked dy that the dx pass reads
+# (4N + 2N).
+MIN_TRAFFIC_TAIL = {"fwd": 3, "bwd": 5, "fwd+bwd": 8}
+FUSED_TRAFFIC_TAIL = {"fwd": 4, "bwd": 6, "fwd+bwd": 10}
 PROVIDERS = ("eager", "eager-conv", "compile", "compile-max-autotune", "compile-reduce-overhead", "fused")
 COMPILE_MODES = {
     "compile": None,
@@ -91,10 +98,11 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("nchw", "channels_last")
 
 
-def traffic_bytes(mode: str, x_bytes: int, provider: str) -> tuple[int, Optional[int]]:
+def traffic_bytes(mode: str, x_bytes: int, provider: str, tail: bool = False) -> tuple[int, Optional[int]]:
     """(minimal traffic, the provider's own traffic or None where it is not known) in bytes."""
-    own = FUSED_TRAFFIC[mode] * x_bytes if provider == "fused" else None
-    return MIN_TRAFFIC[mode] * x_bytes, own
+    minimal, fused = (MIN_TRAFFIC_TAIL, FUSED_TRAFFIC_TAIL) if tail else (MIN_TRAFFIC, FUSED_TRAFFIC)
+    own = fused[mode] * x_bytes if provider == "fused" else None
+    return minimal[mode] * x_bytes, own
 
 
 # ---- the providers -------------------------------------------------------------------------
@@ -106,31 +114,48 @@ _GATES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
 class EagerSE(nn.Module):
     """The SE block as eager code writes it: Linear FCs (SENet), or 1x1 convs (timm, torchvision)."""
 
-    def __init__(self, shape: SEShape, conv: bool) -> None:
+    def __init__(self, shape: SEShape, conv: bool, tail: bool = False) -> None:
         super().__init__()
         c, r = shape.c, shape.hidden
-        self.conv = conv
+        self.conv, self.tail = conv, tail
         if conv:
             self.fc1, self.fc2 = nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)
         else:
             self.fc1, self.fc2 = nn.Linear(c, r), nn.Linear(r, c)
         self.act, self.gate = _ACTS[shape.act](inplace=True), _GATES[shape.gate]()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
         z = x.mean((2, 3), keepdim=self.conv)
         s = self.gate(self.fc2(self.act(self.fc1(z))))
-        return x * (s if self.conv else s[:, :, None, None])
+        y = x * (s if self.conv else s[:, :, None, None])
+        if not self.tail:
+            return y
+        y += shortcut  # as timm's Bottleneck: in place, then an in-place ReLU
+        return torch.relu_(y)
 
 
-def build_provider(provider: str, shape: SEShape, device: torch.device, dtype: torch.dtype) -> nn.Module:
+class FusedTail(nn.Module):
+    """The fused block with the tail in its scale pass: relu(se(x) + shortcut)."""
+
+    def __init__(self, se: nn.Module) -> None:
+        super().__init__()
+        self.se = se
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return self.se(x, shortcut, out_act="relu")
+
+
+def build_provider(
+    provider: str, shape: SEShape, device: torch.device, dtype: torch.dtype, tail: bool = False
+) -> nn.Module:
     from .modules import FusedSEModule
 
     torch.manual_seed(0)
-    eager = EagerSE(shape, conv=False).to(device=device, dtype=dtype)
+    eager = EagerSE(shape, conv=False, tail=tail).to(device=device, dtype=dtype)
     if provider == "eager":
         return eager
     if provider == "eager-conv":
-        return EagerSE(shape, conv=True).to(device=device, dtype=dtype)
+        return EagerSE(shape, conv=True, tail=tail).to(device=device, dtype=dtype)
     if provider in COMPILE_MODES:
         # Every row compiles its own module: start from a clean cache, so that no recompile
         # limit sends a later row back to eager without a word.
@@ -139,22 +164,27 @@ def build_provider(provider: str, shape: SEShape, device: torch.device, dtype: t
     fused = FusedSEModule(shape.c, rd_channels=shape.hidden, bias=True, act=shape.act, gate=shape.gate)
     fused.fc[0].load_state_dict(eager.fc1.state_dict())
     fused.fc[2].load_state_dict(eager.fc2.state_dict())
-    return fused.to(device=device, dtype=dtype)
+    return (FusedTail(fused) if tail else fused).to(device=device, dtype=dtype)
 
 
-def make_call(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, mode: str) -> Callable[[], object]:
-    """One call of the mode: forward without grad, backward alone (the graph kept), or both."""
+def make_call(
+    module: nn.Module, x: torch.Tensor, grad: torch.Tensor, mode: str, shortcut: Optional[torch.Tensor] = None
+) -> Callable[[], object]:
+    """One call of the mode: forward without grad, backward alone (the graph kept), or both.
+    With a shortcut (the tail), the module takes it as its second input, and it gets a gradient."""
+    extra = () if shortcut is None else (shortcut,)
     if mode == "fwd":
 
         def fwd():
             with torch.no_grad():
-                return module(x)
+                return module(x, *extra)
 
         return fwd
     xg = x.detach().requires_grad_(True)
-    inputs = [xg, *module.parameters()]
+    extra = tuple(t.detach().requires_grad_(True) for t in extra)
+    inputs = [xg, *extra, *module.parameters()]
     if mode == "bwd":
-        y = module(xg)
+        y = module(xg, *extra)
 
         def bwd():
             return torch.autograd.grad(y, inputs, grad, retain_graph=True)
@@ -163,7 +193,7 @@ def make_call(module: nn.Module, x: torch.Tensor, grad: torch.Tensor, mode: str)
 
     def fwd_bwd():
         # autograd.grad, not .backward(): accumulating into .grad would add a pass of its own.
-        return torch.autograd.grad(module(xg), inputs, grad)
+        return torch.autograd.grad(module(xg, *extra), inputs, grad)
 
     return fwd_bwd
 
@@ -292,14 +322,15 @@ def run(args: argparse.Namespace) -> list[dict]:
         torch.manual_seed(0)
         x = torch.randn(n, shape.c, shape.h, shape.w, device=device, dtype=dtype).to(memory_format=fmt)
         grad = torch.randn_like(x)
+        shortcut = torch.randn_like(x) if args.tail else None
         x_bytes = x.numel() * x.element_size()
         case_rows = {}
         for provider in args.providers:
             progress.step(f"{shape.label()} {layout} {mode} {provider}")
-            module = build_provider(provider, shape, device, dtype)
-            call = make_call(module, x, grad, mode)
+            module = build_provider(provider, shape, device, dtype, args.tail)
+            call = make_call(module, x, grad, mode, shortcut)
             median, p20, p80 = time_ms(call, device, args.warmup, args.reps)
-            minimal, own = traffic_bytes(mode, x_bytes, provider)
+            minimal, own = traffic_bytes(mode, x_bytes, provider, args.tail)
             # Which code ran: the fused provider's kernels or its reference fallback, or torch's own.
             path = backend_for(x) if provider == "fused" else "torch"
             case_rows[provider] = {
@@ -316,6 +347,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "dtype": args.dtype,
                 "layout": layout,
                 "mode": mode,
+                "tail": args.tail,
                 "median_ms": median,
                 "p20_ms": p20,
                 "p80_ms": p80,
@@ -326,7 +358,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "gbs_own_traffic": None if own is None else own / median / 1e6,
                 "copy_gbs": copy_gbs,
                 "pct_of_copy": 100 * minimal / median / 1e6 / copy_gbs,
-                "peak_mem_mb": peak_memory_mb(make_call(module, x, grad, mode), device) if mode != "fwd" else None,
+                "peak_mem_mb": (
+                    peak_memory_mb(make_call(module, x, grad, mode, shortcut), device) if mode != "fwd" else None
+                ),
                 "launches": kernel_launches(call, device),
             }
         for r in case_rows.values():
@@ -342,7 +376,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 ROW_FIELDS = [
     "device", "torch", "triton", "fused_se", "timestamp", "provider", "path", "batch", "C", "H", "W", "hidden",
-    "act", "gate", "dtype", "layout", "mode", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager",
+    "act", "gate", "dtype", "layout", "mode", "tail", "median_ms", "p20_ms", "p80_ms", "speedup_vs_eager",
     "speedup_vs_compile", "x_bytes", "min_traffic_bytes", "own_traffic_bytes", "gbs_min_traffic",
     "gbs_own_traffic", "copy_gbs", "pct_of_copy", "peak_mem_mb", "launches",
 ]  # fmt: skip
@@ -354,14 +388,15 @@ def _fmt(v, spec: str, width: int, suffix: str = "") -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'shape':>13} {'layout':>13} {'mode':>7} {'provider':>23} {'path':>15} {'ms':>9} {'p20-p80':>17} "
+        f"{'shape':>13} {'layout':>13} {'mode':>12} {'provider':>23} {'path':>15} {'ms':>9} {'p20-p80':>17} "
         f"{'vs eager':>8} {'vs comp':>8} {'GB/s':>7} {'%copy':>6} {'own GB/s':>8} {'peak MB':>8} {'launch':>6}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         shape = f"{r['batch']}x{r['C']}x{r['H']}x{r['W']}"
+        mode = r["mode"] + ("+tail" if r.get("tail") else "")
         lines.append(
-            f"{shape:>13} {r['layout']:>13} {r['mode']:>7} {r['provider']:>23} {r['path']:>15} {r['median_ms']:>9.4f} "
+            f"{shape:>13} {r['layout']:>13} {mode:>12} {r['provider']:>23} {r['path']:>15} {r['median_ms']:>9.4f} "
             + f"{r['p20_ms']:>8.4f}-{r['p80_ms']:<8.4f} {_fmt(r['speedup_vs_eager'], '.2f', 8, 'x')} "
             + f"{_fmt(r['speedup_vs_compile'], '.2f', 8, 'x')} {r['gbs_min_traffic']:>7.1f} {r['pct_of_copy']:>5.1f}% "
             + f"{_fmt(r['gbs_own_traffic'], '.1f', 8)} {_fmt(r['peak_mem_mb'], '.1f', 8)} {_fmt(r['launches'], 'd', 6)}"
@@ -415,6 +450,7 @@ def write_plot(rows: list[dict], path: str) -> None:
 E2E_MODELS = [
     ("seresnet50", "eager"),
     ("seresnet50", "converted"),
+    ("seresnet50", "converted+tails"),  # convert(model, fuse_residual=True)
     ("resnet50", "eager"),
     ("efficientnet_b0", "eager"),
     ("efficientnet_b0", "converted"),
@@ -454,8 +490,8 @@ def run_e2e(args: argparse.Namespace) -> list[dict]:
         progress.step(f"{name} {variant}")
         torch.manual_seed(0)
         model = timm.create_model(name).to(device)
-        if variant == "converted":
-            convert(model)
+        if variant.startswith("converted"):
+            convert(model, fuse_residual=variant == "converted+tails")
         fmt = torch.channels_last if cuda else torch.contiguous_format
         model = model.to(memory_format=fmt).train()
         x = torch.randn(batch, 3, size, size, device=device).to(memory_format=fmt)
@@ -464,7 +500,7 @@ def run_e2e(args: argparse.Namespace) -> list[dict]:
         median, p20, p80 = time_ms(step, device, args.warmup, args.reps)
         rows.append(
             {**env, "model": name, "variant": variant, "batch": batch, "size": size,
-             "path": backend_for(x) if variant == "converted" else "torch",
+             "path": backend_for(x) if variant.startswith("converted") else "torch",
              "amp": "bf16" if cuda else "off", "layout": "channels_last" if cuda else "nchw",
              "median_ms": median, "p20_ms": p20, "p80_ms": p80, "images_per_s": batch / median * 1e3}
         )  # fmt: skip
@@ -477,13 +513,13 @@ def run_e2e(args: argparse.Namespace) -> list[dict]:
 
 def format_e2e(rows: list[dict]) -> str:
     head = (
-        f"{'model':>16} {'variant':>10} {'ms/step':>9} {'p20-p80':>17} {'images/s':>9} {'SE overhead vs resnet50':>24}"
+        f"{'model':>16} {'variant':>15} {'ms/step':>9} {'p20-p80':>17} {'images/s':>9} {'SE overhead vs resnet50':>24}"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
         over = "-" if r["overhead_vs_resnet50_pct"] is None else f"{r['overhead_vs_resnet50_pct']:+.1f}%"
         lines.append(
-            f"{r['model']:>16} {r['variant']:>10} {r['median_ms']:>9.2f} {r['p20_ms']:>8.2f}-{r['p80_ms']:<8.2f} "
+            f"{r['model']:>16} {r['variant']:>15} {r['median_ms']:>9.2f} {r['p20_ms']:>8.2f}-{r['p80_ms']:<8.2f} "
             f"{r['images_per_s']:>9.1f} {over:>24}"
         )
     return "\n".join(lines)
@@ -549,6 +585,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=["fwd", "fwd+bwd"])
     p.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: see below")
+    p.add_argument(
+        "--tail",
+        action="store_true",
+        help="time a ResNet block's tail, relu(se(x) + shortcut), instead of the SE alone (traffic: 3N fwd, "
+        "5N bwd, 8N fwd+bwd minimal; the fused tail's own 4N, 6N, 10N)",
+    )
     p.add_argument("--warmup", type=int, help="GPU: ms of warm-up per row (default 25); CPU: calls (default 2)")
     p.add_argument("--reps", type=int, help="GPU: ms of timed calls per row (default 100); CPU: calls (default 10)")
     p.add_argument("--device", help="default: cuda if there is one, else cpu")
@@ -606,6 +648,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             import matplotlib  # noqa: F401
         except ImportError:
             p.error("--plot needs matplotlib (pip install matplotlib, or pip install 'fused_se[bench]')")
+    if args.e2e and args.tail:
+        p.error("--tail times SE blocks; --e2e times whole models (converted with fuse_residual=True): give one")
     if args.e2e:
         try:
             import timm  # noqa: F401
@@ -645,7 +689,8 @@ def main(argv=None) -> int:
             write_csv(rows, args.csv)
     if device.type != "cuda":
         print(
-            "note: CPU timings of the CPU paths (the fused provider runs the reference math here); "
+            "note: CPU timings of the CPU paths (the fused ops run their torch-ops kernel here, or the "
+            "Triton interpreter); "
             "the speedups fused_se exists for need a CUDA GPU."
         )
     return 0
