@@ -5,7 +5,8 @@ Three excitation forms share the squeeze and scale passes:
     effective_squeeze_excite       one C x C FC (W, b, gate): effective SE (ESE)
     efficient_channel_attention    a k-tap conv across channels (w, b, padding, gate): ECA, CECA
 
-Forward: squeeze, excite, scale (three launches, 3N bytes). Backward: scale_bwd, excite_bwd,
+Forward: squeeze, excite, scale (three launches, 3N bytes); for small batches of the two-FC
+form, one launch (kernels.se_fwd_one_launch: a program per sample, its re-read served by L2). Backward: scale_bwd, excite_bwd,
 squeeze_scale_bwd (three launches, 4N bytes). Each forward op returns (y, z, s, a): the output,
 and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
 unless the gate's backward needs it). Saved for backward: x, the weights, z, s and a.
@@ -137,6 +138,10 @@ def squeeze_excite(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
     impl = _impl(x)
+    if impl is kernels and kernels.one_launch_forward(x, w1.shape[0]):
+        # small batches: squeeze, excite and scale in one launch, one program per sample
+        d = _sample_factor(sample_scale, x)
+        return kernels.se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
     zsum = impl.squeeze_fwd(x)
     z, s, a = impl.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a

@@ -8,9 +8,11 @@ from .se import (
     bchw_strides,
     excite_bwd,
     excite_fwd,
+    one_launch_forward,
     record_launches,
     scale_bwd,
     scale_fwd,
+    se_fwd_one_launch,
     squeeze_fwd,
     squeeze_scale_bwd,
 )
@@ -28,9 +30,11 @@ __all__ = [
     "excite_fc_fwd",
     "excite_fwd",
     "heuristics",
+    "one_launch_forward",
     "record_launches",
     "scale_bwd",
     "scale_fwd",
+    "se_fwd_one_launch",
     "squeeze_fwd",
     "squeeze_scale_bwd",
 ]

@@ -47,6 +47,18 @@ MAX_EXCITE_CONV_BLOCK_C = 256
 EXCITE_CONV_BWD_TARGET_PARTIALS = 16
 # SM count assumed when kernels run in the Triton interpreter (programs run one after another).
 INTERPRETER_SM_COUNT = 2
+# L2 size assumed where the card does not say (and in the interpreter): an A100's 40 MB.
+DEFAULT_L2_BYTES = 40 * 1024 * 1024
+# One-launch forward (MLP form): one program per sample runs the squeeze, the excitation and
+# the scale, re-reading its sample from L2 for the scale. Chosen where the three-launch path is
+# bound by launches, not bytes: at most this many samples, at most this many bytes of x in all
+# (and all of x within a fraction of L2, so the re-read hits it), and a hidden layer that one
+# program holds (BLOCK_R x BLOCK_C fp32 tiles of at most ONE_LAUNCH_TILE elements).
+ONE_LAUNCH_MAX_BATCH = 8
+ONE_LAUNCH_MAX_BYTES = 4 * 1024 * 1024
+ONE_LAUNCH_L2_FRACTION = 4  # x at most L2 / 4
+ONE_LAUNCH_MAX_HIDDEN = 256
+ONE_LAUNCH_TILE = 8192
 
 
 def next_pow2(n: int) -> int:
@@ -60,6 +72,17 @@ def cdiv(a: int, b: int) -> int:
 @functools.cache
 def _cuda_sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+@functools.cache
+def _cuda_l2_bytes(index: int) -> int:
+    return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0) or DEFAULT_L2_BYTES
+
+
+def l2_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return _cuda_l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
+    return DEFAULT_L2_BYTES
 
 
 def sm_count(device: torch.device) -> int:
@@ -139,6 +162,33 @@ def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> Red
 def scale_config(c: int, hw: int, channels_last: bool) -> ScaleConfig:
     block_c, block_hw = _stream_tile(channels_last, c, hw, SCALE_TILE)
     return ScaleConfig(block_c, block_hw, num_warps=4 if block_c * block_hw <= 2048 else 8)
+
+
+@dataclass(frozen=True)
+class OneLaunchConfig:
+    """The one-launch forward: one program per sample."""
+
+    block_c: int  # channels per step of the excitation and of the streaming loops
+    block_hw: int
+    block_r: int
+    num_warps: int
+
+
+def one_launch_forward(b: int, c: int, hw: int, r: int, x_bytes: int, l2: int) -> bool:
+    """Whether the MLP form's forward runs as one launch (see ONE_LAUNCH_*)."""
+    return (
+        1 <= b <= ONE_LAUNCH_MAX_BATCH
+        and r <= ONE_LAUNCH_MAX_HIDDEN
+        and x_bytes <= min(ONE_LAUNCH_MAX_BYTES, l2 // ONE_LAUNCH_L2_FRACTION)
+    )
+
+
+def one_launch_config(c: int, hw: int, r: int, channels_last: bool) -> OneLaunchConfig:
+    block_r = next_pow2(r)
+    block_c, block_hw = _stream_tile(channels_last, c, hw, SCALE_TILE)
+    # the excitation's (BLOCK_R, BLOCK_C) weight tiles share the channel block
+    block_c = max(1, min(block_c, ONE_LAUNCH_TILE // block_r))
+    return OneLaunchConfig(block_c, block_hw, block_r, num_warps=8)
 
 
 def _excite_blocks(c: int, r: int, x_dtype: torch.dtype) -> tuple[int, int]:

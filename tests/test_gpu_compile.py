@@ -108,6 +108,10 @@ def _exercise():
     import torch
 
     from fused_se import ops
+    from fused_se.kernels import heuristics as hz
+
+    # The one-launch forward is exercised on its own cases below; off for the three-launch ones.
+    hz.ONE_LAUNCH_MAX_BATCH = 0
 
     def backward(op, x, y, z, s, a, weights, flags, needs):
         for need in needs:
@@ -153,6 +157,23 @@ def _exercise():
                 w, bb = torch.randn(5), (torch.randn(1) if bias else None)
                 y, z, s, a = ops.efficient_channel_attention(x, w, bb, circular, gate)
                 backward(ops.efficient_channel_attention_backward, x, y, z, s, a, (w, bb), (circular, gate), needs)
+
+    # The one-launch forward (small batches): every dtype and layout, act x gate, biases, the
+    # residual tail, hidden widths up to its limit.
+    hz.ONE_LAUNCH_MAX_BATCH = 8
+    for dtype in dtypes:
+        for layout in ("nchw", "channels_last"):
+            for c, r, act, gate, bias in ((65, 4, "relu", "sigmoid", False), (960, 240, "silu", "hard_sigmoid", True)):
+                x = torch.randn(2, c, 7, 7, dtype=dtype)
+                if layout == "channels_last":
+                    x = x.to(memory_format=torch.channels_last)
+                w1, w2 = torch.randn(r, c), torch.randn(c, r)
+                b1, b2 = (torch.randn(r), torch.randn(c)) if bias else (None, None)
+                ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+                ops.squeeze_excite(
+                    x, w1, b1, w2, b2, act, gate, torch.randn_like(x), torch.rand(2, dtype=dtype), "relu"
+                )
+    hz.ONE_LAUNCH_MAX_BATCH = 0
 
     # The residual tail in the scale pass (shortcut, drop-path's factor, ReLU) and its backward
     # passes (masked by the output, the shortcut's gradient written or not).
