@@ -1,5 +1,5 @@
-"""Property-based parity: random shapes, strides, dtypes, variants and requires_grad patterns
-against eager PyTorch, through the kernels.
+"""Property-based parity: random shapes, strides, dtypes, variants, residual tails, forward
+paths and requires_grad patterns against eager PyTorch, through the kernels.
 
 The example count is bounded for CI (the "ci" profile: a fixed seed, a bounded number of
 examples); `HYPOTHESIS_PROFILE=long pytest tests/test_properties.py` runs many more by hand.
@@ -19,10 +19,10 @@ from se_testing import (
     eager_variant,
     make_variant_params,
     record_launches,
-    run_variant,
 )
 
 import fused_se
+from fused_se.kernels import heuristics as hz
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -70,16 +70,31 @@ def cases(draw):
         "circular": draw(st.booleans()),
         "dtype": draw(st.sampled_from(DTYPES)),
         "layout": draw(st.sampled_from(LAYOUTS)),
-        "grads": draw(st.lists(st.booleans(), min_size=5, max_size=5)),
+        "grads": draw(st.lists(st.booleans(), min_size=6, max_size=6)),  # x, 4 weights, the residual
+        "tail": draw(st.sampled_from([None, "identity", "relu"])),
+        "drop": draw(st.booleans()),
+        "one_launch": draw(st.booleans()),
     }
 
 
-def _run(fn, x, params, grads, g):
+def _run(fn, x, params, residual, grads, g):
     x = x.detach().clone().requires_grad_(grads[0])
-    leaves = [p.detach().clone().requires_grad_(n) if p is not None else None for p, n in zip(params, grads[1:])]
-    y = fn(x, leaves)
-    wrt = [t for t in [x, *leaves] if t is not None and t.requires_grad]
+    leaves = [p.detach().clone().requires_grad_(n) if p is not None else None for p, n in zip(params, grads[1:5])]
+    if residual is not None:
+        residual = residual.detach().clone().requires_grad_(grads[5])
+    y = fn(x, leaves, residual)
+    wrt = [t for t in [x, *leaves, residual] if t is not None and t.requires_grad]
     return [y.detach(), *(torch.autograd.grad(y, wrt, g) if wrt else [])]
+
+
+def _eager_tail(x, form, params, act, gate, circular, residual, out_act, d):
+    y = eager_variant(x, form, params, act, gate, circular)
+    if residual is None:
+        return y
+    if d is not None:
+        y = y * d.to(y.dtype)[:, None, None, None]
+    y = y + residual
+    return torch.relu(y) if out_act == "relu" else y
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
@@ -92,13 +107,37 @@ def test_random_inputs_match_eager(case):
     params = make_variant_params(case["form"], c, case["hidden"], case["k"], case["bias"], device)
     x = _make_x(b, c, h, w, dtype, case["layout"], device) * 2
     g = torch.randn(b, c, h, w, device=device, dtype=dtype)
-    args = (case["form"], case["act"], case["gate"], case["circular"])
-    with record_launches() as launched:
-        ours = _run(lambda x, p: run_variant(fused_se, x, case["form"], p, *args[1:]), x, params, case["grads"], g)
-    assert launched[:3] == ["squeeze", FORM_KERNELS[case["form"]], "scale"], launched
-    own = _run(lambda x, p: eager_variant(x, args[0], p, *args[1:]), x, params, case["grads"], g)
+    residual = None if case["tail"] is None else torch.randn(b, c, h, w, device=device, dtype=dtype)
+    d = torch.rand(b, device=device) * 2 if case["tail"] is not None and case["drop"] else None
+    form, act, gate, circular = case["form"], case["act"], case["gate"], case["circular"]
+    tail = {} if residual is None else {"out_act": case["tail"], "sample_scale": d}
+
+    def fused(x, p, r):
+        kw = tail if r is None else {**tail, "residual": r}
+        if form == "mlp":
+            return fused_se.squeeze_excite(x, *p, act=act, gate=gate, **kw)
+        if form == "fc":
+            return fused_se.effective_squeeze_excite(x, *p, gate=gate, **kw)
+        return fused_se.efficient_channel_attention(x, *p, circular=circular, gate=gate, **kw)
+
+    def eager(x, p, r, d=d):
+        return _eager_tail(x, form, p, act, gate, circular, r, case["tail"], d)
+
+    one = case["one_launch"] and form == "mlp" and case["hidden"] <= hz.ONE_LAUNCH_MAX_HIDDEN
+    saved = hz.ONE_LAUNCH_MAX_BATCH
+    hz.ONE_LAUNCH_MAX_BATCH = 8 if case["one_launch"] else 0
+    try:
+        with record_launches() as launched:
+            ours = _run(fused, x, params, residual, case["grads"], g)
+    finally:
+        hz.ONE_LAUNCH_MAX_BATCH = saved
+    expect = ["se_fwd_one_launch"] if one else ["squeeze", FORM_KERNELS[form], "scale"]
+    assert launched[: len(expect)] == expect, launched
+    own = _run(eager, x, params, residual, case["grads"], g)
     params64 = [p.double() if p is not None else None for p in params]
-    ref = _run(lambda x, p: eager_variant(x, args[0], p, *args[1:]), x.double(), params64, case["grads"], g.double())
+    r64 = None if residual is None else residual.double()
+    d64 = None if d is None else d.double()
+    ref = _run(lambda x, p, r: eager(x, p, r, d64), x.double(), params64, r64, case["grads"], g.double())
     assert ours[0].dtype == dtype and ours[0].shape == x.shape
     for i, (o, e, r) in enumerate(zip(ours, own, ref)):
         assert_within_torch_error(f"tensor {i} of {case}", o, e.to(o.dtype), r)
