@@ -306,8 +306,20 @@ class _Progress:
             sys.stderr.flush()
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def fused_path(x: torch.Tensor, shape: SEShape) -> str:
+    """The fused provider's path for x: "triton 1-launch" where the forward runs as one launch
+    (small batches), "triton 3-pass" otherwise; "decomposed" or "reference" off the kernels."""
     from . import backend_for
+
+    backend = backend_for(x)
+    if backend != "triton":
+        return backend
+    from .kernels import one_launch_forward
+
+    return "triton 1-launch" if one_launch_forward(x, shape.hidden) else "triton 3-pass"
+
+
+def run(args: argparse.Namespace) -> list[dict]:
 
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
@@ -331,8 +343,9 @@ def run(args: argparse.Namespace) -> list[dict]:
             call = make_call(module, x, grad, mode, shortcut)
             median, p20, p80 = time_ms(call, device, args.warmup, args.reps)
             minimal, own = traffic_bytes(mode, x_bytes, provider, args.tail)
-            # Which code ran: the fused provider's kernels or its reference fallback, or torch's own.
-            path = backend_for(x) if provider == "fused" else "torch"
+            # Which code ran: the fused provider's kernels (and which forward), its torch-ops
+            # kernel or the reference, or torch's own.
+            path = fused_path(x, shape) if provider == "fused" else "torch"
             case_rows[provider] = {
                 **env,
                 "provider": provider,
@@ -388,7 +401,7 @@ def _fmt(v, spec: str, width: int, suffix: str = "") -> str:
 
 def format_table(rows: list[dict]) -> str:
     head = (
-        f"{'shape':>13} {'layout':>13} {'mode':>12} {'provider':>23} {'path':>15} {'ms':>9} {'p20-p80':>17} "
+        f"{'shape':>13} {'layout':>13} {'mode':>12} {'provider':>23} {'path':>24} {'ms':>9} {'p20-p80':>17} "
         f"{'vs eager':>8} {'vs comp':>8} {'GB/s':>7} {'%copy':>6} {'own GB/s':>8} {'peak MB':>8} {'launch':>6}"
     )
     lines = [head, "-" * len(head)]
@@ -396,7 +409,7 @@ def format_table(rows: list[dict]) -> str:
         shape = f"{r['batch']}x{r['C']}x{r['H']}x{r['W']}"
         mode = r["mode"] + ("+tail" if r.get("tail") else "")
         lines.append(
-            f"{shape:>13} {r['layout']:>13} {mode:>12} {r['provider']:>23} {r['path']:>15} {r['median_ms']:>9.4f} "
+            f"{shape:>13} {r['layout']:>13} {mode:>12} {r['provider']:>23} {r['path']:>24} {r['median_ms']:>9.4f} "
             + f"{r['p20_ms']:>8.4f}-{r['p80_ms']:<8.4f} {_fmt(r['speedup_vs_eager'], '.2f', 8, 'x')} "
             + f"{_fmt(r['speedup_vs_compile'], '.2f', 8, 'x')} {r['gbs_min_traffic']:>7.1f} {r['pct_of_copy']:>5.1f}% "
             + f"{_fmt(r['gbs_own_traffic'], '.1f', 8)} {_fmt(r['peak_mem_mb'], '.1f', 8)} {_fmt(r['launches'], 'd', 6)}"

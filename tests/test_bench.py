@@ -126,7 +126,7 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
         assert r["speedup_vs_eager"] == pytest.approx(eager["median_ms"] / r["median_ms"])
         assert r["speedup_vs_compile"] is None  # compile did not run
     fused = [r for r in rows if r["provider"] == "fused"]
-    assert {r["path"] for r in fused} == {"triton (cpu)"}  # the interpreter runs the kernels
+    assert {r["path"] for r in fused} == {"triton 3-pass (cpu)"}  # the interpreter runs the kernels
 
     with open(out["csv"]) as f:
         table = list(csv.DictReader(f))
@@ -153,3 +153,9 @@ def test_module_entry_point_help():
     assert done.returncode == 0
     for option in ("--preset", "--shapes", "--providers", "--modes", "--json", "--csv", "--plot", "--e2e"):
         assert option in done.stdout
+
+
+def test_rows_name_the_forward_path(one_launch):
+    x = torch.randn(2, 32, 4, 4)
+    assert bench.fused_path(x, bench.SEShape(32, 4, 4, 2)) == "triton 1-launch"
+    assert bench.fused_path(torch.randn(9, 32, 4, 4), bench.SEShape(32, 4, 4, 2)) == "triton 3-pass"
