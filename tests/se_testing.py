@@ -96,6 +96,18 @@ def make_input(shape, dtype, device, layout: str) -> torch.Tensor:
 LAYOUTS = ["nchw", "channels_last", "sliced_hw", "sliced_c"]
 
 
+def randomize_norms(model: nn.Module) -> None:
+    """Random affine parameters and statistics for every BatchNorm: ResNets zero-initialise the
+    last norm of each block, which would zero the SE's input and hide any error."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.2)
+                m.running_mean.normal_(0, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+
+
 # ---- the excitation variants --------------------------------------------------------------------
 
 _ACTS = {"relu": torch.relu, "silu": torch.nn.functional.silu}

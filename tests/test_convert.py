@@ -12,7 +12,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from se_testing import ClassicSE, record_launches
+from se_testing import ClassicSE, randomize_norms, record_launches
 from timm.layers.eca import CecaModule, EcaModule
 from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
 from timm.models._efficientnet_blocks import SqueezeExcite as EfficientNetSE
@@ -36,18 +36,6 @@ MODELS = {
 }
 
 
-def _randomize_norms(model: nn.Module) -> None:
-    """Random affine parameters and statistics for every BatchNorm: ResNets zero-initialise the
-    last norm of each block, which would zero the SE's input and hide any error."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-
-
 def _forward_backward(model: nn.Module, x: torch.Tensor, g_seed: int = 1):
     """Output and the gradients of the input and of every parameter (by name)."""
     x = x.detach().clone().requires_grad_()
@@ -66,7 +54,7 @@ def _max_err(a: torch.Tensor, ref: torch.Tensor) -> float:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_real_model(name, device):
     model = MODELS[name]().to(device)
-    _randomize_norms(model)
+    randomize_norms(model)
     original = copy.deepcopy(model)
     original64 = copy.deepcopy(model).double()
     state = {k: v.clone() for k, v in model.state_dict().items()}

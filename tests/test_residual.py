@@ -19,6 +19,7 @@ from se_testing import (
     eager_variant,
     make_input,
     make_variant_params,
+    randomize_norms,
     record_launches,
 )
 from torch import nn
@@ -206,17 +207,6 @@ def test_epilogue_errors(kwargs, error, match):
 timm = pytest.importorskip("timm")
 
 
-def _randomize_norms(model: nn.Module) -> None:
-    """ResNets zero-initialise each block's last norm, which would zero the SE's input."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            with torch.no_grad():
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0, 0.2)
-                m.running_mean.normal_(0, 0.2)
-                m.running_var.uniform_(0.5, 1.5)
-
-
 def _forward_backward(model: nn.Module, x: torch.Tensor, seed: int = 1234):
     x = x.detach().clone().requires_grad_()
     torch.manual_seed(seed)  # the same drop-path masks on both sides in train mode
@@ -231,7 +221,7 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, seed: int = 1234):
 def test_converted_se_resnet_with_fused_tails(name, size):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, drop_path_rate=0.3)
-    _randomize_norms(model)
+    randomize_norms(model)
     model.double()
     original = copy.deepcopy(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
