@@ -24,6 +24,11 @@ torch, it is 1/6 on -3 < a < 3 and 0 elsewhere, which s cannot tell at the edges
 to 6), so that gate keeps a as well. se_variants.py holds the other excitation forms (a single
 C x C FC, a k-tap conv across channels) around the same squeeze and scale passes.
 
+A residual block's tail rides on the same passes: the scale computes act(x * s * d[b] + r)
+(drop-path's per-sample factor d, the shortcut r, a ReLU), scale_bwd masks g by the ReLU's
+output and writes the shortcut's gradient, and the dx pass reads it. For small batches of the
+two-FC form, se_fwd_one_launch runs the whole forward in one launch, a program per sample.
+
 So 3N forward and 4N backward. Everything between the passes is O(B*C) and fp32 (fp64 for
 fp64 inputs, so that gradcheck sees exact math); nothing the size of x is allocated besides
 the outputs. No atomics: every reduction has a fixed order, so the same input gives the same
