@@ -346,6 +346,8 @@ def run(args: argparse.Namespace) -> list[dict]:
             # Which code ran: the fused provider's kernels (and which forward), its torch-ops
             # kernel or the reference, or torch's own.
             path = fused_path(x, shape) if provider == "fused" else "torch"
+            if not path.startswith("triton"):
+                own = None  # the kernels' own traffic says nothing of the CPU paths
             case_rows[provider] = {
                 **env,
                 "provider": provider,
