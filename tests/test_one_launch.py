@@ -31,8 +31,10 @@ VARIANTS = [
 
 
 @pytest.fixture(autouse=True)
-def _on(one_launch):
-    pass
+def _on(one_launch, device):
+    """The one-launch forward on; tensors made without a device go to the test device."""
+    with torch.device(device):
+        yield
 
 
 def _run(x, params, act, gate, g, **tail):
@@ -51,11 +53,11 @@ def _eager(x, params, act, gate, g):
     return [y.detach(), *torch.autograd.grad(y, wrt, g)]
 
 
-def _check(shape, dtype, layout, act, gate, bias, expect=ONE):
+def _check(shape, dtype, layout, act, gate, bias, device, expect=ONE):
     b, c, h, w, hidden = shape
-    params = make_variant_params("mlp", c, hidden, 1, bias, "cpu")
-    x = make_input((b, c, h, w), dtype, "cpu", layout) * 2
-    g = torch.randn(b, c, h, w, dtype=dtype)
+    params = make_variant_params("mlp", c, hidden, 1, bias, device)
+    x = make_input((b, c, h, w), dtype, device, layout) * 2
+    g = torch.randn(b, c, h, w, dtype=dtype, device=device)
     with record_launches() as launched:
         ours = _run(x, params, act, gate, g)
     assert launched == expect + BACKWARD_KERNELS, launched
@@ -70,19 +72,19 @@ def _check(shape, dtype, layout, act, gate, bias, expect=ONE):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v)))
 @pytest.mark.parametrize("shape", [(3, 40, 5, 7, 5), (1, 300, 3, 3, 20), (8, 16, 1, 1, 1)], ids=str)
-def test_fp32_shapes(shape, variant):
-    _check(shape, torch.float32, "nchw", *variant)
+def test_fp32_shapes(shape, variant, device):
+    _check(shape, torch.float32, "nchw", *variant, device)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
-def test_dtypes_and_layouts(dtype, layout):
-    _check((2, 48, 4, 6, 3), dtype, layout, "silu", "hard_sigmoid", True)
+def test_dtypes_and_layouts(dtype, layout, device):
+    _check((2, 48, 4, 6, 3), dtype, layout, "silu", "hard_sigmoid", True, device)
 
 
-def test_gradcheck_fp64():
-    params = [p.requires_grad_() for p in make_variant_params("mlp", 6, 2, 1, True, "cpu", torch.float64)]
-    x = torch.randn(2, 6, 2, 3, dtype=torch.float64, requires_grad=True)
+def test_gradcheck_fp64(device):
+    params = [p.requires_grad_() for p in make_variant_params("mlp", 6, 2, 1, True, device, torch.float64)]
+    x = torch.randn(2, 6, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
     with record_launches() as launched:
         assert torch.autograd.gradcheck(
             lambda x, *w: fused_se.squeeze_excite(x, *w, act="silu"), (x, *params), eps=1e-6, atol=1e-5, fast_mode=True

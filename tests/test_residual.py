@@ -65,13 +65,13 @@ def _grads(fn, x, residual, params, g):
     return [y.detach(), *torch.autograd.grad(y, [x, residual, *leaves], g)]
 
 
-def _check(form_spec, out_act, drop, dtype, x_layout, r_layout, path="triton"):
+def _check(form_spec, out_act, drop, dtype, x_layout, r_layout, device, path="triton"):
     form, act, gate, bias, circular = form_spec
-    params = make_variant_params(form, C, HIDDEN, K, bias, "cpu")
-    x = make_input((B, C, H, W), dtype, "cpu", x_layout) * 2
-    residual = make_input((B, C, H, W), dtype, "cpu", r_layout)
-    g = torch.randn(B, C, H, W, dtype=dtype)
-    sample_scale = torch.tensor([1.25, 0.0, 1.25], dtype=dtype) if drop else None
+    params = make_variant_params(form, C, HIDDEN, K, bias, device)
+    x = make_input((B, C, H, W), dtype, device, x_layout) * 2
+    residual = make_input((B, C, H, W), dtype, device, r_layout)
+    g = torch.randn(B, C, H, W, dtype=dtype, device=device)
+    sample_scale = torch.tensor([1.25, 0.0, 1.25], dtype=dtype, device=device) if drop else None
     fused, unfused = _tail_fn(form, act, gate, circular, out_act, sample_scale)
     with record_launches() as launched:
         ours = _grads(fused, x, residual, params, g)
@@ -100,37 +100,38 @@ def _form_id(f):
 @pytest.mark.parametrize("drop", [False, True], ids=["no-drop", "drop-path"])
 @pytest.mark.parametrize("out_act", ["identity", "relu"])
 @pytest.mark.parametrize("form", FORMS, ids=_form_id)
-def test_epilogue_fp32(form, out_act, drop):
-    _check(form, out_act, drop, torch.float32, "nchw", "nchw")
+def test_epilogue_fp32(form, out_act, drop, device):
+    _check(form, out_act, drop, torch.float32, "nchw", "nchw", device)
 
 
 @pytest.mark.parametrize(
     "layouts", [("channels_last", "channels_last"), ("channels_last", "nchw"), ("nchw", "sliced_c")]
 )
 @pytest.mark.parametrize("out_act", ["identity", "relu"])
-def test_epilogue_layouts(out_act, layouts):
-    _check(FORMS[0], out_act, True, torch.float32, *layouts)
+def test_epilogue_layouts(out_act, layouts, device):
+    _check(FORMS[0], out_act, True, torch.float32, *layouts, device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64], ids=["fp16", "bf16", "fp64"])
 @pytest.mark.parametrize("out_act", ["identity", "relu"])
-def test_epilogue_dtypes(out_act, dtype):
-    _check(FORMS[0], out_act, True, dtype, "channels_last", "channels_last")
+def test_epilogue_dtypes(out_act, dtype, device):
+    _check(FORMS[0], out_act, True, dtype, "channels_last", "channels_last", device)
 
 
 @pytest.mark.parametrize("out_act", ["identity", "relu"])
 @pytest.mark.parametrize("form", FORMS, ids=_form_id)
 def test_epilogue_decomposed(form, out_act, monkeypatch):
     monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
-    _check(form, out_act, True, torch.float32, "channels_last", "nchw", path="decomposed")
-    _check(form, out_act, False, torch.bfloat16, "nchw", "nchw", path="decomposed")
+    cpu = torch.device("cpu")
+    _check(form, out_act, True, torch.float32, "channels_last", "nchw", cpu, path="decomposed")
+    _check(form, out_act, False, torch.bfloat16, "nchw", "nchw", cpu, path="decomposed")
 
 
-def test_epilogue_gradcheck_fp64():
-    params = make_variant_params("mlp", 6, 2, 1, True, "cpu", torch.float64)
-    x = torch.randn(2, 6, 2, 3, dtype=torch.float64, requires_grad=True)
-    residual = torch.randn(2, 6, 2, 3, dtype=torch.float64, requires_grad=True)
-    d = torch.tensor([2.0, 0.5], dtype=torch.float64)
+def test_epilogue_gradcheck_fp64(device):
+    params = make_variant_params("mlp", 6, 2, 1, True, device, torch.float64)
+    x = torch.randn(2, 6, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    residual = torch.randn(2, 6, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
+    d = torch.tensor([2.0, 0.5], dtype=torch.float64, device=device)
     weights = [p.requires_grad_() for p in params]
 
     def fn(x, residual, *w):
@@ -211,18 +212,18 @@ def _forward_backward(model: nn.Module, x: torch.Tensor, seed: int = 1234):
     x = x.detach().clone().requires_grad_()
     torch.manual_seed(seed)  # the same drop-path masks on both sides in train mode
     y = model(x)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype).to(y.device)
     names, params = zip(*model.named_parameters())
     grads = torch.autograd.grad(y, [x, *params], g)
     return y.detach(), dict(zip(["input", *names], grads))
 
 
 @pytest.mark.parametrize(("name", "size"), [("seresnet18", 32), ("seresnext26d_32x4d", 16)])
-def test_converted_se_resnet_with_fused_tails(name, size):
+def test_converted_se_resnet_with_fused_tails(name, size, device):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=10, drop_path_rate=0.3)
     randomize_norms(model)
-    model.double()
+    model.double().to(device)
     original = copy.deepcopy(model)
     state = {k: v.clone() for k, v in model.state_dict().items()}
     blocks = [n for n, m in model.named_modules() if type(m).__name__ in ("Bottleneck", "BasicBlock")]
@@ -234,7 +235,7 @@ def test_converted_se_resnet_with_fused_tails(name, size):
     after = model.state_dict()
     assert list(after) == list(state) and all(torch.equal(after[k], state[k]) for k in state)
 
-    x = torch.randn(4, 3, size, size, dtype=torch.float64)
+    x = torch.randn(4, 3, size, size, dtype=torch.float64, device=device)
     for train in (False, True):
         model.train(train)
         original.train(train)
