@@ -40,10 +40,13 @@ python -c "import torch, triton; print('torch', torch.__version__, '| triton', t
 status=0
 echo "== tests on the GPU"
 # The ahead-of-time compile check is for machines without a GPU; here the kernels compile for real.
+# The two-process gloo tests run CPU tensors through the Triton interpreter: CI's job (ddp_smoke.py
+# below is the GPU's); activation checkpointing, in one process, runs here on the GPU.
 # PYTEST_ARGS adds to the command (a smoke test of this script on a CPU: PYTEST_ARGS="-k bench").
 # shellcheck disable=SC2086
-timeout 210 python -m pytest "$ROOT/tests" -q -p no:cacheprovider --durations=5 \
-  -k "not test_kernels_compile_for_gpu" ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.txt"
+timeout 240 python -m pytest "$ROOT/tests" -q -p no:cacheprovider --durations=5 \
+  -k "not test_kernels_compile_for_gpu and not _matches_single_process and not gradient_layout and not fsdp2" \
+  ${PYTEST_ARGS:-} 2>&1 | tee "$OUT/pytest.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 # MODELS_ARGS replaces the defaults (batch 8 at 224x224, bf16, channels_last).
@@ -59,19 +62,19 @@ PLOT=(--plot "$OUT/bench.png")
 python -c "import matplotlib" 2>/dev/null || { PLOT=(); echo "no matplotlib here: no bench.png"; }
 echo "== fused-se-bench $BENCH_ARGS"
 # shellcheck disable=SC2086
-timeout 110 python -m fused_se.bench $BENCH_ARGS --json "$OUT/bench.json" --csv "$OUT/bench.csv" "${PLOT[@]}" || status=1
+timeout 100 python -m fused_se.bench $BENCH_ARGS --json "$OUT/bench.json" --csv "$OUT/bench.csv" "${PLOT[@]}" || status=1
 
 # The block tail, relu(se(x) + shortcut), on the same shapes: channels_last, eager / compile / fused.
 TAIL_ARGS="${TAIL_ARGS:---layouts channels_last --providers eager compile fused}"
 echo "== fused-se-bench --tail $TAIL_ARGS"
 # shellcheck disable=SC2086
-timeout 70 python -m fused_se.bench --tail $TAIL_ARGS --json "$OUT/tail.json" --csv "$OUT/tail.csv" || status=1
+timeout 60 python -m fused_se.bench --tail $TAIL_ARGS --json "$OUT/tail.json" --csv "$OUT/tail.csv" || status=1
 
 # Inference at batch 1 (the one-launch forward): channels_last, eager / compile / fused.
 B1_ARGS="${B1_ARGS:---batch 1 --modes fwd --layouts channels_last --providers eager compile fused}"
 echo "== fused-se-bench $B1_ARGS"
 # shellcheck disable=SC2086
-timeout 35 python -m fused_se.bench $B1_ARGS --json "$OUT/batch1.json" --csv "$OUT/batch1.csv" || status=1
+timeout 30 python -m fused_se.bench $B1_ARGS --json "$OUT/batch1.json" --csv "$OUT/batch1.csv" || status=1
 
 E2E_ARGS="${E2E_ARGS:-}"
 echo "== fused-se-bench --e2e $E2E_ARGS"
