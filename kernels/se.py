@@ -204,6 +204,22 @@ def _hw_sum_kernel(
 
 
 @triton.jit
+def _residual_tail(
+    y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R: tl.constexpr, RELU: tl.constexpr
+):
+    """A residual block's tail on a (BLOCK_C, BLOCK_HW) tile of the scaled x: + the residual
+    (when HAS_R), then a NaN-propagating ReLU (when RELU); in y's dtype."""
+    if HAS_R:
+        r_offs = (
+            pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc + offs_hw[None, :] * stride_rhw
+        )
+        y += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(y.dtype)
+    if RELU:
+        y = _act_fwd(y, 0)
+    return y
+
+
+@triton.jit
 def _scale_kernel(
     x_ptr,  # (B, C, HW) strided: x forward, g backward
     s_ptr,  # (B, C) contiguous, acc dtype: the per-channel factor
@@ -263,13 +279,7 @@ def _scale_kernel(
     if HAS_T:
         t = tl.load(t_ptr + row, mask=mask_c, other=0.0) / HW
         y += t[:, None]
-    if HAS_R:
-        r_offs = (
-            pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc + offs_hw[None, :] * stride_rhw
-        )
-        y += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(acc_ty)
-    if RELU:
-        y = _act_fwd(y, 0)
+    y = _residual_tail(y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R, RELU)
     y_offs = pid_b.to(tl.int64) * stride_yb + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -635,15 +645,7 @@ def _se_fwd_one_launch_kernel(
                 x_ptr + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0
             ).to(acc_ty)
             y = xv * s[:, None]
-            if HAS_R:
-                r_offs = (
-                    pid_b.to(tl.int64) * stride_rb
-                    + offs_c.to(tl.int64)[:, None] * stride_rc
-                    + offs_hw[None, :] * stride_rhw
-                )
-                y += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(acc_ty)
-            if RELU:
-                y = _act_fwd(y, 0)
+            y = _residual_tail(y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R, RELU)
             y_ptrs = y_ptr + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
