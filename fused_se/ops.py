@@ -100,7 +100,7 @@ def _grad_out(t: Optional[Tensor], like: Optional[Tensor], x: Tensor) -> Tensor:
     return t.to(like.dtype)
 
 
-def _save_epilogue(ctx, residual: Optional[Tensor], sample_scale: Optional[Tensor], out_act: str, y: Tensor):
+def _save_epilogue(ctx, sample_scale: Optional[Tensor], out_act: str, y: Tensor):
     """The epilogue's part of what the backward needs: d, and the output where a ReLU ended it."""
     ctx.relu = out_act == "relu"
     return sample_scale, (y if ctx.relu else None)
@@ -195,9 +195,9 @@ def squeeze_excite_backward(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w1, b1, w2, b2, act, gate, residual, sample_scale, out_act = inputs
+    x, w1, b1, w2, b2, act, gate, _residual, sample_scale, out_act = inputs
     y, z, s, a = output
-    ctx.save_for_backward(x, w1, b1, w2, b2, z, s, a, *_save_epilogue(ctx, residual, sample_scale, out_act, y))
+    ctx.save_for_backward(x, w1, b1, w2, b2, z, s, a, *_save_epilogue(ctx, sample_scale, out_act, y))
     ctx.act, ctx.gate = act, gate
 
 
@@ -269,9 +269,9 @@ def effective_squeeze_excite_backward(
 
 
 def _setup_context_fc(ctx, inputs, output) -> None:
-    x, w, b, gate, residual, sample_scale, out_act = inputs
+    x, w, b, gate, _residual, sample_scale, out_act = inputs
     y, z, s, a = output
-    ctx.save_for_backward(x, w, b, z, s, a, *_save_epilogue(ctx, residual, sample_scale, out_act, y))
+    ctx.save_for_backward(x, w, b, z, s, a, *_save_epilogue(ctx, sample_scale, out_act, y))
     ctx.gate = gate
 
 
@@ -347,9 +347,9 @@ def efficient_channel_attention_backward(
 
 
 def _setup_context_conv(ctx, inputs, output) -> None:
-    x, w, b, circular, gate, residual, sample_scale, out_act = inputs
+    x, w, b, circular, gate, _residual, sample_scale, out_act = inputs
     y, z, s, a = output
-    ctx.save_for_backward(x, w, b, z, s, a, *_save_epilogue(ctx, residual, sample_scale, out_act, y))
+    ctx.save_for_backward(x, w, b, z, s, a, *_save_epilogue(ctx, sample_scale, out_act, y))
     ctx.circular, ctx.gate = circular, gate
 
 
