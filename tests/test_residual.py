@@ -168,19 +168,30 @@ def test_saved_for_backward(out_act):
     assert all(t.numel() <= 2 * 8 for t in saved if t.numel() != x.numel())  # (B, C) values and the weights
 
 
-def test_relu_tail_without_shortcut_grad_writes_no_extra_tensor():
-    """Through the ReLU the dx pass reads dy and the output's mask when the shortcut needs no
-    gradient: nothing of x's size is written besides dx."""
-    x = torch.randn(2, 8, 3, 3, requires_grad=True)
-    residual = torch.randn(2, 8, 3, 3)
-    w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
+@pytest.mark.parametrize(("shortcut_grad", "allocated"), [(False, 1), (True, 2)])
+def test_relu_tail_backward_writes_only_the_gradients(shortcut_grad, allocated, device, monkeypatch):
+    """Through the ReLU the backward allocates nothing of x's size but dx, and the shortcut's
+    gradient where it needs one (the dx pass then reads it instead of dy and the mask)."""
+    from fused_se.kernels import se as se_kernels
+
+    x = torch.randn(2, 8, 3, 3, device=device, requires_grad=True)
+    residual = torch.randn(2, 8, 3, 3, device=device, requires_grad=shortcut_grad)
+    w1, w2 = torch.randn(2, 8, device=device), torch.randn(8, 2, device=device)
     y = fused_se.squeeze_excite(x, w1, None, w2, residual=residual, out_act="relu")
     g = torch.randn_like(y)
-    (dx,) = torch.autograd.grad(y, x, g)
+    sizes = []
+    empty_like = se_kernels._empty_like
+    monkeypatch.setattr(se_kernels, "_empty_like", lambda t: sizes.append(t.numel()) or empty_like(t))
+    wrt = [x, residual] if shortcut_grad else [x]
+    with record_launches() as launched:
+        grads = torch.autograd.grad(y, wrt, g)
+    assert launched == ["scale_bwd", "excite_bwd", "squeeze_scale_bwd"]
+    assert sizes.count(x.numel()) == allocated
     ref = fused_se.reference
-    xr = x.detach().clone().requires_grad_()
-    (dx_ref,) = torch.autograd.grad(ref.squeeze_excite(xr, w1, None, w2, residual=residual, out_act="relu"), xr, g)
-    torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-6)
+    xr, rr = x.detach().clone().requires_grad_(), residual.detach().clone().requires_grad_(shortcut_grad)
+    y_ref = ref.squeeze_excite(xr, w1, None, w2, residual=rr, out_act="relu")
+    for got, want in zip(grads, torch.autograd.grad(y_ref, [xr, rr] if shortcut_grad else [xr], g)):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
