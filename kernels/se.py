@@ -357,26 +357,29 @@ def _gate_bwd(dssum_ptr, s_ptr, a_ptr, offs, mask, split, stride_split, GATE: tl
 
 
 @triton.jit
-def _excite_fwd_kernel(
-    zsum_ptr,  # (SPLIT, B, C) partial sums of x over HW, contiguous
-    w1_ptr,  # (R, C) strided
-    b1_ptr,  # (R,) read only when HAS_B1
-    w2_ptr,  # (C, R) strided
-    b2_ptr,  # (C,) read only when HAS_B2
-    z_ptr,  # (B, C) out: the squeeze, kept for the backward
-    s_ptr,  # (B, C) out: the gate
-    a_ptr,  # (B, C) out: the gate's input, written only when KEEP_A
+def _excite_fwd_block(
+    zsum_ptr,
+    w1_ptr,
+    b1_ptr,
+    w2_ptr,
+    b2_ptr,
+    z_ptr,
+    s_ptr,
+    a_ptr,
     stride_w1r,
     stride_w1c,
     stride_b1,
     stride_w2c,
     stride_w2r,
     stride_b2,
+    b_start,
+    b_end,
     B,
     C,
     R,
     split,
     HW,
+    pid_c,
     programs_c,
     HAS_B1: tl.constexpr,
     HAS_B2: tl.constexpr,
@@ -389,12 +392,12 @@ def _excite_fwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
+    """The excitation of samples b_start <= b < b_end (at most BLOCK_B of them), channel blocks
+    pid_c, pid_c + programs_c, ... of s and a; see _excite_fwd_kernel."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
-    pid_b = tl.program_id(0)
-    pid_c = tl.program_id(1)
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_b = b_start + tl.arange(0, BLOCK_B)
     offs_r = tl.arange(0, BLOCK_R)
-    mask_b = offs_b < B
+    mask_b = offs_b < b_end
     mask_r = offs_r < R
 
     # First GEMM over the whole channel axis: each of the programs_c programs of a batch
@@ -438,7 +441,77 @@ def _excite_fwd_kernel(
 
 
 @triton.jit
-def _excite_bwd_kernel(
+def _excite_fwd_kernel(
+    zsum_ptr,  # (SPLIT, B, C) partial sums of x over HW, contiguous
+    w1_ptr,  # (R, C) strided
+    b1_ptr,  # (R,) read only when HAS_B1
+    w2_ptr,  # (C, R) strided
+    b2_ptr,  # (C,) read only when HAS_B2
+    z_ptr,  # (B, C) out: the squeeze, kept for the backward
+    s_ptr,  # (B, C) out: the gate
+    a_ptr,  # (B, C) out: the gate's input, written only when KEEP_A
+    stride_w1r,
+    stride_w1c,
+    stride_b1,
+    stride_w2c,
+    stride_w2r,
+    stride_b2,
+    B,
+    C,
+    R,
+    split,
+    HW,
+    programs_c,
+    HAS_B1: tl.constexpr,
+    HAS_B2: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    KEEP_A: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    _excite_fwd_block(
+        zsum_ptr,
+        w1_ptr,
+        b1_ptr,
+        w2_ptr,
+        b2_ptr,
+        z_ptr,
+        s_ptr,
+        a_ptr,
+        stride_w1r,
+        stride_w1c,
+        stride_b1,
+        stride_w2c,
+        stride_w2r,
+        stride_b2,
+        tl.program_id(0) * BLOCK_B,
+        B,
+        B,
+        C,
+        R,
+        split,
+        HW,
+        tl.program_id(1),
+        programs_c,
+        HAS_B1,
+        HAS_B2,
+        ACT,
+        GATE,
+        KEEP_A,
+        IS_FP64,
+        DOT_TF32,
+        BLOCK_B,
+        BLOCK_C,
+        BLOCK_R,
+    )
+
+
+@triton.jit
+def _excite_bwd_block(
     dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
     z_ptr,  # (B, C)
     s_ptr,  # (B, C)
@@ -456,6 +529,9 @@ def _excite_bwd_kernel(
     stride_b1,
     stride_w2c,
     stride_w2r,
+    b_start,
+    b_end,
+    pid,
     B,
     C,
     R,
@@ -474,11 +550,12 @@ def _excite_bwd_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_R: tl.constexpr,
 ):
+    """The excitation's backward for samples b_start <= b < b_end (at most BLOCK_B of them):
+    dz, and the weight gradients' partials of index pid; see _excite_bwd_kernel."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
-    pid = tl.program_id(0)
-    offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_b = b_start + tl.arange(0, BLOCK_B)
     offs_r = tl.arange(0, BLOCK_R)
-    mask_b = offs_b < B
+    mask_b = offs_b < b_end
     mask_r = offs_r < R
 
     # Pass 1 over channels: the pre-activation W1 z + b1 (re-computed, not saved) and dh = u W2.
@@ -533,6 +610,84 @@ def _excite_bwd_kernel(
             )
             dz = _dot(v, w1.to(acc_ty), tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
             tl.store(dz_ptr + bc, dz, mask=mask_bc)
+
+
+@triton.jit
+def _excite_bwd_kernel(
+    dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
+    z_ptr,  # (B, C)
+    s_ptr,  # (B, C)
+    a_ptr,  # (B, C) the gate's input, read only when GATE needs it
+    w1_ptr,  # (R, C) strided
+    b1_ptr,  # (R,) read only when HAS_B1
+    w2_ptr,  # (C, R) strided
+    dz_ptr,  # (B, C) out, when NEED_DZ
+    dw1_ptr,  # (P, R, C) out: this program's share of dW1, when NEED_DW1
+    db1_ptr,  # (P, R) out, when NEED_DB1
+    dw2_ptr,  # (P, C, R) out, when NEED_DW2
+    db2_ptr,  # (P, C) out, when NEED_DB2
+    stride_w1r,
+    stride_w1c,
+    stride_b1,
+    stride_w2c,
+    stride_w2r,
+    B,
+    C,
+    R,
+    split,
+    HAS_B1: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    NEED_DZ: tl.constexpr,
+    NEED_DW1: tl.constexpr,
+    NEED_DB1: tl.constexpr,
+    NEED_DW2: tl.constexpr,
+    NEED_DB2: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    _excite_bwd_block(
+        dssum_ptr,
+        z_ptr,
+        s_ptr,
+        a_ptr,
+        w1_ptr,
+        b1_ptr,
+        w2_ptr,
+        dz_ptr,
+        dw1_ptr,
+        db1_ptr,
+        dw2_ptr,
+        db2_ptr,
+        stride_w1r,
+        stride_w1c,
+        stride_b1,
+        stride_w2c,
+        stride_w2r,
+        tl.program_id(0) * BLOCK_B,
+        B,
+        tl.program_id(0),
+        B,
+        C,
+        R,
+        split,
+        HAS_B1,
+        ACT,
+        GATE,
+        NEED_DZ,
+        NEED_DW1,
+        NEED_DB1,
+        NEED_DW2,
+        NEED_DB2,
+        IS_FP64,
+        DOT_TF32,
+        BLOCK_B,
+        BLOCK_C,
+        BLOCK_R,
+    )
 
 
 @triton.jit
