@@ -130,6 +130,62 @@ def is_channels_last(strides: tuple[int, int, int]) -> bool:
 
 
 @triton.jit
+def _hw_sum_range(
+    x_ptr,
+    g_ptr,
+    o_ptr,
+    dr_ptr,
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_gb,
+    stride_gc,
+    stride_ghw,
+    stride_ob,
+    stride_oc,
+    stride_ohw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    pid_b,
+    offs_c,
+    mask_c,
+    hw_start,
+    hw_end,
+    HAS_G: tl.constexpr,
+    RELU_MASK: tl.constexpr,
+    STORE_G: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+):
+    """(BLOCK_C,) sums over hw_start <= hw < hw_end of sample pid_b's x (or g * x); see _hw_sum_kernel."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    x_ptrs = x_ptr + pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc
+    if HAS_G:
+        g_ptrs = g_ptr + pid_b.to(tl.int64) * stride_gb + offs_c.to(tl.int64)[:, None] * stride_gc
+    if RELU_MASK:
+        o_ptrs = o_ptr + pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc
+        dr_ptrs = dr_ptr + pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc
+
+    acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=acc_ty)
+    for hw0 in range(hw_start, hw_end, BLOCK_HW):
+        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+        mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
+        val = tl.load(x_ptrs + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0).to(acc_ty)
+        if HAS_G:
+            g = tl.load(g_ptrs + offs_hw[None, :] * stride_ghw, mask=mask, other=0.0)
+            if RELU_MASK:  # as torch's threshold_backward on a ReLU's output: NaN outputs pass g
+                o = tl.load(o_ptrs + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0)
+                g = tl.where(o <= 0, 0.0, g).to(g.dtype)
+                if STORE_G:
+                    tl.store(dr_ptrs + offs_hw[None, :] * stride_rhw, g, mask=mask)
+            val *= g.to(acc_ty)
+        acc += val
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
 def _hw_sum_kernel(
     x_ptr,  # (B, C, HW) strided
     g_ptr,  # (B, C, HW) strided; read only when HAS_G (the sum is then of g * x)
@@ -161,7 +217,6 @@ def _hw_sum_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    acc_ty = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0)
     num_c_blocks = tl.cdiv(C, BLOCK_C)
     pid_c = pid % num_c_blocks
@@ -172,31 +227,35 @@ def _hw_sum_kernel(
     mask_c = offs_c < C
     hw_start = pid_k * hw_per_split
     hw_end = tl.minimum(hw_start + hw_per_split, HW)
-
-    x_ptr += pid_b.to(tl.int64) * stride_xb
-    x_ptrs = x_ptr + offs_c.to(tl.int64)[:, None] * stride_xc
-    if HAS_G:
-        g_ptr += pid_b.to(tl.int64) * stride_gb
-        g_ptrs = g_ptr + offs_c.to(tl.int64)[:, None] * stride_gc
-    if RELU_MASK:
-        o_ptrs = o_ptr + pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc
-        dr_ptrs = dr_ptr + pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc
-
-    acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=acc_ty)
-    for hw0 in range(hw_start, hw_end, BLOCK_HW):
-        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-        mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
-        val = tl.load(x_ptrs + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0).to(acc_ty)
-        if HAS_G:
-            g = tl.load(g_ptrs + offs_hw[None, :] * stride_ghw, mask=mask, other=0.0)
-            if RELU_MASK:  # as torch's threshold_backward on a ReLU's output: NaN outputs pass g
-                o = tl.load(o_ptrs + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0)
-                g = tl.where(o <= 0, 0.0, g).to(g.dtype)
-                if STORE_G:
-                    tl.store(dr_ptrs + offs_hw[None, :] * stride_rhw, g, mask=mask)
-            val *= g.to(acc_ty)
-        acc += val
-    total = tl.sum(acc, axis=1)
+    total = _hw_sum_range(
+        x_ptr,
+        g_ptr,
+        o_ptr,
+        dr_ptr,
+        stride_xb,
+        stride_xc,
+        stride_xhw,
+        stride_gb,
+        stride_gc,
+        stride_ghw,
+        stride_ob,
+        stride_oc,
+        stride_ohw,
+        stride_rb,
+        stride_rc,
+        stride_rhw,
+        pid_b,
+        offs_c,
+        mask_c,
+        hw_start,
+        hw_end,
+        HAS_G,
+        RELU_MASK,
+        STORE_G,
+        IS_FP64,
+        BLOCK_C,
+        BLOCK_HW,
+    )
     if HAS_D:
         total *= tl.load(d_ptr + pid_b)
     row = pid_k.to(tl.int64) * B + pid_b
@@ -217,6 +276,56 @@ def _residual_tail(
     if RELU:
         y = _act_fwd(y, 0)
     return y
+
+
+@triton.jit
+def _scale_tile(
+    x_ptr,
+    r_ptr,
+    o_ptr,
+    y_ptr,
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    stride_ob,
+    stride_oc,
+    stride_ohw,
+    stride_yb,
+    stride_yc,
+    stride_yhw,
+    pid_b,
+    offs_c,
+    mask_c,
+    offs_hw,
+    s,
+    t,
+    HW,
+    HAS_T: tl.constexpr,
+    HAS_R: tl.constexpr,
+    RELU: tl.constexpr,
+    RELU_MASK: tl.constexpr,
+    IS_FP64: tl.constexpr,
+):
+    """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of sample pid_b;
+    s and t are (BLOCK_C,) in the acc dtype; see _scale_kernel."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+    x_offs = pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw
+    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_ty)
+    if RELU_MASK:  # the backward through a ReLU epilogue, as threshold_backward on its output
+        o_offs = (
+            pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc + offs_hw[None, :] * stride_ohw
+        )
+        x = tl.where(tl.load(o_ptr + o_offs, mask=mask, other=0.0) <= 0, 0.0, x)
+    y = x * s[:, None]
+    if HAS_T:
+        y += (t / HW)[:, None]
+    y = _residual_tail(y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R, RELU)
+    y_offs = pid_b.to(tl.int64) * stride_yb + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
+    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -251,7 +360,6 @@ def _scale_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
-    acc_ty = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0)
     num_hw_blocks = tl.cdiv(HW, BLOCK_HW)
     num_c_blocks = tl.cdiv(C, BLOCK_C)
@@ -262,26 +370,43 @@ def _scale_kernel(
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
     mask_c = offs_c < C
-    mask = mask_c[:, None] & (offs_hw[None, :] < HW)
-
     row = pid_b.to(tl.int64) * C + offs_c
     s = tl.load(s_ptr + row, mask=mask_c, other=0.0)
     if HAS_D:
         s *= tl.load(d_ptr + pid_b)
-    x_offs = pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw
-    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_ty)
-    if RELU_MASK:  # the backward through a ReLU epilogue, as threshold_backward on its output
-        o_offs = (
-            pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc + offs_hw[None, :] * stride_ohw
-        )
-        x = tl.where(tl.load(o_ptr + o_offs, mask=mask, other=0.0) <= 0, 0.0, x)
-    y = x * s[:, None]
+    t = s
     if HAS_T:
-        t = tl.load(t_ptr + row, mask=mask_c, other=0.0) / HW
-        y += t[:, None]
-    y = _residual_tail(y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R, RELU)
-    y_offs = pid_b.to(tl.int64) * stride_yb + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
-    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        t = tl.load(t_ptr + row, mask=mask_c, other=0.0)
+    _scale_tile(
+        x_ptr,
+        r_ptr,
+        o_ptr,
+        y_ptr,
+        stride_xb,
+        stride_xc,
+        stride_xhw,
+        stride_rb,
+        stride_rc,
+        stride_rhw,
+        stride_ob,
+        stride_oc,
+        stride_ohw,
+        stride_yb,
+        stride_yc,
+        stride_yhw,
+        pid_b,
+        offs_c,
+        mask_c,
+        offs_hw,
+        s,
+        t,
+        HW,
+        HAS_T,
+        HAS_R,
+        RELU,
+        RELU_MASK,
+        IS_FP64,
+    )
 
 
 @triton.jit
