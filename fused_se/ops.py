@@ -5,9 +5,11 @@ Three excitation forms share the squeeze and scale passes:
     effective_squeeze_excite       one C x C FC (W, b, gate): effective SE (ESE)
     efficient_channel_attention    a k-tap conv across channels (w, b, padding, gate): ECA, CECA
 
-Forward: squeeze, excite, scale (three launches, 3N bytes); for small batches of the two-FC
-form, one launch (kernels.se_fwd_one_launch: a program per sample, its re-read served by L2). Backward: scale_bwd, excite_bwd,
-squeeze_scale_bwd (three launches, 4N bytes). Each forward op returns (y, z, s, a): the output,
+Forward: squeeze, excite, scale (three launches, 3N bytes). Backward: scale_bwd, excite_bwd,
+squeeze_scale_bwd (three launches, 4N bytes). The two-FC form has two more paths, chosen by
+kernels.heuristics: for small batches, a one-launch forward (a program per sample); where x is
+past L2, a streamed forward and backward (one persistent launch each, whose second pass over a
+sample re-reads it from L2: 2N and 3N bytes). Each forward op returns (y, z, s, a): the output,
 and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
 unless the gate's backward needs it). Saved for backward: x, the weights, z, s and a.
 
@@ -87,6 +89,13 @@ def _backward_passes(
     return impl.squeeze_scale_bwd(grad_y, s, dz, x, d, out), None
 
 
+def _stream_backward(grad_y: Tensor, x: Tensor, w1: Tensor, out: Optional[Tensor], need_dx: bool, need_dres: bool):
+    """The streamed backward's configuration where it applies: kernels, dx asked for, x past L2."""
+    if not need_dx or _impl(x) is not kernels:
+        return None
+    return kernels.stream_backward(grad_y, x, w1.shape[0], out, need_dres and out is not None)
+
+
 def _dense_grad(grad_y: Tensor) -> Tensor:
     if kernels.bchw_strides(grad_y) is None:
         return grad_y.contiguous(memory_format=torch.contiguous_format)
@@ -138,10 +147,15 @@ def squeeze_excite(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
     impl = _impl(x)
-    if impl is kernels and kernels.one_launch_forward(x, w1.shape[0]):
-        # small batches: squeeze, excite and scale in one launch, one program per sample
-        d = _sample_factor(sample_scale, x)
-        return kernels.se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
+    if impl is kernels:
+        d, relu = _sample_factor(sample_scale, x), out_act == "relu"
+        if kernels.one_launch_forward(x, w1.shape[0]):
+            # small batches: squeeze, excite and scale in one launch, one program per sample
+            return kernels.se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, relu)
+        stream = kernels.stream_forward(x, w1.shape[0])
+        if stream is not None:
+            # x past L2: one persistent launch, whose scale re-reads each sample from L2
+            return kernels.se_fwd_stream(x, w1, b1, w2, b2, act, gate, d, residual, relu, stream)
     zsum = impl.squeeze_fwd(x)
     z, s, a = impl.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
@@ -174,6 +188,17 @@ def squeeze_excite_backward(
     grad_y = _dense_grad(grad_y)
     need_db1 = need_db1 and b1 is not None
     need_db2 = need_db2 and b2 is not None
+    stream = _stream_backward(grad_y, x, w1, out, need_dx, need_dres)
+    if stream is not None:
+        # x past L2: one persistent launch, whose dx pass re-reads each sample's g from L2
+        store_g = need_dres and out is not None
+        dx, dres, dw1, db1, dw2, db2 = kernels.se_bwd_stream(
+            grad_y, x, z, s, a, w1, b1, w2, (need_dw1, need_db1, need_dw2, need_db2), act, gate,
+            _sample_factor(sample_scale, x), out, store_g, stream,
+        )  # fmt: skip
+        return tuple(
+            _grad_out(t, like, x) for t, like in ((dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
+        )
     wgrads: list[Optional[Tensor]] = []
 
     def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:

@@ -12,9 +12,13 @@ from .se import (
     record_launches,
     scale_bwd,
     scale_fwd,
+    se_bwd_stream,
     se_fwd_one_launch,
+    se_fwd_stream,
     squeeze_fwd,
     squeeze_scale_bwd,
+    stream_backward,
+    stream_forward,
 )
 from .se_variants import excite_conv_bwd, excite_conv_fwd, excite_fc_bwd, excite_fc_fwd
 
@@ -34,7 +38,11 @@ __all__ = [
     "record_launches",
     "scale_bwd",
     "scale_fwd",
+    "se_bwd_stream",
     "se_fwd_one_launch",
+    "se_fwd_stream",
     "squeeze_fwd",
     "squeeze_scale_bwd",
+    "stream_backward",
+    "stream_forward",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
@@ -59,6 +60,21 @@ ONE_LAUNCH_MAX_BYTES = 4 * 1024 * 1024
 ONE_LAUNCH_L2_FRACTION = 4  # x at most L2 / 4
 ONE_LAUNCH_MAX_HIDDEN = 256
 ONE_LAUNCH_TILE = 8192
+
+# Streamed passes (two-FC form): one persistent launch takes tiles of x from an atomic ticket
+# counter in a fixed order, the squeeze (backward: the sum of g * x) of sample b + LAG next to
+# the scale (backward: the dx pass) of sample b, so that a sample's second pass re-reads it
+# from L2: 2N bytes forward and 3N backward. The last first-pass tile of a chunk of samples
+# runs the chunk's excitation; the chunk's second-pass tiles wait for it behind a flag. Chosen
+# where the three-launch path's re-read would miss L2 (x past L2 / STREAM_L2_FRACTION):
+STREAM_L2_FRACTION = 2  # the LAG samples between a sample's two passes hold at most L2 / 2
+STREAM_MIN_LAG_CHUNKS = 2  # LAG is at least two chunks: one is excited while the next streams
+# A chunk is the smallest power-of-two count of samples with at least this many times the
+# bytes of W1 and W2 (which its excitation reads, and whose gradients it writes as partials).
+STREAM_WEIGHT_RATIO = 16
+STREAM_MAX_CHUNK = 64
+STREAM_TILE = 32768  # elements of x per ticket at most
+STREAM_PROGRAMS_PER_SM = 4
 
 
 def next_pow2(n: int) -> int:
@@ -189,6 +205,64 @@ def one_launch_config(c: int, hw: int, r: int, channels_last: bool) -> OneLaunch
     # the excitation's (BLOCK_R, BLOCK_C) weight tiles share the channel block
     block_c = max(1, min(block_c, ONE_LAUNCH_TILE // block_r))
     return OneLaunchConfig(block_c, block_hw, block_r, num_warps=8)
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """The streamed forward or backward: see STREAM_*."""
+
+    block_c: int
+    block_hw: int
+    hw_tile: int  # HW positions of a ticket, a multiple of block_hw
+    c_blocks: int
+    hw_tiles: int
+    chunk: int  # samples per excitation
+    lag: int  # samples between a sample's two passes: a multiple of chunk, below B
+    programs: int
+    excite: ExciteConfig  # the chunk's excitation (block_b >= chunk)
+    num_warps: int
+
+    @property
+    def tiles(self) -> int:
+        """Tickets per sample and pass."""
+        return self.c_blocks * self.hw_tiles
+
+
+def stream_config(
+    b: int,
+    c: int,
+    hw: int,
+    r: int,
+    x_dtype: torch.dtype,
+    channels_last: bool,
+    sample_bytes: int,
+    sms: int,
+    l2: int,
+) -> Optional[StreamConfig]:
+    """The streamed pass over (B, C, HW), or None where it does not pay (see STREAM_*).
+
+    sample_bytes: the bytes one sample's first pass touches (x forward; g, x and the ReLU's
+    output backward), all of which should still be in L2 for its second pass."""
+    acc_bytes = 8 if x_dtype == torch.float64 else 4
+    weight_bytes = 2 * c * r * acc_bytes
+    chunk = 1
+    while chunk * sample_bytes < STREAM_WEIGHT_RATIO * weight_bytes and chunk <= STREAM_MAX_CHUNK:
+        chunk *= 2
+    # fp64 (gradcheck) multiplies through broadcasts sized for MIN_DOT rows, not tl.dot
+    if chunk > (MIN_DOT if x_dtype == torch.float64 else STREAM_MAX_CHUNK) or sample_bytes <= 0:
+        return None
+    lag = (l2 // STREAM_L2_FRACTION // sample_bytes) // chunk * chunk
+    if lag < STREAM_MIN_LAG_CHUNKS * chunk or lag >= b:
+        return None  # a chunk pair does not fit in L2, or all of x does (three launches re-read it from L2)
+    block_c, block_hw = _stream_tile(channels_last, c, hw, SCALE_TILE)
+    steps = max(1, STREAM_TILE // (block_c * block_hw))
+    hw_tile = min(block_hw * steps, cdiv(hw, block_hw) * block_hw)
+    c_blocks, hw_tiles = cdiv(c, block_c), cdiv(hw, hw_tile)
+    programs = max(1, min(2 * b * c_blocks * hw_tiles, sms * STREAM_PROGRAMS_PER_SM))
+    ex_c, ex_r = _excite_blocks(c, r, x_dtype)
+    ex_b = max(MIN_DOT, chunk)
+    excite = ExciteConfig(ex_b, ex_c, ex_r, 1, _dot_tf32(x_dtype), num_warps=8)
+    return StreamConfig(block_c, block_hw, hw_tile, c_blocks, hw_tiles, chunk, lag, programs, excite, num_warps=8)
 
 
 def _excite_blocks(c: int, r: int, x_dtype: torch.dtype) -> tuple[int, int]:

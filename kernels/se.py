@@ -303,16 +303,17 @@ def _scale_tile(
     s,
     t,
     HW,
+    hw_end,
     HAS_T: tl.constexpr,
     HAS_R: tl.constexpr,
     RELU: tl.constexpr,
     RELU_MASK: tl.constexpr,
     IS_FP64: tl.constexpr,
 ):
-    """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of sample pid_b;
-    s and t are (BLOCK_C,) in the acc dtype; see _scale_kernel."""
+    """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of sample pid_b,
+    positions below hw_end; s and t are (BLOCK_C,) in the acc dtype; see _scale_kernel."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
-    mask = mask_c[:, None] & (offs_hw[None, :] < HW)
+    mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
     x_offs = pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw
     x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_ty)
     if RELU_MASK:  # the backward through a ReLU epilogue, as threshold_backward on its output
@@ -400,6 +401,7 @@ def _scale_kernel(
         offs_hw,
         s,
         t,
+        HW,
         HW,
         HAS_T,
         HAS_R,
@@ -930,6 +932,301 @@ def _se_fwd_one_launch_kernel(
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _stream_ticket(t, B, LAG, tiles):
+    """(second pass?, sample, tile) of ticket t. The first passes of samples 0 .. LAG-1 come
+    first; then, for each b, the first pass of sample b + LAG and the second pass of sample b;
+    then the second passes left. A sample's second pass thus comes after the first passes of
+    every sample up to LAG - 1 past it: its whole chunk (LAG is a multiple of the chunk)."""
+    head = LAG * tiles
+    u = t - head
+    paired = (B - LAG) * 2 * tiles
+    j = u // (2 * tiles)
+    rr = u - j * (2 * tiles)
+    v = u - paired
+    in_head = t < head
+    in_pair = (t >= head) & (u < paired)
+    second = tl.where(in_head, 0, tl.where(in_pair, (rr >= tiles).to(tl.int32), 1))
+    sample = tl.where(in_head, t // tiles, tl.where(in_pair, tl.where(rr < tiles, j + LAG, j), B - LAG + v // tiles))
+    tile = tl.where(in_head, t % tiles, tl.where(in_pair, rr % tiles, v % tiles))
+    return second, sample, tile
+
+
+@triton.jit
+def _stream_arrive(count_ptr, n):
+    """Counts this program's first-pass tile of a chunk done (n in all); True for the last one.
+    Its partial sums are stored first (the barrier), and released by the atomic."""
+    tl.debug_barrier()
+    return tl.atomic_add(count_ptr, 1, sem="acq_rel") == n - 1
+
+
+@triton.jit
+def _stream_publish(flag_ptr):
+    """The chunk's excitation is stored: lets its second-pass tiles go."""
+    tl.debug_barrier()
+    tl.atomic_xchg(flag_ptr, 1, sem="release")
+
+
+@triton.jit
+def _stream_wait(flag_ptr, err_ptr, WAIT: tl.constexpr):
+    """Waits for a chunk's excitation. Deadlock-free without co-residency: a ticket is taken
+    only by a running program, it waits only on tickets taken before it, and first-pass
+    tickets never wait. Where programs run one after another (WAIT False: the interpreter),
+    the order of the tickets alone must have set the flag; a miss is counted in err_ptr."""
+    if WAIT:
+        while tl.atomic_add(flag_ptr, 0, sem="acquire") == 0:
+            pass
+    else:
+        tl.atomic_add(err_ptr, (tl.atomic_add(flag_ptr, 0, sem="acquire") == 0).to(tl.int32))
+    tl.debug_barrier()
+
+
+@triton.jit
+def _se_fwd_stream_kernel(
+    x_ptr,  # (B, C, HW) strided
+    w1_ptr,  # (R, C)
+    b1_ptr,  # (R,), read only when HAS_B1
+    w2_ptr,  # (C, R)
+    b2_ptr,  # (C,), read only when HAS_B2
+    d_ptr,  # (B,) acc dtype, read only when HAS_D
+    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    zsum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums
+    z_ptr,  # (B, C) acc dtype out
+    s_ptr,  # (B, C) acc dtype out
+    a_ptr,  # (B, C) acc dtype out, written only when KEEP_A
+    y_ptr,  # (B, C, HW) strided output
+    ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    stride_yb,
+    stride_yc,
+    stride_yhw,
+    stride_w1r,
+    stride_w1c,
+    stride_b1,
+    stride_w2c,
+    stride_w2r,
+    stride_b2,
+    B,
+    C,
+    R,
+    HW,
+    HW_TILE,
+    hw_tiles,
+    chunk,
+    LAG,
+    num_chunks,
+    HAS_B1: tl.constexpr,
+    HAS_B2: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    KEEP_A: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_R: tl.constexpr,
+    RELU: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    WAIT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    EX_BLOCK_B: tl.constexpr,
+    EX_BLOCK_C: tl.constexpr,
+    EX_BLOCK_R: tl.constexpr,
+):
+    """The MLP form's forward as one persistent launch (see _stream_ticket): a first-pass
+    ticket sums one tile of x over its HW range; the last one of a chunk runs the chunk's
+    excitation; a second-pass ticket scales one tile once its chunk's gate is out."""
+    done_ptr = ws_ptr + 2
+    ready_ptr = done_ptr + num_chunks
+    tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
+    total = 2 * B * tiles
+    t = tl.atomic_add(ws_ptr, 1)
+    while t < total:
+        second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+        pid_c = tile // hw_tiles
+        hwt = tile - pid_c * hw_tiles
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        hw_start = hwt * HW_TILE
+        hw_end = tl.minimum(hw_start + HW_TILE, HW)
+        ck = pid_b // chunk
+        if second == 0:
+            part = _hw_sum_range(
+                x_ptr, x_ptr, x_ptr, x_ptr,
+                stride_xb, stride_xc, stride_xhw, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                pid_b, offs_c, mask_c, hw_start, hw_end,
+                False, False, False, IS_FP64, BLOCK_C, BLOCK_HW,
+            )  # fmt: skip
+            tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
+            b_start = ck * chunk
+            b_end = tl.minimum(b_start + chunk, B)
+            if _stream_arrive(done_ptr + ck, (b_end - b_start) * tiles):
+                _excite_fwd_block(
+                    zsum_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, z_ptr, s_ptr, a_ptr,
+                    stride_w1r, stride_w1c, stride_b1, stride_w2c, stride_w2r, stride_b2,
+                    b_start, b_end, B, C, R, hw_tiles, HW, 0, 1,
+                    HAS_B1, HAS_B2, ACT, GATE, KEEP_A, IS_FP64, DOT_TF32, EX_BLOCK_B, EX_BLOCK_C, EX_BLOCK_R,
+                )  # fmt: skip
+                _stream_publish(ready_ptr + ck)
+        else:
+            _stream_wait(ready_ptr + ck, ws_ptr + 1, WAIT)
+            sv = tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0)
+            if HAS_D:
+                sv *= tl.load(d_ptr + pid_b)
+            for hw0 in range(hw_start, hw_end, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                _scale_tile(
+                    x_ptr, r_ptr, x_ptr, y_ptr,
+                    stride_xb, stride_xc, stride_xhw, stride_rb, stride_rc, stride_rhw, 0, 0, 0,
+                    stride_yb, stride_yc, stride_yhw,
+                    pid_b, offs_c, mask_c, offs_hw, sv, sv, HW, hw_end,
+                    False, HAS_R, RELU, False, IS_FP64,
+                )  # fmt: skip
+        t = tl.atomic_add(ws_ptr, 1)
+
+
+@triton.jit
+def _se_bwd_stream_kernel(
+    g_ptr,  # (B, C, HW) strided: dL/dy
+    x_ptr,  # (B, C, HW) strided
+    o_ptr,  # (B, C, HW) strided, a ReLU's output: g is zeroed where o <= 0; read only when RELU_MASK
+    dr_ptr,  # (B, C, HW) strided: the masked g, written (and re-read) when STORE_G
+    d_ptr,  # (B,) acc dtype, read only when HAS_D
+    z_ptr,  # (B, C)
+    s_ptr,  # (B, C)
+    a_ptr,  # (B, C), read only when GATE needs it
+    w1_ptr,  # (R, C)
+    b1_ptr,  # (R,), read only when HAS_B1
+    w2_ptr,  # (C, R)
+    dssum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums of g * x (times d)
+    dz_ptr,  # (B, C) acc dtype
+    dw1_ptr,  # (NUM_CHUNKS, R, C) out: each chunk's share of dW1, when NEED_DW1
+    db1_ptr,  # (NUM_CHUNKS, R) out, when NEED_DB1
+    dw2_ptr,  # (NUM_CHUNKS, C, R) out, when NEED_DW2
+    db2_ptr,  # (NUM_CHUNKS, C) out, when NEED_DB2
+    dx_ptr,  # (B, C, HW) strided out
+    ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
+    stride_gb,
+    stride_gc,
+    stride_ghw,
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_ob,
+    stride_oc,
+    stride_ohw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    stride_dxb,
+    stride_dxc,
+    stride_dxhw,
+    stride_w1r,
+    stride_w1c,
+    stride_b1,
+    stride_w2c,
+    stride_w2r,
+    B,
+    C,
+    R,
+    HW,
+    HW_TILE,
+    hw_tiles,
+    chunk,
+    LAG,
+    num_chunks,
+    HAS_B1: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    NEED_DW1: tl.constexpr,
+    NEED_DB1: tl.constexpr,
+    NEED_DW2: tl.constexpr,
+    NEED_DB2: tl.constexpr,
+    HAS_D: tl.constexpr,
+    RELU_MASK: tl.constexpr,
+    STORE_G: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    WAIT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    EX_BLOCK_B: tl.constexpr,
+    EX_BLOCK_C: tl.constexpr,
+    EX_BLOCK_R: tl.constexpr,
+):
+    """The MLP form's backward as one persistent launch (see _stream_ticket): a first-pass
+    ticket sums g * x over one tile; the last one of a chunk runs the chunk's excitation
+    backward (dz and the chunk's weight-gradient partials); a second-pass ticket writes one
+    tile of dx = g * s * d + dz / HW, re-reading g (or the masked g) while it is in L2."""
+    done_ptr = ws_ptr + 2
+    ready_ptr = done_ptr + num_chunks
+    tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
+    total = 2 * B * tiles
+    t = tl.atomic_add(ws_ptr, 1)
+    while t < total:
+        second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+        pid_c = tile // hw_tiles
+        hwt = tile - pid_c * hw_tiles
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        hw_start = hwt * HW_TILE
+        hw_end = tl.minimum(hw_start + HW_TILE, HW)
+        ck = pid_b // chunk
+        if second == 0:
+            part = _hw_sum_range(
+                x_ptr, g_ptr, o_ptr, dr_ptr,
+                stride_xb, stride_xc, stride_xhw, stride_gb, stride_gc, stride_ghw,
+                stride_ob, stride_oc, stride_ohw, stride_rb, stride_rc, stride_rhw,
+                pid_b, offs_c, mask_c, hw_start, hw_end,
+                True, RELU_MASK, STORE_G, IS_FP64, BLOCK_C, BLOCK_HW,
+            )  # fmt: skip
+            if HAS_D:
+                part *= tl.load(d_ptr + pid_b)
+            tl.store(dssum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
+            b_start = ck * chunk
+            b_end = tl.minimum(b_start + chunk, B)
+            if _stream_arrive(done_ptr + ck, (b_end - b_start) * tiles):
+                _excite_bwd_block(
+                    dssum_ptr, z_ptr, s_ptr, a_ptr, w1_ptr, b1_ptr, w2_ptr,
+                    dz_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr,
+                    stride_w1r, stride_w1c, stride_b1, stride_w2c, stride_w2r,
+                    b_start, b_end, ck, B, C, R, hw_tiles,
+                    HAS_B1, ACT, GATE, True, NEED_DW1, NEED_DB1, NEED_DW2, NEED_DB2,
+                    IS_FP64, DOT_TF32, EX_BLOCK_B, EX_BLOCK_C, EX_BLOCK_R,
+                )  # fmt: skip
+                _stream_publish(ready_ptr + ck)
+        else:
+            _stream_wait(ready_ptr + ck, ws_ptr + 1, WAIT)
+            row = pid_b.to(tl.int64) * C + offs_c
+            sv = tl.load(s_ptr + row, mask=mask_c, other=0.0)
+            if HAS_D:
+                sv *= tl.load(d_ptr + pid_b)
+            dz = tl.load(dz_ptr + row, mask=mask_c, other=0.0)
+            for hw0 in range(hw_start, hw_end, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                if STORE_G:  # the masked g is in memory already: read it instead of g and o
+                    _scale_tile(
+                        dr_ptr, x_ptr, x_ptr, dx_ptr,
+                        stride_rb, stride_rc, stride_rhw, 0, 0, 0, 0, 0, 0,
+                        stride_dxb, stride_dxc, stride_dxhw,
+                        pid_b, offs_c, mask_c, offs_hw, sv, dz, HW, hw_end,
+                        True, False, False, False, IS_FP64,
+                    )  # fmt: skip
+                else:
+                    _scale_tile(
+                        g_ptr, x_ptr, o_ptr, dx_ptr,
+                        stride_gb, stride_gc, stride_ghw, 0, 0, 0, stride_ob, stride_oc, stride_ohw,
+                        stride_dxb, stride_dxc, stride_dxhw,
+                        pid_b, offs_c, mask_c, offs_hw, sv, dz, HW, hw_end,
+                        True, False, False, RELU_MASK, IS_FP64,
+                    )  # fmt: skip
+        t = tl.atomic_add(ws_ptr, 1)
+
+
 # True when triton.jit made the kernels above interpreter functions (TRITON_INTERPRET=1 when
 # this module was imported): they then run on CPU tensors, with numpy.
 INTERPRETED: bool = not isinstance(_scale_kernel, triton.runtime.JITFunction)
@@ -1168,6 +1465,226 @@ def se_fwd_one_launch(
         num_warps=cfg.num_warps,
     )
     return y, z, s, a
+
+
+def _stream_config(x: torch.Tensor, r: int, sample_bytes: int) -> Optional[hz.StreamConfig]:
+    b, c, h, w = x.shape
+    xs = bchw_strides(x)
+    if xs is None:
+        return None
+    return hz.stream_config(
+        b, c, h * w, r, x.dtype, is_channels_last(xs), sample_bytes, hz.sm_count(x.device), hz.l2_bytes(x.device)
+    )
+
+
+def stream_forward(x: torch.Tensor, r: int) -> Optional[hz.StreamConfig]:
+    """The streamed forward's configuration for x (hidden width r), or None where it does not pay."""
+    return _stream_config(x, r, x[0].numel() * x.element_size() if x.shape[0] else 0)
+
+
+def stream_backward(
+    g: torch.Tensor, x: torch.Tensor, r: int, relu_out: Optional[torch.Tensor], store_g: bool
+) -> Optional[hz.StreamConfig]:
+    """The streamed backward's configuration, or None where it does not pay."""
+    per_elem = (
+        g.element_size() * (1 + store_g) + x.element_size() + (0 if relu_out is None else relu_out.element_size())
+    )
+    return _stream_config(x, r, x[0].numel() * per_elem if x.shape[0] else 0)
+
+
+def _stream_workspace(num_chunks: int, device: torch.device) -> torch.Tensor:
+    # the ticket counter, the count of order misses, then a done counter and a ready flag per chunk
+    return torch.zeros(2 + 2 * num_chunks, dtype=torch.int32, device=device)
+
+
+def _check_stream(ws: torch.Tensor, tickets: int, programs: int) -> None:
+    """Where programs run one after another (the interpreter), every second-pass ticket must
+    have found its chunk's excitation done by the order of the tickets alone, and every
+    program must have run out of tickets."""
+    if INTERPRETED:
+        taken, misses = int(ws[0]), int(ws[1])
+        if misses or taken != tickets + programs:
+            raise RuntimeError(f"fused_se: streamed pass out of order ({misses} early reads, {taken} tickets taken)")
+
+
+def se_fwd_stream(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    act: str,
+    gate: str,
+    d: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    relu: bool,
+    cfg: hz.StreamConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MLP form's forward as one persistent launch (cfg from stream_forward): (y, z, s, a)
+    as the three-launch path returns them, the residual tail too; x's second read is served by
+    L2, so 2N bytes move instead of 3N."""
+    b, c, h, w = x.shape
+    hw, r = h * w, w1.shape[0]
+    xs = _strides(x, None)
+    acc = acc_dtype(x.dtype)
+    z = _empty(b, c, dtype=acc, device=x.device)
+    s = _empty(b, c, dtype=acc, device=x.device)
+    a = _empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
+    y = _empty_like(x)
+    num_chunks = hz.cdiv(b, cfg.chunk)
+    zsum = _empty(cfg.hw_tiles, b, c, dtype=acc, device=x.device)
+    ws = _stream_workspace(num_chunks, x.device)
+    _record("se_fwd_stream")
+    _launch(_se_fwd_stream_kernel, (cfg.programs,))(
+        x,
+        w1,
+        w1 if b1 is None else b1,
+        w2,
+        w2 if b2 is None else b2,
+        z if d is None else d,
+        x if residual is None else residual,
+        zsum,
+        z,
+        s,
+        a if keeps_gate_input(gate) else s,
+        y,
+        ws,
+        *xs,
+        *_strides(residual, xs),
+        *_strides(y, None),
+        *w1.stride(),
+        _vec_stride(b1),
+        *w2.stride(),
+        _vec_stride(b2),
+        b,
+        c,
+        r,
+        hw,
+        cfg.hw_tile,
+        cfg.hw_tiles,
+        cfg.chunk,
+        cfg.lag,
+        num_chunks,
+        HAS_B1=b1 is not None,
+        HAS_B2=b2 is not None,
+        ACT=ACT_CODES[act],
+        GATE=GATE_CODES[gate],
+        KEEP_A=keeps_gate_input(gate),
+        HAS_D=d is not None,
+        HAS_R=residual is not None,
+        RELU=relu,
+        IS_FP64=x.dtype == torch.float64,
+        DOT_TF32=cfg.excite.dot_tf32,
+        WAIT=not INTERPRETED,
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        EX_BLOCK_B=cfg.excite.block_b,
+        EX_BLOCK_C=cfg.excite.block_c,
+        EX_BLOCK_R=cfg.excite.block_r,
+        num_warps=cfg.num_warps,
+    )
+    _check_stream(ws, 2 * b * cfg.tiles, cfg.programs)
+    return y, z, s, a
+
+
+def se_bwd_stream(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    s: torch.Tensor,
+    a: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    need: tuple[bool, bool, bool, bool],
+    act: str,
+    gate: str,
+    d: Optional[torch.Tensor],
+    relu_out: Optional[torch.Tensor],
+    store_g: bool,
+    cfg: hz.StreamConfig,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], ...]:
+    """The MLP form's backward as one persistent launch (cfg from stream_backward):
+    (dx, masked g or None, dW1, db1, dW2, db2), the weight gradients None where `need`
+    (dW1, db1, dW2, db2) says so. g is re-read from L2 for dx: 3N bytes instead of 4N.
+    Arguments as scale_bwd and excite_bwd take them."""
+    assert g.shape == x.shape and (relu_out is None or relu_out.shape == x.shape)
+    assert not store_g or relu_out is not None
+    need_dw1, need_db1, need_dw2, need_db2 = need
+    b, c, h, w = x.shape
+    hw, r = h * w, w1.shape[0]
+    xs = _strides(x, None)
+    dt, dev = z.dtype, x.device
+    num_chunks = hz.cdiv(b, cfg.chunk)
+    dssum = _empty(cfg.hw_tiles, b, c, dtype=dt, device=dev)
+    dz = _empty(b, c, dtype=dt, device=dev)
+    dw1 = _empty(num_chunks, r, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = _empty(num_chunks, r, dtype=dt, device=dev) if need_db1 else None
+    dw2 = _empty(num_chunks, c, r, dtype=dt, device=dev) if need_dw2 else None
+    db2 = _empty(num_chunks, c, dtype=dt, device=dev) if need_db2 else None
+    dr = _empty_like(g) if store_g else None
+    dx = _empty_like(x)
+    ws = _stream_workspace(num_chunks, dev)
+    _record("se_bwd_stream")
+    _launch(_se_bwd_stream_kernel, (cfg.programs,))(
+        g,
+        x,
+        x if relu_out is None else relu_out,
+        x if dr is None else dr,
+        z if d is None else d,
+        z,
+        s,
+        a if keeps_gate_input(gate) else s,
+        w1,
+        w1 if b1 is None else b1,
+        w2,
+        dssum,
+        dz,
+        dz if dw1 is None else dw1,
+        dz if db1 is None else db1,
+        dz if dw2 is None else dw2,
+        dz if db2 is None else db2,
+        dx,
+        ws,
+        *_strides(g, None),
+        *xs,
+        *_strides(relu_out, xs),
+        *_strides(dr, xs),
+        *_strides(dx, None),
+        *w1.stride(),
+        _vec_stride(b1),
+        *w2.stride(),
+        b,
+        c,
+        r,
+        hw,
+        cfg.hw_tile,
+        cfg.hw_tiles,
+        cfg.chunk,
+        cfg.lag,
+        num_chunks,
+        HAS_B1=b1 is not None,
+        ACT=ACT_CODES[act],
+        GATE=GATE_CODES[gate],
+        NEED_DW1=need_dw1,
+        NEED_DB1=need_db1,
+        NEED_DW2=need_dw2,
+        NEED_DB2=need_db2,
+        HAS_D=d is not None,
+        RELU_MASK=relu_out is not None,
+        STORE_G=store_g,
+        IS_FP64=dt == torch.float64,
+        DOT_TF32=cfg.excite.dot_tf32,
+        WAIT=not INTERPRETED,
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        EX_BLOCK_B=cfg.excite.block_b,
+        EX_BLOCK_C=cfg.excite.block_c,
+        EX_BLOCK_R=cfg.excite.block_r,
+        num_warps=cfg.num_warps,
+    )
+    _check_stream(ws, 2 * b * cfg.tiles, cfg.programs)
+    return dx, dr, _sum_partials(dw1), _sum_partials(db1), _sum_partials(dw2), _sum_partials(db2)
 
 
 def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

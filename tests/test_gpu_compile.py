@@ -54,7 +54,7 @@ def test_kernels_compile_for_gpu():
 
 # ---- the subprocess ----------------------------------------------------------------------------
 
-_PTR_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64"}
+_PTR_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32"}
 
 
 def _record_launches():
@@ -103,7 +103,7 @@ def _signature(kernel, args, constexprs):
     return sig
 
 
-def _exercise():
+def _exercise(launches):
     """Runs forward and backward over the cases that pick different kernel variants."""
     import torch
 
@@ -175,6 +175,45 @@ def _exercise():
                 )
     hz.ONE_LAUNCH_MAX_BATCH = 0
 
+    # The streamed forward and backward (x past L2): every dtype and layout, act x gate,
+    # biases, the residual tail and both backward tails; chunks of 1, 16 and 64 samples.
+    def stream_l2(x, lag):
+        hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * lag * x[0].numel() * x.element_size()
+
+    grads = (True, True, True, True, True)
+    for dtype in dtypes:
+        for layout in ("nchw", "channels_last"):
+            for c, r, act, gate, bias in ((65, 4, "relu", "sigmoid", False), (960, 240, "silu", "hard_sigmoid", True)):
+                if c == 960 and (dtype, layout) != (torch.bfloat16, "channels_last"):
+                    continue  # BLOCK_R = 256 once
+                x = torch.randn(12, c, 7, 7, dtype=dtype)
+                if layout == "channels_last":
+                    x = x.to(memory_format=torch.channels_last)
+                w1, w2 = torch.randn(r, c), torch.randn(c, r)
+                b1, b2 = (torch.randn(r), torch.randn(c)) if bias else (None, None)
+                hz.STREAM_WEIGHT_RATIO = 0.01
+                stream_l2(x, 8)
+                y, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+                ops.squeeze_excite_backward(y, x, z, s, a, w1, b1, w2, b2, act, gate, *grads)
+                residual, d = torch.randn_like(x), torch.rand(12, dtype=dtype)
+                y, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate, residual, d, "relu")
+                for need_dres in (True, False):
+                    ops.squeeze_excite_backward(
+                        y, x, z, s, a, w1, b1, w2, b2, act, gate, *grads, need_dres, d, y
+                    )  # fmt: skip
+    for b, chunk in ((40, 16), (200, 64)):
+        x = torch.randn(b, 65, 7, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+        w1, w2 = torch.randn(4, 65), torch.randn(65, 4)
+        hz.STREAM_WEIGHT_RATIO = chunk * x[0].numel() * 2 / (2 * 65 * 4 * 4)
+        stream_l2(x, 2 * chunk)
+        y, z, s, a = ops.squeeze_excite(x, w1, None, w2, None, "relu", "sigmoid")
+        assert launches[-1][0].__name__ == "_se_fwd_stream_kernel" and launches[-1][2]["EX_BLOCK_B"] == chunk
+        hz.STREAM_WEIGHT_RATIO *= 2  # the backward's samples are twice the bytes (g and x)
+        stream_l2(x, 4 * chunk)
+        ops.squeeze_excite_backward(y, x, z, s, a, w1, None, w2, None, "relu", "sigmoid", *grads)
+        assert launches[-1][0].__name__ == "_se_bwd_stream_kernel" and launches[-1][2]["EX_BLOCK_B"] == chunk
+    hz.l2_bytes = lambda device: hz.DEFAULT_L2_BYTES
+
     # The residual tail in the scale pass (shortcut, drop-path's factor, ReLU) and its backward
     # passes (masked by the output, the shortcut's gradient written or not).
     for dtype in dtypes:
@@ -202,7 +241,7 @@ def _main(arch: str) -> int:
     from triton.compiler import ASTSource
 
     launches = _record_launches()
-    _exercise()
+    _exercise(launches)
     target = GPUTarget("cuda", int(arch), 32)
     seen = set()
     for kernel, args, constexprs, num_warps in launches:
