@@ -306,17 +306,31 @@ class _Progress:
             sys.stderr.flush()
 
 
-def fused_path(x: torch.Tensor, shape: SEShape) -> str:
-    """The fused provider's path for x: "triton 1-launch" where the forward runs as one launch
-    (small batches), "triton 3-pass" otherwise; "decomposed" or "reference" off the kernels."""
+def fused_path(x: torch.Tensor, shape: SEShape, mode: str = "fwd", tail: bool = False) -> str:
+    """The fused provider's path for x in this mode: "triton 3-pass", "triton 1-launch" (the
+    forward of small batches) or "triton stream" (x past L2), as "triton <fwd> fwd, <bwd> bwd"
+    where fwd+bwd mixes two; "decomposed" or "reference" off the kernels."""
     from . import backend_for
 
     backend = backend_for(x)
     if backend != "triton":
         return backend
-    from .kernels import one_launch_forward
+    from .kernels import one_launch_forward, stream_backward, stream_forward
 
-    return "triton 1-launch" if one_launch_forward(x, shape.hidden) else "triton 3-pass"
+    fwd = (
+        "1-launch"
+        if one_launch_forward(x, shape.hidden)
+        else "stream"
+        if stream_forward(x, shape.hidden) is not None
+        else "3-pass"
+    )
+    # the tail's backward reads the ReLU's output and writes the shortcut's gradient
+    bwd = "stream" if stream_backward(x, x, shape.hidden, x if tail else None, tail) is not None else "3-pass"
+    if mode == "fwd" or (mode == "fwd+bwd" and fwd == bwd):
+        return f"triton {fwd}"
+    if mode == "bwd":
+        return f"triton {bwd}"
+    return f"triton {fwd} fwd, {bwd} bwd"
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -345,7 +359,7 @@ def run(args: argparse.Namespace) -> list[dict]:
             minimal, own = traffic_bytes(mode, x_bytes, provider, args.tail)
             # Which code ran: the fused provider's kernels (and which forward), its torch-ops
             # kernel or the reference, or torch's own.
-            path = fused_path(x, shape) if provider == "fused" else "torch"
+            path = fused_path(x, shape, mode, args.tail) if provider == "fused" else "torch"
             if not path.startswith("triton"):
                 own = None  # the kernels' own traffic says nothing of the CPU paths
             case_rows[provider] = {

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fused_se import _dispatch, bench
+from fused_se.kernels import heuristics as hz
 
 
 def test_defaults():
@@ -157,7 +158,15 @@ def test_module_entry_point_help():
         assert option in done.stdout
 
 
-def test_rows_name_the_forward_path(one_launch, device):
+def test_rows_name_the_path(one_launch, device, monkeypatch):
     shape = bench.SEShape(32, 4, 4, 2)
-    assert bench.fused_path(torch.randn(2, 32, 4, 4, device=device), shape) == "triton 1-launch"
-    assert bench.fused_path(torch.randn(9, 32, 4, 4, device=device), shape) == "triton 3-pass"
+    small, large = torch.randn(2, 32, 4, 4, device=device), torch.randn(9, 32, 4, 4, device=device)
+    assert bench.fused_path(small, shape) == "triton 1-launch"
+    assert bench.fused_path(small, shape, "fwd+bwd") == "triton 1-launch fwd, 3-pass bwd"
+    assert bench.fused_path(large, shape) == bench.fused_path(large, shape, "fwd+bwd") == "triton 3-pass"
+    # an L2 of four forward samples (two backward ones): x of nine samples streams both ways
+    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 4 * 4 * 4)
+    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
+    assert [bench.fused_path(large, shape, mode) for mode in bench.MODES] == ["triton stream"] * 3
+    # with the tail, the backward touches twice the bytes: a lag of one sample, too short
+    assert bench.fused_path(large, shape, "fwd+bwd", tail=True) == "triton stream fwd, 3-pass bwd"

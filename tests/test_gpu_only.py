@@ -109,3 +109,53 @@ def test_peak_memory_of_a_training_step_is_at_most_eagers(layout):
     eager = EagerSE(shape, conv=False).cuda().to(torch.bfloat16)
     fused = fused_se.FusedSEModule(256, rd_channels=16, bias=True).cuda().to(torch.bfloat16)
     assert peak(fused) <= peak(eager)
+
+
+def _stream_case(tail: bool):
+    """A block whose x is four times the card's L2 (so the streamed passes are chosen), with
+    its inputs, and the paths it took."""
+    from fused_se.kernels import heuristics as hz
+
+    c, h, w, r = 256, 56, 56, 16
+    sample = c * h * w * 2
+    b = max(8, 4 * hz.l2_bytes(torch.device("cuda")) // sample)
+    torch.manual_seed(0)
+    x = torch.randn(b, c, h, w, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    g = torch.randn_like(x)
+    w1 = (torch.randn(r, c, device="cuda") / c**0.5).requires_grad_()
+    w2 = (torch.randn(c, r, device="cuda") / r**0.5).requires_grad_()
+    residual = torch.randn_like(x).requires_grad_() if tail else None
+    d = torch.rand(b, device="cuda") if tail else None
+
+    def run():
+        xg = x.detach().requires_grad_()
+        with record_launches() as launched:
+            kw = {"residual": residual, "out_act": "relu", "sample_scale": d} if tail else {}
+            y = fused_se.squeeze_excite(xg, w1, None, w2, **kw)
+            wrt = [xg, w1, w2] + ([residual] if tail else [])
+            grads = torch.autograd.grad(y, wrt, g)
+        return [y, *grads], launched
+
+    return run
+
+
+@cuda
+@pytest.mark.parametrize("tail", [False, True], ids=["plain", "relu-tail"])
+def test_streamed_passes_repeat_bit_for_bit_and_match_three_launches(tail, monkeypatch):
+    """The streamed forward and backward wait on flags across programs: run twenty times, every
+    output must be the same bits (a race would show as a difference), and match the
+    three-launch path to bf16 rounding."""
+    from fused_se.kernels import heuristics as hz
+
+    run = _stream_case(tail)
+    first, launched = run()
+    assert launched == ["se_fwd_stream", "se_bwd_stream"], launched
+    for _ in range(20):
+        again, _ = run()
+        for a, b in zip(first, again):
+            assert torch.equal(a, b)
+    monkeypatch.setattr(hz, "STREAM_MAX_CHUNK", 0)  # no chunk fits: the three launches
+    three, launched = run()
+    assert "se_fwd_stream" not in launched and "se_bwd_stream" not in launched
+    for name, a, b in zip(["y", "dx", "dw1", "dw2", "dres"], first, three):
+        torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=name)
