@@ -26,13 +26,21 @@ C x C FC, a k-tap conv across channels) around the same squeeze and scale passes
 
 A residual block's tail rides on the same passes: the scale computes act(x * s * d[b] + r)
 (drop-path's per-sample factor d, the shortcut r, a ReLU), scale_bwd masks g by the ReLU's
-output and writes the shortcut's gradient, and the dx pass reads it. For small batches of the
-two-FC form, se_fwd_one_launch runs the whole forward in one launch, a program per sample.
+output and writes the shortcut's gradient, and the dx pass reads it.
 
 So 3N forward and 4N backward. Everything between the passes is O(B*C) and fp32 (fp64 for
 fp64 inputs, so that gradcheck sees exact math); nothing the size of x is allocated besides
-the outputs. No atomics: every reduction has a fixed order, so the same input gives the same
-bits on every run.
+the outputs. No atomics on values: every reduction has a fixed order, so the same input gives
+the same bits on every run.
+
+Two more paths for the two-FC form. For small batches, se_fwd_one_launch runs the whole
+forward in one launch, a program per sample. Where x is past L2, se_fwd_stream and
+se_bwd_stream run each direction as one persistent launch over tickets (_stream_ticket): a
+sample's second pass follows its first closely enough to re-read it from L2, so 2N forward and
+3N backward come from memory. The last first-pass tile of a chunk of samples runs the chunk's
+excitation (_excite_fwd_block, _excite_bwd_block: the excitation kernels' own bodies), and
+the chunk's second-pass tiles wait for its flag. Atomics there count tickets and set flags
+only; the sums keep their fixed order.
 """
 
 from __future__ import annotations

@@ -159,3 +159,32 @@ def test_streamed_passes_repeat_bit_for_bit_and_match_three_launches(tail, monke
     assert "se_fwd_stream" not in launched and "se_bwd_stream" not in launched
     for name, a, b in zip(["y", "dx", "dw1", "dw2", "dres"], first, three):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2, msg=name)
+
+
+@cuda
+def test_streamed_passes_under_torch_compile(monkeypatch):
+    """Inductor launches the streamed kernels itself (a while loop, atomics on the workspace):
+    the compiled forward and backward give the eager op's bits."""
+    from fused_se.kernels import heuristics as hz
+
+    b, c, h, w, r = 16, 64, 14, 14, 4
+    x = torch.randn(b, c, h, w, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 2)
+    g = torch.randn_like(x)
+    w1 = torch.randn(r, c, device="cuda", requires_grad=True)
+    w2 = torch.randn(c, r, device="cuda", requires_grad=True)
+
+    def run(fn):
+        xg = x.detach().requires_grad_()
+        y = fn(xg)
+        return (y, *torch.autograd.grad(y, [xg, w1, w2], g))
+
+    def se(x):
+        return fused_se.squeeze_excite(x, w1, None, w2)
+
+    with record_launches() as launched:
+        eager = run(se)
+    assert launched == ["se_fwd_stream", "se_bwd_stream"], launched
+    compiled = run(torch.compile(se, fullgraph=True))  # AOTAutograd compiles the backward too
+    for a, b_ in zip(eager, compiled):
+        assert torch.equal(a, b_)

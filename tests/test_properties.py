@@ -22,6 +22,7 @@ from se_testing import (
 )
 
 import fused_se
+from fused_se import kernels
 from fused_se.kernels import heuristics as hz
 
 settings.register_profile(
@@ -73,7 +74,8 @@ def cases(draw):
         "grads": draw(st.lists(st.booleans(), min_size=6, max_size=6)),  # x, 4 weights, the residual
         "tail": draw(st.sampled_from([None, "identity", "relu"])),
         "drop": draw(st.booleans()),
-        "one_launch": draw(st.booleans()),
+        "path": draw(st.sampled_from(["three", "one_launch", "stream"])),
+        "l2_samples": draw(st.sampled_from([2, 4])),  # the streamed passes' L2, in samples of x
     }
 
 
@@ -123,15 +125,27 @@ def test_random_inputs_match_eager(case):
     def eager(x, p, r, d=d):
         return _eager_tail(x, form, p, act, gate, circular, r, case["tail"], d)
 
-    one = case["one_launch"] and form == "mlp" and case["hidden"] <= hz.ONE_LAUNCH_MAX_HIDDEN
-    saved = hz.ONE_LAUNCH_MAX_BATCH
-    hz.ONE_LAUNCH_MAX_BATCH = 8 if case["one_launch"] else 0
+    # The two-FC form's other paths: the one-launch forward (batches up to 8), or the streamed
+    # passes with an L2 of 2 or 4 samples of x (a lag of 2 or 4 forward, about half backward).
+    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO
+    hz.ONE_LAUNCH_MAX_BATCH = 8 if case["path"] == "one_launch" else 0
+    if case["path"] == "stream":
+        hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * case["l2_samples"] * c * h * w * x.element_size()
+        hz.STREAM_WEIGHT_RATIO = 0.01
     try:
+        dense = x if kernels.bchw_strides(x) is not None else x.contiguous()  # as the op copies it
+        if form != "mlp":
+            expect = ["squeeze", FORM_KERNELS[form], "scale"]
+        elif case["path"] == "one_launch" and case["hidden"] <= hz.ONE_LAUNCH_MAX_HIDDEN:
+            expect = ["se_fwd_one_launch"]
+        elif case["path"] == "stream" and kernels.stream_forward(dense, case["hidden"]) is not None:
+            expect = ["se_fwd_stream"]
+        else:
+            expect = ["squeeze", "excite", "scale"]
         with record_launches() as launched:
             ours = _run(fused, x, params, residual, case["grads"], g)
     finally:
-        hz.ONE_LAUNCH_MAX_BATCH = saved
-    expect = ["se_fwd_one_launch"] if one else ["squeeze", FORM_KERNELS[form], "scale"]
+        hz.ONE_LAUNCH_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO = saved
     assert launched[: len(expect)] == expect, launched
     own = _run(eager, x, params, residual, case["grads"], g)
     params64 = [p.double() if p is not None else None for p in params]
