@@ -56,19 +56,21 @@ echo "== converted models against their originals: check_models.py $MODELS_ARGS"
 timeout 60 python "$ROOT/benchmarks/check_models.py" $MODELS_ARGS --json "$OUT/check_models.json" || status=1
 
 # BENCH_ARGS adds to (or overrides) fused-se-bench's default run: SE-ResNet-50's SE shapes, bf16,
-# both layouts, fwd and fwd+bwd, eager / eager-conv / torch.compile / fused.
-BENCH_ARGS="${BENCH_ARGS:-}"
+# both layouts, fwd and fwd+bwd, eager / eager-conv / torch.compile / fused, and fused-3pass (the
+# fused block held to its three launches, against which the streamed paths are weighed).
+BENCH_ARGS="${BENCH_ARGS:---providers eager eager-conv compile fused fused-3pass}"
 PLOT=(--plot "$OUT/bench.png")
 python -c "import matplotlib" 2>/dev/null || { PLOT=(); echo "no matplotlib here: no bench.png"; }
 echo "== fused-se-bench $BENCH_ARGS"
 # shellcheck disable=SC2086
-timeout 100 python -m fused_se.bench $BENCH_ARGS --json "$OUT/bench.json" --csv "$OUT/bench.csv" "${PLOT[@]}" || status=1
+timeout 110 python -m fused_se.bench $BENCH_ARGS --json "$OUT/bench.json" --csv "$OUT/bench.csv" "${PLOT[@]}" || status=1
 
-# The block tail, relu(se(x) + shortcut), on the same shapes: channels_last, eager / compile / fused.
-TAIL_ARGS="${TAIL_ARGS:---layouts channels_last --providers eager compile fused}"
+# The block tail, relu(se(x) + shortcut), on the same shapes: channels_last, eager / compile / fused
+# / fused-3pass.
+TAIL_ARGS="${TAIL_ARGS:---layouts channels_last --providers eager compile fused fused-3pass}"
 echo "== fused-se-bench --tail $TAIL_ARGS"
 # shellcheck disable=SC2086
-timeout 60 python -m fused_se.bench --tail $TAIL_ARGS --json "$OUT/tail.json" --csv "$OUT/tail.csv" || status=1
+timeout 55 python -m fused_se.bench --tail $TAIL_ARGS --json "$OUT/tail.json" --csv "$OUT/tail.csv" || status=1
 
 # Inference at batch 1 (the one-launch forward): channels_last, eager / compile / fused.
 B1_ARGS="${B1_ARGS:---batch 1 --modes fwd --layouts channels_last --providers eager compile fused}"

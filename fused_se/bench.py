@@ -4,6 +4,7 @@
     fused-se-bench --preset efficientnet_b0 --modes fwd --providers eager fused
     fused-se-bench --shapes 32,256,56,56 --dtype fp16 --json out.json --csv out.csv --plot out.png
     fused-se-bench --tail                           SE + residual add + ReLU: a ResNet block's tail
+    fused-se-bench --providers fused fused-3pass    the chosen paths against the three launches
     fused-se-bench --e2e                            training steps of whole timm models
     python -m fused_se.bench --help
 
@@ -13,12 +14,14 @@ eager and against torch.compile, the effective bandwidth against the minimal tra
 block (N = bytes of x: 2N forward, 3N backward, 5N forward+backward) and against the
 implementation's own traffic where it is known (fused: 3N, 4N, 7N), the percent of a
 device-to-device copy's bandwidth measured in the same run, the peak memory of a training step
-and the kernel launches per call (from the profiler, on a GPU).
+and the kernel launches per call (from the profiler, on a GPU). fused-3pass is the fused block
+held to its three-launch passes (the one-launch and streamed paths off).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime
 import json
@@ -26,6 +29,8 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -88,7 +93,10 @@ FUSED_TRAFFIC = {"fwd": 3, "bwd": 4, "fwd+bwd": 7}
 # (4N + 2N).
 MIN_TRAFFIC_TAIL = {"fwd": 3, "bwd": 5, "fwd+bwd": 8}
 FUSED_TRAFFIC_TAIL = {"fwd": 4, "bwd": 6, "fwd+bwd": 10}
-PROVIDERS = ("eager", "eager-conv", "compile", "compile-max-autotune", "compile-reduce-overhead", "fused")
+PROVIDERS = (
+    "eager", "eager-conv", "compile", "compile-max-autotune", "compile-reduce-overhead", "fused", "fused-3pass",
+)  # fmt: skip
+FUSED = ("fused", "fused-3pass")
 COMPILE_MODES = {
     "compile": None,
     "compile-max-autotune": "max-autotune-no-cudagraphs",
@@ -101,7 +109,7 @@ LAYOUTS = ("nchw", "channels_last")
 def traffic_bytes(mode: str, x_bytes: int, provider: str, tail: bool = False) -> tuple[int, Optional[int]]:
     """(minimal traffic, the provider's own traffic or None where it is not known) in bytes."""
     minimal, fused = (MIN_TRAFFIC_TAIL, FUSED_TRAFFIC_TAIL) if tail else (MIN_TRAFFIC, FUSED_TRAFFIC)
-    own = fused[mode] * x_bytes if provider == "fused" else None
+    own = fused[mode] * x_bytes if provider in FUSED else None
     return minimal[mode] * x_bytes, own
 
 
@@ -167,11 +175,41 @@ def build_provider(
     return (FusedTail(fused) if tail else fused).to(device=device, dtype=dtype)
 
 
+@contextmanager
+def three_launch_paths() -> Iterator[None]:
+    """The fused kernels' three-launch passes only: the one-launch and streamed paths off (the
+    fused-3pass provider, to weigh them against the passes they replace in the same run)."""
+    from .kernels import heuristics as hz
+
+    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK
+    hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK = 0, 0
+    try:
+        yield
+    finally:
+        hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK = saved
+
+
+def _in_three_launch_paths(fn: Callable[[], object]) -> Callable[[], object]:
+    def call():
+        with three_launch_paths():
+            return fn()
+
+    return call
+
+
 def make_call(
-    module: nn.Module, x: torch.Tensor, grad: torch.Tensor, mode: str, shortcut: Optional[torch.Tensor] = None
+    module: nn.Module,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    mode: str,
+    shortcut: Optional[torch.Tensor] = None,
+    three_pass: bool = False,
 ) -> Callable[[], object]:
     """One call of the mode: forward without grad, backward alone (the graph kept), or both.
     With a shortcut (the tail), the module takes it as its second input, and it gets a gradient."""
+    if three_pass:
+        with three_launch_paths():  # the "bwd" call's forward runs here
+            return _in_three_launch_paths(make_call(module, x, grad, mode, shortcut))
     extra = () if shortcut is None else (shortcut,)
     if mode == "fwd":
 
@@ -354,12 +392,16 @@ def run(args: argparse.Namespace) -> list[dict]:
         for provider in args.providers:
             progress.step(f"{shape.label()} {layout} {mode} {provider}")
             module = build_provider(provider, shape, device, dtype, args.tail)
-            call = make_call(module, x, grad, mode, shortcut)
+            three_pass = provider == "fused-3pass"
+            call = make_call(module, x, grad, mode, shortcut, three_pass)
             median, p20, p80 = time_ms(call, device, args.warmup, args.reps)
             minimal, own = traffic_bytes(mode, x_bytes, provider, args.tail)
-            # Which code ran: the fused provider's kernels (and which forward), its torch-ops
+            # Which code ran: the fused provider's kernels (and which paths), its torch-ops
             # kernel or the reference, or torch's own.
-            path = fused_path(x, shape, mode, args.tail) if provider == "fused" else "torch"
+            path = "torch"
+            if provider in FUSED:
+                with three_launch_paths() if three_pass else contextlib.nullcontext():
+                    path = fused_path(x, shape, mode, args.tail)
             if not path.startswith("triton"):
                 own = None  # the kernels' own traffic says nothing of the CPU paths
             case_rows[provider] = {
@@ -388,7 +430,9 @@ def run(args: argparse.Namespace) -> list[dict]:
                 "copy_gbs": copy_gbs,
                 "pct_of_copy": 100 * minimal / median / 1e6 / copy_gbs,
                 "peak_mem_mb": (
-                    peak_memory_mb(make_call(module, x, grad, mode, shortcut), device) if mode != "fwd" else None
+                    peak_memory_mb(make_call(module, x, grad, mode, shortcut, three_pass), device)
+                    if mode != "fwd"
+                    else None
                 ),
                 "launches": kernel_launches(call, device),
             }

@@ -74,7 +74,11 @@ STREAM_MIN_LAG_CHUNKS = 2  # LAG is at least two chunks: one is excited while th
 STREAM_WEIGHT_RATIO = 16
 STREAM_MAX_CHUNK = 64
 STREAM_TILE = 32768  # elements of x per ticket at most
-STREAM_PROGRAMS_PER_SM = 4
+# Elements of x a stream program holds at a time. The kernel carries the streaming loops and
+# the excitation: at 8 warps ptxas gives it about 110 registers with 2048-element tiles (about
+# 230 with 4096), so that two programs fit on an SM; that many are launched per SM.
+STREAM_BLOCK_TILE = 2048
+STREAM_PROGRAMS_PER_SM = 2
 
 
 def next_pow2(n: int) -> int:
@@ -254,7 +258,7 @@ def stream_config(
     lag = (l2 // STREAM_L2_FRACTION // sample_bytes) // chunk * chunk
     if lag < STREAM_MIN_LAG_CHUNKS * chunk or lag >= b:
         return None  # a chunk pair does not fit in L2, or all of x does (three launches re-read it from L2)
-    block_c, block_hw = _stream_tile(channels_last, c, hw, SCALE_TILE)
+    block_c, block_hw = _stream_tile(channels_last, c, hw, STREAM_BLOCK_TILE)
     steps = max(1, STREAM_TILE // (block_c * block_hw))
     hw_tile = min(block_hw * steps, cdiv(hw, block_hw) * block_hw)
     c_blocks, hw_tiles = cdiv(c, block_c), cdiv(hw, hw_tile)

@@ -170,3 +170,26 @@ def test_rows_name_the_path(one_launch, device, monkeypatch):
     assert [bench.fused_path(large, shape, mode) for mode in bench.MODES] == ["triton stream"] * 3
     # with the tail, the backward touches twice the bytes: a lag of one sample, too short
     assert bench.fused_path(large, shape, "fwd+bwd", tail=True) == "triton stream fwd, 3-pass bwd"
+
+
+def test_three_pass_provider_holds_the_fused_block_to_three_launches(device, monkeypatch):
+    """fused-3pass weighs the chosen paths against the passes they replace: where the fused
+    block streams, it runs the three launches each way, in every mode."""
+    from se_testing import BACKWARD_KERNELS, FORWARD_KERNELS, record_launches
+
+    shape = bench.SEShape(32, 4, 4, 2)
+    x = torch.randn(9, 32, 4, 4, device=device)
+    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 4)
+    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
+    expect = {
+        "fused": {"fwd": ["se_fwd_stream"], "bwd": ["se_bwd_stream"], "fwd+bwd": ["se_fwd_stream", "se_bwd_stream"]},
+        "fused-3pass": {"fwd": FORWARD_KERNELS, "bwd": BACKWARD_KERNELS, "fwd+bwd": FORWARD_KERNELS + BACKWARD_KERNELS},
+    }
+    for provider in bench.FUSED:
+        module = bench.build_provider(provider, shape, device, torch.float32)
+        for mode in bench.MODES:
+            call = bench.make_call(module, x, torch.randn_like(x), mode, three_pass=provider == "fused-3pass")
+            with record_launches() as launched:
+                call()
+            assert launched == expect[provider][mode], (provider, mode)
+    assert (hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK) == (0, 64)  # restored (the suite keeps one-launch off)

@@ -41,7 +41,7 @@ VARIANTS = [
 def _small_tiles(monkeypatch, device):
     """Tiles of a few dozen elements, so that a small sample spans several tickets; tensors
     made without a device go to the test device."""
-    monkeypatch.setattr(hz, "SCALE_TILE", 64)
+    monkeypatch.setattr(hz, "STREAM_BLOCK_TILE", 64)
     monkeypatch.setattr(hz, "STREAM_TILE", 64)
     monkeypatch.setattr(hz, "MAX_BLOCK_HW_STREAM", 32)
     with torch.device(device):
