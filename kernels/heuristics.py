@@ -74,11 +74,16 @@ STREAM_MIN_LAG_CHUNKS = 2  # LAG is at least two chunks: one is excited while th
 STREAM_WEIGHT_RATIO = 16
 STREAM_MAX_CHUNK = 64
 STREAM_TILE = 32768  # elements of x per ticket at most
-# Elements of x a stream program holds at a time. The kernel carries the streaming loops and
-# the excitation: at 8 warps ptxas gives it about 110 registers with 2048-element tiles (about
-# 230 with 4096), so that two programs fit on an SM; that many are launched per SM.
-STREAM_BLOCK_TILE = 2048
-STREAM_PROGRAMS_PER_SM = 2
+# A stream kernel carries the streaming loops and the excitation, and ptxas, free to use 255
+# registers a thread at 8 warps, took 180-255 for it (sm_90): one 8-warp program per SM. At 16
+# warps it must fit in 128, and does with 4096-element tiles and the excitation's channel block
+# at 16: no spill forward; backward, 12-84 bytes of spill in some variants and up to 180 at a
+# hidden width of 128 (over 500 at 256, hence the limit). So: one 16-warp program per SM.
+STREAM_BLOCK_TILE = 4096
+STREAM_NUM_WARPS = 16
+STREAM_PROGRAMS_PER_SM = 1
+STREAM_EXCITE_BLOCK_C = 16
+STREAM_MAX_HIDDEN = 128
 
 
 def next_pow2(n: int) -> int:
@@ -255,6 +260,8 @@ def stream_config(
     # fp64 (gradcheck) multiplies through broadcasts sized for MIN_DOT rows, not tl.dot
     if chunk > (MIN_DOT if x_dtype == torch.float64 else STREAM_MAX_CHUNK) or sample_bytes <= 0:
         return None
+    if r > STREAM_MAX_HIDDEN:
+        return None
     lag = (l2 // STREAM_L2_FRACTION // sample_bytes) // chunk * chunk
     if lag < STREAM_MIN_LAG_CHUNKS * chunk or lag >= b:
         return None  # a chunk pair does not fit in L2, or all of x does (three launches re-read it from L2)
@@ -264,9 +271,12 @@ def stream_config(
     c_blocks, hw_tiles = cdiv(c, block_c), cdiv(hw, hw_tile)
     programs = max(1, min(2 * b * c_blocks * hw_tiles, sms * STREAM_PROGRAMS_PER_SM))
     ex_c, ex_r = _excite_blocks(c, r, x_dtype)
+    ex_c = min(ex_c, STREAM_EXCITE_BLOCK_C)
     ex_b = max(MIN_DOT, chunk)
-    excite = ExciteConfig(ex_b, ex_c, ex_r, 1, _dot_tf32(x_dtype), num_warps=8)
-    return StreamConfig(block_c, block_hw, hw_tile, c_blocks, hw_tiles, chunk, lag, programs, excite, num_warps=8)
+    excite = ExciteConfig(ex_b, ex_c, ex_r, 1, _dot_tf32(x_dtype), num_warps=STREAM_NUM_WARPS)
+    return StreamConfig(
+        block_c, block_hw, hw_tile, c_blocks, hw_tiles, chunk, lag, programs, excite, num_warps=STREAM_NUM_WARPS
+    )
 
 
 def _excite_blocks(c: int, r: int, x_dtype: torch.dtype) -> tuple[int, int]:

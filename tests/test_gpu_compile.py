@@ -176,16 +176,17 @@ def _exercise(launches):
     hz.ONE_LAUNCH_MAX_BATCH = 0
 
     # The streamed forward and backward (x past L2): every dtype and layout, act x gate,
-    # biases, the residual tail and both backward tails; chunks of 1, 16 and 64 samples.
+    # biases, the residual tail and both backward tails; chunks of 1, 16 and 64 samples. Each
+    # launch must be the streamed kernel (asserted below), or the variants would go unchecked.
     def stream_l2(x, lag):
         hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * lag * x[0].numel() * x.element_size()
 
     grads = (True, True, True, True, True)
     for dtype in dtypes:
         for layout in ("nchw", "channels_last"):
-            for c, r, act, gate, bias in ((65, 4, "relu", "sigmoid", False), (960, 240, "silu", "hard_sigmoid", True)):
+            for c, r, act, gate, bias in ((65, 4, "relu", "sigmoid", False), (960, 120, "silu", "hard_sigmoid", True)):
                 if c == 960 and (dtype, layout) != (torch.bfloat16, "channels_last"):
-                    continue  # BLOCK_R = 256 once
+                    continue  # the widest hidden layer the streamed paths take (BLOCK_R = 128), once
                 x = torch.randn(12, c, 7, 7, dtype=dtype)
                 if layout == "channels_last":
                     x = x.to(memory_format=torch.channels_last)
@@ -194,13 +195,16 @@ def _exercise(launches):
                 hz.STREAM_WEIGHT_RATIO = 0.01
                 stream_l2(x, 8)
                 y, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+                assert launches[-1][0].__name__ == "_se_fwd_stream_kernel"
                 ops.squeeze_excite_backward(y, x, z, s, a, w1, b1, w2, b2, act, gate, *grads)
+                assert launches[-1][0].__name__ == "_se_bwd_stream_kernel"
                 residual, d = torch.randn_like(x), torch.rand(12, dtype=dtype)
                 y, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate, residual, d, "relu")
                 for need_dres in (True, False):
                     ops.squeeze_excite_backward(
                         y, x, z, s, a, w1, b1, w2, b2, act, gate, *grads, need_dres, d, y
                     )  # fmt: skip
+                    assert launches[-1][0].__name__ == "_se_bwd_stream_kernel"
     for b, chunk in ((40, 16), (200, 64)):
         x = torch.randn(b, 65, 7, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
         w1, w2 = torch.randn(4, 65), torch.randn(65, 4)

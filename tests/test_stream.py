@@ -246,6 +246,12 @@ def test_chunk_is_the_smallest_power_of_two_past_the_weights(ratio, chunk, monke
         assert cfg.lag % cfg.chunk == 0 and cfg.excite.block_b >= cfg.chunk
 
 
+@pytest.mark.parametrize(("r", "stream"), [(128, True), (129, False)])
+def test_hidden_threshold(r, stream):
+    assert hz.STREAM_MAX_HIDDEN == 128
+    assert (_config(b=1000, c=16, r=r, sample_bytes=1 << 20, lag=4) is not None) == stream
+
+
 @pytest.mark.parametrize(("chunk", "stream"), [(16, True), (32, False)])
 def test_fp64_chunks_of_sixteen_at_most(chunk, stream, monkeypatch):
     monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", chunk)
