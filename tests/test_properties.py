@@ -57,9 +57,10 @@ def _make_x(b, c, h, w, dtype, layout, device):
 @st.composite
 def cases(draw):
     form = draw(st.sampled_from(["mlp", "fc", "conv"]))
+    path = draw(st.sampled_from(["three", "one_launch", "stream"]))
     return {
         "form": form,
-        "b": draw(st.integers(1, 5)),
+        "b": draw(st.integers(3, 9) if path == "stream" else st.integers(1, 5)),
         "c": draw(st.integers(1, 40)),
         "h": draw(st.integers(1, 9)),
         "w": draw(st.integers(1, 9)),
@@ -74,7 +75,7 @@ def cases(draw):
         "grads": draw(st.lists(st.booleans(), min_size=6, max_size=6)),  # x, 4 weights, the residual
         "tail": draw(st.sampled_from([None, "identity", "relu"])),
         "drop": draw(st.booleans()),
-        "path": draw(st.sampled_from(["three", "one_launch", "stream"])),
+        "path": path,
         "l2_samples": draw(st.sampled_from([2, 4])),  # the streamed passes' L2, in samples of x
     }
 
