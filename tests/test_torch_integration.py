@@ -240,3 +240,20 @@ def test_onnx_export_is_made_of_standard_ops(tmp_path):
     with torch.no_grad():
         expected = model(x)
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=1e-4, atol=1e-5)
+
+
+def test_opcheck_on_the_streamed_paths(monkeypatch):
+    """The streamed forward and backward (an L2 of four samples here) against the twin's fake
+    tensors and the schema, as the three-launch path above."""
+    from fused_se.kernels import heuristics as hz
+
+    x = torch.randn(5, 8, 3, 3).requires_grad_()
+    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * x[0].numel() * x.element_size())
+    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.01)
+    w1, b1, w2, b2 = (torch.randn(*s).requires_grad_() for s in ((3, 8), (3,), (8, 3), (8,)))
+    with record_launches() as launched:
+        _opcheck(ops.squeeze_excite, (x, w1, b1, w2, b2, "silu", "hard_sigmoid"))
+        _, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, "silu", "hard_sigmoid")
+        tensors = [t.detach() for t in (torch.randn_like(x), x, z, s, a, w1, b1, w2, b2)]
+        _opcheck(ops.squeeze_excite_backward, (*tensors, "silu", "hard_sigmoid", True, True, True, True, True))
+    assert "se_fwd_stream" in launched and "se_bwd_stream" in launched, launched
