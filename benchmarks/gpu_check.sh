@@ -72,8 +72,9 @@ echo "== fused-se-bench --tail $TAIL_ARGS"
 # shellcheck disable=SC2086
 timeout 55 python -m fused_se.bench --tail $TAIL_ARGS --json "$OUT/tail.json" --csv "$OUT/tail.csv" || status=1
 
-# Inference at batch 1 (the one-launch forward): channels_last, eager / compile / fused.
-B1_ARGS="${B1_ARGS:---batch 1 --modes fwd --layouts channels_last --providers eager compile fused}"
+# Inference at batch 1 (the one-launch or spread forward): channels_last, eager / compile / fused /
+# fused-3pass.
+B1_ARGS="${B1_ARGS:---batch 1 --modes fwd --layouts channels_last --providers eager compile fused fused-3pass}"
 echo "== fused-se-bench $B1_ARGS"
 # shellcheck disable=SC2086
 timeout 30 python -m fused_se.bench $B1_ARGS --json "$OUT/batch1.json" --csv "$OUT/batch1.csv" || status=1

@@ -15,7 +15,7 @@ block (N = bytes of x: 2N forward, 3N backward, 5N forward+backward) and against
 implementation's own traffic where it is known (fused: 3N, 4N, 7N), the percent of a
 device-to-device copy's bandwidth measured in the same run, the peak memory of a training step
 and the kernel launches per call (from the profiler, on a GPU). fused-3pass is the fused block
-held to its three-launch passes (the one-launch and streamed paths off).
+held to its three-launch passes (the one-launch, spread and streamed paths off).
 """
 
 from __future__ import annotations
@@ -177,16 +177,16 @@ def build_provider(
 
 @contextmanager
 def three_launch_paths() -> Iterator[None]:
-    """The fused kernels' three-launch passes only: the one-launch and streamed paths off (the
+    """The fused kernels' three-launch passes only: the one-launch, spread and streamed paths off (the
     fused-3pass provider, to weigh them against the passes they replace in the same run)."""
     from .kernels import heuristics as hz
 
-    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK
-    hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK = 0, 0
+    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK
+    hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK = 0, 0, 0
     try:
         yield
     finally:
-        hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK = saved
+        hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK = saved
 
 
 def _in_three_launch_paths(fn: Callable[[], object]) -> Callable[[], object]:
@@ -345,23 +345,25 @@ class _Progress:
 
 
 def fused_path(x: torch.Tensor, shape: SEShape, mode: str = "fwd", tail: bool = False) -> str:
-    """The fused provider's path for x in this mode: "triton 3-pass", "triton 1-launch" (the
-    forward of small batches) or "triton stream" (x past L2), as "triton <fwd> fwd, <bwd> bwd"
-    where fwd+bwd mixes two; "decomposed" or "reference" off the kernels."""
+    """The fused provider's path for x in this mode: "triton 3-pass", "triton 1-launch" or
+    "triton spread" (forwards of small batches) or "triton stream" (x past L2), as
+    "triton <fwd> fwd, <bwd> bwd" where fwd+bwd mixes two; "decomposed" or "reference" off the
+    kernels."""
     from . import backend_for
 
     backend = backend_for(x)
     if backend != "triton":
         return backend
-    from .kernels import one_launch_forward, stream_backward, stream_forward
+    from .kernels import one_launch_forward, spread_forward, stream_backward, stream_forward
 
-    fwd = (
-        "1-launch"
-        if one_launch_forward(x, shape.hidden)
-        else "stream"
-        if stream_forward(x, shape.hidden) is not None
-        else "3-pass"
-    )
+    if stream_forward(x, shape.hidden) is not None:
+        fwd = "stream"
+    elif one_launch_forward(x, shape.hidden):
+        fwd = "1-launch"
+    elif spread_forward(x, shape.hidden) is not None:
+        fwd = "spread"
+    else:
+        fwd = "3-pass"
     # the tail's backward reads the ReLU's output and writes the shortcut's gradient
     bwd = "stream" if stream_backward(x, x, shape.hidden, x if tail else None, tail) is not None else "3-pass"
     if mode == "fwd" or (mode == "fwd+bwd" and fwd == bwd):

@@ -7,9 +7,10 @@ Three excitation forms share the squeeze and scale passes:
 
 Forward: squeeze, excite, scale (three launches, 3N bytes). Backward: scale_bwd, excite_bwd,
 squeeze_scale_bwd (three launches, 4N bytes). The two-FC form has two more paths, chosen by
-kernels.heuristics: for small batches, a one-launch forward (a program per sample); where x is
-past L2, a streamed forward and backward (one persistent launch each, whose second pass over a
-sample re-reads it from L2: 2N and 3N bytes). Each forward op returns (y, z, s, a): the output,
+kernels.heuristics: where x is past L2, a streamed forward and backward (one persistent launch
+each, whose second pass over a sample re-reads it from L2: 2N and 3N bytes); for small
+batches, a one-launch forward (a program per sample, for small samples and weights) or a
+spread one (one persistent launch over every SM, the excitation spread over the programs). Each forward op returns (y, z, s, a): the output,
 and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
 unless the gate's backward needs it). Saved for backward: x, the weights, z, s and a.
 
@@ -149,13 +150,17 @@ def squeeze_excite(
     impl = _impl(x)
     if impl is kernels:
         d, relu = _sample_factor(sample_scale, x), out_act == "relu"
-        if kernels.one_launch_forward(x, w1.shape[0]):
-            # small batches: squeeze, excite and scale in one launch, one program per sample
-            return kernels.se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, relu)
         stream = kernels.stream_forward(x, w1.shape[0])
         if stream is not None:
             # x past L2: one persistent launch, whose scale re-reads each sample from L2
             return kernels.se_fwd_stream(x, w1, b1, w2, b2, act, gate, d, residual, relu, stream)
+        if kernels.one_launch_forward(x, w1.shape[0]):
+            # small batches of small samples: one launch, one program per sample
+            return kernels.se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, relu)
+        spread = kernels.spread_forward(x, w1.shape[0])
+        if spread is not None:
+            # other small batches: one persistent launch over every SM, the excitation's too
+            return kernels.se_fwd_spread(x, w1, b1, w2, b2, act, gate, d, residual, relu, spread)
     zsum = impl.squeeze_fwd(x)
     z, s, a = impl.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a

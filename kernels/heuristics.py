@@ -85,6 +85,15 @@ STREAM_PROGRAMS_PER_SM = 1
 STREAM_EXCITE_BLOCK_C = 16
 STREAM_MAX_HIDDEN = 128
 
+# Spread forward (two-FC form, small batches): one persistent launch over every SM that runs
+# the squeeze tiles (each with its product by a block of W1's columns), then a gate ticket per
+# (sample, channel block), then the scale tiles, each kind waiting for what it needs behind a
+# count or a flag. W1 and W2 are read once, by many programs; up to this many samples:
+SPREAD_MAX_BATCH = 8
+# The one-launch forward (one program per sample, no flags) instead where one program's reads,
+# its sample and both weights, are at most this many bytes.
+ONE_LAUNCH_MAX_PROGRAM_BYTES = 256 * 1024
+
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
@@ -199,13 +208,50 @@ class OneLaunchConfig:
     num_warps: int
 
 
-def one_launch_forward(b: int, c: int, hw: int, r: int, x_bytes: int, l2: int) -> bool:
-    """Whether the MLP form's forward runs as one launch (see ONE_LAUNCH_*)."""
+def one_launch_forward(b: int, c: int, hw: int, r: int, x_bytes: int, l2: int, acc_bytes: int = 4) -> bool:
+    """Whether the MLP form's forward runs as one launch, a program per sample (see ONE_LAUNCH_*)."""
+    program_bytes = (x_bytes // b if b else 0) + 2 * c * r * acc_bytes
     return (
         1 <= b <= ONE_LAUNCH_MAX_BATCH
         and r <= ONE_LAUNCH_MAX_HIDDEN
         and x_bytes <= min(ONE_LAUNCH_MAX_BYTES, l2 // ONE_LAUNCH_L2_FRACTION)
+        and program_bytes <= ONE_LAUNCH_MAX_PROGRAM_BYTES
     )
+
+
+@dataclass(frozen=True)
+class SpreadConfig:
+    """The spread forward: see SPREAD_*."""
+
+    block_c: int
+    block_hw: int
+    hw_tile: int  # HW positions of a squeeze or scale ticket, a multiple of block_hw
+    c_blocks: int
+    hw_tiles: int
+    block_r: int
+    programs: int
+    num_warps: int
+
+    @property
+    def tiles(self) -> int:
+        """Squeeze (and scale) tickets per sample."""
+        return self.c_blocks * self.hw_tiles
+
+
+def spread_config(b: int, c: int, hw: int, r: int, channels_last: bool, sms: int) -> Optional[SpreadConfig]:
+    """The spread forward, or None where it does not apply (more than SPREAD_MAX_BATCH samples,
+    a hidden layer past STREAM_MAX_HIDDEN, or nothing to do)."""
+    if not 1 <= b <= SPREAD_MAX_BATCH or r > STREAM_MAX_HIDDEN or c * hw == 0:
+        return None
+    block_r = next_pow2(r)
+    block_c, block_hw = _stream_tile(channels_last, c, hw, STREAM_BLOCK_TILE)
+    # the (BLOCK_R, BLOCK_C) weight tiles share the channel block
+    block_c = max(1, min(block_c, STREAM_BLOCK_TILE // block_r))
+    steps = max(1, STREAM_TILE // (block_c * block_hw))
+    hw_tile = min(block_hw * steps, cdiv(hw, block_hw) * block_hw)
+    c_blocks, hw_tiles = cdiv(c, block_c), cdiv(hw, hw_tile)
+    programs = max(1, min(b * c_blocks * hw_tiles, sms * STREAM_PROGRAMS_PER_SM))
+    return SpreadConfig(block_c, block_hw, hw_tile, c_blocks, hw_tiles, block_r, programs, STREAM_NUM_WARPS)
 
 
 def one_launch_config(c: int, hw: int, r: int, channels_last: bool) -> OneLaunchConfig:

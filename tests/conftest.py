@@ -25,10 +25,11 @@ except ModuleNotFoundError as e:  # fused_se imported from the source tree, wher
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-# The tests' small batches would all take the one-launch forward: it is off for the whole
-# session (module-scoped fixtures included) unless a test turns it on with the `one_launch`
-# fixture, so that the rest exercise the three-launch path.
+# The tests' small batches would all take the one-launch or the spread forward: both are off
+# for the whole session (module-scoped fixtures included) unless a test turns them on with the
+# `one_launch` or `spread` fixture, so that the rest exercise the three-launch path.
 se_kernels.hz.ONE_LAUNCH_MAX_BATCH = 0
+se_kernels.hz.SPREAD_MAX_BATCH = 0
 
 
 def pytest_report_header(config):
@@ -49,6 +50,12 @@ def _poison_and_seed(monkeypatch):
 def one_launch(monkeypatch):
     """The one-launch forward on for batches up to 8, as the library ships it."""
     monkeypatch.setattr(se_kernels.hz, "ONE_LAUNCH_MAX_BATCH", 8)
+
+
+@pytest.fixture
+def spread(monkeypatch):
+    """The spread forward on for batches up to 8, as the library ships it."""
+    monkeypatch.setattr(se_kernels.hz, "SPREAD_MAX_BATCH", 8)
 
 
 @pytest.fixture

@@ -158,11 +158,14 @@ def test_module_entry_point_help():
         assert option in done.stdout
 
 
-def test_rows_name_the_path(one_launch, device, monkeypatch):
+def test_rows_name_the_path(one_launch, spread, device, monkeypatch):
     shape = bench.SEShape(32, 4, 4, 2)
     small, large = torch.randn(2, 32, 4, 4, device=device), torch.randn(9, 32, 4, 4, device=device)
     assert bench.fused_path(small, shape) == "triton 1-launch"
     assert bench.fused_path(small, shape, "fwd+bwd") == "triton 1-launch fwd, 3-pass bwd"
+    with monkeypatch.context() as m:
+        m.setattr(hz, "ONE_LAUNCH_MAX_PROGRAM_BYTES", 0)
+        assert bench.fused_path(small, shape) == "triton spread"
     assert bench.fused_path(large, shape) == bench.fused_path(large, shape, "fwd+bwd") == "triton 3-pass"
     # an L2 of four forward samples (two backward ones): x of nine samples streams both ways
     monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 4 * 4 * 4)
@@ -192,4 +195,5 @@ def test_three_pass_provider_holds_the_fused_block_to_three_launches(device, mon
             with record_launches() as launched:
                 call()
             assert launched == expect[provider][mode], (provider, mode)
-    assert (hz.ONE_LAUNCH_MAX_BATCH, hz.STREAM_MAX_CHUNK) == (0, 64)  # restored (the suite keeps one-launch off)
+    # restored (the suite keeps the one-launch and spread forwards off)
+    assert (hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK) == (0, 0, 64)

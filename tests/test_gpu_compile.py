@@ -110,8 +110,10 @@ def _exercise(launches):
     from fused_se import ops
     from fused_se.kernels import heuristics as hz
 
-    # The one-launch forward is exercised on its own cases below; off for the three-launch ones.
+    # The one-launch and spread forwards are exercised on their own cases below; off for the
+    # three-launch ones.
     hz.ONE_LAUNCH_MAX_BATCH = 0
+    hz.SPREAD_MAX_BATCH = 0
 
     def backward(op, x, y, z, s, a, weights, flags, needs):
         for need in needs:
@@ -174,6 +176,24 @@ def _exercise(launches):
                     x, w1, b1, w2, b2, act, gate, torch.randn_like(x), torch.rand(2, dtype=dtype), "relu"
                 )
     hz.ONE_LAUNCH_MAX_BATCH = 0
+
+    # The spread forward (small batches): every dtype and layout, act x gate, biases, the
+    # residual tail, hidden widths up to its limit.
+    hz.SPREAD_MAX_BATCH = 8
+    for dtype in dtypes:
+        for layout in ("nchw", "channels_last"):
+            for c, r, act, gate, bias in ((65, 4, "relu", "sigmoid", False), (960, 120, "silu", "hard_sigmoid", True)):
+                x = torch.randn(2, c, 7, 7, dtype=dtype)
+                if layout == "channels_last":
+                    x = x.to(memory_format=torch.channels_last)
+                w1, w2 = torch.randn(r, c), torch.randn(c, r)
+                b1, b2 = (torch.randn(r), torch.randn(c)) if bias else (None, None)
+                ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
+                assert launches[-1][0].__name__ == "_se_fwd_spread_kernel"
+                ops.squeeze_excite(
+                    x, w1, b1, w2, b2, act, gate, torch.randn_like(x), torch.rand(2, dtype=dtype), "relu"
+                )
+    hz.SPREAD_MAX_BATCH = 0
 
     # The streamed forward and backward (x past L2): every dtype and layout, act x gate,
     # biases, the residual tail and both backward tails; chunks of 1, 16 and 64 samples. Each

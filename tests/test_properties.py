@@ -57,7 +57,7 @@ def _make_x(b, c, h, w, dtype, layout, device):
 @st.composite
 def cases(draw):
     form = draw(st.sampled_from(["mlp", "fc", "conv"]))
-    path = draw(st.sampled_from(["three", "one_launch", "stream"]))
+    path = draw(st.sampled_from(["three", "one_launch", "spread", "stream"]))
     return {
         "form": form,
         "b": draw(st.integers(3, 9) if path == "stream" else st.integers(1, 5)),
@@ -126,10 +126,11 @@ def test_random_inputs_match_eager(case):
     def eager(x, p, r, d=d):
         return _eager_tail(x, form, p, act, gate, circular, r, case["tail"], d)
 
-    # The two-FC form's other paths: the one-launch forward (batches up to 8), or the streamed
+    # The two-FC form's other paths: the one-launch or spread forward (batches up to 8), or the streamed
     # passes with an L2 of 2 or 4 samples of x (a lag of 2 or 4 forward, about half backward).
-    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO
+    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO
     hz.ONE_LAUNCH_MAX_BATCH = 8 if case["path"] == "one_launch" else 0
+    hz.SPREAD_MAX_BATCH = 8 if case["path"] == "spread" else 0
     if case["path"] == "stream":
         hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * case["l2_samples"] * c * h * w * x.element_size()
         hz.STREAM_WEIGHT_RATIO = 0.01
@@ -137,8 +138,10 @@ def test_random_inputs_match_eager(case):
         dense = x if kernels.bchw_strides(x) is not None else x.contiguous()  # as the op copies it
         if form != "mlp":
             expect = ["squeeze", FORM_KERNELS[form], "scale"]
-        elif case["path"] == "one_launch" and case["hidden"] <= hz.ONE_LAUNCH_MAX_HIDDEN:
+        elif case["path"] == "one_launch" and kernels.one_launch_forward(dense, case["hidden"]):
             expect = ["se_fwd_one_launch"]
+        elif case["path"] == "spread" and case["hidden"] <= hz.STREAM_MAX_HIDDEN:
+            expect = ["se_fwd_spread"]
         elif case["path"] == "stream" and kernels.stream_forward(dense, case["hidden"]) is not None:
             expect = ["se_fwd_stream"]
         else:
@@ -146,7 +149,7 @@ def test_random_inputs_match_eager(case):
         with record_launches() as launched:
             ours = _run(fused, x, params, residual, case["grads"], g)
     finally:
-        hz.ONE_LAUNCH_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO = saved
+        hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO = saved
     assert launched[: len(expect)] == expect, launched
     own = _run(eager, x, params, residual, case["grads"], g)
     params64 = [p.double() if p is not None else None for p in params]
