@@ -78,6 +78,13 @@ def assert_within_torch_error(name: str, ours: torch.Tensor, torch_own: torch.Te
     assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (PyTorch's own error {own:.3g})"
 
 
+def assert_nonfinite_like_eager(y: torch.Tensor, ref: torch.Tensor) -> None:
+    """NaN and Inf exactly where eager has them, the finite values close to eager's."""
+    assert torch.equal(torch.isnan(y), torch.isnan(ref)) and torch.equal(torch.isinf(y), torch.isinf(ref))
+    finite = torch.isfinite(ref)
+    torch.testing.assert_close(y[finite], ref[finite], rtol=1e-5, atol=1e-6)
+
+
 def make_input(shape, dtype, device, layout: str) -> torch.Tensor:
     """A (B, C, H, W) input in one of the layouts the tests cover."""
     b, c, h, w = shape
@@ -160,3 +167,13 @@ def run_variant(impl, x: torch.Tensor, form: str, params: list, act: str, gate: 
     if form == "fc":
         return impl.effective_squeeze_excite(x, *params, gate=gate)
     return impl.efficient_channel_attention(x, *params, circular=circular, gate=gate)
+
+
+def mlp_outputs_and_grads(fn, x: torch.Tensor, params: list, g: torch.Tensor) -> list:
+    """[y, dx, and the gradient of each parameter that is not None] of y = fn(x, *params), on
+    fresh leaves."""
+    x = x.detach().clone().requires_grad_()
+    leaves = [p.detach().clone().requires_grad_() if p is not None else None for p in params]
+    y = fn(x, *leaves)
+    wrt = [x] + [p for p in leaves if p is not None]
+    return [y.detach(), *torch.autograd.grad(y, wrt, g)]
