@@ -190,3 +190,27 @@ def test_streamed_passes_under_torch_compile(monkeypatch):
     compiled = run(torch.compile(se, fullgraph=True))  # AOTAutograd compiles the backward too
     for a, b_ in zip(eager, compiled):
         assert torch.equal(a, b_)
+
+
+@cuda
+@pytest.mark.parametrize("b", [1, 8])
+@pytest.mark.parametrize(("c", "h", "r"), [(256, 56, 16), (2048, 7, 128)], ids=["stage1", "stage4"])
+def test_spread_forward_repeats_bit_for_bit_and_matches_three_launches(c, h, r, b, monkeypatch):
+    """The spread forward (small batches) waits on counts and flags across programs: twenty
+    runs give the same bits, and the three launches agree to bf16 rounding."""
+    from fused_se.kernels import heuristics as hz
+
+    torch.manual_seed(0)
+    x = torch.randn(b, c, h, h, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
+    w1 = torch.randn(r, c, device="cuda") / c**0.5
+    w2 = torch.randn(c, r, device="cuda") / r**0.5
+    with torch.no_grad(), record_launches() as launched:
+        first = fused_se.squeeze_excite(x, w1, None, w2)
+        for _ in range(20):
+            assert torch.equal(fused_se.squeeze_excite(x, w1, None, w2), first)
+    assert set(launched) == {"se_fwd_spread"}, launched
+    monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 0)
+    with torch.no_grad(), record_launches() as launched:
+        three = fused_se.squeeze_excite(x, w1, None, w2)
+    assert launched == ["squeeze", "excite", "scale"], launched
+    torch.testing.assert_close(first.float(), three.float(), rtol=2e-2, atol=2e-2)
