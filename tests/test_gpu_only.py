@@ -195,7 +195,7 @@ def test_streamed_passes_under_torch_compile(monkeypatch):
 @cuda
 @pytest.mark.parametrize("b", [1, 8])
 @pytest.mark.parametrize(("c", "h", "r"), [(256, 56, 16), (2048, 7, 128)], ids=["stage1", "stage4"])
-def test_spread_forward_repeats_bit_for_bit_and_matches_three_launches(c, h, r, b, monkeypatch):
+def test_spread_forward_repeats_bit_for_bit_and_matches_three_launches(c, h, r, b, spread, monkeypatch):
     """The spread forward (small batches) waits on counts and flags across programs: twenty
     runs give the same bits, and the three launches agree to bf16 rounding."""
     from fused_se.kernels import heuristics as hz
