@@ -33,11 +33,13 @@ fp64 inputs, so that gradcheck sees exact math); nothing the size of x is alloca
 the outputs. No atomics on values: every reduction has a fixed order, so the same input gives
 the same bits on every run.
 
-Two more paths for the two-FC form. For small batches, se_fwd_one_launch runs the whole
-forward in one launch, a program per sample. Where x is past L2, se_fwd_stream and
-se_bwd_stream run each direction as one persistent launch over tickets (_stream_ticket): a
-sample's second pass follows its first closely enough to re-read it from L2, so 2N forward and
-3N backward come from memory. The last first-pass tile of a chunk of samples runs the chunk's
+Three more paths for the two-FC form. For small batches, se_fwd_one_launch runs the whole
+forward in one launch, a program per sample (small samples and weights), and se_fwd_spread in
+one persistent launch over every SM, the excitation spread over its programs by channel block
+(squeeze tiles, then gate tickets, then scale tiles, each behind a count or a flag). Where x is
+past L2, se_fwd_stream and se_bwd_stream run each direction as one persistent launch over
+tickets (_stream_ticket): a sample's second pass follows its first closely enough to re-read
+it from L2, so 2N forward and 3N backward come from memory. The last first-pass tile of a chunk of samples runs the chunk's
 excitation (_excite_fwd_block, _excite_bwd_block: the excitation kernels' own bodies), and
 the chunk's second-pass tiles wait for its flag. Atomics there count tickets and set flags
 only; the sums keep their fixed order.
