@@ -183,6 +183,51 @@ def test_cuda_graph_capture_and_replay(case):
             torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"[{i}]: {m}")
 
 
+@pytest.mark.parametrize("path", ["spread", "stream"])
+def test_cuda_graph_of_the_persistent_paths(path, monkeypatch):
+    """The spread forward and the streamed passes zero a workspace and wait on flags in it:
+    captured in a CUDA graph with the backward and replayed on new data, they give what the
+    eager block gives."""
+    from fused_se.kernels import heuristics as hz
+
+    shape = (6, 32, 7, 7)
+    if path == "spread":
+        monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 8)
+        expect = ["se_fwd_spread", *BACKWARD_KERNELS]
+    else:  # an L2 of four samples: a lag of 4 forward and 2 backward, below the batch of 6
+        monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 49 * 4)
+        monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.01)
+        expect = ["se_fwd_stream", "se_bwd_stream"]
+    block, eager64 = fused_block("se")
+    params = list(block.parameters())
+    x_static = torch.randn(shape, device="cuda", requires_grad=True)
+    g_static = torch.randn(shape, device="cuda")
+
+    def step() -> list[torch.Tensor]:
+        y = block(x_static)
+        return [y, *torch.autograd.grad(y, [x_static, *params], g_static)]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), record_launches() as launched:
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    assert launched == 3 * expect, launched
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = step()
+    for _ in range(2):
+        x, g = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
+        with torch.no_grad():
+            x_static.copy_(x)
+        g_static.copy_(g)
+        graph.replay()
+        expected = forward_and_grads(eager64, x.double(), g.double())
+        for i, (a, b) in enumerate(zip(static_out, expected)):
+            torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"[{i}]: {m}")
+
+
 # ---- autocast ----------------------------------------------------------------------------------
 
 
