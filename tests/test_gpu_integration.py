@@ -144,61 +144,9 @@ def test_compile_reduce_overhead_matches_eager(case):
 # ---- CUDA graphs by hand -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", list(BLOCKS))
-def test_cuda_graph_capture_and_replay(case):
+def _capture_and_replay(block: nn.Module, eager64: nn.Module, shape: tuple, expect: list[str]) -> None:
     """Forward and backward captured in one CUDA graph (warmed up on a side stream first), then
-    replayed with new data copied into the static input and output gradient."""
-    block, eager64 = fused_block(case)
-    params = list(block.parameters())
-    x_static = torch.randn(SHAPE, device="cuda", requires_grad=True)
-    g_static = torch.randn(SHAPE, device="cuda")
-
-    def step() -> list[torch.Tensor]:
-        y = block(x_static)
-        return [y, *torch.autograd.grad(y, [x_static, *params], g_static)]
-
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side), record_launches() as launched:
-        for _ in range(3):  # compiles the kernels, outside the capture
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    assert launched == 3 * launches(case)
-
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph), record_launches() as captured:
-        static_out = step()
-    assert captured == launches(case)
-
-    for _ in range(2):
-        x, g = torch.randn(SHAPE, device="cuda"), torch.randn(SHAPE, device="cuda")
-        with torch.no_grad():
-            x_static.copy_(x)
-        g_static.copy_(g)
-        with record_launches() as replayed:
-            graph.replay()
-        assert replayed == []  # nothing but the graph ran
-        expected = forward_and_grads(eager64, x.double(), g.double())
-        for i, (a, b) in enumerate(zip(static_out, expected)):
-            torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"[{i}]: {m}")
-
-
-@pytest.mark.parametrize("path", ["spread", "stream"])
-def test_cuda_graph_of_the_persistent_paths(path, monkeypatch):
-    """The spread forward and the streamed passes zero a workspace and wait on flags in it:
-    captured in a CUDA graph with the backward and replayed on new data, they give what the
-    eager block gives."""
-    from fused_se.kernels import heuristics as hz
-
-    shape = (6, 32, 7, 7)
-    if path == "spread":
-        monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 8)
-        expect = ["se_fwd_spread", *BACKWARD_KERNELS]
-    else:  # an L2 of four samples: a lag of 4 forward and 2 backward, below the batch of 6
-        monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 49 * 4)
-        monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.01)
-        expect = ["se_fwd_stream", "se_bwd_stream"]
-    block, eager64 = fused_block("se")
+    replayed with new data copied into the static input and output gradient, against eager."""
     params = list(block.parameters())
     x_static = torch.randn(shape, device="cuda", requires_grad=True)
     g_static = torch.randn(shape, device="cuda")
@@ -210,22 +158,48 @@ def test_cuda_graph_of_the_persistent_paths(path, monkeypatch):
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side), record_launches() as launched:
-        for _ in range(3):
+        for _ in range(3):  # compiles the kernels, outside the capture
             step()
     torch.cuda.current_stream().wait_stream(side)
     assert launched == 3 * expect, launched
+
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch.cuda.graph(graph), record_launches() as captured:
         static_out = step()
+    assert captured == expect
+
     for _ in range(2):
         x, g = torch.randn(shape, device="cuda"), torch.randn(shape, device="cuda")
         with torch.no_grad():
             x_static.copy_(x)
         g_static.copy_(g)
-        graph.replay()
+        with record_launches() as replayed:
+            graph.replay()
+        assert replayed == []  # nothing but the graph ran
         expected = forward_and_grads(eager64, x.double(), g.double())
         for i, (a, b) in enumerate(zip(static_out, expected)):
             torch.testing.assert_close(a, b.float(), rtol=1e-4, atol=1e-5, msg=lambda m, i=i: f"[{i}]: {m}")
+
+
+@pytest.mark.parametrize("case", list(BLOCKS))
+def test_cuda_graph_capture_and_replay(case):
+    _capture_and_replay(*fused_block(case), SHAPE, launches(case))
+
+
+@pytest.mark.parametrize("path", ["spread", "stream"])
+def test_cuda_graph_of_the_persistent_paths(path, monkeypatch):
+    """The spread forward and the streamed passes zero a workspace and wait on flags in it; in
+    a CUDA graph with the backward, replayed on new data, they give what the eager block gives."""
+    from fused_se.kernels import heuristics as hz
+
+    if path == "spread":
+        monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 8)
+        expect = ["se_fwd_spread", *BACKWARD_KERNELS]
+    else:  # an L2 of four samples: a lag of 4 forward and 2 backward, below the batch of 6
+        monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 49 * 4)
+        monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.01)
+        expect = ["se_fwd_stream", "se_bwd_stream"]
+    _capture_and_replay(*fused_block("se"), (6, 32, 7, 7), expect)
 
 
 # ---- autocast ----------------------------------------------------------------------------------
