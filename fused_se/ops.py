@@ -6,12 +6,13 @@ Three excitation forms share the squeeze and scale passes:
     efficient_channel_attention    a k-tap conv across channels (w, b, padding, gate): ECA, CECA
 
 Forward: squeeze, excite, scale (three launches, 3N bytes). Backward: scale_bwd, excite_bwd,
-squeeze_scale_bwd (three launches, 4N bytes). The two-FC form has two more paths, chosen by
+squeeze_scale_bwd (three launches, 4N bytes). The two-FC form has three more paths, chosen by
 kernels.heuristics: where x is past L2, a streamed forward and backward (one persistent launch
 each, whose second pass over a sample re-reads it from L2: 2N and 3N bytes); for small
 batches, a one-launch forward (a program per sample, for small samples and weights) or a
-spread one (one persistent launch over every SM, the excitation spread over the programs). Each forward op returns (y, z, s, a): the output,
-and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
+spread one (one persistent launch over every SM, the excitation spread over the programs).
+
+Each forward op returns (y, z, s, a): the output, and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
 unless the gate's backward needs it). Saved for backward: x, the weights, z, s and a.
 
 Every forward op also takes a residual block's tail, fused into the scale pass:
@@ -90,11 +91,11 @@ def _backward_passes(
     return impl.squeeze_scale_bwd(grad_y, s, dz, x, d, out), None
 
 
-def _stream_backward(grad_y: Tensor, x: Tensor, w1: Tensor, out: Optional[Tensor], need_dx: bool, need_dres: bool):
+def _stream_backward(grad_y: Tensor, x: Tensor, w1: Tensor, out: Optional[Tensor], need_dx: bool, store_g: bool):
     """The streamed backward's configuration where it applies: kernels, dx asked for, x past L2."""
     if not need_dx or _impl(x) is not kernels:
         return None
-    return kernels.stream_backward(grad_y, x, w1.shape[0], out, need_dres and out is not None)
+    return kernels.stream_backward(grad_y, x, w1.shape[0], out, store_g)
 
 
 def _dense_grad(grad_y: Tensor) -> Tensor:
@@ -193,10 +194,10 @@ def squeeze_excite_backward(
     grad_y = _dense_grad(grad_y)
     need_db1 = need_db1 and b1 is not None
     need_db2 = need_db2 and b2 is not None
-    stream = _stream_backward(grad_y, x, w1, out, need_dx, need_dres)
+    store_g = need_dres and out is not None  # the ReLU tail's shortcut gradient is written out
+    stream = _stream_backward(grad_y, x, w1, out, need_dx, store_g)
     if stream is not None:
         # x past L2: one persistent launch, whose dx pass re-reads each sample's g from L2
-        store_g = need_dres and out is not None
         dx, dres, dw1, db1, dw2, db2 = kernels.se_bwd_stream(
             grad_y, x, z, s, a, w1, b1, w2, (need_dw1, need_db1, need_dw2, need_db2), act, gate,
             _sample_factor(sample_scale, x), out, store_g, stream,
