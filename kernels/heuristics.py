@@ -9,6 +9,7 @@ and the tests cover each side of each one.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -50,6 +51,8 @@ EXCITE_CONV_BWD_TARGET_PARTIALS = 16
 INTERPRETER_SM_COUNT = 2
 # L2 size assumed where the card does not say (and in the interpreter): an A100's 40 MB.
 DEFAULT_L2_BYTES = 40 * 1024 * 1024
+# Overrides the L2 size the paths are planned for, on any device.
+L2_BYTES_ENV = "FUSED_SE_L2_BYTES"
 # One-launch forward (MLP form): one program per sample runs the squeeze, the excitation and
 # the scale, re-reading its sample from L2 for the scale. Chosen where the three-launch path is
 # bound by launches, not bytes: at most this many samples, at most this many bytes of x in all
@@ -114,6 +117,9 @@ def _cuda_l2_bytes(index: int) -> int:
 
 
 def l2_bytes(device: torch.device) -> int:
+    override = os.environ.get(L2_BYTES_ENV, "").strip()
+    if override:  # the L2 the paths are planned for, on any device (the traffic model sets it)
+        return int(override)
     if device.type == "cuda":
         return _cuda_l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
     return DEFAULT_L2_BYTES

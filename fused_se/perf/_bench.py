@@ -1,0 +1,27 @@
+"""What fused_se.perf takes from the benchmark: presets, shapes, providers (one place to import them from)."""
+
+from __future__ import annotations
+
+from fused_se.bench import (
+    DTYPES,
+    LAYOUTS,
+    MIN_TRAFFIC,
+    MODES,
+    PRESETS,
+    SEShape,
+    _parse_shape,
+    build_provider,
+    three_launch_paths,
+)
+
+__all__ = [
+    "DTYPES",
+    "LAYOUTS",
+    "MIN_TRAFFIC",
+    "MODES",
+    "PRESETS",
+    "SEShape",
+    "_parse_shape",
+    "build_provider",
+    "three_launch_paths",
+]

@@ -1,0 +1,74 @@
+"""python -m fused_se.perf: --traffic (bytes counted, DRAM and time modeled), --host (host
+microseconds per call), --kernel-report (registers, spills, access widths of the compiled kernels)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+
+from . import traffic
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="python -m fused_se.perf",
+        description="Performance without a GPU. Every time printed is a model, not a measurement of a GPU.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--traffic", action="store_true", help="bytes per call, counted; DRAM bytes and time, modeled")
+    what.add_argument("--host", action="store_true", help="host microseconds per call, kernel launches stubbed out")
+    what.add_argument(
+        "--kernel-report", action="store_true", help="registers, spills and access widths of every kernel variant"
+    )
+    traffic.add_arguments(p)
+    from . import host
+
+    host.add_arguments(p)
+    p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
+    return p
+
+
+def write_rows(rows: list[dict], json_path, csv_path) -> None:
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump(rows, f, indent=1)
+    if csv_path and rows:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with open(csv_path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.traffic:
+        traffic.check_args(p, args)
+        rows = traffic.run_traffic(args)
+        print(traffic.format_traffic(rows))
+    elif args.host:
+        from . import host
+
+        rows = host.run_host(args)
+        print(host.format_host(rows))
+    else:
+        from . import kernel_report
+
+        rows = kernel_report.run_kernel_report(args)
+        print(kernel_report.format_report(rows))
+    write_rows(rows, args.json, args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

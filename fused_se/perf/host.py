@@ -1,0 +1,5 @@
+"""placeholder"""
+
+
+def add_arguments(p):
+    pass
