@@ -98,15 +98,15 @@ def _lines_of(addrs: np.ndarray) -> np.ndarray:
     return np.unique(addrs.astype(np.int64) // LINE_BYTES)
 
 
-def _tensor_span(t: torch.Tensor) -> tuple[int, int]:
-    """[start, end) in bytes of what the strided view covers."""
+def _tensor_span(t: torch.Tensor, base: int) -> tuple[int, int]:
+    """[start, end) in bytes of what the strided view covers, its storage placed at base."""
     if t.numel() == 0:
         return 0, 0
     es = t.element_size()
     lo = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
     hi = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0)
-    base = t.data_ptr()
-    return base + lo * es, base + (hi + 1) * es
+    first = base + t.storage_offset() * es
+    return first + lo * es, first + (hi + 1) * es
 
 
 def _tensors(value) -> list[torch.Tensor]:
@@ -166,15 +166,15 @@ class _Mode(TorchDispatchMode):
         ev = tr._open(f"aten.{name}", "aten")
         for t in reads:
             if t.numel():
-                start, end = _tensor_span(t)
+                start, end = _tensor_span(t, tr._vbase(t))
                 ev.accesses.append(Access(span_lines(start, end), write=False))
                 ev.read += end - start
         spans: dict[tuple[int, int], bool] = {}
         for t, rmw in written:
             if t.numel():
-                spans[_tensor_span(t)] = rmw
+                spans[_tensor_span(t, tr._vbase(t))] = rmw
         for t in outs:
-            spans.setdefault(_tensor_span(t), False)
+            spans.setdefault(_tensor_span(t, tr._vbase(t)), False)
         for (start, end), rmw in spans.items():
             ev.accesses.append(Access(span_lines(start, end), write=True, read=rmw))
             ev.written += end - start
@@ -203,6 +203,43 @@ class Tracer:
         self._phase = ""
         self._in_launch = False
         self._current: Optional[Event] = None
+        # Storages get addresses of their own, 512-byte aligned as the CUDA caching allocator
+        # aligns its blocks (the CPU allocator aligns to 64 bytes only, which would split rows
+        # across lines that a GPU would not): (storage address, bytes) -> virtual base.
+        self._bases: dict[tuple[int, int], int] = {}
+        self._next_base = 1 << 40
+        self._ranges = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0, np.int64))
+
+    def _vbase(self, t: torch.Tensor) -> int:
+        st = t.untyped_storage()
+        key = (st.data_ptr(), st.nbytes())
+        base = self._bases.get(key)
+        if base is None:
+            base = self._bases[key] = self._next_base
+            self._next_base += -(-max(1, key[1]) // 512) * 512 + 512
+        return base
+
+    def _launch_ranges(self, values) -> None:
+        """The storages a launch's tensor arguments live in, for mapping its addresses."""
+        spans = {}
+        for t in values:
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes():
+                st = t.untyped_storage()
+                spans[st.data_ptr()] = (st.data_ptr() + st.nbytes(), self._vbase(t))
+        starts = np.array(sorted(spans), dtype=np.int64)
+        self._ranges = (
+            starts,
+            np.array([spans[s][0] for s in starts], dtype=np.int64),
+            np.array([spans[s][1] for s in starts], dtype=np.int64),
+        )
+
+    def _virtual(self, addrs: np.ndarray) -> np.ndarray:
+        starts, ends, bases = self._ranges
+        a = addrs.astype(np.int64)
+        idx = np.searchsorted(starts, a, side="right") - 1
+        if idx.min() < 0 or not np.all(a < ends[idx]):
+            raise RuntimeError("fused_se.perf: a kernel touched memory outside its tensor arguments")
+        return a - starts[idx] + bases[idx]
 
     def phase(self, name: str) -> None:
         self._phase = name
@@ -233,7 +270,7 @@ class Tracer:
             ev.read += nbytes
         if write:
             ev.written += nbytes
-        ev.accesses.append(Access(_lines_of(addrs), write=write, read=read))
+        ev.accesses.append(Access(_lines_of(self._virtual(addrs)), write=write, read=read))
 
     @contextmanager
     def _patched(self) -> Iterator[None]:
@@ -270,6 +307,7 @@ class Tracer:
 
         def call(ex, *args, **kwargs):
             ev = tracer._open(ex.fn.__name__, "triton")
+            tracer._launch_ranges([*args, *kwargs.values()])
             tracer._current, tracer._in_launch = ev, True
             # Speed only: the interpreter patches triton.language (module-wide) at the launch
             # and again, to no effect, at every call of a jit helper: patch each module once.
