@@ -4,7 +4,10 @@ The interpreter does not check what only the GPU compiler does (tl.dot's minimum
 dtypes tl.dot accepts, register allocation by ptxas), so this test runs the fused forward and
 backward over dtypes, layouts, biases, split and gradient patterns with the launches recorded
 instead of run, and compiles each distinct variant ahead of time to a cubin for sm_80 and
-sm_90 with Triton's bundled ptxas. It runs in a subprocess, since the kernels must be plain
+sm_90 with Triton's bundled ptxas, specialised as the JIT specialises a launch with those
+arguments (fused_se.perf.kernel_report.jit_compile_args: pointers and integers divisible by 16
+marked so, integers equal to 1 made constants), so that register counts, spills and vector
+widths are the ones the GPU gets. It runs in a subprocess, since the kernels must be plain
 JIT functions, not the interpreter's.
 """
 
@@ -54,8 +57,6 @@ def test_kernels_compile_for_gpu():
 
 # ---- the subprocess ----------------------------------------------------------------------------
 
-_PTR_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64": "fp64", "int32": "i32"}
-
 
 def _record_launches():
     """Replaces the launchers' wrap_triton with a recorder; returns the list of launches."""
@@ -80,27 +81,6 @@ def _record_launches():
 
     _dispatch.interpreter_enabled = lambda: True
     return launches
-
-
-def _signature(kernel, args, constexprs):
-    import torch
-
-    names = kernel.arg_names
-    sig = {}
-    for name, value in zip(names, args):
-        if isinstance(value, torch.Tensor):
-            sig[name] = "*" + _PTR_TYPES[str(value.dtype).replace("torch.", "")]
-        elif isinstance(value, bool):
-            sig[name] = "i1"
-        elif isinstance(value, int):
-            sig[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-        elif isinstance(value, float):
-            sig[name] = "fp32"
-        else:
-            raise TypeError(f"{kernel.__name__}: cannot type argument {name}={value!r}")
-    for name in constexprs:
-        sig[name] = "constexpr"
-    return sig
 
 
 def _exercise(launches):
@@ -268,19 +248,23 @@ def _main(arch: str) -> int:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    from fused_se.perf.kernel_report import jit_compile_args, variant_key
+
     launches = _record_launches()
     _exercise(launches)
     target = GPUTarget("cuda", int(arch), 32)
     seen = set()
     for kernel, args, constexprs, num_warps in launches:
-        sig = _signature(kernel, args, constexprs)
-        key = (kernel.__name__, tuple(sorted(sig.items())), tuple(sorted(constexprs.items())), num_warps)
+        # the signature, constants and attributes the JIT derives from these arguments: pointers
+        # and integers divisible by 16 marked so, integers equal to 1 made constants
+        sig, consts, attrs, options = jit_compile_args(kernel, args, {**constexprs, "num_warps": num_warps}, target)
+        key = variant_key(kernel, sig, consts, attrs, options)
         if key in seen:
             continue
         seen.add(key)
-        src = ASTSource(kernel, sig, constexprs=dict(constexprs))
+        src = ASTSource(kernel, sig, constexprs=consts, attrs=attrs)
         try:
-            triton.compile(src, target=target, options={"num_warps": num_warps})
+            triton.compile(src, target=target, options=options.__dict__)
         except Exception as e:
             print(f"FAILED {kernel.__name__} {constexprs} num_warps={num_warps}: {e}")
             return 1

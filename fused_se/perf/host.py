@@ -1,5 +1,166 @@
-"""placeholder"""
+"""--host: what a call costs on the host, per path, with the kernels taken out.
+
+Eager PyTorch runs the SE block on tiny CPU tensors of the same rank (its dispatch and
+autograd, plus a few microseconds of arithmetic on a few hundred elements). The fused block
+runs each of its paths with the kernel launches stubbed out: the launchers' wrap_triton
+replaced by a function that launches nothing, so the outputs are the uninitialised buffers
+(fine for timing). What remains is the op's Python: the custom op's dispatch, autograd, the
+path's planning, the allocations and the launchers' argument lists. A real launch adds
+triton's own host cost (binding and specialising the arguments, the driver call) on top.
+The minimum over repeats, in microseconds per call.
+"""
+
+from __future__ import annotations
+
+import timeit
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+
+MODES = ("fwd", "fwd+bwd")
+PATHS = ("3-pass", "1-launch", "spread", "stream")
+KERNEL_OF = {
+    "3-pass": "_scale_kernel",
+    "1-launch": "_se_fwd_one_launch_kernel",
+    "spread": "_se_fwd_spread_kernel",
+    "stream": "_se_fwd_stream_kernel",
+}
 
 
-def add_arguments(p):
-    pass
+@contextmanager
+def stubbed_launches() -> Iterator[list]:
+    """Launches record their kernel's name and run nothing; the ops take the kernels' path on
+    CPU tensors (as with the interpreter on, but without it)."""
+    from fused_se import _dispatch
+    from fused_se.kernels import se
+
+    names: list = []
+
+    class _Stub:
+        def __init__(self, kernel):
+            self.name = kernel.__name__
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                names.append(self.name)
+
+            return launch
+
+    saved = se.wrap_triton, _dispatch.interpreter_enabled, se.INTERPRETED
+    se.wrap_triton, _dispatch.interpreter_enabled, se.INTERPRETED = _Stub, (lambda: True), False
+    try:
+        yield names
+    finally:
+        se.wrap_triton, _dispatch.interpreter_enabled, se.INTERPRETED = saved
+
+
+@contextmanager
+def forced_path(path: str, batch: int, sample_bytes: int) -> Iterator[None]:
+    """Holds the planner to one forward path (the backward streams with the stream forward and
+    takes its three launches otherwise) through its thresholds."""
+    from fused_se.kernels import heuristics as hz
+
+    names = ("ONE_LAUNCH_MAX_BATCH", "SPREAD_MAX_BATCH", "STREAM_MAX_CHUNK", "STREAM_WEIGHT_RATIO", "l2_bytes")
+    saved = {n: getattr(hz, n) for n in names}
+    hz.ONE_LAUNCH_MAX_BATCH = 8 if path == "1-launch" else 0
+    hz.SPREAD_MAX_BATCH = 8 if path == "spread" else 0
+    if path == "stream":
+        # a small L2 and weight ratio: LAG of batch - 4 samples forward, half that backward
+        hz.STREAM_WEIGHT_RATIO = 1e-6
+        hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * (batch - 4) * sample_bytes
+    else:
+        hz.STREAM_MAX_CHUNK = 0
+    try:
+        yield
+    finally:
+        for n, v in saved.items():
+            setattr(hz, n, v)
+
+
+def _call(module, x, mode: str):
+    if mode == "fwd":
+
+        def fwd():
+            with torch.no_grad():
+                return module(x)
+
+        return fwd
+    xg = x.detach().requires_grad_(True)
+    inputs = [xg, *module.parameters()]
+    grad = torch.ones_like(x)
+
+    def fwd_bwd():
+        return torch.autograd.grad(module(xg), inputs, grad)
+
+    return fwd_bwd
+
+
+def min_us(fn, number: int, repeat: int) -> float:
+    fn()  # warm-up
+    return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
+
+
+def run_host(args) -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a GPU run's host side is one thread; no pool wake-ups for tiny tensors
+    try:
+        return _run_host(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_host(args) -> list[dict]:
+    from . import _bench
+
+    c, hidden = args.host_channels, max(1, args.host_channels // 16)
+    shape = _bench.SEShape(c, 4, 4, hidden)
+    rows = []
+    for mode in args.host_modes:
+        torch.manual_seed(0)
+        x = torch.randn(2, c, 4, 4)
+        eager = _bench.build_provider("eager", shape, torch.device("cpu"), torch.float32)
+        rows.append(
+            {"provider": "eager", "path": "torch (CPU, tiny tensors)", "mode": mode, "batch": 2,
+             "host_us": min_us(_call(eager, x, mode), args.number, args.repeat), "launches": None}
+        )  # fmt: skip
+        for path in args.host_paths:
+            batch = 12 if path == "stream" else 2
+            x = torch.randn(batch, c, 4, 4)
+            fused = _bench.build_provider("fused", shape, torch.device("cpu"), torch.float32)
+            with forced_path(path, batch, x[0].numel() * x.element_size()), stubbed_launches() as names:
+                fn = _call(fused, x, mode)
+                fn()
+                if KERNEL_OF[path] not in names and not (path == "stream" and "_se_fwd_stream_kernel" in names):
+                    raise RuntimeError(f"fused_se.perf --host: the {path} path did not run (launched {names})")
+                launched = list(names)
+                names.clear()
+                us = min_us(fn, args.number, args.repeat)
+            bwd = "stream" if "_se_bwd_stream_kernel" in launched else "3-pass"
+            label = f"{path} fwd" + (f", {bwd} bwd" if mode == "fwd+bwd" else "")
+            rows.append(
+                {"provider": "fused", "path": f"{label} (launches stubbed)", "mode": mode, "batch": batch,
+                 "host_us": us, "launches": len(launched)}
+            )  # fmt: skip
+    return rows
+
+
+def add_arguments(p) -> None:
+    g = p.add_argument_group("host (--host)")
+    g.add_argument("--host-paths", nargs="+", choices=PATHS, default=list(PATHS))
+    g.add_argument("--host-modes", nargs="+", choices=MODES, default=list(MODES))
+    g.add_argument("--host-channels", type=int, default=32, help="C of the tiny tensors (default 32, 4x4 maps)")
+    g.add_argument("--number", type=int, default=200, help="calls per timing (default 200)")
+    g.add_argument("--repeat", type=int, default=5, help="timings; the minimum is kept (default 5)")
+    g = p.add_argument_group("kernel report (--kernel-report)")
+    g.add_argument("--archs", nargs="+", type=int, choices=[80, 90], default=[80, 90], help="sm_80 and sm_90")
+
+
+def format_host(rows: list[dict]) -> str:
+    head = f"{'mode':>8} {'provider':>8} {'path':>40} {'launches':>8} {'host us/call':>12}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        launches = "-" if r["launches"] is None else str(r["launches"])
+        lines.append(f"{r['mode']:>8} {r['provider']:>8} {r['path']:>40} {launches:>8} {r['host_us']:>12.1f}")
+    lines.append("minimum over repeats, this machine's CPU; fused: the launches' own host cost not included")
+    return "\n".join(lines)
