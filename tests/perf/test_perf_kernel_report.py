@@ -1,0 +1,90 @@
+"""The kernel report's helpers: JIT-faithful specialisation, width and ptxas parsing, occupancy."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+
+import pytest
+
+from fused_se.perf.kernel_report import parse_ptxas, programs_per_sm, ptx_widths, sass_widths
+
+
+def test_ptx_widths_count_vector_loads_and_stores():
+    ptx = """
+    @%p1 ld.global.v4.b32 { %r1, %r2, %r3, %r4 }, [ %rd1 + 0 ];
+    ld.global.L1::evict_last.v2.b32 { %r5, %r6 }, [ %rd2 + 0 ];
+    ld.global.b16 %rs1, [ %rd3 + 0 ];
+    st.global.v4.b32 [ %rd4 + 0 ], { %r1, %r2, %r3, %r4 };
+    st.global.b32 [ %rd5 + 0 ], %r7;
+    ld.shared.v4.b32 { %r1, %r2, %r3, %r4 }, [ %r8 ];
+    """
+    w = ptx_widths(ptx)
+    assert w["ld"] == Counter({128: 1, 64: 1, 16: 1})
+    assert w["st"] == Counter({128: 1, 32: 1})
+
+
+def test_sass_widths():
+    sass = (
+        "LDG.E.128 R4, desc[UR4][R2.64] ;\n LDG.E R9, desc[UR4][R6.64] ;\n LDG.E.U16 R1, [R2] ;\n STG.E.64 [R2], R4 ;"
+    )
+    w = sass_widths(sass)
+    assert w["ld"] == Counter({128: 1, 32: 1, 16: 1}) and w["st"] == Counter({64: 1})
+
+
+def test_parse_ptxas_and_occupancy():
+    log = "ptxas info    : Used 168 registers, 16 bytes stack frame, 12 bytes spill stores, 12 bytes spill loads"
+    r = parse_ptxas(log)
+    assert r == {"registers": 168, "spill_store_bytes": 12, "spill_load_bytes": 12, "stack_bytes": 16}
+    # 168 registers x 32 lanes = 5376 per warp, 16 warps: 86016 > 65536 registers per SM
+    assert programs_per_sm(90, 168, 0, 16) == 0
+    assert programs_per_sm(90, 128, 0, 16) == 1  # 65536 / (4096 x 16)
+    assert programs_per_sm(90, 32, 0, 4) == 16  # warps: 64 / 4
+    assert programs_per_sm(80, 40, 100_000, 4) == 1  # shared memory: 164 KB / (100 KB + 1 KB)
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys, torch, triton, triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from fused_se.perf.kernel_report import jit_compile_args, compile_variant, ptx_widths
+
+    @triton.jit
+    def copy(x_ptr, y_ptr, n, stride, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(y_ptr + offs * stride, tl.load(x_ptr + offs * stride, mask=offs < n), mask=offs < n)
+
+    x, y = torch.empty(1024), torch.empty(1024)
+    target = GPUTarget("cuda", 90, 32)
+    sig, consts, attrs, opts = jit_compile_args(copy, (x, y, 64, 1), {"BLOCK": 512, "num_warps": 4}, target)
+    assert sig["stride"] == "constexpr" and consts[(3,)] == 1, (sig, consts)
+    assert all(attrs[(i,)] for i in (0, 1, 2)), attrs
+    faithful = ptx_widths(compile_variant(copy, sig, consts, attrs, opts, target)[0].asm["ptx"])
+    plain_sig = {"x_ptr": "*fp32", "y_ptr": "*fp32", "n": "i32", "stride": "i32", "BLOCK": "constexpr"}
+    plain = ptx_widths(triton.compile(ASTSource(copy, plain_sig, constexprs={"BLOCK": 512}), target=target).asm["ptx"])
+    print("faithful", dict(faithful["ld"]), "plain", dict(plain["ld"]))
+    assert faithful["ld"][128] and not plain["ld"][128]
+    """
+)
+
+
+def _nvidia_backend() -> bool:
+    try:
+        from triton.backends import backends
+    except ImportError:
+        return False
+    return "nvidia" in backends
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="this triton has no nvidia backend to compile with")
+def test_jit_specialisation_gives_the_gpus_vector_loads(tmp_path):
+    """A copy kernel compiled with the JIT's attributes for real arguments (16-byte aligned
+    pointers, n divisible by 16, stride 1 a constant) loads 128 bits per thread; compiled with
+    a plain signature, as ahead-of-time tests used to, it does not."""
+    script = tmp_path / "child.py"
+    script.write_text(_CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
