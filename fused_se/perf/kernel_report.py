@@ -91,13 +91,14 @@ def compile_variant(kernel, signature, constexprs, attrs, options, target):
 
     src = ASTSource(kernel, signature, constexprs, attrs)
     log = io.StringIO()
-    saved = knobs.nvidia.dump_ptxas_log
-    knobs.nvidia.dump_ptxas_log = True
+    saved = knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile
+    # ptxas reports registers and spills only when it runs: not from triton's cache
+    knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = True, True
     try:
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(src, target=target, options=options.__dict__)
     finally:
-        knobs.nvidia.dump_ptxas_log = saved
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved
     return compiled, log.getvalue()
 
 
@@ -287,7 +288,29 @@ def format_report(rows: list[dict]) -> str:
             f"{r['sass_ld']:>22} {r['sass_st']:>16}  {r['constexprs']}"
         )
     lines.append("widths: bits per thread per instruction : static count of such instructions")
+    lines.extend(summarize_report(rows))
     return "\n".join(lines)
+
+
+def summarize_report(rows: list[dict]) -> list[str]:
+    """Per arch: variants, those that spill, the most registers per kernel, and the variants
+    whose global loads of x (the streaming kernels') are all narrower than 128 bits."""
+    out = []
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        sel = [r for r in rows if r["arch"] == arch]
+        spills = [f"{r['kernel']}({r['spill_store_bytes']} B)" for r in sel if r["spill_store_bytes"]]
+        regs: dict[str, int] = {}
+        for r in sel:
+            regs[r["kernel"]] = max(regs.get(r["kernel"], 0), r["registers"] or 0)
+        narrow = [r for r in sel if "128b" not in r["ptx_ld"]]
+        out.append(
+            f"{arch}: {len(sel)} variants; spilling: {', '.join(spills) or 'none'}; most registers: "
+            + ", ".join(f"{k} {v}" for k, v in regs.items())
+            + f"; no 128-bit global load: {len(narrow)} ("
+            + ", ".join(sorted({r["kernel"] for r in narrow}))
+            + ")"
+        )
+    return out
 
 
 if __name__ == "__main__":
