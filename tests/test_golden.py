@@ -51,11 +51,8 @@ CASES = {
 
 def _take_path(monkeypatch, path: str, x: torch.Tensor) -> None:
     """Let the planner choose `path` for x: the persistent paths are off in the suite unless turned on."""
-    if path == "one_launch":
-        monkeypatch.setattr(hz, "ONE_LAUNCH_MAX_BATCH", 8)
-    elif path == "spread":
-        monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 8)
-        monkeypatch.setattr(hz, "ONE_LAUNCH_MAX_PROGRAM_BYTES", 0)
+    if path in ("one_launch", "spread"):
+        monkeypatch.setenv("FUSED_SE_PATHS", path)
     elif path.startswith("stream"):
         # small tiles and an L2 that holds 4 (or the given number of) samples of the forward between its two passes
         lag = int(path.partition(":")[2] or 4)
