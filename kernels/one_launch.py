@@ -42,37 +42,16 @@ def _se_fwd_one_launch_kernel(
     s_ptr,  # (B, C) contiguous, acc dtype: the gate
     a_ptr,  # (B, C) contiguous, acc dtype: the gate's input, written only when KEEP_A
     y_ptr,  # (B, C, HW) strided output
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    stride_yb,
-    stride_yc,
-    stride_yhw,
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    stride_b2,
-    C,
-    R,
-    HW,
-    HAS_B1: tl.constexpr,
-    HAS_B2: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    HAS_D: tl.constexpr,
-    HAS_R: tl.constexpr,
-    RELU: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
+    stride_xb, stride_xc, stride_xhw,
+    stride_rb, stride_rc, stride_rhw,
+    stride_yb, stride_yc, stride_yhw,
+    stride_w1r, stride_w1c, stride_b1,
+    stride_w2c, stride_w2r, stride_b2,
+    C, R, HW,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
     """One sample per program: squeeze, both FCs as GEMVs, then the scale (and the residual
     tail), re-reading the sample while it is still in L2. One launch for the whole forward."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
