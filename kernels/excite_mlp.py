@@ -217,12 +217,12 @@ def excite_fwd(
     a, the gate's input, is kept only where the gate's backward needs it (empty otherwise).
     """
     split, b, c = zsum.shape
-    r = w1.shape[0]
+    hidden = w1.shape[0]
     z, s, a = excite_outputs(zsum, gate)
     record("excite")
     if b == 0:
         return z, s, a
-    cfg = hz.excite_fwd_config(b, c, r, x_dtype, hz.sm_count(zsum.device))
+    cfg = hz.excite_fwd_config(b, c, hidden, x_dtype, hz.sm_count(zsum.device))
     grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
     launch(excite_fwd_block, grid)(
         zsum,
@@ -241,7 +241,7 @@ def excite_fwd(
         b,
         b,
         c,
-        r,
+        hidden,
         split,
         hw,
         0,
@@ -284,14 +284,14 @@ def excite_bwd(
     """
     need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
     split, b, c = dssum.shape
-    r = w1.shape[0]
-    cfg = hz.excite_bwd_config(b, c, r, x_dtype)
+    hidden = w1.shape[0]
+    cfg = hz.excite_bwd_config(b, c, hidden, x_dtype)
     p = hz.cdiv(b, cfg.block_b)
     dt, dev = dssum.dtype, dssum.device
     dz = empty(b, c, dtype=dt, device=dev) if need_dz else None
-    dw1 = empty(p, r, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = empty(p, r, dtype=dt, device=dev) if need_db1 else None
-    dw2 = empty(p, c, r, dtype=dt, device=dev) if need_dw2 else None
+    dw1 = empty(p, hidden, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = empty(p, hidden, dtype=dt, device=dev) if need_db1 else None
+    dw2 = empty(p, c, hidden, dtype=dt, device=dev) if need_dw2 else None
     db2 = empty(p, c, dtype=dt, device=dev) if need_db2 else None
     record("excite_bwd")
     if p > 0 and any(need):
@@ -317,7 +317,7 @@ def excite_bwd(
             0,
             b,
             c,
-            r,
+            hidden,
             split,
             HAS_B1=b1 is not None,
             ACT=ACT_CODES[act],

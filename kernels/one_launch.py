@@ -37,13 +37,13 @@ def _se_fwd_one_launch_kernel(
     w2_ptr,  # (C, R)
     b2_ptr,  # (C,), read only when HAS_B2
     d_ptr,  # (B,) acc dtype, read only when HAS_D
-    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    res_ptr,  # (B, C, HW) strided residual, read only when HAS_R
     z_ptr,  # (B, C) contiguous, acc dtype: the squeeze (written, then read back)
     s_ptr,  # (B, C) contiguous, acc dtype: the gate
     a_ptr,  # (B, C) contiguous, acc dtype: the gate's input, written only when KEEP_A
     y_ptr,  # (B, C, HW) strided output
     stride_xb, stride_xc, stride_xhw,
-    stride_rb, stride_rc, stride_rhw,
+    stride_resb, stride_resc, stride_reshw,
     stride_yb, stride_yc, stride_yhw,
     stride_w1r, stride_w1c, stride_b1,
     stride_w2c, stride_w2r, stride_b2,
@@ -58,7 +58,7 @@ def _se_fwd_one_launch_kernel(
     pid_b = tl.program_id(0)
     x_ptr += pid_b.to(tl.int64) * stride_xb
     y_ptr += pid_b.to(tl.int64) * stride_yb
-    r_ptr += pid_b.to(tl.int64) * stride_rb
+    res_ptr += pid_b.to(tl.int64) * stride_resb
     row = pid_b.to(tl.int64) * C
 
     # squeeze: z = mean over HW, kept in memory (it is saved for the backward anyway)
@@ -119,7 +119,7 @@ def _se_fwd_one_launch_kernel(
                 x_ptr + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0
             ).to(acc_ty)
             y = xv * s[:, None]
-            y = residual_tail(y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R, RELU)
+            y = residual_tail(y, res_ptr, stride_resc, stride_reshw, offs_c, offs_hw, mask, HAS_R, RELU)
             y_ptrs = y_ptr + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -140,7 +140,7 @@ def se_fwd_one_launch(
     """The MLP form's whole forward in one launch, one program per sample (cfg from
     plan.plan_forward): (y, z, s, a) as the three-launch path returns them, the residual tail too."""
     b, c, h, w = x.shape
-    hw, r = h * w, w1.shape[0]
+    hw, hidden = h * w, w1.shape[0]
     xs, ys = strides_of(x, None), None
     acc = acc_dtype(x.dtype)
     z = empty(b, c, dtype=acc, device=x.device)
@@ -171,7 +171,7 @@ def se_fwd_one_launch(
         *w2.stride(),
         vec_stride(b2),
         c,
-        r,
+        hidden,
         hw,
         HAS_B1=b1 is not None,
         HAS_B2=b2 is not None,

@@ -40,7 +40,7 @@ def _se_fwd_spread_kernel(
     w2_ptr,  # (C, R)
     b2_ptr,  # (C,), read only when HAS_B2
     d_ptr,  # (B,) acc dtype, read only when HAS_D
-    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    res_ptr,  # (B, C, HW) strided residual, read only when HAS_R
     zsum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums
     hpart_ptr,  # (TILES, B, BLOCK_R) acc dtype: each tile's share of W1 @ (sum of x)
     z_ptr,  # (B, C) acc dtype out
@@ -49,7 +49,7 @@ def _se_fwd_spread_kernel(
     y_ptr,  # (B, C, HW) strided output
     ws_ptr,  # int32, zeroed: [ticket, misses, squeezed tiles per sample, gate flag per (sample, channel block)]
     stride_xb, stride_xc, stride_xhw,
-    stride_rb, stride_rc, stride_rhw,
+    stride_resb, stride_resc, stride_reshw,
     stride_yb, stride_yc, stride_yhw,
     stride_w1r, stride_w1c, stride_b1,
     stride_w2c, stride_w2r, stride_b2,
@@ -73,11 +73,11 @@ def _se_fwd_spread_kernel(
     ready_ptr = done_ptr + B
     offs_r = tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
-    t = tl.atomic_add(ws_ptr, 1)
-    while t < total:
-        if t < n_squeeze:
-            pid_b = t // tiles
-            tile = t - pid_b * tiles
+    ticket = tl.atomic_add(ws_ptr, 1)
+    while ticket < total:
+        if ticket < n_squeeze:
+            pid_b = ticket // tiles
+            tile = ticket - pid_b * tiles
             pid_c = tile // hw_tiles
             hwt = tile - pid_c * hw_tiles
             offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -97,8 +97,8 @@ def _se_fwd_spread_kernel(
             tl.store(hpart_ptr + (tile.to(tl.int64) * B + pid_b) * BLOCK_R + offs_r, hp)
             tl.debug_barrier()  # the sums and products stored, then released by the count
             tl.atomic_add(done_ptr + pid_b, 1, sem="release")
-        elif t < n_squeeze + n_gate:
-            u = t - n_squeeze
+        elif ticket < n_squeeze + n_gate:
+            u = ticket - n_squeeze
             pid_b = u // c_blocks
             pid_c = u - pid_b * c_blocks
             offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -128,7 +128,7 @@ def _se_fwd_spread_kernel(
                 tl.store(a_ptr + row, a, mask=mask_c)
             publish(ready_ptr + pid_b * c_blocks + pid_c)
         else:
-            u = t - n_squeeze - n_gate
+            u = ticket - n_squeeze - n_gate
             pid_b = u // tiles
             tile = u - pid_b * tiles
             pid_c = tile // hw_tiles
@@ -147,9 +147,9 @@ def _se_fwd_spread_kernel(
                     x_ptr + pid_b.to(tl.int64) * stride_xb, stride_xc, stride_xhw,
                     y_ptr + pid_b.to(tl.int64) * stride_yb, stride_yc, stride_yhw,
                     offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
-                    r_ptr=r_ptr + pid_b.to(tl.int64) * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw, HAS_R=HAS_R, RELU=RELU,
+                    res_ptr=res_ptr + pid_b.to(tl.int64) * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
                 )  # fmt: skip
-        t = tl.atomic_add(ws_ptr, 1)
+        ticket = tl.atomic_add(ws_ptr, 1)
 
 
 def se_fwd_spread(
@@ -169,7 +169,7 @@ def se_fwd_spread(
     excitation spread over the programs too (cfg from spread_forward): (y, z, s, a) as the
     three-launch path returns them, the residual tail too."""
     b, c, h, w = x.shape
-    hw, r = h * w, w1.shape[0]
+    hw, hidden = h * w, w1.shape[0]
     xs = strides_of(x, None)
     acc = acc_dtype(x.dtype)
     z = empty(b, c, dtype=acc, device=x.device)
@@ -206,7 +206,7 @@ def se_fwd_spread(
         vec_stride(b2),
         b,
         c,
-        r,
+        hidden,
         hw,
         cfg.hw_tile,
         cfg.hw_tiles,
