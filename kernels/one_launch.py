@@ -13,18 +13,11 @@ import triton.language as tl
 
 from . import heuristics as hz
 from .common import (
-    ACT_CODES,
-    GATE_CODES,
-    acc_dtype,
     act_fwd,
-    empty,
-    empty_like,
     gate_fwd,
-    keeps_gate_input,
     launch,
+    mlp_forward,
     record,
-    strides_of,
-    vec_stride,
 )
 from .passes import residual_tail
 
@@ -140,51 +133,24 @@ def se_fwd_one_launch(
     """The MLP form's whole forward in one launch, one program per sample (cfg from
     plan.plan_forward): (y, z, s, a) as the three-launch path returns them, the residual tail too."""
     b, c, h, w = x.shape
-    hw, hidden = h * w, w1.shape[0]
-    xs, ys = strides_of(x, None), None
-    acc = acc_dtype(x.dtype)
-    z = empty(b, c, dtype=acc, device=x.device)
-    s = empty(b, c, dtype=acc, device=x.device)
-    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
-    y = empty_like(x)
-    ys = strides_of(y, None)
+    f = mlp_forward(x, w1, b1, w2, b2, act, gate, d, residual, relu)
     record("se_fwd_one_launch")
-    if y.numel() == 0:
-        return y, z, s, a
+    if f.y.numel() == 0:
+        return f.outputs
     launch(_se_fwd_one_launch_kernel, (b,))(
-        x,
-        w1,
-        w1 if b1 is None else b1,
-        w2,
-        w2 if b2 is None else b2,
-        z if d is None else d,
-        x if residual is None else residual,
-        z,
-        s,
-        a if keeps_gate_input(gate) else s,
-        y,
-        *xs,
-        *strides_of(residual, xs),
-        *ys,
-        *w1.stride(),
-        vec_stride(b1),
-        *w2.stride(),
-        vec_stride(b2),
+        *f.inputs,
+        f.z,
+        f.s,
+        f.a_arg,
+        f.y,
+        *f.strides,
         c,
-        hidden,
-        hw,
-        HAS_B1=b1 is not None,
-        HAS_B2=b2 is not None,
-        ACT=ACT_CODES[act],
-        GATE=GATE_CODES[gate],
-        KEEP_A=keeps_gate_input(gate),
-        HAS_D=d is not None,
-        HAS_R=residual is not None,
-        RELU=relu,
-        IS_FP64=x.dtype == torch.float64,
+        w1.shape[0],
+        h * w,
+        **f.flags,
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
         BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps,
     )
-    return y, z, s, a
+    return f.outputs

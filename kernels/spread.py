@@ -14,19 +14,13 @@ import triton.language as tl
 
 from . import heuristics as hz
 from .common import (
-    ACT_CODES,
-    GATE_CODES,
-    acc_dtype,
     act_fwd,
     empty,
-    empty_like,
     gate_fwd,
-    keeps_gate_input,
     launch,
+    mlp_forward,
     record,
-    strides_of,
     sum_splits,
-    vec_stride,
 )
 from .passes import hw_sum_range, scale_tile
 from .sync import check_waits, publish, spins, wait_for, workspace
@@ -166,60 +160,33 @@ def se_fwd_spread(
     cfg: hz.SpreadConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The MLP form's forward for small batches as one persistent launch over every SM, the
-    excitation spread over the programs too (cfg from spread_forward): (y, z, s, a) as the
+    excitation spread over the programs too (cfg from plan.plan_forward): (y, z, s, a) as the
     three-launch path returns them, the residual tail too."""
     b, c, h, w = x.shape
-    hw, hidden = h * w, w1.shape[0]
-    xs = strides_of(x, None)
-    acc = acc_dtype(x.dtype)
-    z = empty(b, c, dtype=acc, device=x.device)
-    s = empty(b, c, dtype=acc, device=x.device)
-    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
-    y = empty_like(x)
-    zsum = empty(cfg.hw_tiles, b, c, dtype=acc, device=x.device)
-    hpart = empty(cfg.tiles, b, cfg.block_r, dtype=acc, device=x.device)
-    # the ticket counter, the count of order misses, then a count of squeezed tiles per sample
-    # and a gate flag per (sample, channel block)
+    f = mlp_forward(x, w1, b1, w2, b2, act, gate, d, residual, relu)
+    zsum = empty(cfg.hw_tiles, b, c, dtype=f.z.dtype, device=x.device)
+    hpart = empty(cfg.tiles, b, cfg.block_r, dtype=f.z.dtype, device=x.device)
+    # a count of squeezed tiles per sample and a gate flag per (sample, channel block)
     ws = workspace(b + b * cfg.c_blocks, x.device)
     record("se_fwd_spread")
     launch(_se_fwd_spread_kernel, (cfg.programs,))(
-        x,
-        w1,
-        w1 if b1 is None else b1,
-        w2,
-        w2 if b2 is None else b2,
-        z if d is None else d,
-        x if residual is None else residual,
+        *f.inputs,
         zsum,
         hpart,
-        z,
-        s,
-        a if keeps_gate_input(gate) else s,
-        y,
+        f.z,
+        f.s,
+        f.a_arg,
+        f.y,
         ws,
-        *xs,
-        *strides_of(residual, xs),
-        *strides_of(y, None),
-        *w1.stride(),
-        vec_stride(b1),
-        *w2.stride(),
-        vec_stride(b2),
+        *f.strides,
         b,
         c,
-        hidden,
-        hw,
+        w1.shape[0],
+        h * w,
         cfg.hw_tile,
         cfg.hw_tiles,
         hz.WAIT_MAX_POLLS,
-        HAS_B1=b1 is not None,
-        HAS_B2=b2 is not None,
-        ACT=ACT_CODES[act],
-        GATE=GATE_CODES[gate],
-        KEEP_A=keeps_gate_input(gate),
-        HAS_D=d is not None,
-        HAS_R=residual is not None,
-        RELU=relu,
-        IS_FP64=x.dtype == torch.float64,
+        **f.flags,
         WAIT=spins(),
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
@@ -227,4 +194,4 @@ def se_fwd_spread(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, b * (2 * cfg.tiles + cfg.c_blocks), cfg.programs, "se_fwd_spread", x.shape)
-    return y, z, s, a
+    return f.outputs

@@ -18,11 +18,11 @@ from . import heuristics as hz
 from .common import (
     ACT_CODES,
     GATE_CODES,
-    acc_dtype,
     empty,
     empty_like,
     keeps_gate_input,
     launch,
+    mlp_forward,
     record,
     strides_of,
     sum_partials,
@@ -247,61 +247,35 @@ def se_fwd_stream(
     relu: bool,
     cfg: hz.StreamConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The MLP form's forward as one persistent launch (cfg from stream_forward): (y, z, s, a)
+    """The MLP form's forward as one persistent launch (cfg from plan.plan_forward): (y, z, s, a)
     as the three-launch path returns them, the residual tail too; x's second read is served by
     L2, so 2N bytes move instead of 3N."""
     b, c, h, w = x.shape
-    hw, hidden = h * w, w1.shape[0]
-    xs = strides_of(x, None)
-    acc = acc_dtype(x.dtype)
-    z = empty(b, c, dtype=acc, device=x.device)
-    s = empty(b, c, dtype=acc, device=x.device)
-    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
-    y = empty_like(x)
+    f = mlp_forward(x, w1, b1, w2, b2, act, gate, d, residual, relu)
     num_chunks = hz.cdiv(b, cfg.chunk)
-    zsum = empty(cfg.hw_tiles, b, c, dtype=acc, device=x.device)
+    zsum = empty(cfg.hw_tiles, b, c, dtype=f.z.dtype, device=x.device)
     ws = workspace(2 * num_chunks, x.device)
     record("se_fwd_stream")
     launch(_se_fwd_stream_kernel, (cfg.programs,))(
-        x,
-        w1,
-        w1 if b1 is None else b1,
-        w2,
-        w2 if b2 is None else b2,
-        z if d is None else d,
-        x if residual is None else residual,
+        *f.inputs,
         zsum,
-        z,
-        s,
-        a if keeps_gate_input(gate) else s,
-        y,
+        f.z,
+        f.s,
+        f.a_arg,
+        f.y,
         ws,
-        *xs,
-        *strides_of(residual, xs),
-        *strides_of(y, None),
-        *w1.stride(),
-        vec_stride(b1),
-        *w2.stride(),
-        vec_stride(b2),
+        *f.strides,
         b,
         c,
-        hidden,
-        hw,
+        w1.shape[0],
+        h * w,
         cfg.hw_tile,
         cfg.hw_tiles,
         cfg.chunk,
         cfg.lag,
         num_chunks,
         hz.WAIT_MAX_POLLS,
-        HAS_B1=b1 is not None,
-        HAS_B2=b2 is not None,
-        ACT=ACT_CODES[act],
-        GATE=GATE_CODES[gate],
-        KEEP_A=keeps_gate_input(gate),
-        HAS_D=d is not None,
-        HAS_R=residual is not None,
-        RELU=relu,
-        IS_FP64=x.dtype == torch.float64,
+        **f.flags,
         DOT_TF32=cfg.excite.dot_tf32,
         WAIT=spins(),
         BLOCK_C=cfg.block_c,
@@ -312,7 +286,7 @@ def se_fwd_stream(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_fwd_stream", x.shape)
-    return y, z, s, a
+    return f.outputs
 
 
 def se_bwd_stream(
@@ -332,7 +306,7 @@ def se_bwd_stream(
     store_g: bool,
     cfg: hz.StreamConfig,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], ...]:
-    """The MLP form's backward as one persistent launch (cfg from stream_backward):
+    """The MLP form's backward as one persistent launch (cfg from plan.plan_backward):
     (dx, masked g or None, dW1, db1, dW2, db2), the weight gradients None where `need`
     (dW1, db1, dW2, db2) says so. g is re-read from L2 for dx: 3N bytes instead of 4N.
     Arguments as scale_bwd and excite_bwd take them."""
