@@ -31,9 +31,12 @@ KERNEL_OF = {
 @contextmanager
 def stubbed_launches() -> Iterator[list]:
     """Launches record their kernel's name and run nothing; the ops take the kernels' path on
-    CPU tensors (as with the interpreter on, but without it)."""
+    CPU tensors (as with the interpreter on, but without it), and the persistent kernels' check
+    of their workspace (which nothing filled) is off, as it is on a GPU by default."""
+    import os
+
     from fused_se import _dispatch
-    from fused_se.kernels import se
+    from fused_se.kernels import common, sync
 
     names: list = []
 
@@ -47,35 +50,42 @@ def stubbed_launches() -> Iterator[list]:
 
             return launch
 
-    saved = se.wrap_triton, _dispatch.interpreter_enabled, se.INTERPRETED
-    se.wrap_triton, _dispatch.interpreter_enabled, se.INTERPRETED = _Stub, (lambda: True), False
+    saved = common.wrap_triton, _dispatch.interpreter_enabled, sync.INTERPRETED
+    saved_check = os.environ.pop(sync.CHECK_ENV, None)
+    common.wrap_triton, _dispatch.interpreter_enabled, sync.INTERPRETED = _Stub, (lambda: True), False
     try:
         yield names
     finally:
-        se.wrap_triton, _dispatch.interpreter_enabled, se.INTERPRETED = saved
+        common.wrap_triton, _dispatch.interpreter_enabled, sync.INTERPRETED = saved
+        if saved_check is not None:
+            os.environ[sync.CHECK_ENV] = saved_check
 
 
 @contextmanager
 def forced_path(path: str, batch: int, sample_bytes: int) -> Iterator[None]:
-    """Holds the planner to one forward path (the backward streams with the stream forward and
-    takes its three launches otherwise) through its thresholds."""
+    """Holds the planner to one forward path (force_paths; the backward streams with the stream
+    forward and takes its three launches otherwise); the streamed paths also need an L2 that x
+    is past and a chunk of one sample."""
+    import os
+
+    from fused_se.kernels import force_paths
     from fused_se.kernels import heuristics as hz
 
-    names = ("ONE_LAUNCH_MAX_BATCH", "SPREAD_MAX_BATCH", "STREAM_MAX_CHUNK", "STREAM_WEIGHT_RATIO", "l2_bytes")
-    saved = {n: getattr(hz, n) for n in names}
-    hz.ONE_LAUNCH_MAX_BATCH = 8 if path == "1-launch" else 0
-    hz.SPREAD_MAX_BATCH = 8 if path == "spread" else 0
+    names = {"3-pass": "three_launch", "1-launch": "one_launch", "spread": "spread", "stream": "stream"}
+    saved_ratio, saved_l2 = hz.STREAM_WEIGHT_RATIO, os.environ.get(hz.L2_ENV)
     if path == "stream":
-        # a small L2 and weight ratio: LAG of batch - 4 samples forward, half that backward
+        # LAG of batch - 4 samples forward, half that backward
         hz.STREAM_WEIGHT_RATIO = 1e-6
-        hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * (batch - 4) * sample_bytes
-    else:
-        hz.STREAM_MAX_CHUNK = 0
+        os.environ[hz.L2_ENV] = str(hz.STREAM_L2_FRACTION * (batch - 4) * sample_bytes)
     try:
-        yield
+        with force_paths(names[path]):
+            yield
     finally:
-        for n, v in saved.items():
-            setattr(hz, n, v)
+        hz.STREAM_WEIGHT_RATIO = saved_ratio
+        if saved_l2 is None:
+            os.environ.pop(hz.L2_ENV, None)
+        else:
+            os.environ[hz.L2_ENV] = saved_l2
 
 
 def _call(module, x, mode: str):

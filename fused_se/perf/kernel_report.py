@@ -38,7 +38,7 @@ def record_launches():
     interpreter, so that the ops take the kernels' path on CPU tensors; returns the list that
     the launches (kernel, args, kwargs) go into."""
     from fused_se import _dispatch
-    from fused_se.kernels import se
+    from fused_se.kernels import common
 
     launches: list = []
 
@@ -52,7 +52,7 @@ def record_launches():
 
             return launch
 
-    se.wrap_triton = _Recorder
+    common.wrap_triton = _Recorder
     _dispatch.interpreter_enabled = lambda: True
     return launches
 
@@ -256,9 +256,9 @@ def run_kernel_report(args) -> list[dict]:
     """Compiles in a child process without the interpreter (the kernels must be JIT functions)."""
     import json
 
-    from fused_se.kernels import se
+    from fused_se.kernels import common
 
-    if not se.INTERPRETED and os.environ.get("FUSED_SE_KERNEL_REPORT_CHILD"):
+    if not common.INTERPRETED and os.environ.get("FUSED_SE_KERNEL_REPORT_CHILD"):
         return _report_here(args)
     with tempfile.TemporaryDirectory() as tmp:
         spec, out = os.path.join(tmp, "args.json"), os.path.join(tmp, "rows.json")

@@ -192,9 +192,9 @@ class Tracer:
         why = interpreter_hooks_available()
         if why:
             raise RuntimeError(f"fused_se.perf: {why}")
-        from fused_se.kernels import se
+        from fused_se.kernels import common
 
-        if not se.INTERPRETED:
+        if not common.INTERPRETED:
             raise RuntimeError(
                 "fused_se.perf counts bytes through the Triton interpreter: set TRITON_INTERPRET=1 before "
                 "triton is first imported (python -m fused_se.perf does)"

@@ -66,18 +66,18 @@ def planned_for(l2_bytes: int, sms: int) -> Iterator[None]:
     """The paths planned for this L2 (FUSED_SE_L2_BYTES) and SM count, on the CPU."""
     from fused_se.kernels import heuristics as hz
 
-    saved_env = os.environ.get(hz.L2_BYTES_ENV)
+    saved_env = os.environ.get(hz.L2_ENV)
     saved_sm = hz.sm_count
-    os.environ[hz.L2_BYTES_ENV] = str(l2_bytes)
+    os.environ[hz.L2_ENV] = str(l2_bytes)
     hz.sm_count = lambda device: sms if device.type != "cuda" else saved_sm(device)
     try:
         yield
     finally:
         hz.sm_count = saved_sm
         if saved_env is None:
-            os.environ.pop(hz.L2_BYTES_ENV, None)
+            os.environ.pop(hz.L2_ENV, None)
         else:
-            os.environ[hz.L2_BYTES_ENV] = saved_env
+            os.environ[hz.L2_ENV] = saved_env
 
 
 def build(provider: str, shape, dtype: torch.dtype) -> torch.nn.Module:
@@ -132,23 +132,17 @@ def full_size_path(provider: str, shape, batch: int, layout: str, dtype: torch.d
     """The paths the planner picks at the unscaled batch (nothing runs: a meta tensor)."""
     if provider not in FUSED:
         return "torch"
-    from fused_se import kernels
+    from fused_se.kernels import plan
 
     from . import _bench
 
+    names = {"three_launch": "3-pass", "one_launch": "1-launch", "spread": "spread", "stream": "stream"}
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.empty(batch, shape.c, shape.h, shape.w, dtype=dtype, device="meta").to(memory_format=fmt)
     paths = _bench.three_launch_paths() if provider == "fused-3pass" else contextlib.nullcontext()
     with paths:
-        if kernels.stream_forward(x, shape.hidden) is not None:
-            fwd = "stream"
-        elif kernels.one_launch_forward(x, shape.hidden):
-            fwd = "1-launch"
-        elif kernels.spread_forward(x, shape.hidden) is not None:
-            fwd = "spread"
-        else:
-            fwd = "3-pass"
-        bwd = "stream" if kernels.stream_backward(x, x, shape.hidden, None, False) is not None else "3-pass"
+        fwd = names[plan.plan_forward(x, shape.hidden).path]
+        bwd = names[plan.plan_backward(x, x, shape.hidden, None, False, True).path]
     if mode == "fwd":
         return f"triton {fwd}"
     if mode == "bwd":
@@ -278,9 +272,9 @@ def _run_here(args) -> list[dict]:
 def run_traffic(args: argparse.Namespace) -> list[dict]:
     """The --traffic rows. Runs in this process where the kernels are interpreted, else in a
     child process with TRITON_INTERPRET=1 (the kernels are defined when triton is imported)."""
-    from fused_se.kernels import se
+    from fused_se.kernels import common
 
-    if se.INTERPRETED:
+    if common.INTERPRETED:
         return _run_here(args)
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "args.json")

@@ -1,7 +1,7 @@
 """Bytes counted through the Triton interpreter against each path's documented budget, the
 streamed paths' modeled DRAM bytes, and eager PyTorch's count against a hand count.
 
-N = bytes of x. The budgets (kernels/se.py): squeeze reads x (N); scale reads x, writes y (2N);
+N = bytes of x. The budgets (docs/DESIGN.md): squeeze reads x (N); scale reads x, writes y (2N);
 backward: the sum of dy * x reads both (2N), the dx pass reads dy and writes dx (2N); the
 excitations move O(B*C) and the weights, tiny next to N."""
 
@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from fused_se.bench import SEShape
-from fused_se.kernels import se as se_kernels
+from fused_se.kernels import common as kernels_common
 from fused_se.perf import traffic
 from fused_se.perf.cards import CARDS
 from fused_se.perf.l2 import replay
 from fused_se.perf.trace import Tracer
 
-pytestmark = pytest.mark.skipif(not se_kernels.INTERPRETED, reason="counts bytes through the Triton interpreter")
+pytestmark = pytest.mark.skipif(not kernels_common.INTERPRETED, reason="counts bytes through the Triton interpreter")
 
 SHAPE = SEShape(64, 14, 14, 4)
 BATCH = 4
@@ -26,7 +26,7 @@ SMS = 2  # the interpreter's SM count: no HW split of the squeeze
 @pytest.fixture(autouse=True)
 def _no_poison(monkeypatch):
     # NaN-filling the outputs would add a fill kernel per buffer to the count
-    monkeypatch.setattr(se_kernels, "POISON_OUTPUTS", False)
+    monkeypatch.setattr(kernels_common, "POISON_OUTPUTS", False)
 
 
 def _trace(provider, layout="nchw", batch=BATCH, shape=SHAPE, dtype=torch.float32, l2=L2):
@@ -156,6 +156,6 @@ def test_rows_model_time_from_dram_and_launches():
 
 
 def test_tracer_refuses_without_the_interpreter(monkeypatch):
-    monkeypatch.setattr(se_kernels, "INTERPRETED", False)
+    monkeypatch.setattr(kernels_common, "INTERPRETED", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         Tracer()
