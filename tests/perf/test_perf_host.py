@@ -1,0 +1,35 @@
+"""--host: each fused path runs with its launches stubbed out, and says which kernels it launched."""
+
+import argparse
+
+import pytest
+
+from fused_se.perf import host
+
+
+def test_each_path_runs_stubbed_and_is_timed():
+    args = argparse.Namespace(
+        host_paths=list(host.PATHS), host_modes=list(host.MODES), host_channels=32, number=1, repeat=1
+    )
+    rows = host.run_host(args)
+    fused = {(r["mode"], r["path"]): r for r in rows if r["provider"] == "fused"}
+    assert fused[("fwd", "3-pass fwd (launches stubbed)")]["launches"] == 3
+    assert fused[("fwd", "1-launch fwd (launches stubbed)")]["launches"] == 1
+    assert fused[("fwd", "spread fwd (launches stubbed)")]["launches"] == 1
+    assert fused[("fwd", "stream fwd (launches stubbed)")]["launches"] == 1
+    assert fused[("fwd+bwd", "stream fwd, stream bwd (launches stubbed)")]["launches"] == 2
+    assert fused[("fwd+bwd", "3-pass fwd, 3-pass bwd (launches stubbed)")]["launches"] == 6
+    assert all(r["host_us"] > 0 for r in rows)
+    assert {r["provider"] for r in rows} == {"eager", "fused"}
+
+
+def test_stubs_are_undone():
+    from fused_se.kernels import common, sync
+
+    before = common.wrap_triton, sync.INTERPRETED
+    with host.stubbed_launches():
+        assert common.wrap_triton is not before[0]
+    assert (common.wrap_triton, sync.INTERPRETED) == before
+    with pytest.raises(KeyError):
+        with host.forced_path("nothing", 2, 1):
+            pass
