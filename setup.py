@@ -21,7 +21,7 @@ setup(
     python_requires=">=3.9",
     # kernels/ is a top-level folder in the repository but must never become a top-level
     # import name (PyPI has an unrelated package called `kernels`): it installs as fused_se.kernels.
-    packages=["fused_se", "fused_se.kernels"],
+    packages=["fused_se", "fused_se.bench", "fused_se.kernels"],
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
     install_requires=["torch>=2.6", "triton", "numpy"],
