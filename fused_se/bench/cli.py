@@ -1,17 +1,41 @@
-"""The command line: options, their checks, and main."""
+"""The command line: options, their checks (all before anything runs), and main."""
 
 from __future__ import annotations
 
 import argparse
-import csv
+import os
+import sys
+from typing import Optional
 
 import torch
 
 from .e2e import run_e2e
-from .measure import default_batch, environment
+from .measure import CPU_TIMER_THRESHOLD, NOISY_SPREAD, default_batch, environment
 from .presets import DTYPES, LAYOUTS, MODES, PRESETS, PROVIDERS, parse_shape
-from .report import format_e2e, format_table, write_csv, write_json, write_plot
-from .runner import run
+from .report import RowWriter, e2e_table, format_vs_compile, noise_note, se_table, write_plot
+from .runner import provider_passes, run
+
+
+def prog_name(module: str) -> str:
+    """The name the user typed: `python -m <module>` or the console script's (fused-se-bench)."""
+    base = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not base or base in ("__main__.py", "-c") or base.endswith(".py"):
+        return f"python -m {module}"
+    return base
+
+
+def check_writable(path: str) -> Optional[str]:
+    """Why `path` cannot be written, or None: checked before a run, not found after it."""
+    if os.path.isdir(path):
+        return f"{path} is a folder"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"no folder {folder}"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    if not os.access(folder, os.W_OK):
+        return f"folder {folder} is not writable"
+    return None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -21,19 +45,26 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
-        prog="fused-se-bench",
+        prog=prog_name("fused_se.bench"),
         description="Times the fused SE block against eager PyTorch and torch.compile on this machine's device.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
             "Providers: eager (SEModule with Linear FCs), eager-conv (1x1 Conv2d FCs, as timm and torchvision),\n"
-            "compile (torch.compile of eager, default mode), compile-max-autotune (mode max-autotune-no-cudagraphs),\n"
-            "compile-reduce-overhead, fused. Default: eager, eager-conv, compile and fused on a GPU; eager,\n"
-            "eager-conv and fused on a CPU (compiling there takes long and measures nothing this project is for).\n"
+            "fused (FusedSEModule, on the path the planner picks), fused-3pass (the fused block held to its\n"
+            "three launches each way), compile (torch.compile of eager, default mode), compile-max-autotune\n"
+            "(mode max-autotune-no-cudagraphs), compile-reduce-overhead. Default: eager, eager-conv, compile\n"
+            "and fused on a GPU; eager, eager-conv and fused on a CPU (compiling there takes long and measures\n"
+            "nothing this project is for). The torch.compile providers run last, after the others have run\n"
+            "on every shape: each of their rows compiles anew.\n"
             "Modes: fwd (inference, no grad), bwd (backward alone), fwd+bwd.\n"
-            "GB/s is against the minimal traffic of the SE block (N = bytes of x): 2N fwd, 3N bwd, 5N fwd+bwd;\n"
-            "own GB/s against the fused kernels' own traffic: 3N, 4N, 7N. %copy compares GB/s with a device-to-\n"
-            "device copy measured in the same run. Peak memory (fwd+bwd and bwd) and kernel launches come from\n"
-            "the CUDA allocator and profiler, on a GPU only."
+            "Each row is printed, and written to --json and --csv, as soon as it is measured.\n"
+            "Timing: triton.testing.do_bench on a GPU; torch.utils.benchmark.Timer.adaptive_autorange on a CPU\n"
+            f"(until the interquartile range is within {100 * CPU_TIMER_THRESHOLD:.0f}% of the median, or --reps ms). spread is\n"
+            f"(p80 - p20) / median; past {100 * NOISY_SPREAD:.0f}% it is marked !, and a speedup from such a row ?.\n"
+            "GB/s is against the minimal traffic of the SE block (N = bytes of x): 2N fwd, 3N bwd, 5N fwd+bwd.\n"
+            "On a GPU also: own GB/s against the fused kernels' own traffic (3N, 4N, 7N), %copy (GB/s against\n"
+            "a device-to-device copy measured in the same run), peak memory (fwd+bwd and bwd) and kernel\n"
+            "launches (the CUDA allocator and profiler)."
         ),
     )
     p.add_argument(
@@ -62,15 +93,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="time a ResNet block's tail, relu(se(x) + shortcut), instead of the SE alone (traffic: 3N fwd, "
         "5N bwd, 8N fwd+bwd minimal; the fused tail's own 4N, 6N, 10N)",
     )
-    p.add_argument("--warmup", type=int, help="GPU: ms of warm-up per row (default 25); CPU: calls (default 2)")
-    p.add_argument("--reps", type=int, help="GPU: ms of timed calls per row (default 100); CPU: calls (default 10)")
+    p.add_argument("--warmup", type=int, help="ms of warm-up calls per row (default 25 on a GPU, 20 on a CPU)")
+    p.add_argument(
+        "--reps", type=int, help="ms of timed calls per row (default 100 on a GPU; on a CPU at most, default 300)"
+    )
     p.add_argument("--device", help="default: cuda if there is one, else cpu")
-    p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
-    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
+    p.add_argument("--json", metavar="FILE", help="write the rows as JSON (a list; rewritten after each row)")
+    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV (rewritten after each row)")
+    p.add_argument(
+        "--append", action="store_true", help="keep the rows already in --json and --csv, and add this run's"
+    )
+    p.add_argument("--label", help="a name for this run, recorded in each row as `run`")
     p.add_argument(
         "--plot",
         metavar="FILE",
-        help="write a PNG: speedup and %% of copy bandwidth by shape and provider (needs matplotlib)",
+        help="write a PNG: speedup and bandwidth by shape and provider, of one mode and layout (fwd+bwd and "
+        "channels_last where timed; the titles say which); needs matplotlib",
     )
     p.add_argument(
         "--e2e",
@@ -97,8 +135,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--device must be cuda or cpu; got {args.device}")
     cuda = device.type == "cuda"
     args.dtype = args.dtype or ("bf16" if cuda else "fp32")
-    args.warmup = args.warmup if args.warmup is not None else (25 if cuda else 2)
-    args.reps = args.reps if args.reps is not None else (100 if cuda else 10)
+    args.warmup = args.warmup if args.warmup is not None else (25 if cuda else 20)
+    args.reps = args.reps if args.reps is not None else (100 if cuda else 300)
     for name in ("batch", "warmup", "reps", "e2e_batch", "e2e_size"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
@@ -114,6 +152,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.shape_list = PRESETS[args.preset]
         batch = args.batch or default_batch(device, args.shape_list, DTYPES[args.dtype])
         args.batch_list = [batch] * len(args.shape_list)
+    for name in ("json", "csv", "plot"):
+        path = getattr(args, name)
+        why = path and check_writable(path)
+        if why:
+            p.error(f"--{name} {path}: {why}")
+    if args.append and not (args.json or args.csv):
+        p.error("--append adds to --json or --csv: give one")
+    if args.e2e and args.plot:
+        p.error("--plot plots SE-block rows; --e2e times whole models")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -132,36 +179,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device(args.device)
+    cuda = device.type == "cuda"
     env = environment(device)
     print(
-        f"fused-se-bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | fused_se {env['fused_se']}"
+        f"fused-se-bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | fused_se {env['fused_se']}",
+        flush=True,
     )
     if args.e2e:
-        rows = run_e2e(args)
-        print(format_e2e(rows))
+        writer = RowWriter(e2e_table(), args.json, args.csv, args.append)
+        rows = run_e2e(args, writer)
     else:
-        shapes = ", ".join(f"{n}x{s.c}x{s.h}x{s.w}" for n, s in zip(args.batch_list, args.shape_list))
-        print(f"{args.dtype}, shapes {shapes}, providers {' '.join(args.providers)}")
-        rows = run(args)
-        print(format_table(rows))
-        print(f"device-to-device copy: {rows[0]['copy_gbs']:.1f} GB/s")
-        if args.plot:
+        shapes = ", ".join(f"{n}x{s.c}x{s.h}x{s.w},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list))
+        order = " ".join(p for ps in provider_passes(args.providers) for p in ps)
+        print(f"{args.dtype}, shapes (N x C x H x W, hidden) {shapes}, providers {order}", flush=True)
+        writer = RowWriter(se_table(gpu=cuda, providers=args.providers), args.json, args.csv, args.append)
+        rows = run(args, writer)
+        against = format_vs_compile(rows)
+        if against:
+            print(against)
+        if cuda and rows:
+            print(f"device-to-device copy: {rows[0]['copy_gbs']:.1f} GB/s")
+        if args.plot and rows:
             write_plot(rows, args.plot)
-    if args.json:
-        write_json(rows, args.json)
-    if args.csv:
-        if args.e2e:
-            fields = list(rows[0])
-            with open(args.csv, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=fields)
-                writer.writeheader()
-                writer.writerows(rows)
-        else:
-            write_csv(rows, args.csv)
-    if device.type != "cuda":
+    for line in noise_note(rows):
+        print(line)
+    if not cuda:
         print(
             "note: CPU timings of the CPU paths (the fused ops run their torch-ops kernel here, or the "
-            "Triton interpreter); "
-            "the speedups fused_se exists for need a CUDA GPU."
+            "Triton interpreter); the speedups fused_se exists for need a CUDA GPU."
         )
     return 0

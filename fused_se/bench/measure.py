@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 import platform
-import statistics
 import sys
 import time
 from typing import Callable, Optional
@@ -15,28 +14,47 @@ import torch
 from ..version import __version__
 from .presets import SEShape
 
+# A row whose p20-p80 range is wider than this fraction of its median is flagged: a speedup read
+# from it (or against it) is within the noise.
+NOISY_SPREAD = 0.10
+# The CPU timer (torch.utils.benchmark's adaptive_autorange) stops once the interquartile range of
+# its blocks is within this fraction of the median, or at --reps milliseconds.
+CPU_TIMER_THRESHOLD = 0.05
+
 
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> tuple[float, float, float]:
-    """(median, p20, p80) in ms. On a GPU warmup and reps are milliseconds for do_bench; on a
-    CPU they are counts of calls."""
+    """(median, p20, p80) in ms of one call. warmup and reps are milliseconds: on a GPU for
+    triton.testing.do_bench; on a CPU of warm-up calls, then at most reps ms of
+    torch.utils.benchmark.Timer.adaptive_autorange, whose blocks of calls give the quantiles."""
     if device.type == "cuda":
         import triton.testing
 
         return tuple(triton.testing.do_bench(fn, warmup=warmup, rep=reps, quantiles=[0.5, 0.2, 0.8]))
-    for _ in range(max(1, warmup)):
+    from torch.utils.benchmark import Timer
+
+    t0 = time.perf_counter()
+    fn()
+    while (time.perf_counter() - t0) * 1e3 < warmup:
         fn()
-    times = []
-    for _ in range(max(3, reps)):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    deciles = statistics.quantiles(times, n=10)
-    return statistics.median(times), deciles[1], deciles[7]
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    budget = max(reps, 1) / 1e3
+    measured = timer.adaptive_autorange(CPU_TIMER_THRESHOLD, min_run_time=budget / 5, max_run_time=budget)
+    median, p20, p80 = torch.tensor(measured.times, dtype=torch.float64).quantile(
+        torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)
+    )
+    return median.item() * 1e3, p20.item() * 1e3, p80.item() * 1e3
+
+
+def spread(median: float, p20: float, p80: float) -> float:
+    """The p20-p80 range relative to the median."""
+    return (p80 - p20) / median if median > 0 else float("inf")
 
 
 def copy_bandwidth_gbs(device: torch.device, warmup: int, reps: int) -> float:
-    """Device-to-device copy bandwidth (read + write) of a buffer far larger than the caches."""
-    n = (1 << 30) if device.type == "cuda" else (64 << 20)
+    """Device-to-device copy bandwidth (read + write) of a buffer far larger than the caches (1 GiB).
+    Measured on a GPU only: a CPU's copy says little of what the SE block's passes, on maps its
+    caches hold, can reach."""
+    n = 1 << 30
     src = torch.empty(n, dtype=torch.uint8, device=device)
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src), device, warmup, reps)[0]
@@ -98,7 +116,7 @@ def environment(device: torch.device) -> dict:
     }
 
 
-class _Progress:
+class Progress:
     """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
 
     def __init__(self, total: int) -> None:
@@ -113,6 +131,7 @@ class _Progress:
             sys.stderr.flush()
 
     def close(self) -> None:
+        """Clear the bar (before a row is printed, and at the end)."""
         if self.live:
             sys.stderr.write("\r" + " " * 100 + "\r")
             sys.stderr.flush()
