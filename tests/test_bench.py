@@ -1,6 +1,7 @@
 """fused-se-bench: arguments, presets, traffic formulas, the JSON and CSV schema, and a tiny
 run end to end on the CPU."""
 
+import contextlib
 import csv
 import json
 import re
@@ -146,7 +147,7 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
         assert r["speedup_vs_eager"] == pytest.approx(eager["median_ms"] / r["median_ms"])
         assert r["speedup_vs_compile"] is None  # compile did not run
     fused = [r for r in rows if r["provider"] == "fused"]
-    expected = "triton 3-pass (cpu)" if _dispatch.interpreter_enabled() else "decomposed (cpu)"
+    expected = "triton three_launch (cpu)" if _dispatch.interpreter_enabled() else "decomposed (cpu)"
     assert {r["path"] for r in fused} == {expected}
 
     with open(out["csv"]) as f:
@@ -180,36 +181,46 @@ def test_module_entry_point_help():
         assert re.search(rf"(?<![\w-]){re.escape(provider)}(?![\w-])", epilog), provider
 
 
-def test_rows_name_the_path(one_launch, spread, device, monkeypatch):
+def test_rows_name_the_paths_the_planner_chose(device, monkeypatch):
+    from fused_se.kernels import PATHS, force_paths
+
     shape = bench.SEShape(32, 4, 4, 2)
     small, large = torch.randn(2, 32, 4, 4, device=device), torch.randn(9, 32, 4, 4, device=device)
-    assert bench.fused_path(small, shape) == "triton 1-launch"
-    assert bench.fused_path(small, shape, "fwd+bwd") == "triton 1-launch fwd, 3-pass bwd"
-    with monkeypatch.context() as m:
-        m.setattr(hz, "ONE_LAUNCH_MAX_PROGRAM_BYTES", 0)
-        assert bench.fused_path(small, shape) == "triton spread"
-    assert bench.fused_path(large, shape) == bench.fused_path(large, shape, "fwd+bwd") == "triton 3-pass"
-    # an L2 of four forward samples (two backward ones): x of nine samples streams both ways
-    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 4 * 4 * 4)
-    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
-    assert [bench.fused_path(large, shape, mode) for mode in bench.MODES] == ["triton stream"] * 3
-    # with the tail, the backward touches twice the bytes: a lag of one sample, too short
-    assert bench.fused_path(large, shape, "fwd+bwd", tail=True) == "triton stream fwd, 3-pass bwd"
+    with force_paths(*PATHS):  # every path, as the library ships
+        assert bench.fused_path(small, shape) == "triton one_launch"
+        assert bench.fused_path(small, shape, "fwd+bwd") == "triton one_launch fwd, three_launch bwd"
+        with monkeypatch.context() as m:
+            m.setattr(hz, "ONE_LAUNCH_MAX_PROGRAM_BYTES", 0)
+            assert bench.fused_path(small, shape) == "triton spread"
+        assert bench.fused_path(large, shape) == bench.fused_path(large, shape, "fwd+bwd") == "triton three_launch"
+        # an L2 of four forward samples (two backward ones): x of nine samples streams both ways
+        monkeypatch.setenv("FUSED_SE_L2_BYTES", str(hz.STREAM_L2_FRACTION * 4 * 32 * 4 * 4 * 4))
+        monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
+        assert [bench.fused_path(large, shape, mode) for mode in bench.MODES] == ["triton stream"] * 3
+        # with the tail, the backward touches twice the bytes: a lag of one sample, too short
+        assert bench.fused_path(large, shape, "fwd+bwd", tail=True) == "triton stream fwd, three_launch bwd"
+        with bench.three_launch_paths():
+            assert bench.fused_path(large, shape, "fwd+bwd") == "triton three_launch"
 
 
 def test_three_pass_provider_holds_the_fused_block_to_three_launches(device, monkeypatch):
     """fused-3pass weighs the chosen paths against the passes they replace: where the fused
-    block streams, it runs the three launches each way, in every mode."""
+    block streams, it runs the three launches each way, in every mode; each row's path label
+    names the kernels that ran."""
     from se_testing import BACKWARD_KERNELS, FORWARD_KERNELS, record_launches
 
+    from fused_se.kernels.plan import enabled_paths
+
+    before = enabled_paths()
     shape = bench.SEShape(32, 4, 4, 2)
     x = torch.randn(9, 32, 4, 4, device=device)
-    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 4)
+    monkeypatch.setenv("FUSED_SE_L2_BYTES", str(hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 4))
     monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
     expect = {
         "fused": {"fwd": ["se_fwd_stream"], "bwd": ["se_bwd_stream"], "fwd+bwd": ["se_fwd_stream", "se_bwd_stream"]},
         "fused-3pass": {"fwd": FORWARD_KERNELS, "bwd": BACKWARD_KERNELS, "fwd+bwd": FORWARD_KERNELS + BACKWARD_KERNELS},
     }
+    label = {"fused": "triton stream", "fused-3pass": "triton three_launch"}
     for provider in bench.FUSED:
         module = bench.build_provider(provider, shape, device, torch.float32)
         for mode in bench.MODES:
@@ -217,8 +228,9 @@ def test_three_pass_provider_holds_the_fused_block_to_three_launches(device, mon
             with record_launches() as launched:
                 call()
             assert launched == expect[provider][mode], (provider, mode)
-    # restored (the suite keeps the one-launch and spread forwards off)
-    assert (hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK) == (0, 0, 64)
+            with bench.three_launch_paths() if provider == "fused-3pass" else contextlib.nullcontext():
+                assert bench.fused_path(x, shape, mode) == label[provider]
+    assert enabled_paths() == before  # the provider's hold ends with its calls
 
 
 def _tiny_args(tmp_path, *extra):

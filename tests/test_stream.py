@@ -24,13 +24,14 @@ from se_testing import (
     make_input,
     make_variant_params,
     mlp_outputs_and_grads,
+    planned,
     record_launches,
 )
 
 import fused_se
 from fused_se import kernels, reference
+from fused_se.kernels import INTERPRETED, force_paths, plan_backward, plan_forward
 from fused_se.kernels import heuristics as hz
-from fused_se.kernels import se as se_kernels
 
 FWD, BWD = ["se_fwd_stream"], ["se_bwd_stream"]
 VARIANTS = [
@@ -56,6 +57,11 @@ def _stream_for(monkeypatch, x, lag, ratio=1.0):
     sample = x[0].numel() * x.element_size()
     monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * lag * sample)
     monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", ratio)
+
+
+def _stream_plans(x, hidden):
+    """The streamed forward's and backward's configurations for x, None where they do not apply."""
+    return planned(plan_forward(x, hidden), "stream"), planned(plan_backward(x, x, hidden), "stream")
 
 
 def _run(x, params, act, gate, g, **tail):
@@ -101,7 +107,7 @@ def test_parity_fp32(shape, layout, lag, ratio, variant, device, monkeypatch):
     b, c, h, w, hidden = shape
     x = make_input((b, c, h, w), torch.float32, device, layout) * 2
     _stream_for(monkeypatch, x, lag, ratio)
-    fwd, bwd = kernels.stream_forward(x, hidden), kernels.stream_backward(x, x, hidden, None, False)
+    fwd, bwd = _stream_plans(x, hidden)
     assert fwd is not None and bwd is not None
     assert fwd.lag < b and bwd.lag < b and max(fwd.c_blocks, fwd.hw_tiles) > 1
     _check(x, hidden, *variant, device)
@@ -114,7 +120,7 @@ def test_the_cases_cover_the_structure(monkeypatch):
     for (b, c, h, w, hidden), layout, lag, ratio in CASES:
         x = make_input((b, c, h, w), torch.float32, "cpu", layout)
         _stream_for(monkeypatch, x, lag, ratio)
-        for cfg in (kernels.stream_forward(x, hidden), kernels.stream_backward(x, x, hidden, None, False)):
+        for cfg in _stream_plans(x, hidden):
             seen |= {("partial chunk", b % cfg.chunk != 0), ("chunk > 1", cfg.chunk > 1)}
             seen |= {(f"hw tiles {layout}", cfg.hw_tiles > 1), ("channel blocks", cfg.c_blocks > 1)}
     for want in ("partial chunk", "chunk > 1", "hw tiles nchw", "hw tiles channels_last", "channel blocks"):
@@ -282,17 +288,17 @@ def test_se_resnet50_on_an_h100_class_card():
     assert got == [(True, True), (True, True), (True, True), (False, False)]
 
 
-@pytest.mark.skipif(not se_kernels.INTERPRETED, reason="checks the interpreter's order count; a GPU waits instead")
+@pytest.mark.skipif(not INTERPRETED, reason="checks the interpreter's order count; a GPU waits instead")
 def test_an_order_that_reads_a_gate_early_is_caught(monkeypatch):
     """With LAG = 0 and chunks of 2, sample 0's scale comes before sample 1's squeeze: the
     interpreter's count of early reads makes the launcher raise."""
     x = torch.randn(6, 16, 3, 3)
     _stream_for(monkeypatch, x, 4, 1.0)
     w1, w2 = torch.randn(2, 16), torch.randn(16, 2)
-    cfg = kernels.stream_forward(x, 2)
+    cfg = planned(plan_forward(x, 2), "stream")
     assert cfg is not None
     bad = dataclasses.replace(cfg, chunk=2, lag=0)
-    with pytest.raises(RuntimeError, match="out of order"):
+    with pytest.raises(RuntimeError, match="before their flag was set by the order of the tickets"):
         kernels.se_fwd_stream(x, w1, None, w2, None, "relu", "sigmoid", None, None, False, bad)
     kernels.se_fwd_stream(
         x, w1, None, w2, None, "relu", "sigmoid", None, None, False, dataclasses.replace(cfg, chunk=2)
@@ -314,7 +320,7 @@ def test_spread_parity(shape, layout, variant, spread, device):
     """Several channel blocks and HW tiles per sample (small tiles here), 1 to 8 samples."""
     b, c, h, w, hidden = shape
     x = make_input((b, c, h, w), torch.float32, device, layout) * 2
-    cfg = kernels.spread_forward(x, hidden)
+    cfg = planned(plan_forward(x, hidden), "spread")
     assert cfg is not None and cfg.c_blocks > 1 and cfg.hw_tiles > 1
     params = make_variant_params("mlp", c, hidden, 1, variant[2], device)
     g = torch.randn(x.shape, device=device)
@@ -395,12 +401,13 @@ def test_spread_hidden_threshold(r, expect, spread):
 
 
 @pytest.mark.parametrize(("extra", "expect"), [(0, ["se_fwd_one_launch"]), (1, SPREAD)])
-def test_one_launch_takes_small_programs_and_spread_the_rest(extra, expect, one_launch, spread, monkeypatch):
+def test_one_launch_takes_small_programs_and_spread_the_rest(extra, expect, monkeypatch):
     """One program per sample while its sample and both weights are at most
     ONE_LAUNCH_MAX_PROGRAM_BYTES; past that, the spread forward."""
     b, c, hw, r = 2, 16, 9, 2
     monkeypatch.setattr(hz, "ONE_LAUNCH_MAX_PROGRAM_BYTES", c * hw * 4 + 2 * c * r * 4 - extra)
-    assert _forward_launches(torch.randn(b, c, 3, 3), r) == expect
+    with force_paths("one_launch", "spread"):
+        assert _forward_launches(torch.randn(b, c, 3, 3), r) == expect
 
 
 def test_spread_and_three_launches_agree(spread, monkeypatch):
@@ -408,8 +415,7 @@ def test_spread_and_three_launches_agree(spread, monkeypatch):
     params = make_variant_params("mlp", 33, 8, 1, True, "cpu")
     g = torch.randn_like(x)
     spread_out = _run(x, params, "silu", "hard_sigmoid", g)
-    monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 0)
-    with record_launches() as launched:
+    with force_paths("three_launch"), record_launches() as launched:
         three = _run(x, params, "silu", "hard_sigmoid", g)
     assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
     for a, b in zip(spread_out, three):

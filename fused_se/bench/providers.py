@@ -75,16 +75,12 @@ def build_provider(
 
 @contextmanager
 def three_launch_paths() -> Iterator[None]:
-    """The fused kernels' three-launch passes only: the one-launch, spread and streamed paths off (the
-    fused-3pass provider, to weigh them against the passes they replace in the same run)."""
-    from ..kernels import heuristics as hz
+    """The fused block held to its three launches each way (the fused-3pass provider, to weigh the
+    planner's other paths against the passes they replace in the same run)."""
+    from ..kernels import force_paths
 
-    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK
-    hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK = 0, 0, 0
-    try:
+    with force_paths("three_launch"):
         yield
-    finally:
-        hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK = saved
 
 
 def _in_three_launch_paths(fn: Callable[[], object]) -> Callable[[], object]:
@@ -135,27 +131,20 @@ def make_call(
 
 
 def fused_path(x: torch.Tensor, shape: SEShape, mode: str = "fwd", tail: bool = False) -> str:
-    """The fused provider's path for x in this mode: "triton 3-pass", "triton 1-launch" or
-    "triton spread" (forwards of small batches) or "triton stream" (x past L2), as
-    "triton <fwd> fwd, <bwd> bwd" where fwd+bwd mixes two; "decomposed" or "reference" off the
-    kernels."""
+    """The fused provider's path for x in this mode, as the planner (fused_se.kernels.plan) chooses
+    it: "triton <path>" with one of its path names (three_launch, one_launch, spread, stream), or
+    "triton <fwd path> fwd, <bwd path> bwd" where fwd+bwd takes two; "decomposed" or "reference"
+    off the kernels."""
     from .. import backend_for
 
     backend = backend_for(x)
     if backend != "triton":
         return backend
-    from ..kernels import one_launch_forward, spread_forward, stream_backward, stream_forward
+    from ..kernels import plan_backward, plan_forward
 
-    if stream_forward(x, shape.hidden) is not None:
-        fwd = "stream"
-    elif one_launch_forward(x, shape.hidden):
-        fwd = "1-launch"
-    elif spread_forward(x, shape.hidden) is not None:
-        fwd = "spread"
-    else:
-        fwd = "3-pass"
+    fwd = plan_forward(x, shape.hidden).path
     # the tail's backward reads the ReLU's output and writes the shortcut's gradient
-    bwd = "stream" if stream_backward(x, x, shape.hidden, x if tail else None, tail) is not None else "3-pass"
+    bwd = plan_backward(x, x, shape.hidden, x if tail else None, tail).path
     if mode == "fwd" or (mode == "fwd+bwd" and fwd == bwd):
         return f"triton {fwd}"
     if mode == "bwd":
