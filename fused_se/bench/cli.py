@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
             "on every shape: each of their rows compiles anew.\n"
             "Modes: fwd (inference, no grad), bwd (backward alone), fwd+bwd.\n"
             "Each row is printed, and written to --json and --csv, as soon as it is measured.\n"
-            "Timing: triton.testing.do_bench on a GPU; torch.utils.benchmark.Timer.adaptive_autorange on a CPU\n"
+            "Timing: triton.testing.do_bench on a GPU; torch.utils.benchmark.Timer.adaptive_autorange on a CPU, one thread\n"
             f"(until the interquartile range is within {100 * CPU_TIMER_THRESHOLD:.0f}% of the median, or --reps ms). spread is\n"
             f"(p80 - p20) / median; past {100 * NOISY_SPREAD:.0f}% it is marked !, and a speedup from such a row ?.\n"
             "GB/s is against the minimal traffic of the SE block (N = bytes of x): 2N fwd, 3N bwd, 5N fwd+bwd.\n"

@@ -25,24 +25,41 @@ CPU_TIMER_THRESHOLD = 0.05
 def time_ms(fn: Callable[[], object], device: torch.device, warmup: int, reps: int) -> tuple[float, float, float]:
     """(median, p20, p80) in ms of one call. warmup and reps are milliseconds: on a GPU for
     triton.testing.do_bench; on a CPU of warm-up calls, then at most reps ms of
-    torch.utils.benchmark.Timer.adaptive_autorange, whose blocks of calls give the quantiles."""
+    torch.utils.benchmark.Timer.adaptive_autorange on one thread, whose blocks of calls give the
+    quantiles."""
     if device.type == "cuda":
         import triton.testing
 
         return tuple(triton.testing.do_bench(fn, warmup=warmup, rep=reps, quantiles=[0.5, 0.2, 0.8]))
-    from torch.utils.benchmark import Timer
-
+    Timer = _timer_class()
     t0 = time.perf_counter()
     fn()
     while (time.perf_counter() - t0) * 1e3 < warmup:
         fn()
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    # one thread, Timer's default: on a CPU shared with other work, more threads wait on each other
+    # for whole scheduler slices, and rows swing by orders of magnitude
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=1)
     budget = max(reps, 1) / 1e3
     measured = timer.adaptive_autorange(CPU_TIMER_THRESHOLD, min_run_time=budget / 5, max_run_time=budget)
     median, p20, p80 = torch.tensor(measured.times, dtype=torch.float64).quantile(
         torch.tensor([0.5, 0.2, 0.8], dtype=torch.float64)
     )
     return median.item() * 1e3, p20.item() * 1e3, p80.item() * 1e3
+
+
+def _timer_class() -> type:
+    """torch.utils.benchmark.Timer, imported without the warning that importing it logs on a
+    machine without CUDA (torch.utils.cpp_extension looks for a CUDA toolkit)."""
+    import logging
+
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        log.setLevel(level)
+    return Timer
 
 
 def spread(median: float, p20: float, p80: float) -> float:

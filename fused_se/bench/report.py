@@ -193,6 +193,9 @@ def _replace(path: str, write: Callable[[TextIO], None]) -> None:
     try:
         with os.fdopen(fd, "w", newline="") as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -303,7 +306,10 @@ def write_plot(rows: list[dict], path: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     width = 0.8 / len(providers)
     for i, p in enumerate(providers):
-        by_shape = {shape_label(r): r for r in sel if r["provider"] == p}
+        by_shape: dict[str, dict] = {}
+        for r in sel:  # the first row of each shape (rows of several runs may repeat one)
+            if r["provider"] == p:
+                by_shape.setdefault(shape_label(r), r)
         xs = [j + i * width for j in range(len(shapes))]
         ax1.bar(xs, [(by_shape[s]["speedup_vs_eager"] or 0) if s in by_shape else 0 for s in shapes], width, label=p)
         key = "pct_of_copy" if copy else "gbs_min_traffic"
