@@ -79,6 +79,7 @@ def _se_fwd_one_launch_kernel(
     pid_b = tl.program_id(0)
     x_ptr += pid_b.to(tl.int64) * stride_xb
     y_ptr += pid_b.to(tl.int64) * stride_yb
+    r_ptr += pid_b.to(tl.int64) * stride_rb
     row = pid_b.to(tl.int64) * C
 
     # squeeze: z = mean over HW, kept in memory (it is saved for the backward anyway)
@@ -139,7 +140,7 @@ def _se_fwd_one_launch_kernel(
                 x_ptr + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0
             ).to(acc_ty)
             y = xv * s[:, None]
-            y = residual_tail(y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R, RELU)
+            y = residual_tail(y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R, RELU)
             y_ptrs = y_ptr + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 

@@ -32,42 +32,23 @@ from .common import (
 
 @triton.jit
 def hw_sum_range(
-    x_ptr,
-    g_ptr,
-    o_ptr,
-    dr_ptr,
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_gb,
-    stride_gc,
-    stride_ghw,
-    stride_ob,
-    stride_oc,
-    stride_ohw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    pid_b,
-    offs_c,
-    mask_c,
-    hw_start,
-    hw_end,
-    HAS_G: tl.constexpr,
-    RELU_MASK: tl.constexpr,
-    STORE_G: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-):
-    """(BLOCK_C,) sums over hw_start <= hw < hw_end of sample pid_b's x (or g * x); see _hw_sum_kernel."""
+    x_ptr, stride_xc, stride_xhw,  # one sample's x: (C, HW)
+    offs_c, mask_c, hw_start, hw_end,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, IS_FP64: tl.constexpr,
+    g_ptr=None, stride_gc=0, stride_ghw=0,  # the sample's g (HAS_G): the sum is of g * x
+    o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): g is zeroed where o <= 0
+    dr_ptr=None, stride_rc=0, stride_rhw=0,  # where the masked g is written (STORE_G)
+    HAS_G: tl.constexpr = False, RELU_MASK: tl.constexpr = False, STORE_G: tl.constexpr = False,
+):  # fmt: skip
+    """(BLOCK_C,) sums over hw_start <= hw < hw_end of one sample's x (or g * x), channels offs_c."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
-    x_ptrs = x_ptr + pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc
+    rows_c = offs_c.to(tl.int64)[:, None]
+    x_ptrs = x_ptr + rows_c * stride_xc
     if HAS_G:
-        g_ptrs = g_ptr + pid_b.to(tl.int64) * stride_gb + offs_c.to(tl.int64)[:, None] * stride_gc
+        g_ptrs = g_ptr + rows_c * stride_gc
     if RELU_MASK:
-        o_ptrs = o_ptr + pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc
-        dr_ptrs = dr_ptr + pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc
+        o_ptrs = o_ptr + rows_c * stride_oc
+        dr_ptrs = dr_ptr + rows_c * stride_rc
 
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=acc_ty)
     for hw0 in range(hw_start, hw_end, BLOCK_HW):
@@ -94,69 +75,32 @@ def _hw_sum_kernel(
     dr_ptr,  # (B, C, HW) strided: the masked g is written here when STORE_G
     d_ptr,  # (B,) acc dtype, a per-sample factor of the sums; read only when HAS_D
     out_ptr,  # (SPLIT, B, C) partial sums, contiguous, acc dtype
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_gb,
-    stride_gc,
-    stride_ghw,
-    stride_ob,
-    stride_oc,
-    stride_ohw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    B,
-    C,
-    HW,
-    hw_per_split,
-    HAS_G: tl.constexpr,
-    RELU_MASK: tl.constexpr,
-    STORE_G: tl.constexpr,
-    HAS_D: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-):
+    stride_xb, stride_xc, stride_xhw,
+    stride_gb, stride_gc, stride_ghw,
+    stride_ob, stride_oc, stride_ohw,
+    stride_rb, stride_rc, stride_rhw,
+    B, C, HW, hw_per_split,
+    HAS_G: tl.constexpr, RELU_MASK: tl.constexpr, STORE_G: tl.constexpr, HAS_D: tl.constexpr,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     num_c_blocks = tl.cdiv(C, BLOCK_C)
     pid_c = pid % num_c_blocks
     pid_b = (pid // num_c_blocks) % B
     pid_k = pid // (num_c_blocks * B)
+    sample = pid_b.to(tl.int64)
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     hw_start = pid_k * hw_per_split
     hw_end = tl.minimum(hw_start + hw_per_split, HW)
     total = hw_sum_range(
-        x_ptr,
-        g_ptr,
-        o_ptr,
-        dr_ptr,
-        stride_xb,
-        stride_xc,
-        stride_xhw,
-        stride_gb,
-        stride_gc,
-        stride_ghw,
-        stride_ob,
-        stride_oc,
-        stride_ohw,
-        stride_rb,
-        stride_rc,
-        stride_rhw,
-        pid_b,
-        offs_c,
-        mask_c,
-        hw_start,
-        hw_end,
-        HAS_G,
-        RELU_MASK,
-        STORE_G,
-        IS_FP64,
-        BLOCK_C,
-        BLOCK_HW,
-    )
+        x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end, BLOCK_C, BLOCK_HW, IS_FP64,
+        g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
+        o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
+        dr_ptr=dr_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+        HAS_G=HAS_G, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
+    )  # fmt: skip
     if HAS_D:
         total *= tl.load(d_ptr + pid_b)
     row = pid_k.to(tl.int64) * B + pid_b
@@ -165,14 +109,12 @@ def _hw_sum_kernel(
 
 @triton.jit
 def residual_tail(
-    y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R: tl.constexpr, RELU: tl.constexpr
-):
-    """A residual block's tail on a (BLOCK_C, BLOCK_HW) tile of the scaled x: + the residual
-    (when HAS_R), then a NaN-propagating ReLU (when RELU); in y's dtype."""
+    y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R: tl.constexpr, RELU: tl.constexpr
+):  # fmt: skip
+    """A residual block's tail on a (BLOCK_C, BLOCK_HW) tile of one sample's scaled x: + the
+    sample's residual at r_ptr (when HAS_R), then a NaN-propagating ReLU (when RELU); in y's dtype."""
     if HAS_R:
-        r_offs = (
-            pid_b.to(tl.int64) * stride_rb + offs_c.to(tl.int64)[:, None] * stride_rc + offs_hw[None, :] * stride_rhw
-        )
+        r_offs = offs_c.to(tl.int64)[:, None] * stride_rc + offs_hw[None, :] * stride_rhw
         y += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(y.dtype)
     if RELU:
         y = act_fwd(y, 0)
@@ -181,53 +123,30 @@ def residual_tail(
 
 @triton.jit
 def scale_tile(
-    x_ptr,
-    r_ptr,
-    o_ptr,
-    y_ptr,
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    stride_ob,
-    stride_oc,
-    stride_ohw,
-    stride_yb,
-    stride_yc,
-    stride_yhw,
-    pid_b,
-    offs_c,
-    mask_c,
-    offs_hw,
-    s,
-    t,
-    HW,
-    hw_end,
-    HAS_T: tl.constexpr,
-    HAS_R: tl.constexpr,
-    RELU: tl.constexpr,
-    RELU_MASK: tl.constexpr,
-    IS_FP64: tl.constexpr,
-):
-    """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of sample pid_b,
-    positions below hw_end; s and t are (BLOCK_C,) in the acc dtype; see _scale_kernel."""
+    x_ptr, stride_xc, stride_xhw,  # one sample's x (the dx pass: its g)
+    y_ptr, stride_yc, stride_yhw,  # one sample's output
+    offs_c, mask_c, offs_hw, hw_end, s, IS_FP64: tl.constexpr,
+    t=None, HW=1,  # y += t / HW (HAS_T): the dx pass's dz, (BLOCK_C,)
+    r_ptr=None, stride_rc=0, stride_rhw=0,  # the sample's residual, added before a ReLU (HAS_R, RELU)
+    o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): x is zeroed where o <= 0 first
+    HAS_T: tl.constexpr = False, HAS_R: tl.constexpr = False, RELU: tl.constexpr = False,
+    RELU_MASK: tl.constexpr = False,
+):  # fmt: skip
+    """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of one sample,
+    positions below hw_end; s and t are (BLOCK_C,) in the acc dtype."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
-    x_offs = pid_b.to(tl.int64) * stride_xb + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw
-    x = tl.load(x_ptr + x_offs, mask=mask, other=0.0).to(acc_ty)
+    rows_c = offs_c.to(tl.int64)[:, None]
+    x = tl.load(x_ptr + rows_c * stride_xc + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0).to(acc_ty)
     if RELU_MASK:  # the backward through a ReLU epilogue, as threshold_backward on its output
-        o_offs = (
-            pid_b.to(tl.int64) * stride_ob + offs_c.to(tl.int64)[:, None] * stride_oc + offs_hw[None, :] * stride_ohw
+        x = tl.where(
+            tl.load(o_ptr + rows_c * stride_oc + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0) <= 0, 0.0, x
         )
-        x = tl.where(tl.load(o_ptr + o_offs, mask=mask, other=0.0) <= 0, 0.0, x)
     y = x * s[:, None]
     if HAS_T:
         y += (t / HW)[:, None]
-    y = residual_tail(y, r_ptr, pid_b, offs_c, offs_hw, mask, stride_rb, stride_rc, stride_rhw, HAS_R, RELU)
-    y_offs = pid_b.to(tl.int64) * stride_yb + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
-    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    y = residual_tail(y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R, RELU)
+    tl.store(y_ptr + rows_c * stride_yc + offs_hw[None, :] * stride_yhw, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -239,40 +158,26 @@ def _scale_kernel(
     r_ptr,  # (B, C, HW) strided: a residual added before the output activation, read only when HAS_R
     o_ptr,  # (B, C, HW) strided, a ReLU's output: x is zeroed where o <= 0 first; read only when RELU_MASK
     y_ptr,  # (B, C, HW) strided output
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    stride_ob,
-    stride_oc,
-    stride_ohw,
-    stride_yb,
-    stride_yc,
-    stride_yhw,
-    C,
-    HW,
-    HAS_T: tl.constexpr,
-    HAS_D: tl.constexpr,
-    HAS_R: tl.constexpr,
-    RELU: tl.constexpr,
-    RELU_MASK: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-):
+    stride_xb, stride_xc, stride_xhw,
+    stride_rb, stride_rc, stride_rhw,
+    stride_ob, stride_oc, stride_ohw,
+    stride_yb, stride_yc, stride_yhw,
+    C, HW,
+    HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, RELU_MASK: tl.constexpr,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):  # fmt: skip
     pid = tl.program_id(0)
     num_hw_blocks = tl.cdiv(HW, BLOCK_HW)
     num_c_blocks = tl.cdiv(C, BLOCK_C)
     pid_hw = pid % num_hw_blocks
     pid_c = (pid // num_hw_blocks) % num_c_blocks
     pid_b = pid // (num_hw_blocks * num_c_blocks)
+    sample = pid_b.to(tl.int64)
 
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     offs_hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
     mask_c = offs_c < C
-    row = pid_b.to(tl.int64) * C + offs_c
+    row = sample * C + offs_c
     s = tl.load(s_ptr + row, mask=mask_c, other=0.0)
     if HAS_D:
         s *= tl.load(d_ptr + pid_b)
@@ -280,36 +185,14 @@ def _scale_kernel(
     if HAS_T:
         t = tl.load(t_ptr + row, mask=mask_c, other=0.0)
     scale_tile(
-        x_ptr,
-        r_ptr,
-        o_ptr,
-        y_ptr,
-        stride_xb,
-        stride_xc,
-        stride_xhw,
-        stride_rb,
-        stride_rc,
-        stride_rhw,
-        stride_ob,
-        stride_oc,
-        stride_ohw,
-        stride_yb,
-        stride_yc,
-        stride_yhw,
-        pid_b,
-        offs_c,
-        mask_c,
-        offs_hw,
-        s,
-        t,
-        HW,
-        HW,
-        HAS_T,
-        HAS_R,
-        RELU,
-        RELU_MASK,
-        IS_FP64,
-    )
+        x_ptr + sample * stride_xb, stride_xc, stride_xhw,
+        y_ptr + sample * stride_yb, stride_yc, stride_yhw,
+        offs_c, mask_c, offs_hw, HW, s, IS_FP64,
+        t=t, HW=HW,
+        r_ptr=r_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+        o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
+        HAS_T=HAS_T, HAS_R=HAS_R, RELU=RELU, RELU_MASK=RELU_MASK,
+    )  # fmt: skip
 
 
 def _hw_sum(

@@ -110,10 +110,8 @@ def _se_fwd_spread_kernel(
             mask_c = offs_c < C
             hw_start = hwt * HW_TILE
             part = hw_sum_range(
-                x_ptr, x_ptr, x_ptr, x_ptr,
-                stride_xb, stride_xc, stride_xhw, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                pid_b, offs_c, mask_c, hw_start, tl.minimum(hw_start + HW_TILE, HW),
-                False, False, False, IS_FP64, BLOCK_C, BLOCK_HW,
+                x_ptr + pid_b.to(tl.int64) * stride_xb, stride_xc, stride_xhw,
+                offs_c, mask_c, hw_start, tl.minimum(hw_start + HW_TILE, HW), BLOCK_C, BLOCK_HW, IS_FP64,
             )  # fmt: skip
             tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
             w1 = tl.load(
@@ -172,11 +170,10 @@ def _se_fwd_spread_kernel(
             for hw0 in range(hw_start, hw_end, BLOCK_HW):
                 offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
                 scale_tile(
-                    x_ptr, r_ptr, x_ptr, y_ptr,
-                    stride_xb, stride_xc, stride_xhw, stride_rb, stride_rc, stride_rhw, 0, 0, 0,
-                    stride_yb, stride_yc, stride_yhw,
-                    pid_b, offs_c, mask_c, offs_hw, sv, sv, HW, hw_end,
-                    False, HAS_R, RELU, False, IS_FP64,
+                    x_ptr + pid_b.to(tl.int64) * stride_xb, stride_xc, stride_xhw,
+                    y_ptr + pid_b.to(tl.int64) * stride_yb, stride_yc, stride_yhw,
+                    offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
+                    r_ptr=r_ptr + pid_b.to(tl.int64) * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw, HAS_R=HAS_R, RELU=RELU,
                 )  # fmt: skip
         t = tl.atomic_add(ws_ptr, 1)
 

@@ -120,6 +120,7 @@ def _se_fwd_stream_kernel(
     t = tl.atomic_add(ws_ptr, 1)
     while t < total:
         second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+        sample = pid_b.to(tl.int64)
         pid_c = tile // hw_tiles
         hwt = tile - pid_c * hw_tiles
         offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -129,10 +130,8 @@ def _se_fwd_stream_kernel(
         ck = pid_b // chunk
         if second == 0:
             part = hw_sum_range(
-                x_ptr, x_ptr, x_ptr, x_ptr,
-                stride_xb, stride_xc, stride_xhw, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                pid_b, offs_c, mask_c, hw_start, hw_end,
-                False, False, False, IS_FP64, BLOCK_C, BLOCK_HW,
+                x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
+                BLOCK_C, BLOCK_HW, IS_FP64,
             )  # fmt: skip
             tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
             b_start = ck * chunk
@@ -153,11 +152,10 @@ def _se_fwd_stream_kernel(
             for hw0 in range(hw_start, hw_end, BLOCK_HW):
                 offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
                 scale_tile(
-                    x_ptr, r_ptr, x_ptr, y_ptr,
-                    stride_xb, stride_xc, stride_xhw, stride_rb, stride_rc, stride_rhw, 0, 0, 0,
-                    stride_yb, stride_yc, stride_yhw,
-                    pid_b, offs_c, mask_c, offs_hw, sv, sv, HW, hw_end,
-                    False, HAS_R, RELU, False, IS_FP64,
+                    x_ptr + sample * stride_xb, stride_xc, stride_xhw,
+                    y_ptr + sample * stride_yb, stride_yc, stride_yhw,
+                    offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
+                    r_ptr=r_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw, HAS_R=HAS_R, RELU=RELU,
                 )  # fmt: skip
         t = tl.atomic_add(ws_ptr, 1)
 
@@ -243,6 +241,7 @@ def _se_bwd_stream_kernel(
     t = tl.atomic_add(ws_ptr, 1)
     while t < total:
         second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+        sample = pid_b.to(tl.int64)
         pid_c = tile // hw_tiles
         hwt = tile - pid_c * hw_tiles
         offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -252,11 +251,12 @@ def _se_bwd_stream_kernel(
         ck = pid_b // chunk
         if second == 0:
             part = hw_sum_range(
-                x_ptr, g_ptr, o_ptr, dr_ptr,
-                stride_xb, stride_xc, stride_xhw, stride_gb, stride_gc, stride_ghw,
-                stride_ob, stride_oc, stride_ohw, stride_rb, stride_rc, stride_rhw,
-                pid_b, offs_c, mask_c, hw_start, hw_end,
-                True, RELU_MASK, STORE_G, IS_FP64, BLOCK_C, BLOCK_HW,
+                x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
+                BLOCK_C, BLOCK_HW, IS_FP64,
+                g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
+                o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
+                dr_ptr=dr_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+                HAS_G=True, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
             )  # fmt: skip
             if HAS_D:
                 part *= tl.load(d_ptr + pid_b)
@@ -284,19 +284,16 @@ def _se_bwd_stream_kernel(
                 offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
                 if STORE_G:  # the masked g is in memory already: read it instead of g and o
                     scale_tile(
-                        dr_ptr, x_ptr, x_ptr, dx_ptr,
-                        stride_rb, stride_rc, stride_rhw, 0, 0, 0, 0, 0, 0,
-                        stride_dxb, stride_dxc, stride_dxhw,
-                        pid_b, offs_c, mask_c, offs_hw, sv, dz, HW, hw_end,
-                        True, False, False, False, IS_FP64,
+                        dr_ptr + sample * stride_rb, stride_rc, stride_rhw,
+                        dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
+                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
                     )  # fmt: skip
                 else:
                     scale_tile(
-                        g_ptr, x_ptr, o_ptr, dx_ptr,
-                        stride_gb, stride_gc, stride_ghw, 0, 0, 0, stride_ob, stride_oc, stride_ohw,
-                        stride_dxb, stride_dxc, stride_dxhw,
-                        pid_b, offs_c, mask_c, offs_hw, sv, dz, HW, hw_end,
-                        True, False, False, RELU_MASK, IS_FP64,
+                        g_ptr + sample * stride_gb, stride_gc, stride_ghw,
+                        dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
+                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
+                        o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
                     )  # fmt: skip
         t = tl.atomic_add(ws_ptr, 1)
 

@@ -17,7 +17,6 @@ import fused_se
 
 try:
     from fused_se.kernels import common as kernels_common
-    from fused_se.kernels import force_paths
 except ModuleNotFoundError as e:  # fused_se imported from the source tree, where kernels/ sits beside it
     raise ImportError(
         f"fused_se was imported from {fused_se.__file__}, which has no fused_se.kernels: install the package "
@@ -50,18 +49,21 @@ def _poison_and_seed(monkeypatch):
     yield
 
 
-@pytest.fixture
-def one_launch():
-    """The one-launch forward on, as the library ships it (the spread forward stays off)."""
-    with force_paths("one_launch", "stream"):
-        yield
+def _allow(monkeypatch, path: str) -> None:
+    monkeypatch.setenv("FUSED_SE_PATHS", f"{os.environ['FUSED_SE_PATHS']},{path}")
 
 
 @pytest.fixture
-def spread():
-    """The spread forward on, as the library ships it (the one-launch forward stays off)."""
-    with force_paths("spread", "stream"):
-        yield
+def one_launch(monkeypatch):
+    """The one-launch forward on, as the library ships it."""
+    _allow(monkeypatch, "one_launch")
+
+
+@pytest.fixture
+def spread(monkeypatch):
+    """The spread forward on, as the library ships it (where the one-launch forward is also on,
+    it takes the batches that one launch does not)."""
+    _allow(monkeypatch, "spread")
 
 
 @pytest.fixture
