@@ -2,7 +2,7 @@
 paths and requires_grad patterns against eager PyTorch, through the kernels.
 
 The example count is bounded for CI (the "ci" profile: a fixed seed, a bounded number of
-examples); `HYPOTHESIS_PROFILE=long pytest tests/test_properties.py` runs many more by hand.
+examples); `HYPOTHESIS_PROFILE=long pytest tests/api/test_properties.py` runs many more by hand.
 """
 
 from __future__ import annotations

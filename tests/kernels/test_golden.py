@@ -4,7 +4,7 @@ other two forms, the residual tail, both layouts and three dtypes.
 The digests in data/golden_outputs.json were recorded from the kernels before their files were
 reorganised; a change that is meant to move code without changing what it computes must keep
 them. A change that is meant to change the kernels' arithmetic records them anew, on purpose:
-    FUSED_SE_WRITE_GOLDEN=1 pytest tests/test_golden.py
+    FUSED_SE_WRITE_GOLDEN=1 pytest tests/kernels/test_golden.py
 The interpreter's arithmetic is numpy's, so digests are compared only under the triton release
 they were recorded with (the file says which).
 """
