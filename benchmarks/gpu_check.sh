@@ -167,9 +167,9 @@ EXTRA_BENCH_ARGS=(${EXTRA_BENCH:-})
 BATCH="${BATCH:-128}"  # the bench's batch (the README's targets are at 128)
 
 # ---- stage 1: the persistent and one-launch paths, then CUDA graphs ------------------------------
-# Selected by name (wherever the files live): the streamed, spread and one-launch paths' tests,
-# their GPU-only repeatability tests and their opcheck.
-PATHS_K="test_stream or test_one_launch or one_launch or streamed or spread or persistent"
+# Selected by name, wherever the files live: the planner's, the streamed, spread and one-launch
+# paths' and their hand-offs' tests, their GPU-only repeatability tests and their opcheck.
+PATHS_K="test_plan or test_sync or test_stream or test_spread or test_one_launch or one_launch or streamed or spread or persistent"
 TO_TESTS=1
 stage "1a persistent and one-launch paths" 150 "${PYTEST[@]}" -v -x "${T90[@]}" \
   -k "($PATHS_K) and not cuda_graph" "${EXTRA_PYTEST_ARGS[@]}"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("gpu_summary", ROOT / "benchmarks" / "gpu_summary.py")
 gpu_summary = importlib.util.module_from_spec(spec)
 sys.modules["gpu_summary"] = gpu_summary  # dataclasses look their module up there
