@@ -3,8 +3,8 @@
 # seconds (default 520: inside a 540 s slot on a cold H100 or H200):
 #   0  the card (SM count, L2 size as torch reports it), the versions
 #   1  the persistent (spread, streamed) and one-launch paths' GPU tests, then the CUDA graph tests
-#   2  fused-se-bench on SE-ResNet-50's SE shapes at B=128, bf16, NCHW and channels_last, fwd and
-#      fwd+bwd: eager, fused, fused-3pass; then torch.compile beside eager and fused (channels_last)
+#   2  fused-se-bench on SE-ResNet-50's SE shapes at B=128, bf16, fwd and fwd+bwd: eager, fused,
+#      fused-3pass on channels_last; torch.compile beside eager and fused (channels_last); NCHW
 #   3  inference at batch 1, the residual tail (--tail), whole-model training steps (--e2e)
 #   4  converted models against their originals (check_models.py), a one-GPU DDP step
 #      (ddp_smoke.py), then the rest of the GPU tests (pytest-xdist where installed)
@@ -178,10 +178,13 @@ TO_TESTS=0
 
 # ---- stage 2: the bench on SE-ResNet-50's shapes --------------------------------------------------
 BENCH=(python -m fused_se.bench --json "$ROWS" --append)
-stage "2a bench: eager, fused, fused-3pass" 120 "${BENCH[@]}" --label stage2 --batch "$BATCH" --dtype bf16 \
-  --providers eager fused fused-3pass "${EXTRA_BENCH_ARGS[@]}"
+# channels_last first (the README's targets are on it), then torch.compile, then NCHW
+stage "2a bench: channels_last" 100 "${BENCH[@]}" --label stage2 --batch "$BATCH" --dtype bf16 \
+  --layouts channels_last --providers eager fused fused-3pass "${EXTRA_BENCH_ARGS[@]}"
 stage "2b bench: torch.compile" 150 "${BENCH[@]}" --label stage2-compile --batch "$BATCH" --dtype bf16 \
   --layouts channels_last --providers eager fused compile "${EXTRA_BENCH_ARGS[@]}"
+stage "2c bench: NCHW" 80 "${BENCH[@]}" --label stage2-nchw --batch "$BATCH" --dtype bf16 \
+  --layouts nchw --providers eager fused fused-3pass "${EXTRA_BENCH_ARGS[@]}"
 
 if [ "$QUICK" = 0 ]; then
   # ---- stage 3: batch-1 inference, the residual tail, whole models ---------------------------------
