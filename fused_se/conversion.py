@@ -234,18 +234,6 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def _details(fused: FusedSEModule) -> str:
-    parts = [f"C={fused.channel}"] if fused.channel is not None else []
-    if isinstance(fused, FusedEcaModule):
-        parts += [f"k={fused.kernel_size}", "circular" if fused.circular else "zero padding"]
-    if fused.hidden is not None and not isinstance(fused, FusedEffectiveSEModule):
-        parts.append(f"hidden={fused.hidden}")
-    if fused.act is not None:
-        parts.append(f"act={fused.act}")
-    parts.append(f"gate={fused.gate}")
-    return " ".join(parts)
-
-
 # --------------------------------------------------------------------------------------
 # convert and revert
 # --------------------------------------------------------------------------------------
@@ -298,7 +286,7 @@ def convert(
             else:
                 fused.train(module.training)
                 fused.__dict__[_ORIGINAL] = module
-                report.replaced.append(Replaced(name, type(module).__name__, type(fused).__name__, _details(fused)))
+                report.replaced.append(Replaced(name, type(module).__name__, type(fused).__name__, fused.describe()))
             handled[id(module)] = fused
         handled_names.add(name)
         fused = handled[id(module)]

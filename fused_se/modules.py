@@ -1,13 +1,16 @@
 """nn.Modules that run the fused SE block.
 
-FusedSEModule is the drop-in for the classic SEModule; its subclasses hold their parameters the
-way timm and torchvision lay them out (1x1 convs, a single C x C conv, a k-tap Conv1d), so that
-fused_se.convert can swap a model's SE blocks for them with the state_dict unchanged.
+FusedSEModule is the drop-in for the classic SEModule, and the base class of every fused block:
+one forward serves all, each block naming its form ("mlp": two FCs, "fc": one C x C FC, "conv": a
+k-tap conv across channels) and the functional op and parameters it runs (``_excitation``). The
+subclasses hold their parameters the way timm and torchvision lay them out (1x1 convs, a single
+C x C conv, a k-tap Conv1d), so that fused_se.convert can swap a model's SE blocks for them with
+the state_dict unchanged.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -59,8 +62,12 @@ class FusedSEModule(nn.Module):
     "silu") and ``gate`` the outer one ("sigmoid" or "hard_sigmoid", torch's hardsigmoid).
 
     The subclasses (FusedConv2dSEModule, FusedEffectiveSEModule, FusedEcaModule) hold their
-    parameters in other layers; every fused block is an instance of this class.
+    parameters in other layers; every fused block is an instance of this class. ``form`` says
+    which excitation a block runs; ``channel``, ``hidden`` and ``act`` are None where its form has
+    no such thing (the FC form has no hidden layer; the conv form takes any channel count).
     """
+
+    form = "mlp"
 
     def __init__(
         self,
@@ -124,6 +131,11 @@ class FusedSEModule(nn.Module):
         """The hidden width; None for the forms without a hidden layer."""
         return self._hidden
 
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
+        """The functional op of this block's form, its parameters, and its options."""
+        fc1, fc2 = self.fc[0], self.fc[2]
+        return squeeze_excite, (fc1.weight, fc1.bias, fc2.weight, fc2.bias), {"act": self.act, "gate": self.gate}
+
     def forward(
         self,
         x: torch.Tensor,
@@ -134,19 +146,12 @@ class FusedSEModule(nn.Module):
     ) -> torch.Tensor:
         """x * s, or a residual block's tail fused into the same pass: out_act(x * s *
         sample_scale[b] + residual) (see fused_se.functional.squeeze_excite)."""
-        fc1, fc2 = self.fc[0], self.fc[2]
-        return squeeze_excite(
-            x,
-            fc1.weight,
-            fc1.bias,
-            fc2.weight,
-            fc2.bias,
-            act=self.act,
-            gate=self.gate,
-            residual=residual,
-            out_act=out_act,
-            sample_scale=sample_scale,
-        )
+        op, params, options = self._excitation()
+        return op(x, *params, **options, residual=residual, out_act=out_act, sample_scale=sample_scale)
+
+    def describe(self) -> str:
+        """One line for conversion reports: the block's sizes and choices."""
+        return f"C={self.channel} hidden={self.hidden} act={self.act} gate={self.gate}"
 
     def extra_repr(self) -> str:
         reduction = "" if self.reduction is None else f", reduction={self.reduction}"
@@ -227,32 +232,17 @@ class FusedConv2dSEModule(FusedSEModule):
         setattr(self, names[0], reduce)
         setattr(self, names[1], expand)
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        residual: Optional[torch.Tensor] = None,
-        *,
-        out_act: str = "identity",
-        sample_scale: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
         reduce, expand = getattr(self, self._names[0]), getattr(self, self._names[1])
-        return squeeze_excite(
-            x,
-            _as_matrix(reduce.weight),
-            reduce.bias,
-            _as_matrix(expand.weight),
-            expand.bias,
-            act=self.act,
-            gate=self.gate,
-            residual=residual,
-            out_act=out_act,
-            sample_scale=sample_scale,
-        )
+        params = (_as_matrix(reduce.weight), reduce.bias, _as_matrix(expand.weight), expand.bias)
+        return squeeze_excite, params, {"act": self.act, "gate": self.gate}
 
 
 class FusedEffectiveSEModule(FusedSEModule):
     """Effective SE (VoVNet's ESE): one C x C 1x1 conv ``fc`` and a gate, no hidden layer,
     as timm's EffectiveSEModule holds it."""
+
+    form = "fc"
 
     def __init__(self, channels: int, *, bias: bool = True, gate: str = "hard_sigmoid") -> None:
         channels = _check_int("channels", channels, 1)
@@ -274,23 +264,11 @@ class FusedEffectiveSEModule(FusedSEModule):
         self.reduction = None
         self.fc = fc
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        residual: Optional[torch.Tensor] = None,
-        *,
-        out_act: str = "identity",
-        sample_scale: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        return effective_squeeze_excite(
-            x,
-            _as_matrix(self.fc.weight),
-            self.fc.bias,
-            gate=self.gate,
-            residual=residual,
-            out_act=out_act,
-            sample_scale=sample_scale,
-        )
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
+        return effective_squeeze_excite, (_as_matrix(self.fc.weight), self.fc.bias), {"gate": self.gate}
+
+    def describe(self) -> str:
+        return f"C={self.channel} gate={self.gate}"
 
     def extra_repr(self) -> str:
         return f"channel={self.channel}, gate={self.gate}"
@@ -302,6 +280,8 @@ class FusedEcaModule(FusedSEModule):
 
     Works for any channel count; ``channel`` is not fixed by the parameters.
     """
+
+    form = "conv"
 
     def __init__(self, kernel_size: int = 3, *, circular: bool = False, bias: bool = False, gate: str = "sigmoid"):
         k = _check_int("kernel_size", kernel_size, 1)
@@ -340,24 +320,12 @@ class FusedEcaModule(FusedSEModule):
     def kernel_size(self) -> int:
         return self.conv.kernel_size[0]
 
-    def forward(
-        self,
-        x: torch.Tensor,
-        residual: Optional[torch.Tensor] = None,
-        *,
-        out_act: str = "identity",
-        sample_scale: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        return efficient_channel_attention(
-            x,
-            self.conv.weight.view(-1),
-            self.conv.bias,
-            circular=self.circular,
-            gate=self.gate,
-            residual=residual,
-            out_act=out_act,
-            sample_scale=sample_scale,
-        )
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
+        params = (self.conv.weight.view(-1), self.conv.bias)
+        return efficient_channel_attention, params, {"circular": self.circular, "gate": self.gate}
+
+    def describe(self) -> str:
+        return f"k={self.kernel_size} {'circular' if self.circular else 'zero padding'} gate={self.gate}"
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, circular={self.circular}, gate={self.gate}"

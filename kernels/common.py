@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -186,3 +187,90 @@ def gate_bwd(dssum_ptr, s_ptr, a_ptr, offs, mask, split, stride_split, GATE: tl.
 # True when triton.jit made the kernels above interpreter functions (TRITON_INTERPRET=1 when
 # this module was imported): they then run on CPU tensors, with numpy.
 INTERPRETED: bool = not isinstance(dot, triton.runtime.JITFunction)
+
+
+@dataclass(frozen=True)
+class MLPForward:
+    """What the MLP form's single-launch forwards (one_launch, spread, stream) share: the outputs
+    they write and, in their kernels' order, the leading tensor arguments, the stride arguments and
+    the flags."""
+
+    y: torch.Tensor
+    z: torch.Tensor
+    s: torch.Tensor
+    a: torch.Tensor  # empty unless the gate's backward needs it
+    inputs: tuple  # x, w1, b1, w2, b2, d, residual; a placeholder tensor where one is None
+    strides: tuple  # x's, the residual's and y's (B, C, HW) strides, then W1's, b1's, W2's and b2's
+    flags: dict  # HAS_B1, HAS_B2, ACT, GATE, KEEP_A, HAS_D, HAS_R, RELU, IS_FP64
+
+    @property
+    def outputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.y, self.z, self.s, self.a
+
+    @property
+    def a_arg(self) -> torch.Tensor:
+        """a where the kernel writes it, else a placeholder it never touches."""
+        return self.a if self.flags["KEEP_A"] else self.s
+
+
+def mlp_forward(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    act: str,
+    gate: str,
+    d: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    relu: bool,
+) -> MLPForward:
+    """The outputs and shared arguments of an MLP forward over x (B, C, H, W)."""
+    b, c = x.shape[:2]
+    acc = acc_dtype(x.dtype)
+    keep_a = keeps_gate_input(gate)
+    z = empty(b, c, dtype=acc, device=x.device)
+    s = empty(b, c, dtype=acc, device=x.device)
+    a = empty(b, c, dtype=acc, device=x.device) if keep_a else z.new_empty(0)
+    y = empty_like(x)
+    xs = strides_of(x, None)
+    inputs = (
+        x,
+        w1,
+        w1 if b1 is None else b1,
+        w2,
+        w2 if b2 is None else b2,
+        z if d is None else d,
+        x if residual is None else residual,
+    )
+    strides = (
+        *xs,
+        *strides_of(residual, xs),
+        *strides_of(y, None),
+        *w1.stride(),
+        vec_stride(b1),
+        *w2.stride(),
+        vec_stride(b2),
+    )
+    flags = {
+        "HAS_B1": b1 is not None,
+        "HAS_B2": b2 is not None,
+        "ACT": ACT_CODES[act],
+        "GATE": GATE_CODES[gate],
+        "KEEP_A": keep_a,
+        "HAS_D": d is not None,
+        "HAS_R": residual is not None,
+        "RELU": relu,
+        "IS_FP64": x.dtype == torch.float64,
+    }
+    return MLPForward(y, z, s, a, inputs, strides, flags)
+
+
+def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, s, a) for every excitation form: (B, C) each in zsum's dtype; a, the gate's input,
+    only where the gate's backward needs it (an empty placeholder otherwise)."""
+    _, b, c = zsum.shape
+    z = empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    s = empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    a = empty(b, c, dtype=zsum.dtype, device=zsum.device) if keeps_gate_input(gate) else zsum.new_empty(0)
+    return z, s, a

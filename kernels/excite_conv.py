@@ -18,8 +18,18 @@ import triton
 import triton.language as tl
 
 from . import heuristics as hz
-from .common import GATE_CODES, empty, gate_bwd, gate_fwd, keeps_gate_input, launch, record, sum_partials, sum_splits
-from .excite_mlp import excite_outputs
+from .common import (
+    GATE_CODES,
+    empty,
+    excite_outputs,
+    gate_bwd,
+    gate_fwd,
+    keeps_gate_input,
+    launch,
+    record,
+    sum_partials,
+    sum_splits,
+)
 
 
 @triton.jit
@@ -41,19 +51,10 @@ def _excite_conv_fwd_kernel(
     s_ptr,  # (B, C) out
     a_ptr,  # (B, C) out, written only when KEEP_A
     stride_w,
-    B,
-    C,
-    K,
-    split,
-    HW,
-    HAS_B: tl.constexpr,
-    CIRCULAR: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-):
+    B, C, K, split, HW,
+    HAS_B: tl.constexpr, CIRCULAR: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr, IS_FP64: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -89,20 +90,11 @@ def _excite_conv_bwd_kernel(
     dw_ptr,  # (P, K) out: this program's share of dw, when NEED_DW
     db_ptr,  # (P,) out, when NEED_DB
     stride_w,
-    B,
-    C,
-    K,
-    split,
-    CIRCULAR: tl.constexpr,
-    GATE: tl.constexpr,
-    NEED_DZ: tl.constexpr,
-    NEED_DW: tl.constexpr,
-    NEED_DB: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
+    B, C, K, split,
+    CIRCULAR: tl.constexpr, GATE: tl.constexpr, NEED_DZ: tl.constexpr, NEED_DW: tl.constexpr,
+    NEED_DB: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
     BLOCK_K: tl.constexpr,
-):
+):  # fmt: skip
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     pid = tl.program_id(0)
     offs_b = pid * BLOCK_B + tl.arange(0, BLOCK_B)

@@ -17,8 +17,19 @@ import triton
 import triton.language as tl
 
 from . import heuristics as hz
-from .common import GATE_CODES, dot, empty, gate_bwd, gate_fwd, keeps_gate_input, launch, record, sum_splits, vec_stride
-from .excite_mlp import excite_outputs
+from .common import (
+    GATE_CODES,
+    dot,
+    empty,
+    excite_outputs,
+    gate_bwd,
+    gate_fwd,
+    keeps_gate_input,
+    launch,
+    record,
+    sum_splits,
+    vec_stride,
+)
 
 
 @triton.jit
@@ -29,22 +40,11 @@ def _excite_fc_fwd_kernel(
     z_ptr,  # (B, C) out
     s_ptr,  # (B, C) out
     a_ptr,  # (B, C) out, written only when KEEP_A
-    stride_wn,
-    stride_wk,
-    stride_b,
-    B,
-    C,
-    split,
-    HW,
-    HAS_B: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    stride_wn, stride_wk, stride_b,
+    B, C, split, HW,
+    HAS_B: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     pid_b = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -86,22 +86,12 @@ def _excite_fc_bwd_kernel(
     dz_ptr,  # (B, C) out, when NEED_DZ
     dw_ptr,  # (C, C) out, contiguous, when NEED_DW
     db_ptr,  # (C,) out, when NEED_DB (written by program 0)
-    stride_wn,
-    stride_wk,
-    B,
-    C,
-    split,
-    GATE: tl.constexpr,
-    NEED_DZ: tl.constexpr,
-    NEED_DW: tl.constexpr,
-    NEED_DB: tl.constexpr,
-    SINGLE_B_BLOCK: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    stride_wn, stride_wk,
+    B, C, split,
+    GATE: tl.constexpr, NEED_DZ: tl.constexpr, NEED_DW: tl.constexpr, NEED_DB: tl.constexpr,
+    SINGLE_B_BLOCK: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
     # Each program owns a block of input channels k: dz[:, k] and the columns dW[:, k], summed
     # over the whole batch in order, so there are no partials to reduce afterwards.
     acc_ty = tl.float64 if IS_FP64 else tl.float32

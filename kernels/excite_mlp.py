@@ -19,6 +19,7 @@ from .common import (
     act_fwd,
     dot,
     empty,
+    excite_outputs,
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
@@ -32,42 +33,30 @@ from .common import (
 
 @triton.jit
 def excite_fwd_block(
-    zsum_ptr,
-    w1_ptr,
-    b1_ptr,
-    w2_ptr,
-    b2_ptr,
-    z_ptr,
-    s_ptr,
-    a_ptr,
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    stride_b2,
-    b_start,
-    b_end,
-    B,
-    C,
-    R,
-    split,
-    HW,
-    pid_c,
-    programs_c,
-    HAS_B1: tl.constexpr,
-    HAS_B2: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
+    zsum_ptr,  # (SPLIT, B, C) partial sums of x over HW, contiguous
+    w1_ptr,  # (R, C) strided
+    b1_ptr,  # (R,) read only when HAS_B1
+    w2_ptr,  # (C, R) strided
+    b2_ptr,  # (C,) read only when HAS_B2
+    z_ptr,  # (B, C) out: the squeeze, kept for the backward
+    s_ptr,  # (B, C) out: the gate
+    a_ptr,  # (B, C) out: the gate's input, written only when KEEP_A
+    stride_w1r, stride_w1c, stride_b1,
+    stride_w2c, stride_w2r, stride_b2,
+    b_start, b_end, B, C, R, split, HW,
+    pid_c, programs_c,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+    IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+    GRID: tl.constexpr = False,
+):  # fmt: skip
     """The excitation of samples b_start <= b < b_end (at most BLOCK_B of them), channel blocks
-    pid_c, pid_c + programs_c, ... of s and a; see _excite_fwd_kernel."""
+    pid_c, pid_c + programs_c, ... of s and a. Launched as a kernel (GRID) over (batch blocks,
+    programs_c), each program takes batch block program_id(0) and channel program program_id(1);
+    the streamed forward calls it for a chunk of samples."""
+    if GRID:
+        b_start = tl.program_id(0) * BLOCK_B
+        pid_c = tl.program_id(1)
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     offs_b = b_start + tl.arange(0, BLOCK_B)
     offs_r = tl.arange(0, BLOCK_R)
@@ -115,76 +104,6 @@ def excite_fwd_block(
 
 
 @triton.jit
-def _excite_fwd_kernel(
-    zsum_ptr,  # (SPLIT, B, C) partial sums of x over HW, contiguous
-    w1_ptr,  # (R, C) strided
-    b1_ptr,  # (R,) read only when HAS_B1
-    w2_ptr,  # (C, R) strided
-    b2_ptr,  # (C,) read only when HAS_B2
-    z_ptr,  # (B, C) out: the squeeze, kept for the backward
-    s_ptr,  # (B, C) out: the gate
-    a_ptr,  # (B, C) out: the gate's input, written only when KEEP_A
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    stride_b2,
-    B,
-    C,
-    R,
-    split,
-    HW,
-    programs_c,
-    HAS_B1: tl.constexpr,
-    HAS_B2: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
-    excite_fwd_block(
-        zsum_ptr,
-        w1_ptr,
-        b1_ptr,
-        w2_ptr,
-        b2_ptr,
-        z_ptr,
-        s_ptr,
-        a_ptr,
-        stride_w1r,
-        stride_w1c,
-        stride_b1,
-        stride_w2c,
-        stride_w2r,
-        stride_b2,
-        tl.program_id(0) * BLOCK_B,
-        B,
-        B,
-        C,
-        R,
-        split,
-        HW,
-        tl.program_id(1),
-        programs_c,
-        HAS_B1,
-        HAS_B2,
-        ACT,
-        GATE,
-        KEEP_A,
-        IS_FP64,
-        DOT_TF32,
-        BLOCK_B,
-        BLOCK_C,
-        BLOCK_R,
-    )
-
-
-@triton.jit
 def excite_bwd_block(
     dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
     z_ptr,  # (B, C)
@@ -198,34 +117,21 @@ def excite_bwd_block(
     db1_ptr,  # (P, R) out, when NEED_DB1
     dw2_ptr,  # (P, C, R) out, when NEED_DW2
     db2_ptr,  # (P, C) out, when NEED_DB2
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    b_start,
-    b_end,
-    pid,
-    B,
-    C,
-    R,
-    split,
-    HAS_B1: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    NEED_DZ: tl.constexpr,
-    NEED_DW1: tl.constexpr,
-    NEED_DB1: tl.constexpr,
-    NEED_DW2: tl.constexpr,
-    NEED_DB2: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
+    stride_w1r, stride_w1c, stride_b1,
+    stride_w2c, stride_w2r,
+    b_start, b_end, pid, B, C, R, split,
+    HAS_B1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr,
+    NEED_DZ: tl.constexpr, NEED_DW1: tl.constexpr, NEED_DB1: tl.constexpr, NEED_DW2: tl.constexpr,
+    NEED_DB2: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+    GRID: tl.constexpr = False,
+):  # fmt: skip
     """The excitation's backward for samples b_start <= b < b_end (at most BLOCK_B of them):
-    dz, and the weight gradients' partials of index pid; see _excite_bwd_kernel."""
+    dz, and the weight gradients' partials of index pid. Launched as a kernel (GRID), program i
+    takes batch block i and writes partials i; the streamed backward calls it for a chunk."""
+    if GRID:
+        pid = tl.program_id(0)
+        b_start = pid * BLOCK_B
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     offs_b = b_start + tl.arange(0, BLOCK_B)
     offs_r = tl.arange(0, BLOCK_R)
@@ -286,94 +192,6 @@ def excite_bwd_block(
             tl.store(dz_ptr + bc, dz, mask=mask_bc)
 
 
-@triton.jit
-def _excite_bwd_kernel(
-    dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
-    z_ptr,  # (B, C)
-    s_ptr,  # (B, C)
-    a_ptr,  # (B, C) the gate's input, read only when GATE needs it
-    w1_ptr,  # (R, C) strided
-    b1_ptr,  # (R,) read only when HAS_B1
-    w2_ptr,  # (C, R) strided
-    dz_ptr,  # (B, C) out, when NEED_DZ
-    dw1_ptr,  # (P, R, C) out: this program's share of dW1, when NEED_DW1
-    db1_ptr,  # (P, R) out, when NEED_DB1
-    dw2_ptr,  # (P, C, R) out, when NEED_DW2
-    db2_ptr,  # (P, C) out, when NEED_DB2
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    B,
-    C,
-    R,
-    split,
-    HAS_B1: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    NEED_DZ: tl.constexpr,
-    NEED_DW1: tl.constexpr,
-    NEED_DB1: tl.constexpr,
-    NEED_DW2: tl.constexpr,
-    NEED_DB2: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
-    excite_bwd_block(
-        dssum_ptr,
-        z_ptr,
-        s_ptr,
-        a_ptr,
-        w1_ptr,
-        b1_ptr,
-        w2_ptr,
-        dz_ptr,
-        dw1_ptr,
-        db1_ptr,
-        dw2_ptr,
-        db2_ptr,
-        stride_w1r,
-        stride_w1c,
-        stride_b1,
-        stride_w2c,
-        stride_w2r,
-        tl.program_id(0) * BLOCK_B,
-        B,
-        tl.program_id(0),
-        B,
-        C,
-        R,
-        split,
-        HAS_B1,
-        ACT,
-        GATE,
-        NEED_DZ,
-        NEED_DW1,
-        NEED_DB1,
-        NEED_DW2,
-        NEED_DB2,
-        IS_FP64,
-        DOT_TF32,
-        BLOCK_B,
-        BLOCK_C,
-        BLOCK_R,
-    )
-
-
-def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z, s, a) for every excitation form: (B, C) each in zsum's dtype; a, the gate's input,
-    only where the gate's backward needs it (an empty placeholder otherwise)."""
-    _, b, c = zsum.shape
-    z = empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    s = empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    a = empty(b, c, dtype=zsum.dtype, device=zsum.device) if keeps_gate_input(gate) else zsum.new_empty(0)
-    return z, s, a
-
-
 def excite_fwd(
     zsum: torch.Tensor,
     hw: int,
@@ -390,14 +208,14 @@ def excite_fwd(
     a, the gate's input, is kept only where the gate's backward needs it (empty otherwise).
     """
     split, b, c = zsum.shape
-    r = w1.shape[0]
+    hidden = w1.shape[0]
     z, s, a = excite_outputs(zsum, gate)
     record("excite")
     if b == 0:
         return z, s, a
-    cfg = hz.excite_fwd_config(b, c, r, x_dtype, hz.sm_count(zsum.device))
+    cfg = hz.excite_fwd_config(b, c, hidden, x_dtype, hz.sm_count(zsum.device))
     grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
-    launch(_excite_fwd_kernel, grid)(
+    launch(excite_fwd_block, grid)(
         zsum,
         w1,
         w1 if b1 is None else b1,
@@ -410,11 +228,14 @@ def excite_fwd(
         vec_stride(b1),
         *w2.stride(),
         vec_stride(b2),
+        0,
+        b,
         b,
         c,
-        r,
+        hidden,
         split,
         hw,
+        0,
         cfg.programs_c,
         HAS_B1=b1 is not None,
         HAS_B2=b2 is not None,
@@ -426,6 +247,7 @@ def excite_fwd(
         BLOCK_B=cfg.block_b,
         BLOCK_C=cfg.block_c,
         BLOCK_R=cfg.block_r,
+        GRID=True,
         num_warps=cfg.num_warps,
     )
     return z, s, a
@@ -453,19 +275,19 @@ def excite_bwd(
     """
     need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
     split, b, c = dssum.shape
-    r = w1.shape[0]
-    cfg = hz.excite_bwd_config(b, c, r, x_dtype)
+    hidden = w1.shape[0]
+    cfg = hz.excite_bwd_config(b, c, hidden, x_dtype)
     p = hz.cdiv(b, cfg.block_b)
     dt, dev = dssum.dtype, dssum.device
     dz = empty(b, c, dtype=dt, device=dev) if need_dz else None
-    dw1 = empty(p, r, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = empty(p, r, dtype=dt, device=dev) if need_db1 else None
-    dw2 = empty(p, c, r, dtype=dt, device=dev) if need_dw2 else None
+    dw1 = empty(p, hidden, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = empty(p, hidden, dtype=dt, device=dev) if need_db1 else None
+    dw2 = empty(p, c, hidden, dtype=dt, device=dev) if need_dw2 else None
     db2 = empty(p, c, dtype=dt, device=dev) if need_db2 else None
     record("excite_bwd")
     if p > 0 and any(need):
         grid = (p,)
-        launch(_excite_bwd_kernel, grid)(
+        launch(excite_bwd_block, grid)(
             dssum,
             z,
             s,
@@ -481,9 +303,12 @@ def excite_bwd(
             *w1.stride(),
             vec_stride(b1),
             *w2.stride(),
+            0,
+            b,
+            0,
             b,
             c,
-            r,
+            hidden,
             split,
             HAS_B1=b1 is not None,
             ACT=ACT_CODES[act],
@@ -498,6 +323,7 @@ def excite_bwd(
             BLOCK_B=cfg.block_b,
             BLOCK_C=cfg.block_c,
             BLOCK_R=cfg.block_r,
+            GRID=True,
             num_warps=cfg.num_warps,
         )
     return dz, sum_partials(dw1), sum_partials(db1), sum_partials(dw2), sum_partials(db2)

@@ -13,18 +13,11 @@ import triton.language as tl
 
 from . import heuristics as hz
 from .common import (
-    ACT_CODES,
-    GATE_CODES,
-    acc_dtype,
     act_fwd,
-    empty,
-    empty_like,
     gate_fwd,
-    keeps_gate_input,
     launch,
+    mlp_forward,
     record,
-    strides_of,
-    vec_stride,
 )
 from .passes import residual_tail
 
@@ -37,49 +30,28 @@ def _se_fwd_one_launch_kernel(
     w2_ptr,  # (C, R)
     b2_ptr,  # (C,), read only when HAS_B2
     d_ptr,  # (B,) acc dtype, read only when HAS_D
-    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    res_ptr,  # (B, C, HW) strided residual, read only when HAS_R
     z_ptr,  # (B, C) contiguous, acc dtype: the squeeze (written, then read back)
     s_ptr,  # (B, C) contiguous, acc dtype: the gate
     a_ptr,  # (B, C) contiguous, acc dtype: the gate's input, written only when KEEP_A
     y_ptr,  # (B, C, HW) strided output
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    stride_yb,
-    stride_yc,
-    stride_yhw,
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    stride_b2,
-    C,
-    R,
-    HW,
-    HAS_B1: tl.constexpr,
-    HAS_B2: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    HAS_D: tl.constexpr,
-    HAS_R: tl.constexpr,
-    RELU: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
+    stride_xb, stride_xc, stride_xhw,
+    stride_resb, stride_resc, stride_reshw,
+    stride_yb, stride_yc, stride_yhw,
+    stride_w1r, stride_w1c, stride_b1,
+    stride_w2c, stride_w2r, stride_b2,
+    C, R, HW,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
     """One sample per program: squeeze, both FCs as GEMVs, then the scale (and the residual
     tail), re-reading the sample while it is still in L2. One launch for the whole forward."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     pid_b = tl.program_id(0)
     x_ptr += pid_b.to(tl.int64) * stride_xb
     y_ptr += pid_b.to(tl.int64) * stride_yb
-    r_ptr += pid_b.to(tl.int64) * stride_rb
+    res_ptr += pid_b.to(tl.int64) * stride_resb
     row = pid_b.to(tl.int64) * C
 
     # squeeze: z = mean over HW, kept in memory (it is saved for the backward anyway)
@@ -140,7 +112,7 @@ def _se_fwd_one_launch_kernel(
                 x_ptr + offs_c.to(tl.int64)[:, None] * stride_xc + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0
             ).to(acc_ty)
             y = xv * s[:, None]
-            y = residual_tail(y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R, RELU)
+            y = residual_tail(y, res_ptr, stride_resc, stride_reshw, offs_c, offs_hw, mask, HAS_R, RELU)
             y_ptrs = y_ptr + offs_c.to(tl.int64)[:, None] * stride_yc + offs_hw[None, :] * stride_yhw
             tl.store(y_ptrs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -161,51 +133,24 @@ def se_fwd_one_launch(
     """The MLP form's whole forward in one launch, one program per sample (cfg from
     plan.plan_forward): (y, z, s, a) as the three-launch path returns them, the residual tail too."""
     b, c, h, w = x.shape
-    hw, r = h * w, w1.shape[0]
-    xs, ys = strides_of(x, None), None
-    acc = acc_dtype(x.dtype)
-    z = empty(b, c, dtype=acc, device=x.device)
-    s = empty(b, c, dtype=acc, device=x.device)
-    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
-    y = empty_like(x)
-    ys = strides_of(y, None)
+    f = mlp_forward(x, w1, b1, w2, b2, act, gate, d, residual, relu)
     record("se_fwd_one_launch")
-    if y.numel() == 0:
-        return y, z, s, a
+    if f.y.numel() == 0:
+        return f.outputs
     launch(_se_fwd_one_launch_kernel, (b,))(
-        x,
-        w1,
-        w1 if b1 is None else b1,
-        w2,
-        w2 if b2 is None else b2,
-        z if d is None else d,
-        x if residual is None else residual,
-        z,
-        s,
-        a if keeps_gate_input(gate) else s,
-        y,
-        *xs,
-        *strides_of(residual, xs),
-        *ys,
-        *w1.stride(),
-        vec_stride(b1),
-        *w2.stride(),
-        vec_stride(b2),
+        *f.inputs,
+        f.z,
+        f.s,
+        f.a_arg,
+        f.y,
+        *f.strides,
         c,
-        r,
-        hw,
-        HAS_B1=b1 is not None,
-        HAS_B2=b2 is not None,
-        ACT=ACT_CODES[act],
-        GATE=GATE_CODES[gate],
-        KEEP_A=keeps_gate_input(gate),
-        HAS_D=d is not None,
-        HAS_R=residual is not None,
-        RELU=relu,
-        IS_FP64=x.dtype == torch.float64,
+        w1.shape[0],
+        h * w,
+        **f.flags,
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
         BLOCK_R=cfg.block_r,
         num_warps=cfg.num_warps,
     )
-    return y, z, s, a
+    return f.outputs

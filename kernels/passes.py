@@ -37,7 +37,7 @@ def hw_sum_range(
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, IS_FP64: tl.constexpr,
     g_ptr=None, stride_gc=0, stride_ghw=0,  # the sample's g (HAS_G): the sum is of g * x
     o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): g is zeroed where o <= 0
-    dr_ptr=None, stride_rc=0, stride_rhw=0,  # where the masked g is written (STORE_G)
+    dres_ptr=None, stride_dresc=0, stride_dreshw=0,  # where the masked g is written (STORE_G)
     HAS_G: tl.constexpr = False, RELU_MASK: tl.constexpr = False, STORE_G: tl.constexpr = False,
 ):  # fmt: skip
     """(BLOCK_C,) sums over hw_start <= hw < hw_end of one sample's x (or g * x), channels offs_c."""
@@ -48,7 +48,7 @@ def hw_sum_range(
         g_ptrs = g_ptr + rows_c * stride_gc
     if RELU_MASK:
         o_ptrs = o_ptr + rows_c * stride_oc
-        dr_ptrs = dr_ptr + rows_c * stride_rc
+        dres_ptrs = dres_ptr + rows_c * stride_dresc
 
     acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=acc_ty)
     for hw0 in range(hw_start, hw_end, BLOCK_HW):
@@ -61,7 +61,7 @@ def hw_sum_range(
                 o = tl.load(o_ptrs + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0)
                 g = tl.where(o <= 0, 0.0, g).to(g.dtype)
                 if STORE_G:
-                    tl.store(dr_ptrs + offs_hw[None, :] * stride_rhw, g, mask=mask)
+                    tl.store(dres_ptrs + offs_hw[None, :] * stride_dreshw, g, mask=mask)
             val *= g.to(acc_ty)
         acc += val
     return tl.sum(acc, axis=1)
@@ -72,13 +72,13 @@ def _hw_sum_kernel(
     x_ptr,  # (B, C, HW) strided
     g_ptr,  # (B, C, HW) strided; read only when HAS_G (the sum is then of g * x)
     o_ptr,  # (B, C, HW) strided, a ReLU's output: g is zeroed where o <= 0; read only when RELU_MASK
-    dr_ptr,  # (B, C, HW) strided: the masked g is written here when STORE_G
+    dres_ptr,  # (B, C, HW) strided: the masked g is written here when STORE_G
     d_ptr,  # (B,) acc dtype, a per-sample factor of the sums; read only when HAS_D
     out_ptr,  # (SPLIT, B, C) partial sums, contiguous, acc dtype
     stride_xb, stride_xc, stride_xhw,
     stride_gb, stride_gc, stride_ghw,
     stride_ob, stride_oc, stride_ohw,
-    stride_rb, stride_rc, stride_rhw,
+    stride_dresb, stride_dresc, stride_dreshw,
     B, C, HW, hw_per_split,
     HAS_G: tl.constexpr, RELU_MASK: tl.constexpr, STORE_G: tl.constexpr, HAS_D: tl.constexpr,
     IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
@@ -98,7 +98,7 @@ def _hw_sum_kernel(
         x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end, BLOCK_C, BLOCK_HW, IS_FP64,
         g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
         o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
-        dr_ptr=dr_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+        dres_ptr=dres_ptr + sample * stride_dresb, stride_dresc=stride_dresc, stride_dreshw=stride_dreshw,
         HAS_G=HAS_G, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
     )  # fmt: skip
     if HAS_D:
@@ -109,13 +109,13 @@ def _hw_sum_kernel(
 
 @triton.jit
 def residual_tail(
-    y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R: tl.constexpr, RELU: tl.constexpr
+    y, res_ptr, stride_resc, stride_reshw, offs_c, offs_hw, mask, HAS_R: tl.constexpr, RELU: tl.constexpr
 ):  # fmt: skip
     """A residual block's tail on a (BLOCK_C, BLOCK_HW) tile of one sample's scaled x: + the
-    sample's residual at r_ptr (when HAS_R), then a NaN-propagating ReLU (when RELU); in y's dtype."""
+    sample's residual at res_ptr (when HAS_R), then a NaN-propagating ReLU (when RELU); in y's dtype."""
     if HAS_R:
-        r_offs = offs_c.to(tl.int64)[:, None] * stride_rc + offs_hw[None, :] * stride_rhw
-        y += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(y.dtype)
+        res_offs = offs_c.to(tl.int64)[:, None] * stride_resc + offs_hw[None, :] * stride_reshw
+        y += tl.load(res_ptr + res_offs, mask=mask, other=0.0).to(y.dtype)
     if RELU:
         y = act_fwd(y, 0)
     return y
@@ -127,7 +127,7 @@ def scale_tile(
     y_ptr, stride_yc, stride_yhw,  # one sample's output
     offs_c, mask_c, offs_hw, hw_end, s, IS_FP64: tl.constexpr,
     t=None, HW=1,  # y += t / HW (HAS_T): the dx pass's dz, (BLOCK_C,)
-    r_ptr=None, stride_rc=0, stride_rhw=0,  # the sample's residual, added before a ReLU (HAS_R, RELU)
+    res_ptr=None, stride_resc=0, stride_reshw=0,  # the sample's residual, added before a ReLU (HAS_R, RELU)
     o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): x is zeroed where o <= 0 first
     HAS_T: tl.constexpr = False, HAS_R: tl.constexpr = False, RELU: tl.constexpr = False,
     RELU_MASK: tl.constexpr = False,
@@ -145,7 +145,7 @@ def scale_tile(
     y = x * s[:, None]
     if HAS_T:
         y += (t / HW)[:, None]
-    y = residual_tail(y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R, RELU)
+    y = residual_tail(y, res_ptr, stride_resc, stride_reshw, offs_c, offs_hw, mask, HAS_R, RELU)
     tl.store(y_ptr + rows_c * stride_yc + offs_hw[None, :] * stride_yhw, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -155,11 +155,11 @@ def _scale_kernel(
     s_ptr,  # (B, C) contiguous, acc dtype: the per-channel factor
     t_ptr,  # (B, C) contiguous, acc dtype: a per-channel addend times HW, read only when HAS_T
     d_ptr,  # (B,) acc dtype: a per-sample factor on s, read only when HAS_D
-    r_ptr,  # (B, C, HW) strided: a residual added before the output activation, read only when HAS_R
+    res_ptr,  # (B, C, HW) strided: a residual added before the output activation, read only when HAS_R
     o_ptr,  # (B, C, HW) strided, a ReLU's output: x is zeroed where o <= 0 first; read only when RELU_MASK
     y_ptr,  # (B, C, HW) strided output
     stride_xb, stride_xc, stride_xhw,
-    stride_rb, stride_rc, stride_rhw,
+    stride_resb, stride_resc, stride_reshw,
     stride_ob, stride_oc, stride_ohw,
     stride_yb, stride_yc, stride_yhw,
     C, HW,
@@ -189,7 +189,7 @@ def _scale_kernel(
         y_ptr + sample * stride_yb, stride_yc, stride_yhw,
         offs_c, mask_c, offs_hw, HW, s, IS_FP64,
         t=t, HW=HW,
-        r_ptr=r_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+        res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw,
         o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
         HAS_T=HAS_T, HAS_R=HAS_R, RELU=RELU, RELU_MASK=RELU_MASK,
     )  # fmt: skip

@@ -14,19 +14,13 @@ import triton.language as tl
 
 from . import heuristics as hz
 from .common import (
-    ACT_CODES,
-    GATE_CODES,
-    acc_dtype,
     act_fwd,
     empty,
-    empty_like,
     gate_fwd,
-    keeps_gate_input,
     launch,
+    mlp_forward,
     record,
-    strides_of,
     sum_splits,
-    vec_stride,
 )
 from .passes import hw_sum_range, scale_tile
 from .sync import check_waits, publish, spins, wait_for, workspace
@@ -40,7 +34,7 @@ def _se_fwd_spread_kernel(
     w2_ptr,  # (C, R)
     b2_ptr,  # (C,), read only when HAS_B2
     d_ptr,  # (B,) acc dtype, read only when HAS_D
-    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    res_ptr,  # (B, C, HW) strided residual, read only when HAS_R
     zsum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums
     hpart_ptr,  # (TILES, B, BLOCK_R) acc dtype: each tile's share of W1 @ (sum of x)
     z_ptr,  # (B, C) acc dtype out
@@ -48,42 +42,16 @@ def _se_fwd_spread_kernel(
     a_ptr,  # (B, C) acc dtype out, written only when KEEP_A
     y_ptr,  # (B, C, HW) strided output
     ws_ptr,  # int32, zeroed: [ticket, misses, squeezed tiles per sample, gate flag per (sample, channel block)]
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    stride_yb,
-    stride_yc,
-    stride_yhw,
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    stride_b2,
-    B,
-    C,
-    R,
-    HW,
-    HW_TILE,
-    hw_tiles,
-    max_polls,
-    HAS_B1: tl.constexpr,
-    HAS_B2: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    HAS_D: tl.constexpr,
-    HAS_R: tl.constexpr,
-    RELU: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    WAIT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    BLOCK_R: tl.constexpr,
-):
+    stride_xb, stride_xc, stride_xhw,
+    stride_resb, stride_resc, stride_reshw,
+    stride_yb, stride_yc, stride_yhw,
+    stride_w1r, stride_w1c, stride_b1,
+    stride_w2c, stride_w2r, stride_b2,
+    B, C, R, HW, HW_TILE, hw_tiles, max_polls,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, IS_FP64: tl.constexpr, WAIT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
     """The MLP form's forward for small batches as one persistent launch, the excitation spread
     over the programs too (weights read once, by many SMs). Tickets in order: every squeeze
     tile (its sums, and their product with its block of W1's columns); then, per sample and
@@ -99,11 +67,11 @@ def _se_fwd_spread_kernel(
     ready_ptr = done_ptr + B
     offs_r = tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
-    t = tl.atomic_add(ws_ptr, 1)
-    while t < total:
-        if t < n_squeeze:
-            pid_b = t // tiles
-            tile = t - pid_b * tiles
+    ticket = tl.atomic_add(ws_ptr, 1)
+    while ticket < total:
+        if ticket < n_squeeze:
+            pid_b = ticket // tiles
+            tile = ticket - pid_b * tiles
             pid_c = tile // hw_tiles
             hwt = tile - pid_c * hw_tiles
             offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -123,8 +91,8 @@ def _se_fwd_spread_kernel(
             tl.store(hpart_ptr + (tile.to(tl.int64) * B + pid_b) * BLOCK_R + offs_r, hp)
             tl.debug_barrier()  # the sums and products stored, then released by the count
             tl.atomic_add(done_ptr + pid_b, 1, sem="release")
-        elif t < n_squeeze + n_gate:
-            u = t - n_squeeze
+        elif ticket < n_squeeze + n_gate:
+            u = ticket - n_squeeze
             pid_b = u // c_blocks
             pid_c = u - pid_b * c_blocks
             offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -154,7 +122,7 @@ def _se_fwd_spread_kernel(
                 tl.store(a_ptr + row, a, mask=mask_c)
             publish(ready_ptr + pid_b * c_blocks + pid_c)
         else:
-            u = t - n_squeeze - n_gate
+            u = ticket - n_squeeze - n_gate
             pid_b = u // tiles
             tile = u - pid_b * tiles
             pid_c = tile // hw_tiles
@@ -173,9 +141,9 @@ def _se_fwd_spread_kernel(
                     x_ptr + pid_b.to(tl.int64) * stride_xb, stride_xc, stride_xhw,
                     y_ptr + pid_b.to(tl.int64) * stride_yb, stride_yc, stride_yhw,
                     offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
-                    r_ptr=r_ptr + pid_b.to(tl.int64) * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw, HAS_R=HAS_R, RELU=RELU,
+                    res_ptr=res_ptr + pid_b.to(tl.int64) * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
                 )  # fmt: skip
-        t = tl.atomic_add(ws_ptr, 1)
+        ticket = tl.atomic_add(ws_ptr, 1)
 
 
 def se_fwd_spread(
@@ -192,60 +160,33 @@ def se_fwd_spread(
     cfg: hz.SpreadConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The MLP form's forward for small batches as one persistent launch over every SM, the
-    excitation spread over the programs too (cfg from spread_forward): (y, z, s, a) as the
+    excitation spread over the programs too (cfg from plan.plan_forward): (y, z, s, a) as the
     three-launch path returns them, the residual tail too."""
     b, c, h, w = x.shape
-    hw, r = h * w, w1.shape[0]
-    xs = strides_of(x, None)
-    acc = acc_dtype(x.dtype)
-    z = empty(b, c, dtype=acc, device=x.device)
-    s = empty(b, c, dtype=acc, device=x.device)
-    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
-    y = empty_like(x)
-    zsum = empty(cfg.hw_tiles, b, c, dtype=acc, device=x.device)
-    hpart = empty(cfg.tiles, b, cfg.block_r, dtype=acc, device=x.device)
-    # the ticket counter, the count of order misses, then a count of squeezed tiles per sample
-    # and a gate flag per (sample, channel block)
+    f = mlp_forward(x, w1, b1, w2, b2, act, gate, d, residual, relu)
+    zsum = empty(cfg.hw_tiles, b, c, dtype=f.z.dtype, device=x.device)
+    hpart = empty(cfg.tiles, b, cfg.block_r, dtype=f.z.dtype, device=x.device)
+    # a count of squeezed tiles per sample and a gate flag per (sample, channel block)
     ws = workspace(b + b * cfg.c_blocks, x.device)
     record("se_fwd_spread")
     launch(_se_fwd_spread_kernel, (cfg.programs,))(
-        x,
-        w1,
-        w1 if b1 is None else b1,
-        w2,
-        w2 if b2 is None else b2,
-        z if d is None else d,
-        x if residual is None else residual,
+        *f.inputs,
         zsum,
         hpart,
-        z,
-        s,
-        a if keeps_gate_input(gate) else s,
-        y,
+        f.z,
+        f.s,
+        f.a_arg,
+        f.y,
         ws,
-        *xs,
-        *strides_of(residual, xs),
-        *strides_of(y, None),
-        *w1.stride(),
-        vec_stride(b1),
-        *w2.stride(),
-        vec_stride(b2),
+        *f.strides,
         b,
         c,
-        r,
-        hw,
+        w1.shape[0],
+        h * w,
         cfg.hw_tile,
         cfg.hw_tiles,
         hz.WAIT_MAX_POLLS,
-        HAS_B1=b1 is not None,
-        HAS_B2=b2 is not None,
-        ACT=ACT_CODES[act],
-        GATE=GATE_CODES[gate],
-        KEEP_A=keeps_gate_input(gate),
-        HAS_D=d is not None,
-        HAS_R=residual is not None,
-        RELU=relu,
-        IS_FP64=x.dtype == torch.float64,
+        **f.flags,
         WAIT=spins(),
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
@@ -253,4 +194,4 @@ def se_fwd_spread(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, b * (2 * cfg.tiles + cfg.c_blocks), cfg.programs, "se_fwd_spread", x.shape)
-    return y, z, s, a
+    return f.outputs

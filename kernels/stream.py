@@ -18,11 +18,11 @@ from . import heuristics as hz
 from .common import (
     ACT_CODES,
     GATE_CODES,
-    acc_dtype,
     empty,
     empty_like,
     keeps_gate_input,
     launch,
+    mlp_forward,
     record,
     strides_of,
     sum_partials,
@@ -34,22 +34,24 @@ from .sync import arrive, check_waits, publish, spins, wait_for, workspace
 
 
 @triton.jit
-def _stream_ticket(t, B, LAG, tiles):
-    """(second pass?, sample, tile) of ticket t. The first passes of samples 0 .. LAG-1 come
+def _stream_ticket(ticket, B, LAG, tiles):
+    """(second pass?, sample, tile) of a ticket number. The first passes of samples 0 .. LAG-1 come
     first; then, for each b, the first pass of sample b + LAG and the second pass of sample b;
     then the second passes left. A sample's second pass thus comes after the first passes of
     every sample up to LAG - 1 past it: its whole chunk (LAG is a multiple of the chunk)."""
     head = LAG * tiles
-    u = t - head
+    u = ticket - head
     paired = (B - LAG) * 2 * tiles
     j = u // (2 * tiles)
     rr = u - j * (2 * tiles)
     v = u - paired
-    in_head = t < head
-    in_pair = (t >= head) & (u < paired)
+    in_head = ticket < head
+    in_pair = (ticket >= head) & (u < paired)
     second = tl.where(in_head, 0, tl.where(in_pair, (rr >= tiles).to(tl.int32), 1))
-    sample = tl.where(in_head, t // tiles, tl.where(in_pair, tl.where(rr < tiles, j + LAG, j), B - LAG + v // tiles))
-    tile = tl.where(in_head, t % tiles, tl.where(in_pair, rr % tiles, v % tiles))
+    sample = tl.where(
+        in_head, ticket // tiles, tl.where(in_pair, tl.where(rr < tiles, j + LAG, j), B - LAG + v // tiles)
+    )
+    tile = tl.where(in_head, ticket % tiles, tl.where(in_pair, rr % tiles, v % tiles))
     return second, sample, tile
 
 
@@ -61,55 +63,24 @@ def _se_fwd_stream_kernel(
     w2_ptr,  # (C, R)
     b2_ptr,  # (C,), read only when HAS_B2
     d_ptr,  # (B,) acc dtype, read only when HAS_D
-    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    res_ptr,  # (B, C, HW) strided residual, read only when HAS_R
     zsum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums
     z_ptr,  # (B, C) acc dtype out
     s_ptr,  # (B, C) acc dtype out
     a_ptr,  # (B, C) acc dtype out, written only when KEEP_A
     y_ptr,  # (B, C, HW) strided output
     ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    stride_yb,
-    stride_yc,
-    stride_yhw,
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    stride_b2,
-    B,
-    C,
-    R,
-    HW,
-    HW_TILE,
-    hw_tiles,
-    chunk,
-    LAG,
-    num_chunks,
-    max_polls,
-    HAS_B1: tl.constexpr,
-    HAS_B2: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    KEEP_A: tl.constexpr,
-    HAS_D: tl.constexpr,
-    HAS_R: tl.constexpr,
-    RELU: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    WAIT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    EX_BLOCK_B: tl.constexpr,
-    EX_BLOCK_C: tl.constexpr,
-    EX_BLOCK_R: tl.constexpr,
-):
+    stride_xb, stride_xc, stride_xhw,
+    stride_resb, stride_resc, stride_reshw,
+    stride_yb, stride_yc, stride_yhw,
+    stride_w1r, stride_w1c, stride_b1,
+    stride_w2c, stride_w2r, stride_b2,
+    B, C, R, HW, HW_TILE, hw_tiles, chunk, LAG, num_chunks, max_polls,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    WAIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, EX_BLOCK_B: tl.constexpr,
+    EX_BLOCK_C: tl.constexpr, EX_BLOCK_R: tl.constexpr,
+):  # fmt: skip
     """The MLP form's forward as one persistent launch (see _stream_ticket): a first-pass
     ticket sums one tile of x over its HW range; the last one of a chunk runs the chunk's
     excitation; a second-pass ticket scales one tile once its chunk's gate is out."""
@@ -117,9 +88,9 @@ def _se_fwd_stream_kernel(
     ready_ptr = done_ptr + num_chunks
     tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
     total = 2 * B * tiles
-    t = tl.atomic_add(ws_ptr, 1)
-    while t < total:
-        second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+    ticket = tl.atomic_add(ws_ptr, 1)
+    while ticket < total:
+        second, pid_b, tile = _stream_ticket(ticket, B, LAG, tiles)
         sample = pid_b.to(tl.int64)
         pid_c = tile // hw_tiles
         hwt = tile - pid_c * hw_tiles
@@ -155,9 +126,9 @@ def _se_fwd_stream_kernel(
                     x_ptr + sample * stride_xb, stride_xc, stride_xhw,
                     y_ptr + sample * stride_yb, stride_yc, stride_yhw,
                     offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
-                    r_ptr=r_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw, HAS_R=HAS_R, RELU=RELU,
+                    res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
                 )  # fmt: skip
-        t = tl.atomic_add(ws_ptr, 1)
+        ticket = tl.atomic_add(ws_ptr, 1)
 
 
 @triton.jit
@@ -165,7 +136,7 @@ def _se_bwd_stream_kernel(
     g_ptr,  # (B, C, HW) strided: dL/dy
     x_ptr,  # (B, C, HW) strided
     o_ptr,  # (B, C, HW) strided, a ReLU's output: g is zeroed where o <= 0; read only when RELU_MASK
-    dr_ptr,  # (B, C, HW) strided: the masked g, written (and re-read) when STORE_G
+    dres_ptr,  # (B, C, HW) strided: the masked g, written (and re-read) when STORE_G
     d_ptr,  # (B,) acc dtype, read only when HAS_D
     z_ptr,  # (B, C)
     s_ptr,  # (B, C)
@@ -181,55 +152,20 @@ def _se_bwd_stream_kernel(
     db2_ptr,  # (NUM_CHUNKS, C) out, when NEED_DB2
     dx_ptr,  # (B, C, HW) strided out
     ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
-    stride_gb,
-    stride_gc,
-    stride_ghw,
-    stride_xb,
-    stride_xc,
-    stride_xhw,
-    stride_ob,
-    stride_oc,
-    stride_ohw,
-    stride_rb,
-    stride_rc,
-    stride_rhw,
-    stride_dxb,
-    stride_dxc,
-    stride_dxhw,
-    stride_w1r,
-    stride_w1c,
-    stride_b1,
-    stride_w2c,
-    stride_w2r,
-    B,
-    C,
-    R,
-    HW,
-    HW_TILE,
-    hw_tiles,
-    chunk,
-    LAG,
-    num_chunks,
-    max_polls,
-    HAS_B1: tl.constexpr,
-    ACT: tl.constexpr,
-    GATE: tl.constexpr,
-    NEED_DW1: tl.constexpr,
-    NEED_DB1: tl.constexpr,
-    NEED_DW2: tl.constexpr,
-    NEED_DB2: tl.constexpr,
-    HAS_D: tl.constexpr,
-    RELU_MASK: tl.constexpr,
-    STORE_G: tl.constexpr,
-    IS_FP64: tl.constexpr,
-    DOT_TF32: tl.constexpr,
-    WAIT: tl.constexpr,
-    BLOCK_C: tl.constexpr,
-    BLOCK_HW: tl.constexpr,
-    EX_BLOCK_B: tl.constexpr,
-    EX_BLOCK_C: tl.constexpr,
+    stride_gb, stride_gc, stride_ghw,
+    stride_xb, stride_xc, stride_xhw,
+    stride_ob, stride_oc, stride_ohw,
+    stride_dresb, stride_dresc, stride_dreshw,
+    stride_dxb, stride_dxc, stride_dxhw,
+    stride_w1r, stride_w1c, stride_b1,
+    stride_w2c, stride_w2r,
+    B, C, R, HW, HW_TILE, hw_tiles, chunk, LAG, num_chunks, max_polls,
+    HAS_B1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, NEED_DW1: tl.constexpr, NEED_DB1: tl.constexpr,
+    NEED_DW2: tl.constexpr, NEED_DB2: tl.constexpr, HAS_D: tl.constexpr, RELU_MASK: tl.constexpr,
+    STORE_G: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr, WAIT: tl.constexpr,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, EX_BLOCK_B: tl.constexpr, EX_BLOCK_C: tl.constexpr,
     EX_BLOCK_R: tl.constexpr,
-):
+):  # fmt: skip
     """The MLP form's backward as one persistent launch (see _stream_ticket): a first-pass
     ticket sums g * x over one tile; the last one of a chunk runs the chunk's excitation
     backward (dz and the chunk's weight-gradient partials); a second-pass ticket writes one
@@ -238,9 +174,9 @@ def _se_bwd_stream_kernel(
     ready_ptr = done_ptr + num_chunks
     tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
     total = 2 * B * tiles
-    t = tl.atomic_add(ws_ptr, 1)
-    while t < total:
-        second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+    ticket = tl.atomic_add(ws_ptr, 1)
+    while ticket < total:
+        second, pid_b, tile = _stream_ticket(ticket, B, LAG, tiles)
         sample = pid_b.to(tl.int64)
         pid_c = tile // hw_tiles
         hwt = tile - pid_c * hw_tiles
@@ -255,7 +191,7 @@ def _se_bwd_stream_kernel(
                 BLOCK_C, BLOCK_HW, IS_FP64,
                 g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
                 o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
-                dr_ptr=dr_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+                dres_ptr=dres_ptr + sample * stride_dresb, stride_dresc=stride_dresc, stride_dreshw=stride_dreshw,
                 HAS_G=True, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
             )  # fmt: skip
             if HAS_D:
@@ -284,7 +220,7 @@ def _se_bwd_stream_kernel(
                 offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
                 if STORE_G:  # the masked g is in memory already: read it instead of g and o
                     scale_tile(
-                        dr_ptr + sample * stride_rb, stride_rc, stride_rhw,
+                        dres_ptr + sample * stride_dresb, stride_dresc, stride_dreshw,
                         dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
                         offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
                     )  # fmt: skip
@@ -295,7 +231,7 @@ def _se_bwd_stream_kernel(
                         offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
                         o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
                     )  # fmt: skip
-        t = tl.atomic_add(ws_ptr, 1)
+        ticket = tl.atomic_add(ws_ptr, 1)
 
 
 def se_fwd_stream(
@@ -311,61 +247,35 @@ def se_fwd_stream(
     relu: bool,
     cfg: hz.StreamConfig,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The MLP form's forward as one persistent launch (cfg from stream_forward): (y, z, s, a)
+    """The MLP form's forward as one persistent launch (cfg from plan.plan_forward): (y, z, s, a)
     as the three-launch path returns them, the residual tail too; x's second read is served by
     L2, so 2N bytes move instead of 3N."""
     b, c, h, w = x.shape
-    hw, r = h * w, w1.shape[0]
-    xs = strides_of(x, None)
-    acc = acc_dtype(x.dtype)
-    z = empty(b, c, dtype=acc, device=x.device)
-    s = empty(b, c, dtype=acc, device=x.device)
-    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
-    y = empty_like(x)
+    f = mlp_forward(x, w1, b1, w2, b2, act, gate, d, residual, relu)
     num_chunks = hz.cdiv(b, cfg.chunk)
-    zsum = empty(cfg.hw_tiles, b, c, dtype=acc, device=x.device)
+    zsum = empty(cfg.hw_tiles, b, c, dtype=f.z.dtype, device=x.device)
     ws = workspace(2 * num_chunks, x.device)
     record("se_fwd_stream")
     launch(_se_fwd_stream_kernel, (cfg.programs,))(
-        x,
-        w1,
-        w1 if b1 is None else b1,
-        w2,
-        w2 if b2 is None else b2,
-        z if d is None else d,
-        x if residual is None else residual,
+        *f.inputs,
         zsum,
-        z,
-        s,
-        a if keeps_gate_input(gate) else s,
-        y,
+        f.z,
+        f.s,
+        f.a_arg,
+        f.y,
         ws,
-        *xs,
-        *strides_of(residual, xs),
-        *strides_of(y, None),
-        *w1.stride(),
-        vec_stride(b1),
-        *w2.stride(),
-        vec_stride(b2),
+        *f.strides,
         b,
         c,
-        r,
-        hw,
+        w1.shape[0],
+        h * w,
         cfg.hw_tile,
         cfg.hw_tiles,
         cfg.chunk,
         cfg.lag,
         num_chunks,
         hz.WAIT_MAX_POLLS,
-        HAS_B1=b1 is not None,
-        HAS_B2=b2 is not None,
-        ACT=ACT_CODES[act],
-        GATE=GATE_CODES[gate],
-        KEEP_A=keeps_gate_input(gate),
-        HAS_D=d is not None,
-        HAS_R=residual is not None,
-        RELU=relu,
-        IS_FP64=x.dtype == torch.float64,
+        **f.flags,
         DOT_TF32=cfg.excite.dot_tf32,
         WAIT=spins(),
         BLOCK_C=cfg.block_c,
@@ -376,7 +286,7 @@ def se_fwd_stream(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_fwd_stream", x.shape)
-    return y, z, s, a
+    return f.outputs
 
 
 def se_bwd_stream(
@@ -396,7 +306,7 @@ def se_bwd_stream(
     store_g: bool,
     cfg: hz.StreamConfig,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], ...]:
-    """The MLP form's backward as one persistent launch (cfg from stream_backward):
+    """The MLP form's backward as one persistent launch (cfg from plan.plan_backward):
     (dx, masked g or None, dW1, db1, dW2, db2), the weight gradients None where `need`
     (dW1, db1, dW2, db2) says so. g is re-read from L2 for dx: 3N bytes instead of 4N.
     Arguments as scale_bwd and excite_bwd take them."""
@@ -404,15 +314,15 @@ def se_bwd_stream(
     assert not store_g or relu_out is not None
     need_dw1, need_db1, need_dw2, need_db2 = need
     b, c, h, w = x.shape
-    hw, r = h * w, w1.shape[0]
+    hw, hidden = h * w, w1.shape[0]
     xs = strides_of(x, None)
     dt, dev = z.dtype, x.device
     num_chunks = hz.cdiv(b, cfg.chunk)
     dssum = empty(cfg.hw_tiles, b, c, dtype=dt, device=dev)
     dz = empty(b, c, dtype=dt, device=dev)
-    dw1 = empty(num_chunks, r, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = empty(num_chunks, r, dtype=dt, device=dev) if need_db1 else None
-    dw2 = empty(num_chunks, c, r, dtype=dt, device=dev) if need_dw2 else None
+    dw1 = empty(num_chunks, hidden, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = empty(num_chunks, hidden, dtype=dt, device=dev) if need_db1 else None
+    dw2 = empty(num_chunks, c, hidden, dtype=dt, device=dev) if need_dw2 else None
     db2 = empty(num_chunks, c, dtype=dt, device=dev) if need_db2 else None
     dr = empty_like(g) if store_g else None
     dx = empty_like(x)
@@ -448,7 +358,7 @@ def se_bwd_stream(
         *w2.stride(),
         b,
         c,
-        r,
+        hidden,
         hw,
         cfg.hw_tile,
         cfg.hw_tiles,

@@ -45,6 +45,9 @@ def _poison_and_seed(monkeypatch):
     monkeypatch.delenv("FUSED_SE_BACKEND", raising=False)
     monkeypatch.delenv("FUSED_SE_L2_BYTES", raising=False)
     monkeypatch.setenv("FUSED_SE_PATHS", SUITE_PATHS)
+    # every persistent launch checks that none of its waits gave up (free in the interpreter; a
+    # host sync each on a GPU)
+    monkeypatch.setenv("FUSED_SE_CHECK_WAITS", "1")
     torch.manual_seed(0)
     yield
 

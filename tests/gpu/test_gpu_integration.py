@@ -193,7 +193,7 @@ def test_cuda_graph_of_the_persistent_paths(path, monkeypatch):
     from fused_se.kernels import heuristics as hz
 
     if path == "spread":
-        monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 8)
+        monkeypatch.setenv("FUSED_SE_PATHS", "spread")
         expect = ["se_fwd_spread", *BACKWARD_KERNELS]
     else:  # an L2 of four samples: a lag of 4 forward and 2 backward, below the batch of 6
         monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 49 * 4)

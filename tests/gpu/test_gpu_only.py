@@ -147,7 +147,6 @@ def test_streamed_passes_repeat_bit_for_bit_and_match_three_launches(c, h, r, ta
     output must be the same bits (a race would show as a difference), and match the
     three-launch path to bf16 rounding. SE-ResNet-50's first stage streams a sample at a time,
     its third in chunks of samples."""
-    from fused_se.kernels import heuristics as hz
 
     run = _stream_case(tail, c, h, r)
     first, launched = run()
@@ -156,7 +155,7 @@ def test_streamed_passes_repeat_bit_for_bit_and_match_three_launches(c, h, r, ta
         again, _ = run()
         for a, b in zip(first, again):
             assert torch.equal(a, b)
-    monkeypatch.setattr(hz, "STREAM_MAX_CHUNK", 0)  # no chunk fits: the three launches
+    monkeypatch.setenv("FUSED_SE_PATHS", "three_launch")
     three, launched = run()
     assert "se_fwd_stream" not in launched and "se_bwd_stream" not in launched
     for name, a, b in zip(["y", "dx", "dw1", "dw2", "dres"], first, three):
@@ -198,7 +197,6 @@ def test_streamed_passes_under_torch_compile(monkeypatch):
 def test_spread_forward_repeats_bit_for_bit_and_matches_three_launches(c, h, r, b, spread, monkeypatch):
     """The spread forward (small batches) waits on counts and flags across programs: twenty
     runs give the same bits, and the three launches agree to bf16 rounding."""
-    from fused_se.kernels import heuristics as hz
 
     torch.manual_seed(0)
     x = torch.randn(b, c, h, h, device="cuda", dtype=torch.bfloat16).to(memory_format=torch.channels_last)
@@ -209,7 +207,7 @@ def test_spread_forward_repeats_bit_for_bit_and_matches_three_launches(c, h, r, 
         for _ in range(20):
             assert torch.equal(fused_se.squeeze_excite(x, w1, None, w2), first)
     assert set(launched) == {"se_fwd_spread"}, launched
-    monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 0)
+    monkeypatch.setenv("FUSED_SE_PATHS", "three_launch")
     with torch.no_grad(), record_launches() as launched:
         three = fused_se.squeeze_excite(x, w1, None, w2)
     assert launched == ["squeeze", "excite", "scale"], launched

@@ -112,8 +112,7 @@ def _exercise(launches):
 
     # The one-launch and spread forwards are exercised on their own cases below; off for the
     # three-launch ones.
-    hz.ONE_LAUNCH_MAX_BATCH = 0
-    hz.SPREAD_MAX_BATCH = 0
+    os.environ["FUSED_SE_PATHS"] = "three_launch,stream"
 
     def backward(op, x, y, z, s, a, weights, flags, needs):
         for need in needs:
@@ -162,7 +161,7 @@ def _exercise(launches):
 
     # The one-launch forward (small batches): every dtype and layout, act x gate, biases, the
     # residual tail, hidden widths up to its limit.
-    hz.ONE_LAUNCH_MAX_BATCH = 8
+    os.environ["FUSED_SE_PATHS"] = "one_launch"
     for dtype in dtypes:
         for layout in ("nchw", "channels_last"):
             for c, r, act, gate, bias in ((65, 4, "relu", "sigmoid", False), (960, 240, "silu", "hard_sigmoid", True)):
@@ -175,7 +174,7 @@ def _exercise(launches):
                 ops.squeeze_excite(
                     x, w1, b1, w2, b2, act, gate, torch.randn_like(x), torch.rand(2, dtype=dtype), "relu"
                 )
-    hz.ONE_LAUNCH_MAX_BATCH = 0
+    os.environ["FUSED_SE_PATHS"] = "three_launch,stream"
 
     # The persistent kernels (spread, streamed) in fp32, bf16 (fp16 compiles as bf16 does: the
     # same code but for the element type) and fp64.
@@ -183,7 +182,7 @@ def _exercise(launches):
 
     # The spread forward (small batches): both layouts, act x gate, biases, the residual tail,
     # hidden widths up to its limit.
-    hz.SPREAD_MAX_BATCH = 8
+    os.environ["FUSED_SE_PATHS"] = "spread"
     for dtype in persistent_dtypes:
         for layout in ("nchw", "channels_last"):
             for c, r, act, gate, bias in ((65, 4, "relu", "sigmoid", False), (960, 120, "silu", "hard_sigmoid", True)):
@@ -197,7 +196,7 @@ def _exercise(launches):
                 ops.squeeze_excite(
                     x, w1, b1, w2, b2, act, gate, torch.randn_like(x), torch.rand(2, dtype=dtype), "relu"
                 )
-    hz.SPREAD_MAX_BATCH = 0
+    os.environ["FUSED_SE_PATHS"] = "three_launch,stream"
 
     # The streamed forward and backward (x past L2): both layouts, act x gate,
     # biases, the residual tail and both backward tails; chunks of 1, 16 and 64 samples. Each
