@@ -18,10 +18,12 @@ setup(
     description="Fused Triton kernels for Squeeze-and-Excitation blocks in PyTorch",
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
+    license="BSD-3-Clause",
+    license_files=["LICENSE"],
     python_requires=">=3.9",
     # kernels/ is a top-level folder in the repository but must never become a top-level
     # import name (PyPI has an unrelated package called `kernels`): it installs as fused_se.kernels.
-    packages=["fused_se", "fused_se.kernels", "fused_se.perf"],
+    packages=["fused_se", "fused_se.bench", "fused_se.kernels", "fused_se.perf"],
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
     install_requires=["torch>=2.6", "triton", "numpy"],
@@ -36,6 +38,7 @@ setup(
         "console_scripts": ["fused-se-bench = fused_se.bench:main", "fused-se-demo = fused_se.demo:main"],
     },
     classifiers=[
+        "License :: OSI Approved :: BSD License",
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Artificial Intelligence",
     ],

@@ -264,3 +264,13 @@ def mlp_forward(
         "IS_FP64": x.dtype == torch.float64,
     }
     return MLPForward(y, z, s, a, inputs, strides, flags)
+
+
+def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, s, a) for every excitation form: (B, C) each in zsum's dtype; a, the gate's input,
+    only where the gate's backward needs it (an empty placeholder otherwise)."""
+    _, b, c = zsum.shape
+    z = empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    s = empty(b, c, dtype=zsum.dtype, device=zsum.device)
+    a = empty(b, c, dtype=zsum.dtype, device=zsum.device) if keeps_gate_input(gate) else zsum.new_empty(0)
+    return z, s, a

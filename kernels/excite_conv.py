@@ -18,8 +18,18 @@ import triton
 import triton.language as tl
 
 from . import heuristics as hz
-from .common import GATE_CODES, empty, gate_bwd, gate_fwd, keeps_gate_input, launch, record, sum_partials, sum_splits
-from .excite_mlp import excite_outputs
+from .common import (
+    GATE_CODES,
+    empty,
+    excite_outputs,
+    gate_bwd,
+    gate_fwd,
+    keeps_gate_input,
+    launch,
+    record,
+    sum_partials,
+    sum_splits,
+)
 
 
 @triton.jit

@@ -17,8 +17,19 @@ import triton
 import triton.language as tl
 
 from . import heuristics as hz
-from .common import GATE_CODES, dot, empty, gate_bwd, gate_fwd, keeps_gate_input, launch, record, sum_splits, vec_stride
-from .excite_mlp import excite_outputs
+from .common import (
+    GATE_CODES,
+    dot,
+    empty,
+    excite_outputs,
+    gate_bwd,
+    gate_fwd,
+    keeps_gate_input,
+    launch,
+    record,
+    sum_splits,
+    vec_stride,
+)
 
 
 @triton.jit

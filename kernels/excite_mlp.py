@@ -19,6 +19,7 @@ from .common import (
     act_fwd,
     dot,
     empty,
+    excite_outputs,
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
@@ -189,16 +190,6 @@ def excite_bwd_block(
             )
             dz = dot(v, w1.to(acc_ty), tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
             tl.store(dz_ptr + bc, dz, mask=mask_bc)
-
-
-def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z, s, a) for every excitation form: (B, C) each in zsum's dtype; a, the gate's input,
-    only where the gate's backward needs it (an empty placeholder otherwise)."""
-    _, b, c = zsum.shape
-    z = empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    s = empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    a = empty(b, c, dtype=zsum.dtype, device=zsum.device) if keeps_gate_input(gate) else zsum.new_empty(0)
-    return z, s, a
 
 
 def excite_fwd(

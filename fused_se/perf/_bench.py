@@ -9,8 +9,8 @@ from fused_se.bench import (
     MODES,
     PRESETS,
     SEShape,
-    _parse_shape,
     build_provider,
+    parse_shape,
     three_launch_paths,
 )
 
@@ -21,7 +21,7 @@ __all__ = [
     "MODES",
     "PRESETS",
     "SEShape",
-    "_parse_shape",
     "build_provider",
+    "parse_shape",
     "three_launch_paths",
 ]

@@ -194,7 +194,7 @@ def exercise_bench_shapes(args) -> None:
     l2 = args.l2_bytes or c.l2_bytes
     dtype = _bench.DTYPES[args.dtype]
     if args.shapes:
-        cases = [_bench._parse_shape(s) for s in args.shapes]
+        cases = [_bench.parse_shape(s) for s in args.shapes]
     else:
         cases = [(args.batch or 128, s) for s in _bench.PRESETS[args.preset]]
     for n, shape in cases:

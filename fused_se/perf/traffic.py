@@ -180,7 +180,7 @@ def plan_runs(args) -> list[tuple]:
     from . import _bench
 
     if args.shapes:
-        return [(s, n, n, 1.0) for n, s in (_bench._parse_shape(t) for t in args.shapes)]
+        return [(s, n, n, 1.0) for n, s in (_bench.parse_shape(t) for t in args.shapes)]
     full = args.batch or FULL_BATCH
     runs = []
     for shape in _bench.PRESETS[args.preset]:
@@ -338,7 +338,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error("--batch applies to a preset; with --shapes, give N in each shape")
         for s in args.shapes:
             try:
-                _bench._parse_shape(s)
+                _bench.parse_shape(s)
             except argparse.ArgumentTypeError as e:
                 p.error(f"--shapes: {e}")
     if args.l2_bytes is not None and args.l2_bytes < 128:

@@ -1,0 +1,234 @@
+"""The command line: options, their checks (all before anything runs), and main."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+import torch
+
+from .e2e import run_e2e
+from .measure import CPU_TIMER_THRESHOLD, NOISY_SPREAD, default_batch, environment
+from .presets import DTYPES, LAYOUTS, MODES, PRESETS, PROVIDERS, parse_shape
+from .report import RowWriter, e2e_table, format_vs_compile, noise_note, se_table, write_plot
+from .runner import provider_passes, run
+
+
+def prog_name(module: str) -> str:
+    """The name the user typed: `python -m <module>` or the console script's (fused-se-bench)."""
+    base = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if not base or base in ("__main__.py", "-c") or base.endswith(".py"):
+        return f"python -m {module}"
+    return base
+
+
+def check_writable(path: str) -> Optional[str]:
+    """Why `path` cannot be written, or None: checked before a run, not found after it."""
+    if os.path.isdir(path):
+        return f"{path} is a folder"
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        return f"no folder {folder}"
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        return f"{path} is not writable"
+    if not os.access(folder, os.W_OK):
+        return f"folder {folder} is not writable"
+    return None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, not the usage block
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=prog_name("fused_se.bench"),
+        description="Times the fused SE block against eager PyTorch and torch.compile on this machine's device.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Providers: eager (SEModule with Linear FCs), eager-conv (1x1 Conv2d FCs, as timm and torchvision),\n"
+            "fused (FusedSEModule, on the path the planner picks), fused-3pass (the fused block held to its\n"
+            "three launches each way), compile (torch.compile of eager, default mode), compile-max-autotune\n"
+            "(mode max-autotune-no-cudagraphs), compile-reduce-overhead. Default: eager, eager-conv, compile\n"
+            "and fused on a GPU; eager, eager-conv and fused on a CPU (compiling there takes long and measures\n"
+            "nothing this project is for). The torch.compile providers run last, after the others have run\n"
+            "on every shape: each of their rows compiles anew.\n"
+            "Modes: fwd (inference, no grad), bwd (backward alone), fwd+bwd.\n"
+            "Each row is printed, and written to --json and --csv, as soon as it is measured.\n"
+            "Timing: triton.testing.do_bench on a GPU; on a CPU torch.utils.benchmark.Timer.adaptive_autorange,\n"
+            f"one thread, until the interquartile range is within {100 * CPU_TIMER_THRESHOLD:.0f}% of the median or --reps ms\n"
+            f"have passed. spread is (p80 - p20) / median; past {100 * NOISY_SPREAD:.0f}% it is marked !, and a speedup\n"
+            "read from such a row ?.\n"
+            "GB/s is against the minimal traffic of the SE block (N = bytes of x): 2N fwd, 3N bwd, 5N fwd+bwd.\n"
+            "On a GPU also: own GB/s against the fused kernels' own traffic (3N, 4N, 7N), %copy (GB/s against\n"
+            "a device-to-device copy measured in the same run), peak memory (fwd+bwd and bwd) and kernel\n"
+            "launches (the CUDA allocator and profiler)."
+        ),
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="seresnet50",
+        help="SE placements of a network (default: seresnet50)",
+    )
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        metavar="N,C,H,W[,hidden]",
+        help="explicit shapes; replace the preset (hidden defaults to C // 16)",
+    )
+    p.add_argument(
+        "--batch", type=int, help="batch of the preset's shapes (default: 128 where it fits on a GPU, 2 on a CPU)"
+    )
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default: bf16 on a GPU, fp32 on a CPU")
+    p.add_argument("--layouts", nargs="+", choices=LAYOUTS, default=list(LAYOUTS))
+    p.add_argument("--modes", nargs="+", choices=MODES, default=["fwd", "fwd+bwd"])
+    p.add_argument("--providers", nargs="+", choices=PROVIDERS, help="default: see below")
+    p.add_argument(
+        "--tail",
+        action="store_true",
+        help="time a ResNet block's tail, relu(se(x) + shortcut), instead of the SE alone (traffic: 3N fwd, "
+        "5N bwd, 8N fwd+bwd minimal; the fused tail's own 4N, 6N, 10N)",
+    )
+    p.add_argument("--warmup", type=int, help="ms of warm-up calls per row (default 25 on a GPU, 20 on a CPU)")
+    p.add_argument(
+        "--reps", type=int, help="ms of timed calls per row (default 100 on a GPU; on a CPU at most, default 300)"
+    )
+    p.add_argument("--device", help="default: cuda if there is one, else cpu")
+    p.add_argument("--json", metavar="FILE", help="write the rows as JSON (a list; rewritten after each row)")
+    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV (rewritten after each row)")
+    p.add_argument(
+        "--append", action="store_true", help="keep the rows already in --json and --csv, and add this run's"
+    )
+    p.add_argument("--label", help="a name for this run, recorded in each row as `run`")
+    p.add_argument(
+        "--plot",
+        metavar="FILE",
+        help="write a PNG: speedup and bandwidth by shape and provider, of one mode and layout (fwd+bwd and "
+        "channels_last where timed; the titles say which); needs matplotlib",
+    )
+    p.add_argument(
+        "--e2e",
+        action="store_true",
+        help="instead: training steps of timm seresnet50 (eager, converted), resnet50, efficientnet_b0 (eager, converted); needs timm",
+    )
+    p.add_argument(
+        "--traffic",
+        action="store_true",
+        help="instead: bytes per call counted through the Triton interpreter, DRAM bytes and time modeled "
+        "(LRU L2 over 128-byte lines, write-allocate); its options: fused-se-bench --traffic --help",
+    )
+    p.add_argument(
+        "--host", action="store_true", help="instead: host microseconds per call, the fused kernels' launches stubbed"
+    )
+    p.add_argument(
+        "--kernel-report",
+        action="store_true",
+        help="instead: registers, spills and load widths of every kernel variant, compiled as the JIT would",
+    )
+    p.add_argument("--e2e-batch", type=int, help="--e2e batch (default: 64 on a GPU, 2 on a CPU)")
+    p.add_argument("--e2e-size", type=int, help="--e2e image size (default: 224 on a GPU, 64 on a CPU)")
+    return p  # fmt: skip
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
+    args = p.parse_args(argv)
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        p.error(f"--device: {e}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: no CUDA device here")
+    if device.type not in ("cuda", "cpu"):
+        p.error(f"--device must be cuda or cpu; got {args.device}")
+    cuda = device.type == "cuda"
+    args.dtype = args.dtype or ("bf16" if cuda else "fp32")
+    args.warmup = args.warmup if args.warmup is not None else (25 if cuda else 20)
+    args.reps = args.reps if args.reps is not None else (100 if cuda else 300)
+    for name in ("batch", "warmup", "reps", "e2e_batch", "e2e_size"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmup" else 1):
+            p.error(f"--{name.replace('_', '-')} must be positive; got {value}")
+    if args.providers is None:
+        args.providers = ["eager", "eager-conv", "compile", "fused"] if cuda else ["eager", "eager-conv", "fused"]
+    if args.shapes:
+        if args.batch is not None:
+            p.error("--batch applies to a preset; with --shapes, give N in each shape")
+        args.batch_list = [n for n, _ in args.shapes]
+        args.shape_list = [s for _, s in args.shapes]
+    else:
+        args.shape_list = PRESETS[args.preset]
+        batch = args.batch or default_batch(device, args.shape_list, DTYPES[args.dtype])
+        args.batch_list = [batch] * len(args.shape_list)
+    for name in ("json", "csv", "plot"):
+        path = getattr(args, name)
+        why = path and check_writable(path)
+        if why:
+            p.error(f"--{name} {path}: {why}")
+    if args.append and not (args.json or args.csv):
+        p.error("--append adds to --json or --csv: give one")
+    if args.e2e and args.plot:
+        p.error("--plot plots SE-block rows; --e2e times whole models")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib (pip install matplotlib, or pip install 'fused_se[bench]')")
+    if args.e2e and args.tail:
+        p.error("--tail times SE blocks; --e2e times whole models (converted with fuse_residual=True): give one")
+    if args.e2e:
+        try:
+            import timm  # noqa: F401
+        except ImportError:
+            p.error("--e2e needs timm (pip install timm, or pip install 'fused_se[bench]')")
+    return args
+
+
+PERF_FLAGS = ("--traffic", "--host", "--kernel-report")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a in PERF_FLAGS for a in argv):  # counted and modeled, not timed: fused_se.perf's own options
+        from ..perf.cli import main as perf_main
+
+        return perf_main(argv)
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    env = environment(device)
+    print(
+        f"fused-se-bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | fused_se {env['fused_se']}",
+        flush=True,
+    )
+    if args.e2e:
+        writer = RowWriter(e2e_table(), args.json, args.csv, args.append)
+        rows = run_e2e(args, writer)
+    else:
+        shapes = ", ".join(f"{n}x{s.c}x{s.h}x{s.w},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list))
+        order = " ".join(p for ps in provider_passes(args.providers) for p in ps)
+        print(f"{args.dtype}, shapes (N x C x H x W, hidden) {shapes}, providers {order}", flush=True)
+        writer = RowWriter(se_table(gpu=cuda, providers=args.providers), args.json, args.csv, args.append)
+        rows = run(args, writer)
+        against = format_vs_compile(rows)
+        if against:
+            print(against)
+        if cuda and rows:
+            print(f"device-to-device copy: {rows[0]['copy_gbs']:.1f} GB/s")
+        if args.plot and rows:
+            write_plot(rows, args.plot)
+    for line in noise_note(rows):
+        print(line)
+    if not cuda:
+        print(
+            "note: CPU timings of the CPU paths (the fused ops run their torch-ops kernel here, or the "
+            "Triton interpreter); the speedups fused_se exists for need a CUDA GPU."
+        )
+    return 0

@@ -1,0 +1,152 @@
+"""The providers the bench times: eager SE blocks (Linear or 1x1 conv FCs), torch.compile of
+eager, and the fused block (alone, with the residual tail, or held to its three launches); the
+call each mode times; and the fused provider's path label."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .presets import COMPILE_MODES, SEShape
+
+_ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
+_GATES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
+
+
+class EagerSE(nn.Module):
+    """The SE block as eager code writes it: Linear FCs (SENet), or 1x1 convs (timm, torchvision)."""
+
+    def __init__(self, shape: SEShape, conv: bool, tail: bool = False) -> None:
+        super().__init__()
+        c, r = shape.c, shape.hidden
+        self.conv, self.tail = conv, tail
+        if conv:
+            self.fc1, self.fc2 = nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)
+        else:
+            self.fc1, self.fc2 = nn.Linear(c, r), nn.Linear(r, c)
+        self.act, self.gate = _ACTS[shape.act](inplace=True), _GATES[shape.gate]()
+
+    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
+        z = x.mean((2, 3), keepdim=self.conv)
+        s = self.gate(self.fc2(self.act(self.fc1(z))))
+        y = x * (s if self.conv else s[:, :, None, None])
+        if not self.tail:
+            return y
+        y += shortcut  # as timm's Bottleneck: in place, then an in-place ReLU
+        return torch.relu_(y)
+
+
+class FusedTail(nn.Module):
+    """The fused block with the tail in its scale pass: relu(se(x) + shortcut)."""
+
+    def __init__(self, se: nn.Module) -> None:
+        super().__init__()
+        self.se = se
+
+    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        return self.se(x, shortcut, out_act="relu")
+
+
+def build_provider(
+    provider: str, shape: SEShape, device: torch.device, dtype: torch.dtype, tail: bool = False
+) -> nn.Module:
+    from ..modules import FusedSEModule
+
+    torch.manual_seed(0)
+    eager = EagerSE(shape, conv=False, tail=tail).to(device=device, dtype=dtype)
+    if provider == "eager":
+        return eager
+    if provider == "eager-conv":
+        return EagerSE(shape, conv=True, tail=tail).to(device=device, dtype=dtype)
+    if provider in COMPILE_MODES:
+        # Every row compiles its own module: start from a clean cache, so that no recompile
+        # limit sends a later row back to eager without a word.
+        torch._dynamo.reset()
+        return torch.compile(eager, mode=COMPILE_MODES[provider])
+    fused = FusedSEModule(shape.c, rd_channels=shape.hidden, bias=True, act=shape.act, gate=shape.gate)
+    fused.fc[0].load_state_dict(eager.fc1.state_dict())
+    fused.fc[2].load_state_dict(eager.fc2.state_dict())
+    return (FusedTail(fused) if tail else fused).to(device=device, dtype=dtype)
+
+
+@contextmanager
+def three_launch_paths() -> Iterator[None]:
+    """The fused block held to its three launches each way (the fused-3pass provider, to weigh the
+    planner's other paths against the passes they replace in the same run)."""
+    from ..kernels import force_paths
+
+    with force_paths("three_launch"):
+        yield
+
+
+def _in_three_launch_paths(fn: Callable[[], object]) -> Callable[[], object]:
+    def call():
+        with three_launch_paths():
+            return fn()
+
+    return call
+
+
+def make_call(
+    module: nn.Module,
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    mode: str,
+    shortcut: Optional[torch.Tensor] = None,
+    three_pass: bool = False,
+) -> Callable[[], object]:
+    """One call of the mode: forward without grad, backward alone (the graph kept), or both.
+    With a shortcut (the tail), the module takes it as its second input, and it gets a gradient."""
+    if three_pass:
+        with three_launch_paths():  # the "bwd" call's forward runs here
+            return _in_three_launch_paths(make_call(module, x, grad, mode, shortcut))
+    extra = () if shortcut is None else (shortcut,)
+    if mode == "fwd":
+
+        def fwd():
+            with torch.no_grad():
+                return module(x, *extra)
+
+        return fwd
+    xg = x.detach().requires_grad_(True)
+    extra = tuple(t.detach().requires_grad_(True) for t in extra)
+    inputs = [xg, *extra, *module.parameters()]
+    if mode == "bwd":
+        y = module(xg, *extra)
+
+        def bwd():
+            return torch.autograd.grad(y, inputs, grad, retain_graph=True)
+
+        return bwd
+
+    def fwd_bwd():
+        # autograd.grad, not .backward(): accumulating into .grad would add a pass of its own.
+        return torch.autograd.grad(module(xg, *extra), inputs, grad)
+
+    return fwd_bwd
+
+
+def fused_path(x: torch.Tensor, shape: SEShape, mode: str = "fwd", tail: bool = False) -> str:
+    """The fused provider's path for x in this mode, as the planner (fused_se.kernels.plan) chooses
+    it: "triton <path>" with one of its path names (three_launch, one_launch, spread, stream), or
+    "triton <fwd path> fwd, <bwd path> bwd" where fwd+bwd takes two; "decomposed" or "reference"
+    off the kernels."""
+    from .. import backend_for
+
+    backend = backend_for(x)
+    if backend != "triton":
+        return backend
+    from ..kernels import plan_backward, plan_forward
+
+    fwd = plan_forward(x, shape.hidden).path
+    # the tail's backward reads the ReLU's output and writes the shortcut's gradient
+    bwd = plan_backward(x, x, shape.hidden, x if tail else None, tail).path
+    if mode == "fwd" or (mode == "fwd+bwd" and fwd == bwd):
+        return f"triton {fwd}"
+    if mode == "bwd":
+        return f"triton {bwd}"
+    return f"triton {fwd} fwd, {bwd} bwd"

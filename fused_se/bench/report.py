@@ -1,0 +1,331 @@
+"""The rows' outputs: the printed tables (a line per row as it is measured), the JSON and CSV files
+(rewritten whole after each row, so that they hold every row measured so far and stay valid
+documents if the run is cut short), and the plot."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Optional, TextIO
+
+from .measure import NOISY_SPREAD
+
+ROW_FIELDS = [
+    "device", "torch", "triton", "fused_se", "timestamp", "run", "provider", "path", "batch", "C", "H", "W",
+    "hidden", "act", "gate", "dtype", "layout", "mode", "tail", "median_ms", "p20_ms", "p80_ms", "spread", "noisy",
+    "speedup_vs_eager", "speedup_vs_compile", "x_bytes", "min_traffic_bytes", "own_traffic_bytes",
+    "gbs_min_traffic", "gbs_own_traffic", "copy_gbs", "pct_of_copy", "peak_mem_mb", "launches",
+]  # fmt: skip
+E2E_FIELDS = [
+    "device", "torch", "triton", "fused_se", "timestamp", "run", "model", "variant", "batch", "size", "path", "amp",
+    "layout", "median_ms", "p20_ms", "p80_ms", "spread", "noisy", "images_per_s", "overhead_vs_resnet50_pct",
+]  # fmt: skip
+
+
+# ---- printed tables --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    width: int
+    cell: Callable[[dict], str]
+    left: bool = False
+
+    def render(self, text: str) -> str:
+        return text.ljust(self.width) if self.left else text.rjust(self.width)
+
+
+def _num(key: str, spec: str, suffix: str = "") -> Callable[[dict], str]:
+    return lambda r: "-" if r.get(key) is None else format(r[key], spec) + suffix
+
+
+def _ratio(key: str, base_noisy: Callable[[dict], bool]) -> Callable[[dict], str]:
+    """A speedup, marked `?` where this row or the one it is against is noisy."""
+
+    def cell(r: dict) -> str:
+        if r.get(key) is None:
+            return "-"
+        return f"{r[key]:.2f}x" + ("?" if r.get("noisy") or base_noisy(r) else " ")
+
+    return cell
+
+
+def shape_label(r: dict) -> str:
+    """N x C x H x W and the hidden width, as --shapes takes them: 8x256x56x56,16."""
+    return f"{r['batch']}x{r['C']}x{r['H']}x{r['W']},{r['hidden']}"
+
+
+class Table:
+    """A fixed-width table printed a line at a time: `header()` once, then `line(row)` per row
+    (`seen`: the rows printed so far, which a cell may look back at)."""
+
+    def __init__(self, columns: list[Column]) -> None:
+        self.columns = columns
+        self.seen: list[dict] = []
+
+    def header(self) -> str:
+        head = " ".join(c.render(c.header) for c in self.columns).rstrip()
+        return head + "\n" + "-" * len(head)
+
+    def line(self, row: dict) -> str:
+        self.seen.append(row)
+        return " ".join(c.render(c.cell(row)) for c in self.columns).rstrip()
+
+
+def se_table(*, gpu: bool, providers: list[str]) -> Table:
+    """The SE-block table. Every device: shape (with the hidden width), layout, mode, provider, median
+    ms, the p20-p80 spread (`!` past NOISY_SPREAD of the median), the speedup against eager (`?`
+    where either row is noisy), GB/s against the minimal traffic and the path. Against
+    torch.compile where it is timed; on a GPU also % of the copy's bandwidth, GB/s against the
+    fused kernels' own traffic, peak memory and kernel launches (on a CPU these say nothing, or are
+    not measured)."""
+    table = Table([])
+
+    def base_noisy(key: str) -> Callable[[dict], bool]:
+        def noisy(r: dict) -> bool:
+            return any(o.get("noisy") and o["provider"] == key and _same_case(o, r) for o in table.seen)
+
+        return noisy
+
+    width = max(8, *(len(p) for p in providers))
+    cols = [
+        Column("shape,hidden", 18, shape_label),
+        Column("layout", 13, lambda r: r["layout"]),
+        Column("mode", 12, lambda r: r["mode"] + ("+tail" if r.get("tail") else "")),
+        Column("provider", width, lambda r: r["provider"]),
+        Column("ms", 9, _num("median_ms", ".4f")),
+        Column("spread", 7, lambda r: f"{100 * r['spread']:.0f}%" + ("!" if r["noisy"] else " ")),
+        Column("vs eager", 9, _ratio("speedup_vs_eager", base_noisy("eager"))),
+    ]
+    if "compile" in providers:
+        cols.append(Column("vs comp", 9, _ratio("speedup_vs_compile", base_noisy("compile"))))
+    cols.append(Column("GB/s", 7, _num("gbs_min_traffic", ".1f")))
+    if gpu:
+        cols += [
+            Column("%copy", 6, _num("pct_of_copy", ".1f", "%")),
+            Column("own GB/s", 8, _num("gbs_own_traffic", ".1f")),
+            Column("peak MB", 8, _num("peak_mem_mb", ".1f")),
+            Column("launch", 6, _num("launches", "d")),
+        ]
+    cols.append(Column("path", 0, lambda r: r["path"], left=True))
+    table.columns = cols
+    return table
+
+
+def _same_case(a: dict, b: dict) -> bool:
+    keys = ("batch", "C", "H", "W", "hidden", "layout", "mode", "tail", "run")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def e2e_table() -> Table:
+    """The --e2e table: a line per model and variant."""
+    return Table(
+        [
+            Column("model", 16, lambda r: r["model"]),
+            Column("variant", 15, lambda r: r["variant"]),
+            Column("ms/step", 9, _num("median_ms", ".2f")),
+            Column("spread", 7, lambda r: f"{100 * r['spread']:.0f}%" + ("!" if r["noisy"] else " ")),
+            Column("images/s", 9, _num("images_per_s", ".1f")),
+            Column("SE overhead vs resnet50", 24, _num("overhead_vs_resnet50_pct", "+.1f", "%")),
+        ]
+    )
+
+
+def format_table(rows: list[dict], gpu: Optional[bool] = None) -> str:
+    """The whole SE-block table at once (the run prints it a line at a time)."""
+    gpu = any(r["device"].split()[0] != "cpu" for r in rows) if gpu is None else gpu
+    providers = list(dict.fromkeys(r["provider"] for r in rows))
+    table = se_table(gpu=gpu, providers=providers)
+    return "\n".join([table.header(), *(table.line(r) for r in rows), *noise_note(rows)])
+
+
+def format_e2e(rows: list[dict]) -> str:
+    table = e2e_table()
+    return "\n".join([table.header(), *(table.line(r) for r in rows), *noise_note(rows)])
+
+
+def noise_note(rows: list[dict]) -> list[str]:
+    if not any(r.get("noisy") for r in rows):
+        return []
+    return [
+        f"! p20-p80 wider than {100 * NOISY_SPREAD:.0f}% of the median; ? a speedup from such a row: within the noise"
+    ]
+
+
+def format_vs_compile(rows: list[dict]) -> str:
+    """Each case's providers against its torch.compile row (filled in after the compile rows, which
+    are timed last)."""
+    compiled = [r for r in rows if r["provider"] == "compile"]
+    if not compiled:
+        return ""
+    others = list(dict.fromkeys(r["provider"] for r in rows if r["provider"] != "compile"))
+    cols = [
+        Column("against torch.compile", 21, shape_label),
+        Column("layout", 13, lambda r: r["layout"]),
+        Column("mode", 12, lambda r: r["mode"] + ("+tail" if r.get("tail") else "")),
+    ]
+    for p in others:
+        cols.append(Column(p, max(9, len(p)), lambda c, p=p: c.get(p, "-")))
+    table = Table(cols)
+    lines = [table.header()]
+    for base in compiled:
+        cells = dict(base)
+        for r in rows:
+            if r["provider"] in others and _same_case(r, base) and r.get("speedup_vs_compile") is not None:
+                cells[r["provider"]] = f"{r['speedup_vs_compile']:.2f}x" + ("?" if r["noisy"] or base["noisy"] else "")
+        lines.append(table.line(cells))
+    return "\n".join(lines)
+
+
+# ---- files -----------------------------------------------------------------------------------
+
+
+def _replace(path: str, write: Callable[[TextIO], None]) -> None:
+    """Write to a temporary file beside path, then rename it over path: path is never half written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # as open() would have made it, not mkstemp's 0600
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(rows: list[dict], path: str) -> None:
+    _replace(path, lambda f: json.dump(rows, f, indent=1))
+
+
+def write_csv(rows: list[dict], path: str, fields: Optional[list[str]] = None) -> None:
+    """CSV of the rows: `fields` (default: ROW_FIELDS, or E2E_FIELDS for --e2e rows) and after
+    them any other key the rows hold, in order of appearance."""
+    if fields is None:
+        fields = E2E_FIELDS if rows and "model" in rows[0] else ROW_FIELDS
+    extra = [k for r in rows for k in r if k not in fields]
+    fields = fields + list(dict.fromkeys(extra))
+
+    def write(f: TextIO) -> None:
+        writer = csv.DictWriter(f, fieldnames=fields, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    _replace(path, write)
+
+
+def read_rows(path: str) -> list[dict]:
+    """The rows of a JSON file written by write_json (empty if there is none)."""
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return []
+    with open(path) as f:
+        rows = json.load(f)
+    if not isinstance(rows, list):
+        raise ValueError(f"{path} holds no list of rows")
+    return rows
+
+
+def _read_csv(path: str) -> tuple[list[str], list[dict]]:
+    if not os.path.exists(path) or os.path.getsize(path) == 0:
+        return [], []
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return list(reader.fieldnames or []), list(reader)
+
+
+class RowWriter:
+    """Prints each row as it is measured (flushed) and rewrites the JSON and CSV files with every
+    row so far. With append, the rows already in the files are kept ahead of the new ones."""
+
+    def __init__(
+        self,
+        table: Optional[Table],
+        json_path: Optional[str] = None,
+        csv_path: Optional[str] = None,
+        append: bool = False,
+        out: Optional[TextIO] = None,
+    ) -> None:
+        self.table, self.json_path, self.csv_path = table, json_path, csv_path
+        self.out = sys.stdout if out is None else out
+        self.rows: list[dict] = []
+        self.json_before = read_rows(json_path) if append and json_path else []
+        self.csv_fields, self.csv_before = _read_csv(csv_path) if append and csv_path else ([], [])
+        if self.table is not None:
+            print(self.table.header(), file=self.out, flush=True)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if self.table is not None:
+            print(self.table.line(row), file=self.out, flush=True)
+        self.update()
+
+    def update(self) -> None:
+        if self.json_path:
+            write_json(self.json_before + self.rows, self.json_path)
+        if self.csv_path:
+            fields = None
+            if self.csv_fields:
+                new = ROW_FIELDS if "model" not in self.rows[0] else E2E_FIELDS
+                fields = self.csv_fields + [k for k in new if k not in self.csv_fields]
+            write_csv(self.csv_before + self.rows, self.csv_path, fields)
+
+
+# ---- the plot --------------------------------------------------------------------------------
+
+
+def write_plot(rows: list[dict], path: str) -> None:
+    """Two panels over the shapes, a bar per provider: the speedup against eager, and the bandwidth
+    (as % of the copy's where it was measured, else GB/s), for one slice of the rows: fwd+bwd if
+    timed, channels_last if timed, the SE block alone if timed. The titles name the slice."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if "provider" in r]  # the SE-block rows (not --e2e's)
+    if not rows:
+        raise ValueError("no SE-block rows to plot")
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    layouts = list(dict.fromkeys(r["layout"] for r in rows))
+    mode = "fwd+bwd" if "fwd+bwd" in modes else modes[0]
+    layout = "channels_last" if "channels_last" in layouts else layouts[0]
+    tail = all(r.get("tail") for r in rows)
+    sel = [r for r in rows if r["mode"] == mode and r["layout"] == layout and bool(r.get("tail")) == tail]
+    shapes = list(dict.fromkeys(shape_label(r) for r in sel))
+    providers = list(dict.fromkeys(r["provider"] for r in sel))
+    copy = all(r.get("pct_of_copy") is not None for r in sel)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    width = 0.8 / len(providers)
+    for i, p in enumerate(providers):
+        by_shape: dict[str, dict] = {}
+        for r in sel:  # the first row of each shape (rows of several runs may repeat one)
+            if r["provider"] == p:
+                by_shape.setdefault(shape_label(r), r)
+        xs = [j + i * width for j in range(len(shapes))]
+        ax1.bar(xs, [(by_shape[s]["speedup_vs_eager"] or 0) if s in by_shape else 0 for s in shapes], width, label=p)
+        key = "pct_of_copy" if copy else "gbs_min_traffic"
+        ax2.bar(xs, [(by_shape[s][key] or 0) if s in by_shape else 0 for s in shapes], width, label=p)
+    dtypes = ", ".join(dict.fromkeys(r["dtype"] for r in sel))
+    what = f"{mode}{' + tail' if tail else ''}, {layout}, {dtypes}"
+    others = [m for m in modes if m != mode] + [lay for lay in layouts if lay != layout]
+    slice_note = f"(not plotted: {', '.join(others)})" if others else ""
+    band = "bandwidth, % of device copy (minimal traffic)" if copy else "GB/s against the minimal traffic"
+    for ax, title in ((ax1, "speedup against eager"), (ax2, band)):
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))], shapes, rotation=20, fontsize=8)
+        ax.set_xlabel("N x C x H x W, hidden", fontsize=9)
+        ax.set_title(f"{title}\n{what} {slice_note}", fontsize=9)
+        ax.legend(fontsize=8)
+    ax1.axhline(1.0, color="gray", lw=0.8)
+    fig.suptitle(f"fused_se {sel[0]['fused_se']} on {sel[0]['device']}", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
