@@ -5,7 +5,7 @@ These are the figures the model divides by; nothing here was measured by this pr
 | card | L2 | DRAM bandwidth | launch | SMs | source |
 |---|---|---|---|---|---|
 | h100 | 50 MiB | 3.35 TB/s | 2.5 us | 132 | NVIDIA H100 Tensor Core GPU datasheet and Hopper whitepaper (H100 SXM5: 50 MB L2, 3.35 TB/s HBM3) |
-| h200 | 60 MiB | 4.8 TB/s | 2.5 us | 132 | bandwidth: NVIDIA H200 datasheet (4.8 TB/s HBM3e, SXM); L2: PyTorch's device properties on an H200 (L2_cache_size, 60 MB, read on this project's lent machines 2026-10-28; the datasheet does not state L2) |
+| h200 | 60 MiB | 4.8 TB/s | 2.5 us | 132 | bandwidth: NVIDIA H200 datasheet (4.8 TB/s HBM3e, SXM); L2: 60 MB as PyTorch's device properties (L2_cache_size) report it on an H200 SXM; the datasheet does not state L2. Not yet read by this project's own GPU check |
 | a100 | 40 MiB | 1.555 TB/s | 3.0 us | 108 | NVIDIA A100 datasheet and Ampere whitepaper (A100 40 GB SXM4: 40 MB L2, 1,555 GB/s HBM2; the 80 GB card has 2,039 GB/s: --bandwidth overrides) |
 
 The launch cost is an assumption (the time a kernel launch adds to a chain of dependent small
