@@ -13,9 +13,9 @@ BACKENDS = ("auto", "triton", "reference")
 def interpreter_enabled() -> bool:
     """True when the Triton interpreter runs the kernels on the CPU (TRITON_INTERPRET=1 when
     triton.jit defined them, which is when fused_se.kernels was first imported)."""
-    from .kernels import se  # triton is imported here, on first use, not by `import fused_se`
+    from .kernels import common  # triton is imported here, on first use, not by `import fused_se`
 
-    return se.INTERPRETED
+    return common.INTERPRETED
 
 
 def kernels_run_on(device: torch.device) -> bool:

@@ -177,16 +177,12 @@ def build_provider(
 
 @contextmanager
 def three_launch_paths() -> Iterator[None]:
-    """The fused kernels' three-launch passes only: the one-launch, spread and streamed paths off (the
-    fused-3pass provider, to weigh them against the passes they replace in the same run)."""
-    from .kernels import heuristics as hz
+    """The fused kernels' three-launch passes only (the fused-3pass provider, to weigh the other
+    paths against the passes they replace in the same run)."""
+    from .kernels import force_paths
 
-    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK
-    hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK = 0, 0, 0
-    try:
+    with force_paths("three_launch"):
         yield
-    finally:
-        hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK = saved
 
 
 def _in_three_launch_paths(fn: Callable[[], object]) -> Callable[[], object]:
@@ -354,18 +350,12 @@ def fused_path(x: torch.Tensor, shape: SEShape, mode: str = "fwd", tail: bool = 
     backend = backend_for(x)
     if backend != "triton":
         return backend
-    from .kernels import one_launch_forward, spread_forward, stream_backward, stream_forward
+    from .kernels import plan_backward, plan_forward
 
-    if stream_forward(x, shape.hidden) is not None:
-        fwd = "stream"
-    elif one_launch_forward(x, shape.hidden):
-        fwd = "1-launch"
-    elif spread_forward(x, shape.hidden) is not None:
-        fwd = "spread"
-    else:
-        fwd = "3-pass"
+    labels = {"three_launch": "3-pass", "one_launch": "1-launch", "spread": "spread", "stream": "stream"}
+    fwd = labels[plan_forward(x, shape.hidden).path]
     # the tail's backward reads the ReLU's output and writes the shortcut's gradient
-    bwd = "stream" if stream_backward(x, x, shape.hidden, x if tail else None, tail) is not None else "3-pass"
+    bwd = labels[plan_backward(x, x, shape.hidden, x if tail else None, tail).path]
     if mode == "fwd" or (mode == "fwd+bwd" and fwd == bwd):
         return f"triton {fwd}"
     if mode == "bwd":

@@ -5,12 +5,9 @@ Three excitation forms share the squeeze and scale passes:
     effective_squeeze_excite       one C x C FC (W, b, gate): effective SE (ESE)
     efficient_channel_attention    a k-tap conv across channels (w, b, padding, gate): ECA, CECA
 
-Forward: squeeze, excite, scale (three launches, 3N bytes). Backward: scale_bwd, excite_bwd,
-squeeze_scale_bwd (three launches, 4N bytes). The two-FC form has three more paths, chosen by
-kernels.heuristics: where x is past L2, a streamed forward and backward (one persistent launch
-each, whose second pass over a sample re-reads it from L2: 2N and 3N bytes); for small
-batches, a one-launch forward (a program per sample, for small samples and weights) or a
-spread one (one persistent launch over every SM, the excitation spread over the programs).
+Forward: squeeze, excite, scale. Backward: scale_bwd, excite_bwd, squeeze_scale_bwd. The MLP
+form has more paths (one-launch, spread, streamed), chosen by kernels.plan; docs/DESIGN.md tells
+each path's traffic.
 
 Each forward op returns (y, z, s, a): the output, and the squeeze, the gate and the gate's input, (B, C) in the accumulation dtype (a is empty
 unless the gate's backward needs it). Saved for backward: x, the weights, z, s and a.
@@ -25,7 +22,7 @@ reads that gradient. With a ReLU, the output is saved as well (its mask).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -63,39 +60,31 @@ def _scale_epilogue(
     return impl.scale_fwd(x, s, _sample_factor(sample_scale, x), residual, out_act == "relu")
 
 
-def _backward_passes(
+def _first_backward_pass(
+    impl, grad_y: Tensor, x: Tensor, sample_scale: Optional[Tensor], out: Optional[Tensor], need_dres: bool
+) -> tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+    """The backward's pass over x before an excitation's backward: (the partial sums of g * x, the
+    masked g through a ReLU tail where the residual's gradient is asked for, d). out: the forward's
+    output where a ReLU ended it (None otherwise)."""
+    d = _sample_factor(sample_scale, x)
+    dssum, g = impl.scale_bwd(grad_y, x, d, out, need_dres and out is not None)
+    return dssum, g, d
+
+
+def _dx_pass(
+    impl,
     grad_y: Tensor,
+    masked_g: Optional[Tensor],
     x: Tensor,
     s: Tensor,
-    sample_scale: Optional[Tensor],
+    dz: Tensor,
+    d: Optional[Tensor],
     out: Optional[Tensor],
-    need_dx: bool,
-    need_dres: bool,
-    excite_bwd: Callable[[Tensor, bool], Optional[Tensor]],
-) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """The two passes over x around an excitation's backward: (dx, the residual's gradient
-    through the ReLU epilogue), None where not needed.
-
-    out: the forward's output where a ReLU ended it (None otherwise); excite_bwd(dssum, need_dz)
-    runs the excitation's backward and returns dz.
-    """
-    impl = _impl(x)
-    d = _sample_factor(sample_scale, x)
-    store_g = need_dres and out is not None
-    dssum, g = impl.scale_bwd(grad_y, x, d, out, store_g)
-    dz = excite_bwd(dssum, need_dx)
-    if not need_dx:
-        return None, g
-    if g is not None:  # the masked gradient is already in memory: read it instead of dy and out
-        return impl.squeeze_scale_bwd(g, s, dz, x, d), g
-    return impl.squeeze_scale_bwd(grad_y, s, dz, x, d, out), None
-
-
-def _stream_backward(grad_y: Tensor, x: Tensor, w1: Tensor, out: Optional[Tensor], need_dx: bool, store_g: bool):
-    """The streamed backward's configuration where it applies: kernels, dx asked for, x past L2."""
-    if not need_dx or _impl(x) is not kernels:
-        return None
-    return kernels.stream_backward(grad_y, x, w1.shape[0], out, store_g)
+) -> Tensor:
+    """dx after the excitation's backward; reads the masked g where it is in memory, else dy and out."""
+    if masked_g is not None:
+        return impl.squeeze_scale_bwd(masked_g, s, dz, x, d)
+    return impl.squeeze_scale_bwd(grad_y, s, dz, x, d, out)
 
 
 def _dense_grad(grad_y: Tensor) -> Tensor:
@@ -104,11 +93,14 @@ def _dense_grad(grad_y: Tensor) -> Tensor:
     return grad_y
 
 
-def _grad_out(t: Optional[Tensor], like: Optional[Tensor], x: Tensor) -> Tensor:
-    """A gradient in its input's dtype, or an empty tensor where none was asked for."""
-    if t is None or like is None:
-        return x.new_empty(0)
-    return t.to(like.dtype)
+def _grads_out(x: Tensor, *pairs: tuple[Optional[Tensor], Optional[Tensor]]) -> tuple[Tensor, ...]:
+    """Each (gradient, its input) as the gradient in its input's dtype, or an empty tensor where
+    none was asked for (or the input is None)."""
+    return tuple(x.new_empty(0) if t is None or like is None else t.to(like.dtype) for t, like in pairs)
+
+
+def _hw(x: Tensor) -> int:
+    return x.shape[2] * x.shape[3]
 
 
 def _save_epilogue(ctx, sample_scale: Optional[Tensor], out_act: str, y: Tensor):
@@ -150,20 +142,13 @@ def squeeze_excite(
     """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
     impl = _impl(x)
     if impl is kernels:
-        d, relu = _sample_factor(sample_scale, x), out_act == "relu"
-        stream = kernels.stream_forward(x, w1.shape[0])
-        if stream is not None:
-            # x past L2: one persistent launch, whose scale re-reads each sample from L2
-            return kernels.se_fwd_stream(x, w1, b1, w2, b2, act, gate, d, residual, relu, stream)
-        if kernels.one_launch_forward(x, w1.shape[0]):
-            # small batches of small samples: one launch, one program per sample
-            return kernels.se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, relu)
-        spread = kernels.spread_forward(x, w1.shape[0])
-        if spread is not None:
-            # other small batches: one persistent launch over every SM, the excitation's too
-            return kernels.se_fwd_spread(x, w1, b1, w2, b2, act, gate, d, residual, relu, spread)
+        plan = kernels.plan_forward(x, w1.shape[0])
+        if plan.path != "three_launch":
+            forward = kernels.FORWARD_PATHS[plan.path]
+            d = _sample_factor(sample_scale, x)
+            return forward(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu", plan.config)
     zsum = impl.squeeze_fwd(x)
-    z, s, a = impl.excite_fwd(zsum, x.shape[2] * x.shape[3], w1, b1, w2, b2, x.dtype, act, gate)
+    z, s, a = impl.excite_fwd(zsum, _hw(x), w1, b1, w2, b2, x.dtype, act, gate)
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
@@ -194,35 +179,22 @@ def squeeze_excite_backward(
     grad_y = _dense_grad(grad_y)
     need_db1 = need_db1 and b1 is not None
     need_db2 = need_db2 and b2 is not None
-    store_g = need_dres and out is not None  # the ReLU tail's shortcut gradient is written out
-    stream = _stream_backward(grad_y, x, w1, out, need_dx, store_g)
-    if stream is not None:
-        # x past L2: one persistent launch, whose dx pass re-reads each sample's g from L2
-        dx, dres, dw1, db1, dw2, db2 = kernels.se_bwd_stream(
-            grad_y, x, z, s, a, w1, b1, w2, (need_dw1, need_db1, need_dw2, need_db2), act, gate,
-            _sample_factor(sample_scale, x), out, store_g, stream,
-        )  # fmt: skip
-        return tuple(
-            _grad_out(t, like, x) for t, like in ((dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
-        )
-    wgrads: list[Optional[Tensor]] = []
-
-    def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
-        need = (need_dz, need_dw1, need_db1, need_dw2, need_db2)
-        dz, *rest = _impl(x).excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, need, act, gate)
-        wgrads.extend(rest)
-        return dz
-
-    dx, dres = _backward_passes(grad_y, x, s, sample_scale, out, need_dx, need_dres, excite_bwd)
-    dw1, db1, dw2, db2 = wgrads
-    return (
-        _grad_out(dx, x, x),
-        _grad_out(dw1, w1, x),
-        _grad_out(db1, b1, x),
-        _grad_out(dw2, w2, x),
-        _grad_out(db2, b2, x),
-        _grad_out(dres, x, x),
-    )
+    impl = _impl(x)
+    if impl is kernels:
+        store_g = need_dres and out is not None  # the ReLU tail's shortcut gradient is written out
+        plan = kernels.plan_backward(grad_y, x, w1.shape[0], out, store_g, need_dx)
+        if plan.path == "stream":
+            # x past L2: one persistent launch, whose dx pass re-reads each sample's g from L2
+            dx, dres, dw1, db1, dw2, db2 = kernels.se_bwd_stream(
+                grad_y, x, z, s, a, w1, b1, w2, (need_dw1, need_db1, need_dw2, need_db2), act, gate,
+                _sample_factor(sample_scale, x), out, store_g, plan.config,
+            )  # fmt: skip
+            return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
+    dssum, dres, d = _first_backward_pass(impl, grad_y, x, sample_scale, out, need_dres)
+    need = (need_dx, need_dw1, need_db1, need_dw2, need_db2)
+    dz, dw1, db1, dw2, db2 = impl.excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, need, act, gate)
+    dx = _dx_pass(impl, grad_y, dres, x, s, dz, d, out) if need_dx else None
+    return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -263,7 +235,7 @@ def effective_squeeze_excite(
     """(y, z, s, a) for s = gate(W z + b)."""
     impl = _impl(x)
     zsum = impl.squeeze_fwd(x)
-    z, s, a = impl.excite_fc_fwd(zsum, x.shape[2] * x.shape[3], w, b, x.dtype, gate)
+    z, s, a = impl.excite_fc_fwd(zsum, _hw(x), w, b, x.dtype, gate)
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
@@ -286,17 +258,11 @@ def effective_squeeze_excite_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dW, db, dresidual); a gradient that was not asked for comes back empty."""
     grad_y = _dense_grad(grad_y)
-    need_db = need_db and b is not None
-    wgrads: list[Optional[Tensor]] = []
-
-    def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
-        dz, *rest = _impl(x).excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, (need_dz, need_dw, need_db))
-        wgrads.extend(rest)
-        return dz
-
-    dx, dres = _backward_passes(grad_y, x, s, sample_scale, out, need_dx, need_dres, excite_bwd)
-    dw, db = wgrads
-    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x), _grad_out(dres, x, x)
+    impl = _impl(x)
+    dssum, dres, d = _first_backward_pass(impl, grad_y, x, sample_scale, out, need_dres)
+    dz, dw, db = impl.excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, (need_dx, need_dw, need_db and b is not None))
+    dx = _dx_pass(impl, grad_y, dres, x, s, dz, d, out) if need_dx else None
+    return _grads_out(x, (dx, x), (dw, w), (db, b), (dres, x))
 
 
 def _setup_context_fc(ctx, inputs, output) -> None:
@@ -338,7 +304,7 @@ def efficient_channel_attention(
     """(y, z, s, a) for s = gate(conv1d_k(z) + b) across channels."""
     impl = _impl(x)
     zsum = impl.squeeze_fwd(x)
-    z, s, a = impl.excite_conv_fwd(zsum, x.shape[2] * x.shape[3], w, b, circular, gate)
+    z, s, a = impl.excite_conv_fwd(zsum, _hw(x), w, b, circular, gate)
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
@@ -362,19 +328,14 @@ def efficient_channel_attention_backward(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(dx, dw, db, dresidual); a gradient that was not asked for comes back empty."""
     grad_y = _dense_grad(grad_y)
-    need_db = need_db and b is not None
-    wgrads: list[Optional[Tensor]] = []
-
-    def excite_bwd(dssum: Tensor, need_dz: bool) -> Optional[Tensor]:
-        dz, *rest = _impl(x).excite_conv_bwd(dssum, z, s, a, w, circular, gate, (need_dz, need_dw, need_db))
-        wgrads.extend(rest)
-        return dz
-
-    dx, dres = _backward_passes(grad_y, x, s, sample_scale, out, need_dx, need_dres, excite_bwd)
-    dw, db = wgrads
+    impl = _impl(x)
+    dssum, dres, d = _first_backward_pass(impl, grad_y, x, sample_scale, out, need_dres)
+    need = (need_dx, need_dw, need_db and b is not None)
+    dz, dw, db = impl.excite_conv_bwd(dssum, z, s, a, w, circular, gate, need)
     if db is not None and b is not None:
         db = db.view(b.shape)
-    return _grad_out(dx, x, x), _grad_out(dw, w, x), _grad_out(db, b, x), _grad_out(dres, x, x)
+    dx = _dx_pass(impl, grad_y, dres, x, s, dz, d, out) if need_dx else None
+    return _grads_out(x, (dx, x), (dw, w), (db, b), (dres, x))
 
 
 def _setup_context_conv(ctx, inputs, output) -> None:

@@ -9,6 +9,7 @@ and the tests cover each side of each one.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
 from typing import Optional
 
@@ -49,7 +50,10 @@ EXCITE_CONV_BWD_TARGET_PARTIALS = 16
 # SM count assumed when kernels run in the Triton interpreter (programs run one after another).
 INTERPRETER_SM_COUNT = 2
 # L2 size assumed where the card does not say (and in the interpreter): an A100's 40 MB.
+# FUSED_SE_L2_BYTES in the environment sets the L2 size the paths are chosen for, on any device
+# (the traffic model off a GPU; a card whose driver misreports it).
 DEFAULT_L2_BYTES = 40 * 1024 * 1024
+L2_ENV = "FUSED_SE_L2_BYTES"
 # One-launch forward (MLP form): one program per sample runs the squeeze, the excitation and
 # the scale, re-reading its sample from L2 for the scale. Chosen where the three-launch path is
 # bound by launches, not bytes: at most this many samples, at most this many bytes of x in all
@@ -94,6 +98,11 @@ SPREAD_MAX_BATCH = 8
 # its sample and both weights, are at most this many bytes.
 ONE_LAUNCH_MAX_PROGRAM_BYTES = 256 * 1024
 
+# The persistent kernels' waits give up after this many polls of a flag (and the launch reports
+# it: kernels/sync.py). A poll is one L2 round trip, about a microsecond: some seconds in all,
+# far past any chunk's excitation, which is what a wait waits for.
+WAIT_MAX_POLLS = 1 << 22
+
 
 def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
@@ -113,7 +122,22 @@ def _cuda_l2_bytes(index: int) -> int:
     return getattr(torch.cuda.get_device_properties(index), "L2_cache_size", 0) or DEFAULT_L2_BYTES
 
 
+@functools.lru_cache(maxsize=8)
+def _l2_override(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise ValueError(f"{L2_ENV} must be a positive number of bytes; got {text!r}")
+    return value
+
+
 def l2_bytes(device: torch.device) -> int:
+    """The L2 size the paths are chosen for: FUSED_SE_L2_BYTES if set, else the card's."""
+    override = os.environ.get(L2_ENV)
+    if override:
+        return _l2_override(override)
     if device.type == "cuda":
         return _cuda_l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
     return DEFAULT_L2_BYTES
@@ -208,8 +232,8 @@ class OneLaunchConfig:
     num_warps: int
 
 
-def one_launch_forward(b: int, c: int, hw: int, r: int, x_bytes: int, l2: int, acc_bytes: int = 4) -> bool:
-    """Whether the MLP form's forward runs as one launch, a program per sample (see ONE_LAUNCH_*)."""
+def one_launch_applies(b: int, c: int, hw: int, r: int, x_bytes: int, l2: int, acc_bytes: int = 4) -> bool:
+    """Whether the MLP form's forward may run as one launch, a program per sample (see ONE_LAUNCH_*)."""
     program_bytes = (x_bytes // b if b else 0) + 2 * c * r * acc_bytes
     return (
         1 <= b <= ONE_LAUNCH_MAX_BATCH

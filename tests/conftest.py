@@ -16,7 +16,7 @@ import pytest
 import fused_se
 
 try:
-    from fused_se.kernels import se as se_kernels
+    from fused_se.kernels import common as kernels_common
 except ModuleNotFoundError as e:  # fused_se imported from the source tree, where kernels/ sits beside it
     raise ImportError(
         f"fused_se was imported from {fused_se.__file__}, which has no fused_se.kernels: install the package "
@@ -27,9 +27,10 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 # The tests' small batches would all take the one-launch or the spread forward: both are off
 # for the whole session (module-scoped fixtures included) unless a test turns them on with the
-# `one_launch` or `spread` fixture, so that the rest exercise the three-launch path.
-se_kernels.hz.ONE_LAUNCH_MAX_BATCH = 0
-se_kernels.hz.SPREAD_MAX_BATCH = 0
+# `one_launch` or `spread` fixture, so that the rest exercise the three-launch path. The streamed
+# paths stay on: only tests that shrink the L2 they are planned for reach them.
+SUITE_PATHS = "three_launch,stream"
+os.environ["FUSED_SE_PATHS"] = SUITE_PATHS
 
 
 def pytest_report_header(config):
@@ -40,22 +41,29 @@ def pytest_report_header(config):
 @pytest.fixture(autouse=True)
 def _poison_and_seed(monkeypatch):
     """Every buffer a kernel writes starts as NaN; every test starts from the same seed."""
-    monkeypatch.setattr(se_kernels, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(kernels_common, "POISON_OUTPUTS", True)
     monkeypatch.delenv("FUSED_SE_BACKEND", raising=False)
+    monkeypatch.delenv("FUSED_SE_L2_BYTES", raising=False)
+    monkeypatch.setenv("FUSED_SE_PATHS", SUITE_PATHS)
     torch.manual_seed(0)
     yield
 
 
+def _allow(monkeypatch, path: str) -> None:
+    monkeypatch.setenv("FUSED_SE_PATHS", f"{os.environ['FUSED_SE_PATHS']},{path}")
+
+
 @pytest.fixture
 def one_launch(monkeypatch):
-    """The one-launch forward on for batches up to 8, as the library ships it."""
-    monkeypatch.setattr(se_kernels.hz, "ONE_LAUNCH_MAX_BATCH", 8)
+    """The one-launch forward on, as the library ships it."""
+    _allow(monkeypatch, "one_launch")
 
 
 @pytest.fixture
 def spread(monkeypatch):
-    """The spread forward on for batches up to 8, as the library ships it."""
-    monkeypatch.setattr(se_kernels.hz, "SPREAD_MAX_BATCH", 8)
+    """The spread forward on, as the library ships it (where the one-launch forward is also on,
+    it takes the batches that one launch does not)."""
+    _allow(monkeypatch, "spread")
 
 
 @pytest.fixture

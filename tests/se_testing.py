@@ -10,6 +10,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fused_se.kernels import record_launches  # noqa: F401  (re-exported for the tests)
+from fused_se.kernels.plan import Plan
 
 FORWARD_KERNELS = ["squeeze", "excite", "scale"]
 BACKWARD_KERNELS = ["scale_bwd", "excite_bwd", "squeeze_scale_bwd"]
@@ -37,6 +38,11 @@ def record_ops() -> Iterator[list[str]]:
     log: list[str] = []
     with _OpRecorder(log):
         yield log
+
+
+def planned(plan: Plan, path: str):
+    """The plan's configuration where it chose `path`, else None."""
+    return plan.config if plan.path == path else None
 
 
 # Absolute slack on top of the 2x-PyTorch rule, relative to the reference's largest magnitude.

@@ -26,10 +26,10 @@ import fused_se.kernels
 from fused_se import reference
 
 # CPU tensors here run the kernels through the Triton interpreter, which the suite turns on only
-# where there is no CUDA device; on a GPU machine tests/test_gpu_integration.py covers the ops.
+# where there is no CUDA device; on a GPU machine tests/gpu/test_gpu_integration.py covers the ops.
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(),
-    reason="CPU tests through the Triton interpreter (on only without CUDA); see tests/test_gpu_integration.py",
+    reason="CPU tests through the Triton interpreter (on only without CUDA); see tests/gpu/test_gpu_integration.py",
 )
 
 SHAPE = (2, 16, 5, 5)

@@ -59,7 +59,7 @@ _PTR_TYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "float64
 
 def _record_launches():
     """Replaces the launchers' wrap_triton with a recorder; returns the list of launches."""
-    from fused_se.kernels import se
+    from fused_se.kernels import common
 
     launches = []
 
@@ -73,7 +73,7 @@ def _record_launches():
 
             return launch
 
-    se.wrap_triton = _Recorder  # every launch goes through se._launch
+    common.wrap_triton = _Recorder  # every launch goes through common.launch
     # The ops take the kernels' path on CPU tensors only with the interpreter on: claim it, since
     # nothing runs here (without this the ops would run their torch-ops kernel and record nothing).
     from fused_se import _dispatch

@@ -2,7 +2,7 @@
 paths and requires_grad patterns against eager PyTorch, through the kernels.
 
 The example count is bounded for CI (the "ci" profile: a fixed seed, a bounded number of
-examples); `HYPOTHESIS_PROFILE=long pytest tests/test_properties.py` runs many more by hand.
+examples); `HYPOTHESIS_PROFILE=long pytest tests/api/test_properties.py` runs many more by hand.
 """
 
 from __future__ import annotations
@@ -23,7 +23,16 @@ from se_testing import (
 
 import fused_se
 from fused_se import kernels
+from fused_se.kernels import force_paths, plan_forward
 from fused_se.kernels import heuristics as hz
+
+# The MLP form's forward launches on each planned path.
+_FORWARD_LAUNCHES = {
+    "three_launch": ["squeeze", "excite", "scale"],
+    "one_launch": ["se_fwd_one_launch"],
+    "spread": ["se_fwd_spread"],
+    "stream": ["se_fwd_stream"],
+}
 
 settings.register_profile(
     "ci", max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
@@ -128,9 +137,9 @@ def test_random_inputs_match_eager(case):
 
     # The two-FC form's other paths: the one-launch or spread forward (batches up to 8), or the streamed
     # passes with an L2 of 2 or 4 samples of x (a lag of 2 or 4 forward, about half backward).
-    saved = hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO
-    hz.ONE_LAUNCH_MAX_BATCH = 8 if case["path"] == "one_launch" else 0
-    hz.SPREAD_MAX_BATCH = 8 if case["path"] == "spread" else 0
+    saved = hz.l2_bytes, hz.STREAM_WEIGHT_RATIO
+    paths = force_paths(*({"one_launch", "spread"} & {case["path"]}), "stream")
+    paths.__enter__()
     if case["path"] == "stream":
         hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * case["l2_samples"] * c * h * w * x.element_size()
         hz.STREAM_WEIGHT_RATIO = 0.01
@@ -138,18 +147,13 @@ def test_random_inputs_match_eager(case):
         dense = x if kernels.bchw_strides(x) is not None else x.contiguous()  # as the op copies it
         if form != "mlp":
             expect = ["squeeze", FORM_KERNELS[form], "scale"]
-        elif case["path"] == "one_launch" and kernels.one_launch_forward(dense, case["hidden"]):
-            expect = ["se_fwd_one_launch"]
-        elif case["path"] == "spread" and case["hidden"] <= hz.STREAM_MAX_HIDDEN:
-            expect = ["se_fwd_spread"]
-        elif case["path"] == "stream" and kernels.stream_forward(dense, case["hidden"]) is not None:
-            expect = ["se_fwd_stream"]
         else:
-            expect = ["squeeze", "excite", "scale"]
+            expect = _FORWARD_LAUNCHES[plan_forward(dense, case["hidden"]).path]
         with record_launches() as launched:
             ours = _run(fused, x, params, residual, case["grads"], g)
     finally:
-        hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.l2_bytes, hz.STREAM_WEIGHT_RATIO = saved
+        hz.l2_bytes, hz.STREAM_WEIGHT_RATIO = saved
+        paths.__exit__(None, None, None)
     assert launched[: len(expect)] == expect, launched
     own = _run(eager, x, params, residual, case["grads"], g)
     params64 = [p.double() if p is not None else None for p in params]

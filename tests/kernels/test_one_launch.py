@@ -21,6 +21,7 @@ from se_testing import (
 
 import fused_se
 from fused_se import reference
+from fused_se.kernels import force_paths
 from fused_se.kernels import heuristics as hz
 
 ONE = ["se_fwd_one_launch"]
@@ -154,8 +155,7 @@ def test_both_sides_agree(monkeypatch):
     params = make_variant_params("mlp", 40, 6, 1, True, "cpu")
     g = torch.randn_like(x)
     one = _run(x, params, "silu", "hard_sigmoid", g)
-    monkeypatch.setattr(hz, "ONE_LAUNCH_MAX_BATCH", 0)
-    with record_launches() as launched:
+    with force_paths("three_launch"), record_launches() as launched:
         three = _run(x, params, "silu", "hard_sigmoid", g)
     assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
     for a, b in zip(one, three):

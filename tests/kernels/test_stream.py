@@ -24,13 +24,14 @@ from se_testing import (
     make_input,
     make_variant_params,
     mlp_outputs_and_grads,
+    planned,
     record_launches,
 )
 
 import fused_se
 from fused_se import kernels, reference
+from fused_se.kernels import INTERPRETED, plan_backward, plan_forward
 from fused_se.kernels import heuristics as hz
-from fused_se.kernels import se as se_kernels
 
 FWD, BWD = ["se_fwd_stream"], ["se_bwd_stream"]
 VARIANTS = [
@@ -56,6 +57,11 @@ def _stream_for(monkeypatch, x, lag, ratio=1.0):
     sample = x[0].numel() * x.element_size()
     monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * lag * sample)
     monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", ratio)
+
+
+def _stream_plans(x, hidden):
+    """The streamed forward's and backward's configurations for x, None where they do not apply."""
+    return planned(plan_forward(x, hidden), "stream"), planned(plan_backward(x, x, hidden), "stream")
 
 
 def _run(x, params, act, gate, g, **tail):
@@ -101,7 +107,7 @@ def test_parity_fp32(shape, layout, lag, ratio, variant, device, monkeypatch):
     b, c, h, w, hidden = shape
     x = make_input((b, c, h, w), torch.float32, device, layout) * 2
     _stream_for(monkeypatch, x, lag, ratio)
-    fwd, bwd = kernels.stream_forward(x, hidden), kernels.stream_backward(x, x, hidden, None, False)
+    fwd, bwd = _stream_plans(x, hidden)
     assert fwd is not None and bwd is not None
     assert fwd.lag < b and bwd.lag < b and max(fwd.c_blocks, fwd.hw_tiles) > 1
     _check(x, hidden, *variant, device)
@@ -114,7 +120,7 @@ def test_the_cases_cover_the_structure(monkeypatch):
     for (b, c, h, w, hidden), layout, lag, ratio in CASES:
         x = make_input((b, c, h, w), torch.float32, "cpu", layout)
         _stream_for(monkeypatch, x, lag, ratio)
-        for cfg in (kernels.stream_forward(x, hidden), kernels.stream_backward(x, x, hidden, None, False)):
+        for cfg in _stream_plans(x, hidden):
             seen |= {("partial chunk", b % cfg.chunk != 0), ("chunk > 1", cfg.chunk > 1)}
             seen |= {(f"hw tiles {layout}", cfg.hw_tiles > 1), ("channel blocks", cfg.c_blocks > 1)}
     for want in ("partial chunk", "chunk > 1", "hw tiles nchw", "hw tiles channels_last", "channel blocks"):
@@ -282,135 +288,18 @@ def test_se_resnet50_on_an_h100_class_card():
     assert got == [(True, True), (True, True), (True, True), (False, False)]
 
 
-@pytest.mark.skipif(not se_kernels.INTERPRETED, reason="checks the interpreter's order count; a GPU waits instead")
+@pytest.mark.skipif(not INTERPRETED, reason="checks the interpreter's order count; a GPU waits instead")
 def test_an_order_that_reads_a_gate_early_is_caught(monkeypatch):
     """With LAG = 0 and chunks of 2, sample 0's scale comes before sample 1's squeeze: the
     interpreter's count of early reads makes the launcher raise."""
     x = torch.randn(6, 16, 3, 3)
     _stream_for(monkeypatch, x, 4, 1.0)
     w1, w2 = torch.randn(2, 16), torch.randn(16, 2)
-    cfg = kernels.stream_forward(x, 2)
+    cfg = planned(plan_forward(x, 2), "stream")
     assert cfg is not None
     bad = dataclasses.replace(cfg, chunk=2, lag=0)
-    with pytest.raises(RuntimeError, match="out of order"):
+    with pytest.raises(RuntimeError, match="before their flag was set by the order of the tickets"):
         kernels.se_fwd_stream(x, w1, None, w2, None, "relu", "sigmoid", None, None, False, bad)
     kernels.se_fwd_stream(
         x, w1, None, w2, None, "relu", "sigmoid", None, None, False, dataclasses.replace(cfg, chunk=2)
     )
-
-
-# ---- the spread forward (small batches) ---------------------------------------------------------
-
-SPREAD = ["se_fwd_spread"]
-
-
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v)))
-@pytest.mark.parametrize(
-    ("shape", "layout"),
-    [((1, 40, 5, 7, 5), "nchw"), ((3, 33, 6, 7, 8), "channels_last"), ((8, 16, 9, 9, 2), "nchw")],
-    ids=str,
-)
-def test_spread_parity(shape, layout, variant, spread, device):
-    """Several channel blocks and HW tiles per sample (small tiles here), 1 to 8 samples."""
-    b, c, h, w, hidden = shape
-    x = make_input((b, c, h, w), torch.float32, device, layout) * 2
-    cfg = kernels.spread_forward(x, hidden)
-    assert cfg is not None and cfg.c_blocks > 1 and cfg.hw_tiles > 1
-    params = make_variant_params("mlp", c, hidden, 1, variant[2], device)
-    g = torch.randn(x.shape, device=device)
-    with record_launches() as launched:
-        ours = _run(x, params, variant[0], variant[1], g)
-    assert launched == SPREAD + BACKWARD_KERNELS, launched
-    own = _eager(x, params, variant[0], variant[1], g)
-    ref64 = _eager(x.double(), [p.double() if p is not None else None for p in params], *variant[:2], g.double())
-    for name, o, t, r in zip(["y", "dx", "dw1", "db1", "dw2", "db2"], ours, own, ref64):
-        assert_within_torch_error(name, o, t.to(o.dtype), r)
-    assert ours[0].stride() == x.stride()
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-def test_spread_half_precision(dtype, spread, device):
-    x = make_input((2, 33, 4, 5), dtype, device, "channels_last") * 2
-    params = make_variant_params("mlp", 33, 8, 1, True, device)
-    with record_launches() as launched:
-        y = fused_se.squeeze_excite(x, *params)
-    assert launched == SPREAD
-    own = eager_variant(x, "mlp", params, "relu", "sigmoid")
-    ref = eager_variant(x.double(), "mlp", [p.double() for p in params], "relu", "sigmoid")
-    assert_within_torch_error("y", y, own, ref)
-
-
-def test_spread_gradcheck_fp64(spread, device):
-    params = [p.requires_grad_() for p in make_variant_params("mlp", 6, 2, 1, True, device, torch.float64)]
-    x = torch.randn(2, 6, 2, 3, dtype=torch.float64, device=device, requires_grad=True)
-    with record_launches() as launched:
-        assert torch.autograd.gradcheck(
-            lambda x, *w: fused_se.squeeze_excite(x, *w, act="silu"), (x, *params), eps=1e-6, atol=1e-5, fast_mode=True
-        )
-    assert "se_fwd_spread" in launched and "squeeze" not in launched
-
-
-@pytest.mark.parametrize("out_act", ["identity", "relu"])
-def test_spread_residual_tail(out_act, spread):
-    b, c, h, w, r = 3, 24, 5, 5, 4
-    x, residual = torch.randn(b, c, h, w) * 2, torch.randn(b, c, h, w).to(memory_format=torch.channels_last)
-    w1, w2 = torch.randn(r, c) / c**0.5, torch.randn(c, r) / r**0.5
-    d = torch.tensor([1.25, 0.0, 1.25])
-    with record_launches() as launched:
-        y = fused_se.squeeze_excite(x, w1, None, w2, residual=residual, out_act=out_act, sample_scale=d)
-    assert launched == SPREAD
-    ref = reference.squeeze_excite(
-        x.double(), w1.double(), None, w2.double(), residual=residual.double(), out_act=out_act, sample_scale=d.double()
-    )
-    torch.testing.assert_close(y.double(), ref, rtol=1e-5, atol=1e-5)
-
-
-def test_spread_nan_and_inf_stay_where_eager_puts_them(spread):
-    x = torch.randn(3, 16, 3, 3)
-    x[0, 2, 1, 1] = float("inf")
-    x[1, 5, 0, 0] = float("nan")
-    w1, w2 = torch.randn(3, 16), torch.randn(16, 3)  # hidden 3 of a BLOCK_R of 4: a padded unit
-    with record_launches() as launched:
-        y = fused_se.squeeze_excite(x, w1, None, w2)
-    assert launched == SPREAD
-    ref = eager_variant(x, "mlp", [w1, None, w2, None], "relu", "sigmoid")
-    assert_nonfinite_like_eager(y, ref)
-
-
-def _forward_launches(x, r):
-    with record_launches() as launched:
-        fused_se.squeeze_excite(x, torch.randn(r, x.shape[1]), None, torch.randn(x.shape[1], r))
-    return launched
-
-
-@pytest.mark.parametrize(("b", "expect"), [(8, SPREAD), (9, FORWARD_KERNELS)])
-def test_spread_batch_threshold(b, expect, spread):
-    assert hz.SPREAD_MAX_BATCH == 8
-    assert _forward_launches(torch.randn(b, 16, 3, 3), 2) == expect
-
-
-@pytest.mark.parametrize(("r", "expect"), [(128, SPREAD), (129, FORWARD_KERNELS)])
-def test_spread_hidden_threshold(r, expect, spread):
-    assert _forward_launches(torch.randn(1, 16, 1, 1), r) == expect
-
-
-@pytest.mark.parametrize(("extra", "expect"), [(0, ["se_fwd_one_launch"]), (1, SPREAD)])
-def test_one_launch_takes_small_programs_and_spread_the_rest(extra, expect, one_launch, spread, monkeypatch):
-    """One program per sample while its sample and both weights are at most
-    ONE_LAUNCH_MAX_PROGRAM_BYTES; past that, the spread forward."""
-    b, c, hw, r = 2, 16, 9, 2
-    monkeypatch.setattr(hz, "ONE_LAUNCH_MAX_PROGRAM_BYTES", c * hw * 4 + 2 * c * r * 4 - extra)
-    assert _forward_launches(torch.randn(b, c, 3, 3), r) == expect
-
-
-def test_spread_and_three_launches_agree(spread, monkeypatch):
-    x = make_input((3, 33, 4, 5), torch.float32, "cpu", "channels_last")
-    params = make_variant_params("mlp", 33, 8, 1, True, "cpu")
-    g = torch.randn_like(x)
-    spread_out = _run(x, params, "silu", "hard_sigmoid", g)
-    monkeypatch.setattr(hz, "SPREAD_MAX_BATCH", 0)
-    with record_launches() as launched:
-        three = _run(x, params, "silu", "hard_sigmoid", g)
-    assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
-    for a, b in zip(spread_out, three):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -157,7 +157,7 @@ def _peak_cpu_bytes(fn) -> int:
     return peak
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant is in test_gpu_only.py")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU variant is in tests/gpu/test_gpu_only.py")
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "channels_last"])
 def test_peak_memory_of_a_training_step_is_at_most_eagers(layout):
     from fused_se.bench import EagerSE, SEShape

@@ -196,4 +196,6 @@ def test_three_pass_provider_holds_the_fused_block_to_three_launches(device, mon
                 call()
             assert launched == expect[provider][mode], (provider, mode)
     # restored (the suite keeps the one-launch and spread forwards off)
-    assert (hz.ONE_LAUNCH_MAX_BATCH, hz.SPREAD_MAX_BATCH, hz.STREAM_MAX_CHUNK) == (0, 0, 64)
+    from fused_se.kernels.plan import enabled_paths
+
+    assert enabled_paths() == {"three_launch", "stream"}

@@ -1,0 +1,207 @@
+"""What every path shares: launching and recording kernels, output buffers, strides, dtype rules,
+and the jit helpers of the excitation's math (activation, gate, products, fixed-order sums).
+
+docs/DESIGN.md holds the math, the traffic of each path and the determinism rules.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import wrap_triton
+
+# When set, every buffer a kernel writes is filled with NaN first, so an element a kernel
+# forgets to write shows up in the tests.
+POISON_OUTPUTS = False
+
+
+_launch_logs: list[list[str]] = []
+
+
+@contextmanager
+def record_launches() -> Iterator[list[str]]:
+    """Collects the names of the Triton kernels launched inside the block."""
+    log: list[str] = []
+    _launch_logs.append(log)
+    try:
+        yield log
+    finally:
+        _launch_logs.remove(log)
+
+
+def record(name: str) -> None:
+    for log in _launch_logs:
+        log.append(name)
+
+
+# Whether wrap_triton takes this process's kernels: asked once, at the first launch.
+_WRAP_TRITON: Optional[bool] = None
+
+
+def _wrap_triton_takes(kernel) -> bool:
+    """Whether wrap_triton takes `kernel`, and so every kernel of this process: triton.jit makes
+    them all of one kind, JIT functions, or the interpreter's functions under TRITON_INTERPRET=1.
+    torch 2.11's wrap_triton refuses the interpreter's functions, which newer torch hands back
+    unwrapped; where it refuses, the kernels launch as they are, as they do on newer torch."""
+    try:
+        wrap_triton(kernel)
+    except RuntimeError:
+        return False
+    return True
+
+
+def launch(kernel, grid):
+    """kernel[grid] through wrap_triton, launched with the device of its first tensor argument
+    made current, so that it runs on that device's current stream whichever device is current."""
+    global _WRAP_TRITON
+    if _WRAP_TRITON is None:
+        _WRAP_TRITON = _wrap_triton_takes(kernel)
+    launcher = (wrap_triton(kernel) if _WRAP_TRITON else kernel)[grid]
+
+    def run(*args, **kwargs) -> None:
+        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with guard:
+            launcher(*args, **kwargs)
+
+    return run
+
+
+def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype, device=device)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def empty_like(x: torch.Tensor) -> torch.Tensor:
+    # preserve_format keeps NCHW or channels_last for dense inputs and picks one of the two
+    # for anything else, so the result is always a layout the kernels take as it is.
+    out = torch.empty_like(x, memory_format=torch.preserve_format)
+    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+
+
+def acc_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """dtype of z, s and every intermediate: fp32, or fp64 for fp64 inputs."""
+    return torch.float64 if x_dtype == torch.float64 else torch.float32
+
+
+def bchw_strides(x: torch.Tensor) -> Optional[tuple[int, int, int]]:
+    """(stride_b, stride_c, stride_hw) if H and W flatten into one strided axis, else None."""
+    _, _, h, w = x.shape
+    sb, sc, sh, sw = x.stride()
+    if h == 1:
+        return sb, sc, sw
+    if w == 1:
+        return sb, sc, sh
+    if sh == w * sw:
+        return sb, sc, sw
+    return None
+
+
+def vec_stride(t: Optional[torch.Tensor]) -> int:
+    return 0 if t is None else t.stride(0)
+
+
+def is_channels_last(strides: tuple[int, int, int]) -> bool:
+    return strides[1] == 1 and strides[2] != 1
+
+
+def strides_of(t: Optional[torch.Tensor], like: Optional[tuple[int, int, int]]) -> tuple[int, int, int]:
+    if t is None:
+        assert like is not None
+        return like
+    ts = bchw_strides(t)
+    assert ts is not None, "every (B, C, H, W) operand must have H and W flattenable into one strided axis"
+    return ts
+
+
+def sum_partials(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """(P, ...) -> (...): a plain reduction over the first axis, the same order on every run;
+    no launch at all for a single program."""
+    if t is None:
+        return None
+    return t[0] if t.shape[0] == 1 else t.sum(0)
+
+
+# Codes of the constexprs ACT and GATE.
+ACT_CODES = {"relu": 0, "silu": 1}
+
+
+GATE_CODES = {"sigmoid": 0, "hard_sigmoid": 1}
+
+
+def keeps_gate_input(gate: str) -> bool:
+    """Whether the backward of this gate needs its input a, not only s = gate(a)."""
+    return gate == "hard_sigmoid"
+
+
+@triton.jit
+def dot(a, b, acc, DOT_TF32: tl.constexpr, IS_FP64: tl.constexpr):
+    """acc + a @ b. fp64 (for gradcheck) takes a sum of products: tl.dot has no fp64 path on every GPU."""
+    if IS_FP64:
+        return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
+    elif DOT_TF32:
+        return tl.dot(a, b, acc, input_precision="tf32")
+    else:
+        return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def sum_splits(ptr, offs, mask, split, stride_split):
+    """sum over k < split of ptr[k * stride_split + offs], in order (the squeeze's HW splits)."""
+    acc = tl.load(ptr + offs, mask=mask, other=0.0)
+    for _ in range(1, split):
+        ptr += stride_split
+        acc += tl.load(ptr + offs, mask=mask, other=0.0)
+    return acc
+
+
+@triton.jit
+def act_fwd(h, ACT: tl.constexpr):
+    if ACT == 1:  # silu, as torch: h / (1 + exp(-h))
+        return h / (1.0 + tl.exp(-h))
+    else:  # relu; NaN stays NaN, as in torch
+        return tl.maximum(h, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def act_bwd(hpre, dh, ACT: tl.constexpr):
+    """dh * act'(hpre)."""
+    if ACT == 1:
+        sg = 1.0 / (1.0 + tl.exp(-hpre))
+        return dh * sg * (1.0 + hpre * (1.0 - sg))
+    else:
+        # torch's threshold_backward: zero where the input is <= 0, so a NaN input passes dh on.
+        return tl.where(hpre <= 0.0, 0.0, dh)
+
+
+@triton.jit
+def gate_fwd(a, GATE: tl.constexpr):
+    if GATE == 1:  # hard sigmoid, as torch: min(max(a + 3, 0), 6) / 6, NaN stays NaN
+        t = tl.maximum(a + 3.0, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        return tl.minimum(t, 6.0, propagate_nan=tl.PropagateNan.ALL) / 6.0
+    else:
+        return 1.0 / (1.0 + tl.exp(-a))
+
+
+@triton.jit
+def gate_bwd(dssum_ptr, s_ptr, a_ptr, offs, mask, split, stride_split, GATE: tl.constexpr):
+    """u = ds * gate'(a), the gradient before the gate, from the partial sums of ds."""
+    ds = sum_splits(dssum_ptr, offs, mask, split, stride_split)
+    if GATE == 1:
+        # torch's hardsigmoid_backward multiplies by 1/6 rounded to fp32, in every dtype.
+        a = tl.load(a_ptr + offs, mask=mask, other=0.0)
+        return tl.where((a > -3.0) & (a < 3.0), ds * 0.1666666716337204, 0.0)
+    else:
+        s = tl.load(s_ptr + offs, mask=mask, other=0.0)
+        return ds * s * (1.0 - s)
+
+
+# True when triton.jit made the kernels above interpreter functions (TRITON_INTERPRET=1 when
+# this module was imported): they then run on CPU tensors, with numpy.
+INTERPRETED: bool = not isinstance(dot, triton.runtime.JITFunction)

@@ -1,0 +1,343 @@
+"""The memory passes of the three-launch path, and their tile helpers that the other paths reuse.
+
+    squeeze            partial sums of x over HW                  reads x           N
+    scale              y = x * s (and the residual tail)          reads x, writes y 2N
+    scale_bwd          partial sums of g * x over HW              reads g and x     2N
+    squeeze_scale_bwd  dx = g * s + dz / HW                       reads g, writes dx 2N
+
+x is viewed as (B, C, HW) through three strides: NCHW and channels_last are both native.
+See docs/DESIGN.md for the math and the traffic budget.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import heuristics as hz
+from .common import (
+    acc_dtype,
+    act_fwd,
+    empty,
+    empty_like,
+    is_channels_last,
+    launch,
+    record,
+    strides_of,
+)
+
+
+@triton.jit
+def hw_sum_range(
+    x_ptr, stride_xc, stride_xhw,  # one sample's x: (C, HW)
+    offs_c, mask_c, hw_start, hw_end,
+    BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, IS_FP64: tl.constexpr,
+    g_ptr=None, stride_gc=0, stride_ghw=0,  # the sample's g (HAS_G): the sum is of g * x
+    o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): g is zeroed where o <= 0
+    dr_ptr=None, stride_rc=0, stride_rhw=0,  # where the masked g is written (STORE_G)
+    HAS_G: tl.constexpr = False, RELU_MASK: tl.constexpr = False, STORE_G: tl.constexpr = False,
+):  # fmt: skip
+    """(BLOCK_C,) sums over hw_start <= hw < hw_end of one sample's x (or g * x), channels offs_c."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    rows_c = offs_c.to(tl.int64)[:, None]
+    x_ptrs = x_ptr + rows_c * stride_xc
+    if HAS_G:
+        g_ptrs = g_ptr + rows_c * stride_gc
+    if RELU_MASK:
+        o_ptrs = o_ptr + rows_c * stride_oc
+        dr_ptrs = dr_ptr + rows_c * stride_rc
+
+    acc = tl.zeros((BLOCK_C, BLOCK_HW), dtype=acc_ty)
+    for hw0 in range(hw_start, hw_end, BLOCK_HW):
+        offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+        mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
+        val = tl.load(x_ptrs + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0).to(acc_ty)
+        if HAS_G:
+            g = tl.load(g_ptrs + offs_hw[None, :] * stride_ghw, mask=mask, other=0.0)
+            if RELU_MASK:  # as torch's threshold_backward on a ReLU's output: NaN outputs pass g
+                o = tl.load(o_ptrs + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0)
+                g = tl.where(o <= 0, 0.0, g).to(g.dtype)
+                if STORE_G:
+                    tl.store(dr_ptrs + offs_hw[None, :] * stride_rhw, g, mask=mask)
+            val *= g.to(acc_ty)
+        acc += val
+    return tl.sum(acc, axis=1)
+
+
+@triton.jit
+def _hw_sum_kernel(
+    x_ptr,  # (B, C, HW) strided
+    g_ptr,  # (B, C, HW) strided; read only when HAS_G (the sum is then of g * x)
+    o_ptr,  # (B, C, HW) strided, a ReLU's output: g is zeroed where o <= 0; read only when RELU_MASK
+    dr_ptr,  # (B, C, HW) strided: the masked g is written here when STORE_G
+    d_ptr,  # (B,) acc dtype, a per-sample factor of the sums; read only when HAS_D
+    out_ptr,  # (SPLIT, B, C) partial sums, contiguous, acc dtype
+    stride_xb, stride_xc, stride_xhw,
+    stride_gb, stride_gc, stride_ghw,
+    stride_ob, stride_oc, stride_ohw,
+    stride_rb, stride_rc, stride_rhw,
+    B, C, HW, hw_per_split,
+    HAS_G: tl.constexpr, RELU_MASK: tl.constexpr, STORE_G: tl.constexpr, HAS_D: tl.constexpr,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    pid_c = pid % num_c_blocks
+    pid_b = (pid // num_c_blocks) % B
+    pid_k = pid // (num_c_blocks * B)
+    sample = pid_b.to(tl.int64)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    hw_start = pid_k * hw_per_split
+    hw_end = tl.minimum(hw_start + hw_per_split, HW)
+    total = hw_sum_range(
+        x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end, BLOCK_C, BLOCK_HW, IS_FP64,
+        g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
+        o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
+        dr_ptr=dr_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+        HAS_G=HAS_G, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
+    )  # fmt: skip
+    if HAS_D:
+        total *= tl.load(d_ptr + pid_b)
+    row = pid_k.to(tl.int64) * B + pid_b
+    tl.store(out_ptr + row * C + offs_c, total, mask=mask_c)
+
+
+@triton.jit
+def residual_tail(
+    y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R: tl.constexpr, RELU: tl.constexpr
+):  # fmt: skip
+    """A residual block's tail on a (BLOCK_C, BLOCK_HW) tile of one sample's scaled x: + the
+    sample's residual at r_ptr (when HAS_R), then a NaN-propagating ReLU (when RELU); in y's dtype."""
+    if HAS_R:
+        r_offs = offs_c.to(tl.int64)[:, None] * stride_rc + offs_hw[None, :] * stride_rhw
+        y += tl.load(r_ptr + r_offs, mask=mask, other=0.0).to(y.dtype)
+    if RELU:
+        y = act_fwd(y, 0)
+    return y
+
+
+@triton.jit
+def scale_tile(
+    x_ptr, stride_xc, stride_xhw,  # one sample's x (the dx pass: its g)
+    y_ptr, stride_yc, stride_yhw,  # one sample's output
+    offs_c, mask_c, offs_hw, hw_end, s, IS_FP64: tl.constexpr,
+    t=None, HW=1,  # y += t / HW (HAS_T): the dx pass's dz, (BLOCK_C,)
+    r_ptr=None, stride_rc=0, stride_rhw=0,  # the sample's residual, added before a ReLU (HAS_R, RELU)
+    o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): x is zeroed where o <= 0 first
+    HAS_T: tl.constexpr = False, HAS_R: tl.constexpr = False, RELU: tl.constexpr = False,
+    RELU_MASK: tl.constexpr = False,
+):  # fmt: skip
+    """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of one sample,
+    positions below hw_end; s and t are (BLOCK_C,) in the acc dtype."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
+    rows_c = offs_c.to(tl.int64)[:, None]
+    x = tl.load(x_ptr + rows_c * stride_xc + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0).to(acc_ty)
+    if RELU_MASK:  # the backward through a ReLU epilogue, as threshold_backward on its output
+        x = tl.where(
+            tl.load(o_ptr + rows_c * stride_oc + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0) <= 0, 0.0, x
+        )
+    y = x * s[:, None]
+    if HAS_T:
+        y += (t / HW)[:, None]
+    y = residual_tail(y, r_ptr, stride_rc, stride_rhw, offs_c, offs_hw, mask, HAS_R, RELU)
+    tl.store(y_ptr + rows_c * stride_yc + offs_hw[None, :] * stride_yhw, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _scale_kernel(
+    x_ptr,  # (B, C, HW) strided: x forward, g backward
+    s_ptr,  # (B, C) contiguous, acc dtype: the per-channel factor
+    t_ptr,  # (B, C) contiguous, acc dtype: a per-channel addend times HW, read only when HAS_T
+    d_ptr,  # (B,) acc dtype: a per-sample factor on s, read only when HAS_D
+    r_ptr,  # (B, C, HW) strided: a residual added before the output activation, read only when HAS_R
+    o_ptr,  # (B, C, HW) strided, a ReLU's output: x is zeroed where o <= 0 first; read only when RELU_MASK
+    y_ptr,  # (B, C, HW) strided output
+    stride_xb, stride_xc, stride_xhw,
+    stride_rb, stride_rc, stride_rhw,
+    stride_ob, stride_oc, stride_ohw,
+    stride_yb, stride_yc, stride_yhw,
+    C, HW,
+    HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, RELU_MASK: tl.constexpr,
+    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    num_hw_blocks = tl.cdiv(HW, BLOCK_HW)
+    num_c_blocks = tl.cdiv(C, BLOCK_C)
+    pid_hw = pid % num_hw_blocks
+    pid_c = (pid // num_hw_blocks) % num_c_blocks
+    pid_b = pid // (num_hw_blocks * num_c_blocks)
+    sample = pid_b.to(tl.int64)
+
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_hw = (pid_hw * BLOCK_HW + tl.arange(0, BLOCK_HW)).to(tl.int64)
+    mask_c = offs_c < C
+    row = sample * C + offs_c
+    s = tl.load(s_ptr + row, mask=mask_c, other=0.0)
+    if HAS_D:
+        s *= tl.load(d_ptr + pid_b)
+    t = s
+    if HAS_T:
+        t = tl.load(t_ptr + row, mask=mask_c, other=0.0)
+    scale_tile(
+        x_ptr + sample * stride_xb, stride_xc, stride_xhw,
+        y_ptr + sample * stride_yb, stride_yc, stride_yhw,
+        offs_c, mask_c, offs_hw, HW, s, IS_FP64,
+        t=t, HW=HW,
+        r_ptr=r_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+        o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
+        HAS_T=HAS_T, HAS_R=HAS_R, RELU=RELU, RELU_MASK=RELU_MASK,
+    )  # fmt: skip
+
+
+def _hw_sum(
+    x: torch.Tensor,
+    g: Optional[torch.Tensor] = None,
+    relu_out: Optional[torch.Tensor] = None,
+    d: Optional[torch.Tensor] = None,
+    store_g: bool = False,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Partial sums over HW of x, or of g * x; with relu_out, g is first zeroed where
+    relu_out <= 0 (and, with store_g, written out: returned second); with d, sample b's sums
+    are times d[b]."""
+    b, c, h, w = x.shape
+    hw = h * w
+    xs = strides_of(x, None)
+    gs = strides_of(g, xs)
+    cfg = hz.reduce_config(b, c, hw, is_channels_last(xs), hz.sm_count(x.device))
+    out = empty(cfg.split, b, c, dtype=acc_dtype(x.dtype), device=x.device)
+    dr = empty_like(g) if store_g and g is not None else None
+    if out.numel() == 0:
+        return out, dr
+    grid = (cfg.split * b * hz.cdiv(c, cfg.block_c),)
+    launch(_hw_sum_kernel, grid)(
+        x,
+        x if g is None else g,
+        x if relu_out is None else relu_out,
+        x if dr is None else dr,
+        x if d is None else d,
+        out,
+        *xs,
+        *gs,
+        *strides_of(relu_out, xs),
+        *strides_of(dr, xs),
+        b,
+        c,
+        hw,
+        cfg.hw_per_split,
+        HAS_G=g is not None,
+        RELU_MASK=relu_out is not None,
+        STORE_G=dr is not None,
+        HAS_D=d is not None,
+        IS_FP64=x.dtype == torch.float64,
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        num_warps=cfg.num_warps,
+    )
+    return out, dr
+
+
+def squeeze_fwd(x: torch.Tensor) -> torch.Tensor:
+    """Partial sums of x over HW: (SPLIT, B, C) in the accumulation dtype. excite_fwd ends the mean."""
+    record("squeeze")
+    return _hw_sum(x)[0]
+
+
+def scale_bwd(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    d: Optional[torch.Tensor] = None,
+    relu_out: Optional[torch.Tensor] = None,
+    store_g: bool = False,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Partial sums over HW of g * x: (SPLIT, B, C), the gradient of the gate before excite_bwd.
+
+    d: (B,) acc dtype or None, the per-sample factor the forward applied to s. Through a ReLU
+    epilogue, relu_out is the forward's output: g is first zeroed where relu_out <= 0, as
+    torch's threshold_backward; store_g also writes that masked g, the gradient of the residual,
+    in g's dtype and memory format. Returns (dssum, masked g or None).
+    """
+    assert g.shape == x.shape and (relu_out is None or relu_out.shape == x.shape)
+    assert not store_g or relu_out is not None
+    record("scale_bwd")
+    return _hw_sum(x, g, relu_out, d, store_g)
+
+
+def _scale(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    out: torch.Tensor,
+    t: Optional[torch.Tensor] = None,
+    d: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    relu: bool = False,
+    relu_out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    xs, ys = strides_of(x, None), strides_of(out, None)
+    b, c, h, w = x.shape
+    hw = h * w
+    if out.numel() == 0:
+        return out
+    cfg = hz.scale_config(c, hw, is_channels_last(ys))
+    grid = (b * hz.cdiv(c, cfg.block_c) * hz.cdiv(hw, cfg.block_hw),)
+    launch(_scale_kernel, grid)(
+        x,
+        s,
+        s if t is None else t,
+        s if d is None else d,
+        x if residual is None else residual,
+        x if relu_out is None else relu_out,
+        out,
+        *xs,
+        *strides_of(residual, xs),
+        *strides_of(relu_out, xs),
+        *ys,
+        c,
+        hw,
+        HAS_T=t is not None,
+        HAS_D=d is not None,
+        HAS_R=residual is not None,
+        RELU=relu,
+        RELU_MASK=relu_out is not None,
+        IS_FP64=x.dtype == torch.float64,
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        num_warps=cfg.num_warps,
+    )
+    return out
+
+
+def scale_fwd(
+    x: torch.Tensor,
+    s: torch.Tensor,
+    d: Optional[torch.Tensor] = None,
+    residual: Optional[torch.Tensor] = None,
+    relu: bool = False,
+) -> torch.Tensor:
+    """y = x * s[b, c], in x's dtype and memory format. s: (B, C) contiguous, acc dtype.
+
+    The epilogue of a residual block, in the same pass: y = act(x * s[b, c] * d[b] + residual),
+    act a ReLU if `relu`; d: (B,) acc dtype (drop-path's per-sample factor) or None; residual:
+    x's shape, any flattenable strides, or None.
+    """
+    record("scale")
+    return _scale(x, s, empty_like(x), d=d, residual=residual, relu=relu)
+
+
+def squeeze_scale_bwd(
+    g: torch.Tensor,
+    s: torch.Tensor,
+    dz: torch.Tensor,
+    like: torch.Tensor,
+    d: Optional[torch.Tensor] = None,
+    relu_out: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """dx = g * s[b, c] * d[b] + dz[b, c] / HW, in the dtype and memory format of `like` (x);
+    through a ReLU epilogue, g is first zeroed where relu_out (the forward's output) <= 0."""
+    record("squeeze_scale_bwd")
+    return _scale(g, s, empty_like(like), t=dz, d=d, relu_out=relu_out)

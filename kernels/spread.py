@@ -1,0 +1,256 @@
+"""The spread forward of the MLP form for small batches: one persistent launch over every SM, the
+excitation spread over the programs by channel block. Tickets in order: squeeze tiles (each with
+its product by a block of W1's columns), a gate ticket per (sample, channel block), scale tiles,
+each waiting for what it needs behind a count or a flag. See docs/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import heuristics as hz
+from .common import (
+    ACT_CODES,
+    GATE_CODES,
+    acc_dtype,
+    act_fwd,
+    empty,
+    empty_like,
+    gate_fwd,
+    keeps_gate_input,
+    launch,
+    record,
+    strides_of,
+    sum_splits,
+    vec_stride,
+)
+from .passes import hw_sum_range, scale_tile
+from .sync import check_waits, publish, spins, wait_for, workspace
+
+
+@triton.jit
+def _se_fwd_spread_kernel(
+    x_ptr,  # (B, C, HW) strided
+    w1_ptr,  # (R, C)
+    b1_ptr,  # (R,), read only when HAS_B1
+    w2_ptr,  # (C, R)
+    b2_ptr,  # (C,), read only when HAS_B2
+    d_ptr,  # (B,) acc dtype, read only when HAS_D
+    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    zsum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums
+    hpart_ptr,  # (TILES, B, BLOCK_R) acc dtype: each tile's share of W1 @ (sum of x)
+    z_ptr,  # (B, C) acc dtype out
+    s_ptr,  # (B, C) acc dtype out
+    a_ptr,  # (B, C) acc dtype out, written only when KEEP_A
+    y_ptr,  # (B, C, HW) strided output
+    ws_ptr,  # int32, zeroed: [ticket, misses, squeezed tiles per sample, gate flag per (sample, channel block)]
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    stride_yb,
+    stride_yc,
+    stride_yhw,
+    stride_w1r,
+    stride_w1c,
+    stride_b1,
+    stride_w2c,
+    stride_w2r,
+    stride_b2,
+    B,
+    C,
+    R,
+    HW,
+    HW_TILE,
+    hw_tiles,
+    max_polls,
+    HAS_B1: tl.constexpr,
+    HAS_B2: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    KEEP_A: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_R: tl.constexpr,
+    RELU: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    WAIT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
+    """The MLP form's forward for small batches as one persistent launch, the excitation spread
+    over the programs too (weights read once, by many SMs). Tickets in order: every squeeze
+    tile (its sums, and their product with its block of W1's columns); then, per sample and
+    channel block, the gate (the hidden layer from all tiles' products, then that block of W2's
+    rows), once the sample's tiles are in; then every scale tile, once its block's gate is out."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    tiles = c_blocks * hw_tiles
+    n_squeeze = B * tiles
+    n_gate = B * c_blocks
+    total = n_squeeze + n_gate + B * tiles
+    done_ptr = ws_ptr + 2
+    ready_ptr = done_ptr + B
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_r = offs_r < R
+    t = tl.atomic_add(ws_ptr, 1)
+    while t < total:
+        if t < n_squeeze:
+            pid_b = t // tiles
+            tile = t - pid_b * tiles
+            pid_c = tile // hw_tiles
+            hwt = tile - pid_c * hw_tiles
+            offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            hw_start = hwt * HW_TILE
+            part = hw_sum_range(
+                x_ptr + pid_b.to(tl.int64) * stride_xb, stride_xc, stride_xhw,
+                offs_c, mask_c, hw_start, tl.minimum(hw_start + HW_TILE, HW), BLOCK_C, BLOCK_HW, IS_FP64,
+            )  # fmt: skip
+            tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
+            w1 = tl.load(
+                w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c,
+                mask=mask_r[:, None] & mask_c[None, :],
+                other=0.0,
+            ).to(acc_ty)
+            hp = tl.sum(w1 * part[None, :], axis=1)
+            tl.store(hpart_ptr + (tile.to(tl.int64) * B + pid_b) * BLOCK_R + offs_r, hp)
+            tl.debug_barrier()  # the sums and products stored, then released by the count
+            tl.atomic_add(done_ptr + pid_b, 1, sem="release")
+        elif t < n_squeeze + n_gate:
+            u = t - n_squeeze
+            pid_b = u // c_blocks
+            pid_c = u - pid_b * c_blocks
+            offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            wait_for(done_ptr + pid_b, ws_ptr + 1, max_polls, WAIT, tiles)
+            # the hidden layer, from every tile's product, in a fixed order
+            h = tl.zeros((BLOCK_R,), dtype=acc_ty)
+            for k in range(0, tiles):
+                h += tl.load(hpart_ptr + (k * B + pid_b).to(tl.int64) * BLOCK_R + offs_r)
+            h = h / HW
+            if HAS_B1:
+                h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)
+            h = tl.where(mask_r, act_fwd(h, ACT), 0.0)  # padded units exactly 0, whatever z holds
+            row = pid_b.to(tl.int64) * C + offs_c
+            zc = sum_splits(zsum_ptr, row, mask_c, hw_tiles, B * C) / HW
+            tl.store(z_ptr + row, zc, mask=mask_c)
+            w2 = tl.load(
+                w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r,
+                mask=mask_c[:, None] & mask_r[None, :],
+                other=0.0,
+            ).to(acc_ty)
+            a = tl.sum(w2 * h[None, :], axis=1)
+            if HAS_B2:
+                a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)
+            tl.store(s_ptr + row, gate_fwd(a, GATE).to(acc_ty), mask=mask_c)
+            if KEEP_A:
+                tl.store(a_ptr + row, a, mask=mask_c)
+            publish(ready_ptr + pid_b * c_blocks + pid_c)
+        else:
+            u = t - n_squeeze - n_gate
+            pid_b = u // tiles
+            tile = u - pid_b * tiles
+            pid_c = tile // hw_tiles
+            hwt = tile - pid_c * hw_tiles
+            offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            hw_start = hwt * HW_TILE
+            hw_end = tl.minimum(hw_start + HW_TILE, HW)
+            wait_for(ready_ptr + pid_b * c_blocks + pid_c, ws_ptr + 1, max_polls, WAIT)
+            sv = tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0)
+            if HAS_D:
+                sv *= tl.load(d_ptr + pid_b)
+            for hw0 in range(hw_start, hw_end, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                scale_tile(
+                    x_ptr + pid_b.to(tl.int64) * stride_xb, stride_xc, stride_xhw,
+                    y_ptr + pid_b.to(tl.int64) * stride_yb, stride_yc, stride_yhw,
+                    offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
+                    r_ptr=r_ptr + pid_b.to(tl.int64) * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw, HAS_R=HAS_R, RELU=RELU,
+                )  # fmt: skip
+        t = tl.atomic_add(ws_ptr, 1)
+
+
+def se_fwd_spread(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    act: str,
+    gate: str,
+    d: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    relu: bool,
+    cfg: hz.SpreadConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MLP form's forward for small batches as one persistent launch over every SM, the
+    excitation spread over the programs too (cfg from spread_forward): (y, z, s, a) as the
+    three-launch path returns them, the residual tail too."""
+    b, c, h, w = x.shape
+    hw, r = h * w, w1.shape[0]
+    xs = strides_of(x, None)
+    acc = acc_dtype(x.dtype)
+    z = empty(b, c, dtype=acc, device=x.device)
+    s = empty(b, c, dtype=acc, device=x.device)
+    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
+    y = empty_like(x)
+    zsum = empty(cfg.hw_tiles, b, c, dtype=acc, device=x.device)
+    hpart = empty(cfg.tiles, b, cfg.block_r, dtype=acc, device=x.device)
+    # the ticket counter, the count of order misses, then a count of squeezed tiles per sample
+    # and a gate flag per (sample, channel block)
+    ws = workspace(b + b * cfg.c_blocks, x.device)
+    record("se_fwd_spread")
+    launch(_se_fwd_spread_kernel, (cfg.programs,))(
+        x,
+        w1,
+        w1 if b1 is None else b1,
+        w2,
+        w2 if b2 is None else b2,
+        z if d is None else d,
+        x if residual is None else residual,
+        zsum,
+        hpart,
+        z,
+        s,
+        a if keeps_gate_input(gate) else s,
+        y,
+        ws,
+        *xs,
+        *strides_of(residual, xs),
+        *strides_of(y, None),
+        *w1.stride(),
+        vec_stride(b1),
+        *w2.stride(),
+        vec_stride(b2),
+        b,
+        c,
+        r,
+        hw,
+        cfg.hw_tile,
+        cfg.hw_tiles,
+        hz.WAIT_MAX_POLLS,
+        HAS_B1=b1 is not None,
+        HAS_B2=b2 is not None,
+        ACT=ACT_CODES[act],
+        GATE=GATE_CODES[gate],
+        KEEP_A=keeps_gate_input(gate),
+        HAS_D=d is not None,
+        HAS_R=residual is not None,
+        RELU=relu,
+        IS_FP64=x.dtype == torch.float64,
+        WAIT=spins(),
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        BLOCK_R=cfg.block_r,
+        num_warps=cfg.num_warps,
+    )
+    check_waits(ws, b * (2 * cfg.tiles + cfg.c_blocks), cfg.programs, "se_fwd_spread", x.shape)
+    return y, z, s, a

@@ -1,0 +1,480 @@
+"""The streamed forward and backward of the MLP form, one persistent launch each, for x past L2.
+
+Programs take tickets in a fixed order (_stream_ticket): the first pass of sample b + LAG next to
+the second pass of sample b, so that a sample's second pass re-reads it from L2. The last
+first-pass tile of a chunk of samples runs the chunk's excitation; the chunk's second-pass tiles
+wait for its flag. See docs/DESIGN.md for the traffic and the ordering proof.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from . import heuristics as hz
+from .common import (
+    ACT_CODES,
+    GATE_CODES,
+    acc_dtype,
+    empty,
+    empty_like,
+    keeps_gate_input,
+    launch,
+    record,
+    strides_of,
+    sum_partials,
+    vec_stride,
+)
+from .excite_mlp import excite_bwd_block, excite_fwd_block
+from .passes import hw_sum_range, scale_tile
+from .sync import arrive, check_waits, publish, spins, wait_for, workspace
+
+
+@triton.jit
+def _stream_ticket(t, B, LAG, tiles):
+    """(second pass?, sample, tile) of ticket t. The first passes of samples 0 .. LAG-1 come
+    first; then, for each b, the first pass of sample b + LAG and the second pass of sample b;
+    then the second passes left. A sample's second pass thus comes after the first passes of
+    every sample up to LAG - 1 past it: its whole chunk (LAG is a multiple of the chunk)."""
+    head = LAG * tiles
+    u = t - head
+    paired = (B - LAG) * 2 * tiles
+    j = u // (2 * tiles)
+    rr = u - j * (2 * tiles)
+    v = u - paired
+    in_head = t < head
+    in_pair = (t >= head) & (u < paired)
+    second = tl.where(in_head, 0, tl.where(in_pair, (rr >= tiles).to(tl.int32), 1))
+    sample = tl.where(in_head, t // tiles, tl.where(in_pair, tl.where(rr < tiles, j + LAG, j), B - LAG + v // tiles))
+    tile = tl.where(in_head, t % tiles, tl.where(in_pair, rr % tiles, v % tiles))
+    return second, sample, tile
+
+
+@triton.jit
+def _se_fwd_stream_kernel(
+    x_ptr,  # (B, C, HW) strided
+    w1_ptr,  # (R, C)
+    b1_ptr,  # (R,), read only when HAS_B1
+    w2_ptr,  # (C, R)
+    b2_ptr,  # (C,), read only when HAS_B2
+    d_ptr,  # (B,) acc dtype, read only when HAS_D
+    r_ptr,  # (B, C, HW) strided residual, read only when HAS_R
+    zsum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums
+    z_ptr,  # (B, C) acc dtype out
+    s_ptr,  # (B, C) acc dtype out
+    a_ptr,  # (B, C) acc dtype out, written only when KEEP_A
+    y_ptr,  # (B, C, HW) strided output
+    ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    stride_yb,
+    stride_yc,
+    stride_yhw,
+    stride_w1r,
+    stride_w1c,
+    stride_b1,
+    stride_w2c,
+    stride_w2r,
+    stride_b2,
+    B,
+    C,
+    R,
+    HW,
+    HW_TILE,
+    hw_tiles,
+    chunk,
+    LAG,
+    num_chunks,
+    max_polls,
+    HAS_B1: tl.constexpr,
+    HAS_B2: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    KEEP_A: tl.constexpr,
+    HAS_D: tl.constexpr,
+    HAS_R: tl.constexpr,
+    RELU: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    WAIT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    EX_BLOCK_B: tl.constexpr,
+    EX_BLOCK_C: tl.constexpr,
+    EX_BLOCK_R: tl.constexpr,
+):
+    """The MLP form's forward as one persistent launch (see _stream_ticket): a first-pass
+    ticket sums one tile of x over its HW range; the last one of a chunk runs the chunk's
+    excitation; a second-pass ticket scales one tile once its chunk's gate is out."""
+    done_ptr = ws_ptr + 2
+    ready_ptr = done_ptr + num_chunks
+    tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
+    total = 2 * B * tiles
+    t = tl.atomic_add(ws_ptr, 1)
+    while t < total:
+        second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+        sample = pid_b.to(tl.int64)
+        pid_c = tile // hw_tiles
+        hwt = tile - pid_c * hw_tiles
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        hw_start = hwt * HW_TILE
+        hw_end = tl.minimum(hw_start + HW_TILE, HW)
+        ck = pid_b // chunk
+        if second == 0:
+            part = hw_sum_range(
+                x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
+                BLOCK_C, BLOCK_HW, IS_FP64,
+            )  # fmt: skip
+            tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
+            b_start = ck * chunk
+            b_end = tl.minimum(b_start + chunk, B)
+            if arrive(done_ptr + ck, (b_end - b_start) * tiles):
+                excite_fwd_block(
+                    zsum_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, z_ptr, s_ptr, a_ptr,
+                    stride_w1r, stride_w1c, stride_b1, stride_w2c, stride_w2r, stride_b2,
+                    b_start, b_end, B, C, R, hw_tiles, HW, 0, 1,
+                    HAS_B1, HAS_B2, ACT, GATE, KEEP_A, IS_FP64, DOT_TF32, EX_BLOCK_B, EX_BLOCK_C, EX_BLOCK_R,
+                )  # fmt: skip
+                publish(ready_ptr + ck)
+        else:
+            wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
+            sv = tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0)
+            if HAS_D:
+                sv *= tl.load(d_ptr + pid_b)
+            for hw0 in range(hw_start, hw_end, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                scale_tile(
+                    x_ptr + sample * stride_xb, stride_xc, stride_xhw,
+                    y_ptr + sample * stride_yb, stride_yc, stride_yhw,
+                    offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
+                    r_ptr=r_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw, HAS_R=HAS_R, RELU=RELU,
+                )  # fmt: skip
+        t = tl.atomic_add(ws_ptr, 1)
+
+
+@triton.jit
+def _se_bwd_stream_kernel(
+    g_ptr,  # (B, C, HW) strided: dL/dy
+    x_ptr,  # (B, C, HW) strided
+    o_ptr,  # (B, C, HW) strided, a ReLU's output: g is zeroed where o <= 0; read only when RELU_MASK
+    dr_ptr,  # (B, C, HW) strided: the masked g, written (and re-read) when STORE_G
+    d_ptr,  # (B,) acc dtype, read only when HAS_D
+    z_ptr,  # (B, C)
+    s_ptr,  # (B, C)
+    a_ptr,  # (B, C), read only when GATE needs it
+    w1_ptr,  # (R, C)
+    b1_ptr,  # (R,), read only when HAS_B1
+    w2_ptr,  # (C, R)
+    dssum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums of g * x (times d)
+    dz_ptr,  # (B, C) acc dtype
+    dw1_ptr,  # (NUM_CHUNKS, R, C) out: each chunk's share of dW1, when NEED_DW1
+    db1_ptr,  # (NUM_CHUNKS, R) out, when NEED_DB1
+    dw2_ptr,  # (NUM_CHUNKS, C, R) out, when NEED_DW2
+    db2_ptr,  # (NUM_CHUNKS, C) out, when NEED_DB2
+    dx_ptr,  # (B, C, HW) strided out
+    ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
+    stride_gb,
+    stride_gc,
+    stride_ghw,
+    stride_xb,
+    stride_xc,
+    stride_xhw,
+    stride_ob,
+    stride_oc,
+    stride_ohw,
+    stride_rb,
+    stride_rc,
+    stride_rhw,
+    stride_dxb,
+    stride_dxc,
+    stride_dxhw,
+    stride_w1r,
+    stride_w1c,
+    stride_b1,
+    stride_w2c,
+    stride_w2r,
+    B,
+    C,
+    R,
+    HW,
+    HW_TILE,
+    hw_tiles,
+    chunk,
+    LAG,
+    num_chunks,
+    max_polls,
+    HAS_B1: tl.constexpr,
+    ACT: tl.constexpr,
+    GATE: tl.constexpr,
+    NEED_DW1: tl.constexpr,
+    NEED_DB1: tl.constexpr,
+    NEED_DW2: tl.constexpr,
+    NEED_DB2: tl.constexpr,
+    HAS_D: tl.constexpr,
+    RELU_MASK: tl.constexpr,
+    STORE_G: tl.constexpr,
+    IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr,
+    WAIT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_HW: tl.constexpr,
+    EX_BLOCK_B: tl.constexpr,
+    EX_BLOCK_C: tl.constexpr,
+    EX_BLOCK_R: tl.constexpr,
+):
+    """The MLP form's backward as one persistent launch (see _stream_ticket): a first-pass
+    ticket sums g * x over one tile; the last one of a chunk runs the chunk's excitation
+    backward (dz and the chunk's weight-gradient partials); a second-pass ticket writes one
+    tile of dx = g * s * d + dz / HW, re-reading g (or the masked g) while it is in L2."""
+    done_ptr = ws_ptr + 2
+    ready_ptr = done_ptr + num_chunks
+    tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
+    total = 2 * B * tiles
+    t = tl.atomic_add(ws_ptr, 1)
+    while t < total:
+        second, pid_b, tile = _stream_ticket(t, B, LAG, tiles)
+        sample = pid_b.to(tl.int64)
+        pid_c = tile // hw_tiles
+        hwt = tile - pid_c * hw_tiles
+        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        hw_start = hwt * HW_TILE
+        hw_end = tl.minimum(hw_start + HW_TILE, HW)
+        ck = pid_b // chunk
+        if second == 0:
+            part = hw_sum_range(
+                x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
+                BLOCK_C, BLOCK_HW, IS_FP64,
+                g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
+                o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
+                dr_ptr=dr_ptr + sample * stride_rb, stride_rc=stride_rc, stride_rhw=stride_rhw,
+                HAS_G=True, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
+            )  # fmt: skip
+            if HAS_D:
+                part *= tl.load(d_ptr + pid_b)
+            tl.store(dssum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
+            b_start = ck * chunk
+            b_end = tl.minimum(b_start + chunk, B)
+            if arrive(done_ptr + ck, (b_end - b_start) * tiles):
+                excite_bwd_block(
+                    dssum_ptr, z_ptr, s_ptr, a_ptr, w1_ptr, b1_ptr, w2_ptr,
+                    dz_ptr, dw1_ptr, db1_ptr, dw2_ptr, db2_ptr,
+                    stride_w1r, stride_w1c, stride_b1, stride_w2c, stride_w2r,
+                    b_start, b_end, ck, B, C, R, hw_tiles,
+                    HAS_B1, ACT, GATE, True, NEED_DW1, NEED_DB1, NEED_DW2, NEED_DB2,
+                    IS_FP64, DOT_TF32, EX_BLOCK_B, EX_BLOCK_C, EX_BLOCK_R,
+                )  # fmt: skip
+                publish(ready_ptr + ck)
+        else:
+            wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
+            row = pid_b.to(tl.int64) * C + offs_c
+            sv = tl.load(s_ptr + row, mask=mask_c, other=0.0)
+            if HAS_D:
+                sv *= tl.load(d_ptr + pid_b)
+            dz = tl.load(dz_ptr + row, mask=mask_c, other=0.0)
+            for hw0 in range(hw_start, hw_end, BLOCK_HW):
+                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                if STORE_G:  # the masked g is in memory already: read it instead of g and o
+                    scale_tile(
+                        dr_ptr + sample * stride_rb, stride_rc, stride_rhw,
+                        dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
+                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
+                    )  # fmt: skip
+                else:
+                    scale_tile(
+                        g_ptr + sample * stride_gb, stride_gc, stride_ghw,
+                        dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
+                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
+                        o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
+                    )  # fmt: skip
+        t = tl.atomic_add(ws_ptr, 1)
+
+
+def se_fwd_stream(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    act: str,
+    gate: str,
+    d: Optional[torch.Tensor],
+    residual: Optional[torch.Tensor],
+    relu: bool,
+    cfg: hz.StreamConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The MLP form's forward as one persistent launch (cfg from stream_forward): (y, z, s, a)
+    as the three-launch path returns them, the residual tail too; x's second read is served by
+    L2, so 2N bytes move instead of 3N."""
+    b, c, h, w = x.shape
+    hw, r = h * w, w1.shape[0]
+    xs = strides_of(x, None)
+    acc = acc_dtype(x.dtype)
+    z = empty(b, c, dtype=acc, device=x.device)
+    s = empty(b, c, dtype=acc, device=x.device)
+    a = empty(b, c, dtype=acc, device=x.device) if keeps_gate_input(gate) else z.new_empty(0)
+    y = empty_like(x)
+    num_chunks = hz.cdiv(b, cfg.chunk)
+    zsum = empty(cfg.hw_tiles, b, c, dtype=acc, device=x.device)
+    ws = workspace(2 * num_chunks, x.device)
+    record("se_fwd_stream")
+    launch(_se_fwd_stream_kernel, (cfg.programs,))(
+        x,
+        w1,
+        w1 if b1 is None else b1,
+        w2,
+        w2 if b2 is None else b2,
+        z if d is None else d,
+        x if residual is None else residual,
+        zsum,
+        z,
+        s,
+        a if keeps_gate_input(gate) else s,
+        y,
+        ws,
+        *xs,
+        *strides_of(residual, xs),
+        *strides_of(y, None),
+        *w1.stride(),
+        vec_stride(b1),
+        *w2.stride(),
+        vec_stride(b2),
+        b,
+        c,
+        r,
+        hw,
+        cfg.hw_tile,
+        cfg.hw_tiles,
+        cfg.chunk,
+        cfg.lag,
+        num_chunks,
+        hz.WAIT_MAX_POLLS,
+        HAS_B1=b1 is not None,
+        HAS_B2=b2 is not None,
+        ACT=ACT_CODES[act],
+        GATE=GATE_CODES[gate],
+        KEEP_A=keeps_gate_input(gate),
+        HAS_D=d is not None,
+        HAS_R=residual is not None,
+        RELU=relu,
+        IS_FP64=x.dtype == torch.float64,
+        DOT_TF32=cfg.excite.dot_tf32,
+        WAIT=spins(),
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        EX_BLOCK_B=cfg.excite.block_b,
+        EX_BLOCK_C=cfg.excite.block_c,
+        EX_BLOCK_R=cfg.excite.block_r,
+        num_warps=cfg.num_warps,
+    )
+    check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_fwd_stream", x.shape)
+    return y, z, s, a
+
+
+def se_bwd_stream(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    z: torch.Tensor,
+    s: torch.Tensor,
+    a: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    need: tuple[bool, bool, bool, bool],
+    act: str,
+    gate: str,
+    d: Optional[torch.Tensor],
+    relu_out: Optional[torch.Tensor],
+    store_g: bool,
+    cfg: hz.StreamConfig,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], ...]:
+    """The MLP form's backward as one persistent launch (cfg from stream_backward):
+    (dx, masked g or None, dW1, db1, dW2, db2), the weight gradients None where `need`
+    (dW1, db1, dW2, db2) says so. g is re-read from L2 for dx: 3N bytes instead of 4N.
+    Arguments as scale_bwd and excite_bwd take them."""
+    assert g.shape == x.shape and (relu_out is None or relu_out.shape == x.shape)
+    assert not store_g or relu_out is not None
+    need_dw1, need_db1, need_dw2, need_db2 = need
+    b, c, h, w = x.shape
+    hw, r = h * w, w1.shape[0]
+    xs = strides_of(x, None)
+    dt, dev = z.dtype, x.device
+    num_chunks = hz.cdiv(b, cfg.chunk)
+    dssum = empty(cfg.hw_tiles, b, c, dtype=dt, device=dev)
+    dz = empty(b, c, dtype=dt, device=dev)
+    dw1 = empty(num_chunks, r, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = empty(num_chunks, r, dtype=dt, device=dev) if need_db1 else None
+    dw2 = empty(num_chunks, c, r, dtype=dt, device=dev) if need_dw2 else None
+    db2 = empty(num_chunks, c, dtype=dt, device=dev) if need_db2 else None
+    dr = empty_like(g) if store_g else None
+    dx = empty_like(x)
+    ws = workspace(2 * num_chunks, dev)
+    record("se_bwd_stream")
+    launch(_se_bwd_stream_kernel, (cfg.programs,))(
+        g,
+        x,
+        x if relu_out is None else relu_out,
+        x if dr is None else dr,
+        z if d is None else d,
+        z,
+        s,
+        a if keeps_gate_input(gate) else s,
+        w1,
+        w1 if b1 is None else b1,
+        w2,
+        dssum,
+        dz,
+        dz if dw1 is None else dw1,
+        dz if db1 is None else db1,
+        dz if dw2 is None else dw2,
+        dz if db2 is None else db2,
+        dx,
+        ws,
+        *strides_of(g, None),
+        *xs,
+        *strides_of(relu_out, xs),
+        *strides_of(dr, xs),
+        *strides_of(dx, None),
+        *w1.stride(),
+        vec_stride(b1),
+        *w2.stride(),
+        b,
+        c,
+        r,
+        hw,
+        cfg.hw_tile,
+        cfg.hw_tiles,
+        cfg.chunk,
+        cfg.lag,
+        num_chunks,
+        hz.WAIT_MAX_POLLS,
+        HAS_B1=b1 is not None,
+        ACT=ACT_CODES[act],
+        GATE=GATE_CODES[gate],
+        NEED_DW1=need_dw1,
+        NEED_DB1=need_db1,
+        NEED_DW2=need_dw2,
+        NEED_DB2=need_db2,
+        HAS_D=d is not None,
+        RELU_MASK=relu_out is not None,
+        STORE_G=store_g,
+        IS_FP64=dt == torch.float64,
+        DOT_TF32=cfg.excite.dot_tf32,
+        WAIT=spins(),
+        BLOCK_C=cfg.block_c,
+        BLOCK_HW=cfg.block_hw,
+        EX_BLOCK_B=cfg.excite.block_b,
+        EX_BLOCK_C=cfg.excite.block_c,
+        EX_BLOCK_R=cfg.excite.block_r,
+        num_warps=cfg.num_warps,
+    )
+    check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_bwd_stream", x.shape)
+    return dx, dr, sum_partials(dw1), sum_partials(db1), sum_partials(dw2), sum_partials(db2)

@@ -1,0 +1,96 @@
+"""How the persistent kernels (spread and streamed) hand work between programs: a ticket counter,
+per-chunk counts and flags in an int32 workspace, and waits that give up.
+
+A wait polls a flag at most hz.WAIT_MAX_POLLS times; a wait that gives up is counted in the
+workspace and the launch runs to its end, so a bug or a fault turns into an error, never a hang.
+Where programs run one after another (the interpreter), a wait does not poll: the order of the
+tickets alone must have satisfied it, and a miss is counted in the same slot. The launchers check
+that slot where it costs nothing (the interpreter), and on a GPU when FUSED_SE_CHECK_WAITS=1.
+The ordering proof is in docs/DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import heuristics as hz
+from .common import INTERPRETED
+
+# Workspace slots before the per-chunk (or per-sample) counts and flags.
+TICKET, FAILED_WAITS, FIRST_COUNT = 0, 1, 2
+CHECK_ENV = "FUSED_SE_CHECK_WAITS"
+
+
+@triton.jit
+def arrive(count_ptr, n):
+    """Counts this program's first-pass tile of a chunk done (n in all); True for the last one.
+    Its partial sums are stored first (the barrier), and released by the atomic."""
+    tl.debug_barrier()
+    return tl.atomic_add(count_ptr, 1, sem="acq_rel") == n - 1
+
+
+@triton.jit
+def publish(flag_ptr):
+    """The chunk's excitation is stored: lets its second-pass tiles go."""
+    tl.debug_barrier()
+    tl.atomic_xchg(flag_ptr, 1, sem="release")
+
+
+@triton.jit
+def wait_for(flag_ptr, failed_ptr, max_polls, WAIT: tl.constexpr, target=1):
+    """Waits until the counter at flag_ptr reaches target, polling it at most max_polls times;
+    a wait that gives up is counted at failed_ptr and the program goes on. Deadlock-free without
+    co-residency (docs/DESIGN.md), so a wait gives up only on a bug or a fault. Where programs run
+    one after another (WAIT False: the interpreter), the order of the tickets alone must have got
+    there; a miss is counted at failed_ptr too. Triton has no portable sleep: the polls are not
+    spaced out."""
+    if WAIT:
+        seen = tl.atomic_add(flag_ptr, 0, sem="acquire")
+        polls = 1
+        while (seen < target) & (polls < max_polls):
+            seen = tl.atomic_add(flag_ptr, 0, sem="acquire")
+            polls += 1
+        if seen < target:
+            tl.atomic_add(failed_ptr, 1)
+    else:
+        tl.atomic_add(failed_ptr, (tl.atomic_add(flag_ptr, 0, sem="acquire") < target).to(tl.int32))
+    tl.debug_barrier()
+
+
+# Where the interpreter polls too (tests of the give-up path set it): programs then spin as on a GPU.
+SPIN_IN_INTERPRETER = False
+
+
+def spins() -> bool:
+    """Whether the persistent kernels poll their flags (WAIT): on a GPU, or where a test asks for it."""
+    return not INTERPRETED or SPIN_IN_INTERPRETER
+
+
+def workspace(slots: int, device: torch.device) -> torch.Tensor:
+    """The zeroed int32 workspace: the ticket counter, the failed waits, then `slots` counts and flags."""
+    return torch.zeros(FIRST_COUNT + slots, dtype=torch.int32, device=device)
+
+
+def check_waits(ws: torch.Tensor, tickets: int, programs: int, kernel: str, shape: tuple[int, ...]) -> None:
+    """Raises where a wait gave up (or, in the interpreter, was satisfied only by luck), or where a
+    ticket went untaken. Free in the interpreter (CPU tensors); on a GPU it synchronises, so it runs
+    only when FUSED_SE_CHECK_WAITS=1."""
+    if not INTERPRETED and os.environ.get(CHECK_ENV, "") != "1":
+        return
+    taken, failed = int(ws[TICKET]), int(ws[FAILED_WAITS])
+    if failed == 0 and taken == tickets + programs:
+        return
+    what = (
+        f"{failed} waits gave up after {hz.WAIT_MAX_POLLS} polls"
+        if spins()
+        else f"{failed} reads before their flag was set by the order of the tickets alone"
+    )
+    raise RuntimeError(
+        f"fused_se: {kernel} on x of shape {tuple(shape)} failed: {what}, {taken} of {tickets} tickets "
+        f"(+{programs} final) taken; its outputs are not valid. Set FUSED_SE_PATHS=three_launch to run the "
+        "three-launch path instead, and please report the shape, dtype and card."
+    )

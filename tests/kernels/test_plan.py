@@ -1,0 +1,83 @@
+"""The planner: the one place the MLP form's path is chosen, and the switches that restrict it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from se_testing import FORWARD_KERNELS, record_launches
+
+import fused_se
+from fused_se.kernels import heuristics as hz
+from fused_se.kernels import plan
+
+
+def _forward_launches(x, r=2):
+    with record_launches() as launched:
+        fused_se.squeeze_excite(x, torch.randn(r, x.shape[1]), None, torch.randn(x.shape[1], r))
+    return launched
+
+
+@pytest.mark.parametrize(
+    ("paths", "expect"),
+    [
+        ("auto", "one_launch"),
+        ("", "one_launch"),
+        ("three_launch", "three_launch"),
+        ("spread", "spread"),
+        (" Spread , stream ", "spread"),
+        ("one_launch,spread", "one_launch"),
+    ],
+)
+def test_fused_se_paths_restricts_the_forward(paths, expect, monkeypatch):
+    monkeypatch.setenv(plan.PATHS_ENV, paths)
+    x = torch.randn(2, 16, 3, 3)
+    assert plan.enabled_paths() >= {"three_launch"}
+    assert plan.plan_forward(x, 2).path == expect
+    launches = {"one_launch": ["se_fwd_one_launch"], "spread": ["se_fwd_spread"], "three_launch": FORWARD_KERNELS}
+    assert _forward_launches(x) == launches[expect]
+
+
+def test_an_unknown_path_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv(plan.PATHS_ENV, "three_launch,warp")
+    with pytest.raises(ValueError, match="FUSED_SE_PATHS: unknown path 'warp'"):
+        plan.plan_forward(torch.randn(2, 16, 3, 3), 2)
+    with pytest.raises(ValueError, match="force_paths: unknown path 'fast'"), plan.force_paths("fast"):
+        pass
+
+
+def test_force_paths_wins_over_the_environment_and_nests(monkeypatch):
+    monkeypatch.setenv(plan.PATHS_ENV, "auto")
+    x = torch.randn(2, 16, 3, 3)
+    with plan.force_paths("three_launch"):
+        assert plan.plan_forward(x, 2) == plan.THREE_LAUNCH
+        with plan.force_paths("spread"):
+            assert plan.plan_forward(x, 2).path == "spread"
+        assert plan.enabled_paths() == {"three_launch"}
+    assert plan.plan_forward(x, 2).path == "one_launch"
+
+
+def test_the_l2_override_moves_the_streamed_threshold(monkeypatch):
+    """FUSED_SE_L2_BYTES sets the L2 the paths are planned for: x of 9 samples streams under an L2
+    of four forward samples, and not under the default L2."""
+    x = torch.randn(9, 32, 4, 4)
+    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
+    assert plan.plan_forward(x, 2) == plan.THREE_LAUNCH
+    monkeypatch.setenv(hz.L2_ENV, str(hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 4))
+    fwd = plan.plan_forward(x, 2)
+    assert fwd.path == "stream" and fwd.config.lag == 4
+    assert plan.plan_backward(x, x, 2).path == "stream"
+    assert plan.plan_backward(x, x, 2, need_dx=False) == plan.THREE_LAUNCH  # weights only
+    monkeypatch.setenv(hz.L2_ENV, "lots")
+    with pytest.raises(ValueError, match="FUSED_SE_L2_BYTES must be a positive number of bytes"):
+        plan.plan_forward(x, 2)
+
+
+def test_the_other_forms_and_unflattenable_strides_take_three_launches(monkeypatch):
+    monkeypatch.setenv(plan.PATHS_ENV, "auto")
+    sliced = torch.randn(2, 16, 5, 6)[:, :, 1:4, 1:5]
+    assert plan.plan_forward(sliced, 2) == plan.THREE_LAUNCH
+    x = torch.randn(2, 16, 3, 3)
+    with record_launches() as launched:
+        fused_se.effective_squeeze_excite(x, torch.randn(16, 16))
+        fused_se.efficient_channel_attention(x, torch.randn(3))
+    assert launched == ["squeeze", "excite_fc", "scale", "squeeze", "excite_conv", "scale"]
