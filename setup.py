@@ -25,8 +25,9 @@ setup(
     # import name (PyPI has an unrelated package called `kernels`): it installs as fused_se.kernels.
     packages=["fused_se", "fused_se.bench", "fused_se.kernels", "fused_se.perf"],
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
+    # torch: the floor is the oldest torch CI tests (.ci/run's second stage), with the triton it brings.
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
-    install_requires=["torch>=2.6", "triton", "numpy"],
+    install_requires=["torch>=2.11", "triton>=3.6", "numpy"],
     # timm and torchvision: the tests convert real models of both (built with random weights);
     # matplotlib: the tests write fused-se-bench's plot; hypothesis: the property-based tests.
     # bench: fused-se-bench's --plot (matplotlib) and --e2e (timm), and the pytest-benchmark suite.

@@ -41,10 +41,29 @@ def record(name: str) -> None:
         log.append(name)
 
 
+# Whether wrap_triton takes this process's kernels: asked once, at the first launch.
+_WRAP_TRITON: Optional[bool] = None
+
+
+def _wrap_triton_takes(kernel) -> bool:
+    """Whether wrap_triton takes `kernel`, and so every kernel of this process: triton.jit makes
+    them all of one kind, JIT functions, or the interpreter's functions under TRITON_INTERPRET=1.
+    torch 2.11's wrap_triton refuses the interpreter's functions, which newer torch hands back
+    unwrapped; where it refuses, the kernels launch as they are, as they do on newer torch."""
+    try:
+        wrap_triton(kernel)
+    except RuntimeError:
+        return False
+    return True
+
+
 def launch(kernel, grid):
     """kernel[grid] through wrap_triton, launched with the device of its first tensor argument
     made current, so that it runs on that device's current stream whichever device is current."""
-    launcher = wrap_triton(kernel)[grid]
+    global _WRAP_TRITON
+    if _WRAP_TRITON is None:
+        _WRAP_TRITON = _wrap_triton_takes(kernel)
+    launcher = (wrap_triton(kernel) if _WRAP_TRITON else kernel)[grid]
 
     def run(*args, **kwargs) -> None:
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
