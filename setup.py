@@ -20,7 +20,7 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     license_files=["LICENSE"],
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     # kernels/ is a top-level folder in the repository but must never become a top-level
     # import name (PyPI has an unrelated package called `kernels`): it installs as fused_se.kernels.
     packages=["fused_se", "fused_se.bench", "fused_se.kernels", "fused_se.perf"],

@@ -24,6 +24,10 @@ except ModuleNotFoundError as e:  # fused_se imported from the source tree, wher
     ) from e
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# The references the kernels are held to are IEEE fp32 on the GPU too: cuDNN's convolutions (ECA's
+# reference) and cuBLAS's fp32 products default to TF32 there, whose error is far past fp32's.
+torch.backends.cudnn.allow_tf32 = False
+torch.backends.cuda.matmul.allow_tf32 = False
 
 # The tests' small batches would all take the one-launch or the spread forward: both are off
 # for the whole session (module-scoped fixtures included) unless a test turns them on with the

@@ -150,9 +150,9 @@ def test_l2_threshold(l2_factor, expect, monkeypatch):
     assert _forward_launches(x, 2)[0] == expect
 
 
-def test_both_sides_agree(monkeypatch):
+def test_both_sides_agree(device):
     x = torch.randn(4, 40, 5, 5)
-    params = make_variant_params("mlp", 40, 6, 1, True, "cpu")
+    params = make_variant_params("mlp", 40, 6, 1, True, device)
     g = torch.randn_like(x)
     one = _run(x, params, "silu", "hard_sigmoid", g)
     with force_paths("three_launch"), record_launches() as launched:

@@ -299,10 +299,12 @@ def test_excite_forms_empty_batch(device):
     w_fc, w_conv = torch.randn(8, 8, device=device), torch.randn(3, device=device)
     z, s, a = kernels.excite_fc_fwd(zsum, hw, w_fc, None, torch.float32, "sigmoid")
     _, dw, db = kernels.excite_fc_bwd(ds, z, s, a, w_fc, torch.float32, "sigmoid", (True, True, True))
-    assert z.shape == (0, 8) and torch.equal(dw, torch.zeros_like(w_fc)) and torch.equal(db, torch.zeros(8))
+    assert (
+        z.shape == (0, 8) and torch.equal(dw, torch.zeros_like(w_fc)) and torch.equal(db, torch.zeros(8, device=device))
+    )
     z, s, a = kernels.excite_conv_fwd(zsum, hw, w_conv, None, True, "sigmoid")
     _, dw, db = kernels.excite_conv_bwd(ds, z, s, a, w_conv, True, "sigmoid", (True, True, True))
-    assert torch.equal(dw, torch.zeros(3)) and torch.equal(db, torch.zeros(1))
+    assert torch.equal(dw, torch.zeros(3, device=device)) and torch.equal(db, torch.zeros(1, device=device))
 
 
 # ---- heuristics and strides ----------------------------------------------------------------

@@ -154,9 +154,9 @@ def test_one_launch_takes_small_programs_and_spread_the_rest(extra, expect, monk
         assert _forward_launches(torch.randn(b, c, 3, 3), r) == expect
 
 
-def test_spread_and_three_launches_agree(spread, monkeypatch):
-    x = make_input((3, 33, 4, 5), torch.float32, "cpu", "channels_last")
-    params = make_variant_params("mlp", 33, 8, 1, True, "cpu")
+def test_spread_and_three_launches_agree(spread, device):
+    x = make_input((3, 33, 4, 5), torch.float32, device, "channels_last")
+    params = make_variant_params("mlp", 33, 8, 1, True, device)
     g = torch.randn_like(x)
     spread_out = _run(x, params, "silu", "hard_sigmoid", g)
     with force_paths("three_launch"), record_launches() as launched:

@@ -183,9 +183,9 @@ def test_nan_and_inf_stay_where_eager_puts_them(monkeypatch):
     assert_nonfinite_like_eager(y, ref)
 
 
-def test_both_paths_agree(monkeypatch):
-    x = make_input((9, 33, 4, 5), torch.float32, "cpu", "channels_last")
-    params = make_variant_params("mlp", 33, 8, 1, True, "cpu")
+def test_both_paths_agree(monkeypatch, device):
+    x = make_input((9, 33, 4, 5), torch.float32, device, "channels_last")
+    params = make_variant_params("mlp", 33, 8, 1, True, device)
     g = torch.randn_like(x)
     three = _run(x, params, "relu", "sigmoid", g)
     _stream_for(monkeypatch, x, 8, 2.0)
