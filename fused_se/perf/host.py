@@ -19,10 +19,10 @@ from contextlib import contextmanager
 import torch
 
 MODES = ("fwd", "fwd+bwd")
-PATHS = ("3-pass", "1-launch", "spread", "stream")
+PATHS = ("three_launch", "one_launch", "spread", "stream")
 KERNEL_OF = {
-    "3-pass": "_scale_kernel",
-    "1-launch": "_se_fwd_one_launch_kernel",
+    "three_launch": "_scale_kernel",
+    "one_launch": "_se_fwd_one_launch_kernel",
     "spread": "_se_fwd_spread_kernel",
     "stream": "_se_fwd_stream_kernel",
 }
@@ -71,7 +71,7 @@ def forced_path(path: str, batch: int, sample_bytes: int) -> Iterator[None]:
     from fused_se.kernels import force_paths
     from fused_se.kernels import heuristics as hz
 
-    names = {"3-pass": "three_launch", "1-launch": "one_launch", "spread": "spread", "stream": "stream"}
+    names = {name: name for name in PATHS}
     saved_ratio, saved_l2 = hz.STREAM_WEIGHT_RATIO, os.environ.get(hz.L2_ENV)
     if path == "stream":
         # LAG of batch - 4 samples forward, half that backward
@@ -146,7 +146,7 @@ def _run_host(args) -> list[dict]:
                 launched = list(names)
                 names.clear()
                 us = min_us(fn, args.number, args.repeat)
-            bwd = "stream" if "_se_bwd_stream_kernel" in launched else "3-pass"
+            bwd = "stream" if "_se_bwd_stream_kernel" in launched else "three_launch"
             label = f"{path} fwd" + (f", {bwd} bwd" if mode == "fwd+bwd" else "")
             rows.append(
                 {"provider": "fused", "path": f"{label} (launches stubbed)", "mode": mode, "batch": batch,

@@ -119,8 +119,8 @@ def path_name(events: list[Event], mode: str) -> str:
         return "torch"
     fwd = "stream" if "_se_fwd_stream_kernel" in names else None
     fwd = fwd or ("spread" if "_se_fwd_spread_kernel" in names else None)
-    fwd = fwd or ("1-launch" if "_se_fwd_one_launch_kernel" in names else "3-pass")
-    bwd = "stream" if "_se_bwd_stream_kernel" in names else "3-pass"
+    fwd = fwd or ("one_launch" if "_se_fwd_one_launch_kernel" in names else "three_launch")
+    bwd = "stream" if "_se_bwd_stream_kernel" in names else "three_launch"
     if mode == "fwd":
         return f"triton {fwd}"
     if mode == "bwd":
@@ -136,7 +136,7 @@ def full_size_path(provider: str, shape, batch: int, layout: str, dtype: torch.d
 
     from . import _bench
 
-    names = {"three_launch": "3-pass", "one_launch": "1-launch", "spread": "spread", "stream": "stream"}
+    names = {name: name for name in plan.PATHS}
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.empty(batch, shape.c, shape.h, shape.w, dtype=dtype, device="meta").to(memory_format=fmt)
     paths = _bench.three_launch_paths() if provider == "fused-3pass" else contextlib.nullcontext()

@@ -13,12 +13,12 @@ def test_each_path_runs_stubbed_and_is_timed():
     )
     rows = host.run_host(args)
     fused = {(r["mode"], r["path"]): r for r in rows if r["provider"] == "fused"}
-    assert fused[("fwd", "3-pass fwd (launches stubbed)")]["launches"] == 3
-    assert fused[("fwd", "1-launch fwd (launches stubbed)")]["launches"] == 1
+    assert fused[("fwd", "three_launch fwd (launches stubbed)")]["launches"] == 3
+    assert fused[("fwd", "one_launch fwd (launches stubbed)")]["launches"] == 1
     assert fused[("fwd", "spread fwd (launches stubbed)")]["launches"] == 1
     assert fused[("fwd", "stream fwd (launches stubbed)")]["launches"] == 1
     assert fused[("fwd+bwd", "stream fwd, stream bwd (launches stubbed)")]["launches"] == 2
-    assert fused[("fwd+bwd", "3-pass fwd, 3-pass bwd (launches stubbed)")]["launches"] == 6
+    assert fused[("fwd+bwd", "three_launch fwd, three_launch bwd (launches stubbed)")]["launches"] == 6
     assert all(r["host_us"] > 0 for r in rows)
     assert {r["provider"] for r in rows} == {"eager", "fused"}
 

@@ -152,7 +152,7 @@ def test_rows_model_time_from_dram_and_launches():
     assert row["launches"] == 3
     assert row["minimal_bytes"] == 2 * n
     assert row["model_time_us"] == pytest.approx(row["dram_bytes"] / c.dram_bytes_per_s * 1e6 + 3 * c.launch_us)
-    assert traffic.path_name(trace.select("fwd"), "fwd") == "triton 3-pass"
+    assert traffic.path_name(trace.select("fwd"), "fwd") == "triton three_launch"
 
 
 def test_tracer_refuses_without_the_interpreter(monkeypatch):
