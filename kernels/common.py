@@ -246,11 +246,8 @@ def mlp_forward(
 ) -> MLPForward:
     """The outputs and shared arguments of an MLP forward over x (B, C, H, W)."""
     b, c = x.shape[:2]
-    acc = acc_dtype(x.dtype)
     keep_a = keeps_gate_input(gate)
-    z = empty(b, c, dtype=acc, device=x.device)
-    s = empty(b, c, dtype=acc, device=x.device)
-    a = empty(b, c, dtype=acc, device=x.device) if keep_a else z.new_empty(0)
+    z, s, a = gate_outputs(b, c, acc_dtype(x.dtype), x.device, gate)
     y = empty_like(x)
     xs = strides_of(x, None)
     inputs = (
@@ -285,11 +282,18 @@ def mlp_forward(
     return MLPForward(y, z, s, a, inputs, strides, flags)
 
 
-def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(z, s, a) for every excitation form: (B, C) each in zsum's dtype; a, the gate's input,
-    only where the gate's backward needs it (an empty placeholder otherwise)."""
-    _, b, c = zsum.shape
-    z = empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    s = empty(b, c, dtype=zsum.dtype, device=zsum.device)
-    a = empty(b, c, dtype=zsum.dtype, device=zsum.device) if keeps_gate_input(gate) else zsum.new_empty(0)
+def gate_outputs(
+    b: int, c: int, dtype: torch.dtype, device: torch.device, gate: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, s, a), each (B, C) in the accumulation dtype, as every excitation form and path writes
+    them; a, the gate's input, only where the gate's backward needs it (empty otherwise)."""
+    z = empty(b, c, dtype=dtype, device=device)
+    s = empty(b, c, dtype=dtype, device=device)
+    a = empty(b, c, dtype=dtype, device=device) if keeps_gate_input(gate) else z.new_empty(0)
     return z, s, a
+
+
+def excite_outputs(zsum: torch.Tensor, gate: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(z, s, a) from the squeeze's partial sums (SPLIT, B, C)."""
+    _, b, c = zsum.shape
+    return gate_outputs(b, c, zsum.dtype, zsum.device, gate)
