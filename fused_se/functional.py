@@ -147,7 +147,7 @@ def squeeze_excite(
     from . import ops
 
     tail["residual"] = _kernels_input(residual)
-    return ops.squeeze_excite(_kernels_input(x), w1, b1, w2, b2, act, gate, **tail)[0]
+    return ops.run(ops.squeeze_excite, _kernels_input(x), w1, b1, w2, b2, act, gate, **tail)
 
 
 def effective_squeeze_excite(
@@ -180,7 +180,7 @@ def effective_squeeze_excite(
     from . import ops
 
     tail["residual"] = _kernels_input(residual)
-    return ops.effective_squeeze_excite(_kernels_input(x), w, b, gate, **tail)[0]
+    return ops.run(ops.effective_squeeze_excite, _kernels_input(x), w, b, gate, **tail)
 
 
 def efficient_channel_attention(
@@ -219,4 +219,4 @@ def efficient_channel_attention(
     from . import ops
 
     tail["residual"] = _kernels_input(residual)
-    return ops.efficient_channel_attention(_kernels_input(x), w, b, circular, gate, **tail)[0]
+    return ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, **tail)
