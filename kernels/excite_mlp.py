@@ -502,8 +502,9 @@ def excite_bwd(
     z, s and a are excite_fwd's outputs (a may be empty where the gate does not need it).
     Three launches: the reductions over channels, split (excite_bwd_split); h and v per batch
     block (excite_bwd_hidden); everything indexed by channel (excite_bwd_channels), each weight
-    gradient written whole, in a fixed order. dz is in the accumulation dtype, the weight
-    gradients in fp32 (fp64 for fp64 inputs).
+    gradient written whole, in a fixed order. dz is in the accumulation dtype; the weight
+    gradients are accumulated in it and written in their weights' dtypes (db2 in W2's), so that
+    no cast follows.
     """
     need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
     split, b, c = dssum.shape
@@ -511,10 +512,10 @@ def excite_bwd(
     dt, dev = dssum.dtype, dssum.device
     cfg = hz.excite_bwd_config(b, c, hidden, x_dtype, hz.sm_count(dev))
     dz = empty(b, c, dtype=dt, device=dev) if need_dz else None
-    dw1 = empty(hidden, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = empty(hidden, dtype=dt, device=dev) if need_db1 else None
-    dw2 = empty(c, hidden, dtype=dt, device=dev) if need_dw2 else None
-    db2 = empty(c, dtype=dt, device=dev) if need_db2 else None
+    dw1 = empty(hidden, c, dtype=w1.dtype, device=dev) if need_dw1 else None
+    db1 = empty(hidden, dtype=w1.dtype if b1 is None else b1.dtype, device=dev) if need_db1 else None
+    dw2 = empty(c, hidden, dtype=w2.dtype, device=dev) if need_dw2 else None
+    db2 = empty(c, dtype=w2.dtype, device=dev) if need_db2 else None
     record("excite_bwd")
     if not any(need):
         return dz, dw1, db1, dw2, db2
