@@ -472,6 +472,8 @@ def excite_conv_bwd_config(b: int, c: int, k: int) -> ExciteConvConfig:
 
 
 def _dot_tf32(x_dtype: torch.dtype) -> bool:
-    # With 16-bit activations the output's own rounding (2**-9 for bf16, 2**-11 for fp16) is at
-    # least TF32's, so the tiny GEMMs may use tensor cores; fp32 and fp64 inputs get IEEE products.
-    return x_dtype in (torch.float16, torch.bfloat16)
+    # IEEE fp32 products for every dtype. TF32 for 16-bit x, whose own rounding looked as coarse,
+    # failed fp16 parity on an H200: its errors compound through the backward's three chained
+    # products (u W2, then v W1) into dx elements where g * s and dz / HW nearly cancel. The
+    # excitation's GEMMs are too small for tensor cores to matter.
+    return False

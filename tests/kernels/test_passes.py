@@ -156,8 +156,10 @@ def test_excite_fwd(b, c, r, form, bias, act, gate, device):
 )
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("act,gate", ACT_GATES)
-def test_excite_bwd(b, c, r, ks, bias, act, gate, device):
-    assert hz.excite_bwd_config(b, c, r, torch.float32, _sms(device)).ks == ks
+def test_excite_bwd(b, c, r, ks, bias, act, gate, device, monkeypatch):
+    # the channel splits as planned for two SMs (the interpreter's count), on any device
+    monkeypatch.setattr(hz, "sm_count", lambda device: hz.INTERPRETER_SM_COUNT)
+    assert hz.excite_bwd_config(b, c, r, torch.float32, hz.sm_count(device)).ks == ks
     zsum, hw, w1, b1, w2, b2 = _excite_case(b, c, r, bias, device)
     # Gate inputs spread over [-6, 6], so the hard sigmoid's flat parts are reached too.
     w2 = w2 * 4
@@ -318,12 +320,12 @@ def test_excite_forms_empty_batch(device):
 # ---- heuristics and strides ----------------------------------------------------------------
 
 
-def test_dot_precision_by_dtype():
-    assert not hz.excite_fwd_config(8, 64, 4, torch.float32, 132).dot_tf32
-    assert not hz.excite_bwd_config(8, 64, 4, torch.float64, 132).dot_tf32
-    assert hz.excite_fwd_config(8, 64, 4, torch.bfloat16, 132).dot_tf32
-    assert hz.excite_bwd_config(8, 64, 4, torch.float16, 132).dot_tf32
-    assert hz.excite_fwd_split_config(8, 2048, 128, torch.bfloat16, 132).dot_tf32
+def test_dot_precision_is_ieee_for_every_dtype():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert not hz.excite_fwd_config(8, 64, 4, dtype, 132).dot_tf32
+        assert not hz.excite_bwd_config(8, 64, 4, dtype, 132).dot_tf32
+        assert not hz.excite_fc_config(64, dtype).dot_tf32
+    assert not hz.excite_fwd_split_config(8, 2048, 128, torch.bfloat16, 132).dot_tf32
 
 
 def test_dot_blocks_are_at_least_16():
