@@ -3,6 +3,7 @@ one call launches with their device time (torch.profiler), the sum of those, and
 per call when calls are issued back to back (the host's pace where it exceeds the device's).
 
     python benchmarks/profile_gpu.py [--out DIR] [--batch 128] [--dtype bf16] [--iters 20]
+    python benchmarks/profile_gpu.py --host     the host's cost per call and per launch, tiny input
 
 Prints a table and writes profile.json into --out. Rows where wall > device are host-bound:
 there the device waits on Python, and a kernel's speed does not show in a timer.
@@ -51,6 +52,56 @@ def _profile(fn, iters: int) -> tuple[dict[str, tuple[int, float]], float]:
     return {n: (c / iters, t / iters) for n, (c, t) in kernels.items()}, wall
 
 
+def _host_us(fn, iters: int = 2000) -> float:
+    """Microseconds per call of fn issued back to back on a tiny input: the host's cost, where the
+    device finishes each launch before the host has issued the next."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1e6
+
+
+def host_costs() -> dict[str, float]:
+    """Host microseconds per call of one aten launch, of each of the fused passes' launchers, and
+    of the fused and eager blocks, on a (1, 64, 4, 4) input."""
+    from fused_se import kernels
+
+    dev = torch.device("cuda")
+    shape = SEShape(64, 4, 4, 4)
+    x = torch.randn(1, 64, 4, 4, device=dev)
+    s = torch.rand(1, 64, device=dev)
+    g = torch.randn_like(x)
+    eager, fused = (build_provider(p, shape, dev, torch.float32) for p in ("eager", "fused"))
+    with force_paths("three_launch"):
+        fused_fwd = make_call(fused, x, g, "fwd")
+        fused_fb = make_call(fused, x, g, "fwd+bwd")
+
+        def three(call):
+            def fn():
+                with force_paths("three_launch"):
+                    return call()
+
+            return fn
+
+        costs = {
+            "aten mul (1 launch)": _host_us(lambda: x.mul(2.0)),
+            "squeeze_fwd (1 launch)": _host_us(lambda: kernels.squeeze_fwd(x)),
+            "scale_fwd (1 launch)": _host_us(lambda: kernels.scale_fwd(x, s)),
+            "eager fwd": _host_us(make_call(eager, x, g, "fwd")),
+            "fused fwd (three_launch)": _host_us(three(fused_fwd)),
+            "fused fwd (auto)": _host_us(make_call(fused, x, g, "fwd")),
+            "eager fwd+bwd": _host_us(make_call(eager, x, g, "fwd+bwd"), 500),
+            "fused fwd+bwd (three_launch)": _host_us(three(fused_fb), 500),
+        }
+    for name, us in costs.items():
+        print(f"host {name:32s} {us:8.1f} us per call")
+    return costs
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
@@ -61,7 +112,16 @@ def main(argv=None) -> int:
     p.add_argument("--modes", default="fwd,fwd+bwd")
     p.add_argument("--shapes", default="", help="C,H,W,hidden;... (default SE-ResNet-50's stages)")
     p.add_argument("--device", default="cuda", help="cpu tries the plumbing (no device times)")
+    p.add_argument("--host", action="store_true", help="only the host costs per call (tiny input)")
     args = p.parse_args(argv)
+    if args.host:
+        costs = host_costs()
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "host.json"), "w") as f:
+            json.dump(
+                {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "host_us": costs}, f, indent=1
+            )
+        return 0
     dev = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     shapes = SERESNET50
