@@ -163,11 +163,22 @@ def dot(a, b, acc, DOT_TF32: tl.constexpr, IS_FP64: tl.constexpr):
 
 @triton.jit
 def sum_splits(ptr, offs, mask, split, stride_split):
-    """sum over k < split of ptr[k * stride_split + offs], in order (the squeeze's HW splits)."""
-    acc = tl.load(ptr + offs, mask=mask, other=0.0)
-    for _ in range(1, split):
-        ptr += stride_split
-        acc += tl.load(ptr + offs, mask=mask, other=0.0)
+    """sum over k < split of ptr[k * stride_split + offs], in order (the squeeze's HW splits, the
+    excitation's channel shares). Four loads are issued before their adds, so that a long sum
+    waits on a quarter of the round trips; the adds keep the order (a masked-off load adds 0)."""
+    p = ptr + offs
+    acc = tl.load(p, mask=mask, other=0.0)
+    for k in range(1, split, 4):
+        p += stride_split  # split k
+        p1 = tl.load(p, mask=mask, other=0.0)
+        p2 = tl.load(p + stride_split, mask=mask & (k + 1 < split), other=0.0)
+        p3 = tl.load(p + 2 * stride_split, mask=mask & (k + 2 < split), other=0.0)
+        p4 = tl.load(p + 3 * stride_split, mask=mask & (k + 3 < split), other=0.0)
+        acc += p1
+        acc += p2
+        acc += p3
+        acc += p4
+        p += 3 * stride_split
     return acc
 
 
