@@ -71,11 +71,11 @@ def scale_fwd(
     """y = act(x * s[b, c] * d[b] + residual) in x's dtype and memory format."""
     if d is not None:
         s = s * d[:, None]
-    y = x.to(s.dtype) * _bc(s)
+    y = x.to(s.dtype) * _bc(s)  # a new tensor: the rest works in place, with no temporary the size of x
     if residual is not None:
-        y = y + residual.to(s.dtype)
+        y += residual
     if relu:
-        y = torch.relu(y)
+        y.relu_()
     return _like(y, x)
 
 
@@ -89,7 +89,9 @@ def squeeze_scale_bwd(
     hw = g.shape[2] * g.shape[3]
     if d is not None:
         s = s * d[:, None]
-    return _like(g.to(s.dtype) * _bc(s) + _bc(dz / hw), like)
+    dx = g.to(s.dtype) * _bc(s)  # a new tensor, added to in place: one allocation the size of x
+    dx += _bc(dz / hw)
+    return _like(dx, like)
 
 
 # ---- the gates and the inner activations ------------------------------------------------------
