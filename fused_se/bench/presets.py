@@ -63,8 +63,12 @@ MIN_TRAFFIC_TAIL = {"fwd": 3, "bwd": 5, "fwd+bwd": 8}
 FUSED_TRAFFIC_TAIL = {"fwd": 4, "bwd": 6, "fwd+bwd": 10}
 PROVIDERS = (
     "eager", "eager-conv", "compile", "compile-max-autotune", "compile-reduce-overhead", "fused", "fused-3pass",
+    "eager-cudagraph", "fused-cudagraph",
 )  # fmt: skip
-FUSED = ("fused", "fused-3pass")
+FUSED = ("fused", "fused-3pass", "fused-cudagraph")
+# Replays of one captured CUDA graph of the block's inference: the host's cost is one graph launch
+# whatever the block launches inside (fwd on a GPU only).
+CUDA_GRAPHED = {"eager-cudagraph": "eager", "fused-cudagraph": "fused"}
 COMPILE_MODES = {
     "compile": None,
     "compile-max-autotune": "max-autotune-no-cudagraphs",

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .presets import COMPILE_MODES, SEShape
+from .presets import COMPILE_MODES, CUDA_GRAPHED, SEShape
 
 _ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
 _GATES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
@@ -51,11 +51,46 @@ class FusedTail(nn.Module):
         return self.se(x, shortcut, out_act="relu")
 
 
+class CudaGraphed(nn.Module):
+    """A block's inference replayed from one CUDA graph, captured at the first call on its input's
+    buffer (after warm-up calls on a side stream, as torch.cuda.graphs asks); a later call with
+    another tensor copies it into that buffer first. The output is the graph's own buffer,
+    overwritten by the next replay."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, *extra: torch.Tensor) -> torch.Tensor:
+        if self.graph is None:
+            self.static_in = (x, *extra)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self.inner(*self.static_in)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_out = self.inner(*self.static_in)
+        for buf, t in zip(self.static_in, (x, *extra)):
+            if t.data_ptr() != buf.data_ptr():
+                buf.copy_(t)
+        self.graph.replay()
+        return self.static_out
+
+
 def build_provider(
     provider: str, shape: SEShape, device: torch.device, dtype: torch.dtype, tail: bool = False
 ) -> nn.Module:
     from ..modules import FusedSEModule
 
+    if provider in CUDA_GRAPHED:
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise ValueError(f"{provider} replays a CUDA graph: it needs a CUDA device")
+        return CudaGraphed(build_provider(CUDA_GRAPHED[provider], shape, device, dtype, tail))
     torch.manual_seed(0)
     eager = EagerSE(shape, conv=False, tail=tail).to(device=device, dtype=dtype)
     if provider == "eager":
@@ -100,7 +135,10 @@ def make_call(
     three_pass: bool = False,
 ) -> Callable[[], object]:
     """One call of the mode: forward without grad, backward alone (the graph kept), or both.
-    With a shortcut (the tail), the module takes it as its second input, and it gets a gradient."""
+    With a shortcut (the tail), the module takes it as its second input, and it gets a gradient.
+    A CUDA-graphed module times its inference (fwd) only."""
+    if isinstance(module, CudaGraphed) and mode != "fwd":
+        raise ValueError(f"a CUDA-graphed provider times inference only (mode fwd); got mode {mode}")
     if three_pass:
         with three_launch_paths():  # the "bwd" call's forward runs here
             return _in_three_launch_paths(make_call(module, x, grad, mode, shortcut))

@@ -19,7 +19,7 @@ from .measure import (
     spread,
     time_ms,
 )
-from .presets import COMPILE_MODES, DTYPES, FUSED, PROVIDERS, SEShape, traffic_bytes
+from .presets import COMPILE_MODES, CUDA_GRAPHED, DTYPES, FUSED, PROVIDERS, SEShape, traffic_bytes
 from .providers import build_provider, fused_path, make_call, three_launch_paths
 
 
@@ -73,6 +73,8 @@ def run(args: argparse.Namespace, sink: Optional[RowSink] = None) -> list[dict]:
             shortcut = torch.randn_like(x) if args.tail else None
             for provider in providers:
                 progress.step(f"{n}x{shape.label()} {layout} {mode} {provider}")
+                if provider in CUDA_GRAPHED and (mode != "fwd" or device.type != "cuda"):
+                    continue  # a graph replay times inference on a GPU only
                 row = {**env, **measure_row(args, provider, shape, x, grad, shortcut, layout, mode, copy_gbs)}
                 case = by_case.setdefault(_case_key(row), {})
                 case[provider] = row

@@ -221,7 +221,7 @@ def test_three_pass_provider_holds_the_fused_block_to_three_launches(device, mon
         "fused-3pass": {"fwd": FORWARD_KERNELS, "bwd": BACKWARD_KERNELS, "fwd+bwd": FORWARD_KERNELS + BACKWARD_KERNELS},
     }
     label = {"fused": "triton stream", "fused-3pass": "triton three_launch"}
-    for provider in bench.FUSED:
+    for provider in ("fused", "fused-3pass"):
         module = bench.build_provider(provider, shape, device, torch.float32)
         for mode in bench.MODES:
             call = bench.make_call(module, x, torch.randn_like(x), mode, three_pass=provider == "fused-3pass")
@@ -349,3 +349,22 @@ def test_plot_titles_name_the_slice(tmp_path, monkeypatch):
     for title in titles:
         assert "fwd+bwd, channels_last, fp32 (not plotted: fwd, nchw)" in title and "batch" not in title
     assert "GB/s" in titles[1]  # no copy measured: plain bandwidth
+
+
+def test_cuda_graph_providers_time_gpu_inference_only(tmp_path):
+    """On a CPU the graph replays have no rows (and cannot be built); on any device they time
+    the forward alone."""
+    path = tmp_path / "rows.json"
+    argv = ["--device", "cpu", "--shapes", "2,32,4,4", "--layouts", "nchw", "--modes", "fwd", "fwd+bwd"]
+    argv += ["--providers", "eager", "fused-cudagraph", "--warmup", "0", "--reps", "2", "--json", str(path)]
+    assert bench.main(argv) == 0
+    rows = json.loads(path.read_text())
+    assert {r["provider"] for r in rows} == {"eager"} and len(rows) == 2
+    shape = bench.SEShape(32, 4, 4, 2)
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        bench.build_provider("fused-cudagraph", shape, torch.device("cpu"), torch.float32)
+    from fused_se.bench.providers import CudaGraphed
+
+    graphed = CudaGraphed(torch.nn.Identity())
+    with pytest.raises(ValueError, match="inference only"):
+        bench.make_call(graphed, torch.zeros(1), torch.zeros(1), "fwd+bwd")
