@@ -458,9 +458,10 @@ _PLAIN_BACKWARDS = {
 }
 
 
-def _plain_function(name: str, body, setup_context, backward) -> tuple[type, tuple[str, ...], tuple]:
-    """An autograd.Function running a forward op's body, its setup_context and its backward; with
-    the body's parameter names and defaults, to pass every argument positionally."""
+def _plain_function(name: str, body, setup_context, backward) -> tuple:
+    """An autograd.Function running a forward op's body, its setup_context and its backward; the
+    body alone (for calls that need no gradient); its parameter names and defaults, to pass every
+    argument positionally."""
 
     def forward(ctx, *args):
         with set_wrap_triton_enabled(False):
@@ -471,7 +472,7 @@ def _plain_function(name: str, body, setup_context, backward) -> tuple[type, tup
 
     fn = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
     params = tuple(inspect.signature(body).parameters.values())
-    return fn, tuple(p.name for p in params), tuple(p.default for p in params)
+    return fn, _on_real_tensors(body), tuple(p.name for p in params), tuple(p.default for p in params)
 
 
 _PLAIN = {
@@ -491,6 +492,8 @@ def run(op, *args, **kwargs) -> Tensor:
     the same body and the same backward, so they give the same bits."""
     if not plain_eager(args + tuple(kwargs.values())):
         return op(*args, **kwargs)[0]
-    fn, names, defaults = _PLAIN[op]
-    rest = range(len(args), len(names))
-    return fn.apply(*args, *(kwargs.get(names[i], defaults[i]) for i in rest))[0]
+    fn, body, names, defaults = _PLAIN[op]
+    full = (*args, *(kwargs.get(names[i], defaults[i]) for i in range(len(args), len(names))))
+    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in full):
+        return fn.apply(*full)[0]
+    return body(*full)[0]  # no gradient to take: no autograd node either

@@ -89,3 +89,17 @@ def test_double_backward_is_refused_on_the_plain_path(device):
     (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="double backward"):
         gx.sum().backward()
+
+
+@pytest.mark.parametrize("form,function", FORMS)
+def test_calls_without_gradients_run_the_body_alone(form, function, device):
+    """Inference (no_grad, or no input that requires grad) needs no autograd node: same bits."""
+    x, params = _case(form, device)
+    y = run_variant(fused_se, x, form, params, "relu", "sigmoid", False)
+    with torch.no_grad():
+        y_inf = run_variant(fused_se, x, form, params, "relu", "sigmoid", False)
+    plain = [t.detach() if t is not None else None for t in params]
+    y_detached = run_variant(fused_se, x.detach(), form, plain, "relu", "sigmoid", False)
+    assert type(y.grad_fn).__name__ == f"{function}Backward"
+    assert y_inf.grad_fn is None and y_detached.grad_fn is None
+    assert torch.equal(y.detach(), y_inf) and torch.equal(y_inf, y_detached)
