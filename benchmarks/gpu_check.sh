@@ -6,7 +6,8 @@
 #      the excitation kernels', the plain eager path's and the parity suite's tests
 #   2  fused-se-bench on SE-ResNet-50's SE shapes at B=128, bf16, fwd and fwd+bwd: eager, fused,
 #      fused-3pass on channels_last; torch.compile beside eager and fused (channels_last); NCHW
-#   3  inference at batch 1, the residual tail (--tail), whole-model training steps (--e2e)
+#   3  inference at batch 1 (also replayed from CUDA graphs), the residual tail (--tail), whole-model
+#      training steps (--e2e)
 #   4  converted models against their originals (check_models.py), a one-GPU DDP step
 #      (ddp_smoke.py), then the rest of the GPU tests (pytest-xdist where installed)
 # Then benchmarks/gpu_summary.py: each stage's outcome, the tests' failures, and the README's
@@ -194,7 +195,8 @@ stage "2c bench: NCHW" 80 "${BENCH[@]}" --label stage2-nchw --batch "$BATCH" --d
 if [ "$QUICK" = 0 ]; then
   # ---- stage 3: batch-1 inference, the residual tail, whole models ---------------------------------
   stage "3a bench: batch-1 inference" 60 "${BENCH[@]}" --label stage3-batch1 --batch 1 --dtype bf16 --modes fwd \
-    --layouts channels_last --providers eager fused fused-3pass compile "${EXTRA_BENCH_ARGS[@]}"
+    --layouts channels_last --providers eager fused fused-3pass compile eager-cudagraph fused-cudagraph \
+    "${EXTRA_BENCH_ARGS[@]}"
   stage "3b bench: --tail" 100 "${BENCH[@]}" --label stage3-tail --tail --batch "$BATCH" --dtype bf16 \
     --layouts channels_last --providers eager fused fused-3pass compile "${EXTRA_BENCH_ARGS[@]}"
   stage "3c bench: --e2e" 100 "${BENCH[@]}" --label stage3-e2e --e2e "${EXTRA_BENCH_ARGS[@]}"
