@@ -184,7 +184,7 @@ def check_lengths(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> None:
     if lengths.dtype not in (torch.int32, torch.int64):
         raise TypeError(
             f"lengths must be int32 or int64 (each sample's count of valid positions, 1..L); got {lengths.dtype}"
-            " (SpeechBrain's relative lengths: fused_se.conversion.speechbrain_lengths turns them into counts)"
+            " (SpeechBrain's relative lengths: fused_se.adapters.speechbrain_lengths turns them into counts)"
         )
     if lengths.device != x.device:
         raise ValueError(f"lengths is on {lengths.device} but x is on {x.device}; all inputs must be on one device")
@@ -235,7 +235,7 @@ def squeeze_excite(
     lengths: for a sequence x (B, C, L), (B,) int32 or int64 counts of each sample's valid
     positions, 1..L: the squeeze is the mean over positions l < lengths[b] only, and every
     position, past the length too, is scaled by the same gate (SpeechBrain's ECAPA-TDNN SE,
-    whose relative lengths fused_se.conversion.speechbrain_lengths turns into these counts).
+    whose relative lengths fused_se.adapters.speechbrain_lengths turns into these counts).
     Runs the three-launch path (docs/DESIGN.md).
     """
     check_inputs(x, w1, b1, w2, b2, act, gate)
