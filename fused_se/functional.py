@@ -135,7 +135,7 @@ def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             # vary faster than W in x's memory, NCDHW otherwise.
             fmt = torch.channels_last_3d if x.stride(1) < x.stride(4) else torch.contiguous_format
             x = x.contiguous(memory_format=fmt)
-        return x.view(b, c, -1, 1)
+        return x.view(b, c, math.prod(x.shape[2:]), 1)
     if kernels.bchw_strides(x) is None:
         # A spatial slice, a permutation: one copy, into channels_last where channels vary
         # faster than W in x's memory, NCHW otherwise.
