@@ -17,7 +17,7 @@ from se_testing import (
 )
 
 import fused_se
-from fused_se import _dispatch, reference
+from fused_se import _dispatch, ops_lengths, reference
 
 SHAPES = {3: (2, 12, 9), 5: (2, 12, 2, 3, 4)}
 LAYOUTS = {
@@ -237,13 +237,38 @@ def test_lengths_through_the_modules_and_the_reference_backend(device, monkeypat
         fused_se.FusedEcaModule(3).to(device)(x, lengths=n)
 
 
-def test_lengths_compile_fullgraph(monkeypatch):
-    monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
-    x = torch.randn(2, 8, 6)
-    w1, w2 = torch.randn(2, 8), torch.randn(8, 2)
-    n = torch.tensor([6, 2])
-    fn = torch.compile(lambda x, n: fused_se.squeeze_excite(x, w1, None, w2, None, lengths=n), fullgraph=True)
-    torch.testing.assert_close(fn(x, n), reference.squeeze_excite(x, w1, None, w2, None, lengths=n))
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU's traced twins; the GPU tests cover CUDA")
+@pytest.mark.parametrize("rank", [3, 5])
+def test_compile_fullgraph(rank):
+    """torch.compile sees the views and the fused ops (traced through their torch-ops twins on the CPU),
+    lengths included; the compiled gradients match the kernels'."""
+    torch._dynamo.reset()
+    x = make_x(SHAPES[rank], torch.float32, "cpu", "channels_last").requires_grad_()
+    w1, w2 = torch.randn(3, 12, requires_grad=True), torch.randn(12, 3, requires_grad=True)
+    kw = {"lengths": torch.tensor([9, 2])} if rank == 3 else {}
+
+    def fn(x, w1, w2):
+        return fused_se.squeeze_excite(x, w1, None, w2, None, **kw)
+
+    compiled = torch.compile(fn, fullgraph=True)
+    g = torch.randn(x.shape)
+    got = [compiled(x, w1, w2), *torch.autograd.grad(compiled(x, w1, w2), [x, w1, w2], g)]
+    want = [fn(x, w1, w2), *torch.autograd.grad(fn(x, w1, w2), [x, w1, w2], g)]
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU tensors through the interpreter; the GPU tests cover CUDA")
+@pytest.mark.parametrize("interpreter", [True, False], ids=["kernels", "decomposed"])
+def test_opcheck_lengths_ops(interpreter, monkeypatch):
+    if not interpreter:
+        monkeypatch.setattr(_dispatch, "interpreter_enabled", lambda: False)
+    x = torch.randn(3, 8, 6, 1).requires_grad_()
+    w1, b1, w2, b2 = (torch.randn(*s).requires_grad_() for s in [(2, 8), (2,), (8, 2), (8,)])
+    n = torch.tensor([6, 1, 4])
+    for args in [(x, w1, b1, w2, b2, "silu", "hard_sigmoid", n), (x, w1, None, w2, None, "relu", "sigmoid", n)]:
+        result = torch.library.opcheck(ops_lengths.squeeze_excite_lengths, args)
+        assert set(result.values()) == {"SUCCESS"}, result
 
 
 # ---- errors, before any kernel runs --------------------------------------------------------------
