@@ -404,7 +404,7 @@ def convert(
     several names is replaced once, everywhere. Blocks already fused are left as they are.
 
     ``fuse_residual=True`` also routes the tail of timm's ResNet blocks (Bottleneck,
-    BasicBlock) whose attention block is fused, ``act(drop_path(se(x)) + shortcut)``, through
+    BasicBlock) and of MONAI's SEBlock (its SE-ResNet bottlenecks) whose attention block is fused, ``act(drop_path(se(x)) + shortcut)``, through
     the SE's scale pass (see fused_se.tails); a block with anything else between the SE and
     the add is left as it is and reported.
     """
@@ -449,7 +449,7 @@ def convert(
 def _fuse_tails(model: nn.Module, report: ConversionReport) -> None:
     for name, block in model.named_modules():
         kind = tails.block_kind(block)
-        if kind is None or getattr(block, "se", None) is None or tails.is_installed(block):
+        if kind is None or tails.se_of(block, kind) is None or tails.is_installed(block):
             continue
         try:
             details = tails.check_block(block, kind)

@@ -12,6 +12,7 @@ from se_testing import randomize_norms, record_launches
 from torch import nn
 
 import fused_se
+from fused_se import tails
 
 monai_se = pytest.importorskip("monai.networks.blocks.squeeze_and_excitation")
 monai_nets = pytest.importorskip("monai.networks.nets")
@@ -34,7 +35,7 @@ def _outputs_and_grads(model: nn.Module, inputs: tuple, *args):
     return y.detach(), dict(zip([f"input {i}" for i in range(len(inputs))] + list(names), grads))
 
 
-def _check_converted(model: nn.Module, inputs: tuple, se_classes: tuple, *args, skipped: int = 0):
+def _check_converted(model: nn.Module, inputs: tuple, se_classes: tuple, *args, skipped: int = 0, **options):
     """Converts `model` (fp64) and holds it to the original; returns the report."""
     model = model.double()
     randomize_norms(model)
@@ -45,7 +46,7 @@ def _check_converted(model: nn.Module, inputs: tuple, se_classes: tuple, *args, 
     se_names = {n for n, m in model.named_modules() if type(m) in se_classes}
     assert se_names, "the model has no SE block"
 
-    converted, report = fused_se.convert(model, return_report=True)
+    converted, report = fused_se.convert(model, return_report=True, **options)
     replaced = {r.name for r in report.replaced}
     assert replaced | {s.name for s in report.skipped} == se_names and len(report.skipped) == skipped, str(report)
     fused_count = len(replaced)
@@ -71,6 +72,7 @@ def _check_converted(model: nn.Module, inputs: tuple, se_classes: tuple, *args, 
             assert err <= 1e-9 * max(1.0, want.abs().max().item()), f"{what} (train={train}): error {err:.3g}"
 
     reverted = fused_se.revert(converted)
+    assert not any(tails.is_installed(m) for m in reverted.modules())
     assert [type(m) for m in reverted.modules()] == [type(m) for m in original.modules()]
     assert list(reverted.state_dict()) == list(state)
     return report
@@ -83,6 +85,16 @@ def test_monai_seresnet50_3d():
     model = monai_nets.SEResNet50(spatial_dims=3, in_channels=1, num_classes=3, layers=(1, 1, 1, 1))
     report = _check_converted(model, (torch.randn(3, 1, 8, 8, 8),), (monai_se.ChannelSELayer,))
     assert len(report.replaced) == 4 and {r.fused for r in report.replaced} == {"FusedLayersSEModule"}
+
+
+def test_monai_seresnext_residual_tails():
+    """fuse_residual=True: each SE-ResNeXt bottleneck's relu(se(x) + project(x)) in the SE's scale pass
+    (2-D here; the 3-D SE-ResNet-50 above takes the same blocks' SE without the tail)."""
+    model = monai_nets.SEResNext50(spatial_dims=2, in_channels=1, num_classes=3, layers=(1, 1, 1, 1))
+    x = torch.randn(3, 1, 8, 8)
+    report = _check_converted(model, (x,), (monai_se.ChannelSELayer,), fuse_residual=True)
+    assert len(report.tails_fused) == 4 and not report.tails_skipped, str(report)
+    assert {r.details for r in report.tails_fused} == {"out = relu(se(x) + project(x))"}
 
 
 @pytest.mark.parametrize("spatial_dims", [1, 2, 3])
