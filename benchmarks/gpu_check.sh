@@ -2,7 +2,8 @@
 # GPU check: stages ordered by value, each under its own time limit, the whole within BUDGET
 # seconds (default 520: inside a 540 s slot on a cold H100 or H200):
 #   0  the card (SM count, L2 size as torch reports it), the versions
-#   1  the persistent (spread, streamed) and one-launch paths' GPU tests, then the CUDA graph tests
+#   1  the persistent (spread, streamed) and one-launch paths' GPU tests, the CUDA graph tests, then
+#      the excitation kernels', the plain eager path's and the parity suite's tests
 #   2  fused-se-bench on SE-ResNet-50's SE shapes at B=128, bf16, fwd and fwd+bwd: eager, fused,
 #      fused-3pass on channels_last; torch.compile beside eager and fused (channels_last); NCHW
 #   3  inference at batch 1, the residual tail (--tail), whole-model training steps (--e2e)
@@ -174,6 +175,10 @@ TO_TESTS=1
 stage "1a persistent and one-launch paths" 150 "${PYTEST[@]}" -v -x "${T90[@]}" \
   -k "($PATHS_K) and not cuda_graph" "${EXTRA_PYTEST_ARGS[@]}"
 stage "1b CUDA graph capture" 60 "${PYTEST[@]}" -v -x "${T60[@]}" -k "cuda_graph" "${EXTRA_PYTEST_ARGS[@]}"
+# the excitation kernels, the plain eager path (autograd.Function, no custom op) and the parity suite
+stage "1c excitation, plain eager path, parity" 150 python -m pytest "$ROOT/tests/kernels/test_passes.py" \
+  "$ROOT/tests/api/test_plain_eager.py" "$ROOT/tests/api/test_parity.py" -p no:cacheprovider -p faulthandler -rfE -q \
+  "${T60[@]}" "${EXTRA_PYTEST_ARGS[@]}"
 TO_TESTS=0
 
 # ---- stage 2: the bench on SE-ResNet-50's shapes --------------------------------------------------

@@ -182,6 +182,7 @@ def excite_bwd(
 ) -> tuple[Optional[Tensor], ...]:
     need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
     dt = z.dtype
+    w1_in, w2_in = w1, w2
     with _exact(z.device):
         w1, w2 = w1.to(dt), w2.to(dt)
         h = F.linear(z, w1, _opt(b1, dt))  # recomputed: (B, hidden) is cheaper to redo than to keep
@@ -192,6 +193,9 @@ def excite_bwd(
         dw1 = dh.t() @ z if need_dw1 else None
         db1 = dh.sum(0) if need_db1 else None
         dz = dh @ w1 if need_dz else None
+    # in the weights' dtypes, as the kernels write them
+    dw1, dw2, db2 = (None if t is None else t.to(w.dtype) for t, w in ((dw1, w1_in), (dw2, w2_in), (db2, w2_in)))
+    db1 = None if db1 is None else db1.to(w1_in.dtype if b1 is None else b1.dtype)
     return dz, dw1, db1, dw2, db2
 
 

@@ -247,10 +247,11 @@ def squeeze_excite(
     from . import ops, ops_lengths
 
     tail["residual"] = _kernels_input(residual)
+    x4 = _kernels_input(x)
     if lengths is not None:
-        y = ops_lengths.squeeze_excite_lengths(_kernels_input(x), w1, b1, w2, b2, act, gate, lengths, **tail)[0]
+        y = ops.run(ops_lengths.squeeze_excite_lengths, x4, w1, b1, w2, b2, act, gate, lengths, **tail)
     else:
-        y = ops.squeeze_excite(_kernels_input(x), w1, b1, w2, b2, act, gate, **tail)[0]
+        y = ops.run(ops.squeeze_excite, x4, w1, b1, w2, b2, act, gate, **tail)
     return _output(y, x)
 
 
@@ -284,7 +285,7 @@ def effective_squeeze_excite(
     from . import ops
 
     tail["residual"] = _kernels_input(residual)
-    return _output(ops.effective_squeeze_excite(_kernels_input(x), w, b, gate, **tail)[0], x)
+    return _output(ops.run(ops.effective_squeeze_excite, _kernels_input(x), w, b, gate, **tail), x)
 
 
 def efficient_channel_attention(
@@ -324,4 +325,4 @@ def efficient_channel_attention(
     from . import ops
 
     tail["residual"] = _kernels_input(residual)
-    return _output(ops.efficient_channel_attention(_kernels_input(x), w, b, circular, gate, **tail)[0], x)
+    return _output(ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, **tail), x)

@@ -22,10 +22,12 @@ reads that gradient. With a ReLU, the output is saved as well (its mask).
 
 from __future__ import annotations
 
+import inspect
 from typing import Optional
 
 import torch
 from torch import Tensor
+from torch._library.triton import set_wrap_triton_enabled
 from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op
 
@@ -104,7 +106,10 @@ def _hw(x: Tensor) -> int:
 
 
 def _save_epilogue(ctx, sample_scale: Optional[Tensor], out_act: str, y: Tensor):
-    """The epilogue's part of what the backward needs: d, and the output where a ReLU ended it."""
+    """The epilogue's part of what the backward needs: d, and the output where a ReLU ended it.
+    Also: z, s and a are outputs only to be saved, and the backwards ignore their gradients, so
+    autograd is told not to fill them with zeros (three launches before every backward)."""
+    ctx.set_materialize_grads(False)
     ctx.relu = out_act == "relu"
     return sample_scale, (y if ctx.relu else None)
 
@@ -126,8 +131,7 @@ def _residual_grad(ctx, grad_y: Tensor, dres: Tensor, need_res: bool) -> Optiona
 # --------------------------------------------------------------------------------------
 
 
-@triton_op("fused_se::squeeze_excite", mutates_args=())
-def squeeze_excite(
+def _squeeze_excite(
     x: Tensor,
     w1: Tensor,
     b1: Optional[Tensor],
@@ -152,8 +156,10 @@ def squeeze_excite(
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
-@triton_op("fused_se::squeeze_excite_backward", mutates_args=())
-def squeeze_excite_backward(
+squeeze_excite = triton_op("fused_se::squeeze_excite", mutates_args=())(_squeeze_excite)
+
+
+def _squeeze_excite_backward(
     grad_y: Tensor,
     x: Tensor,
     z: Tensor,
@@ -197,6 +203,9 @@ def squeeze_excite_backward(
     return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
 
 
+squeeze_excite_backward = triton_op("fused_se::squeeze_excite_backward", mutates_args=())(_squeeze_excite_backward)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     x, w1, b1, w2, b2, act, gate, _residual, sample_scale, out_act = inputs
     y, z, s, a = output
@@ -205,9 +214,11 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
+    if grad_y is None:  # no gradient reached y (grads are not materialized)
+        return (None,) * 10
     x, w1, b1, w2, b2, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:5], _needs_grad(ctx, 7)
-    *grads, dres = squeeze_excite_backward(
+    *grads, dres = _backward_op(ctx, squeeze_excite_backward)(
         grad_y, x, z, s, a, w1, b1, w2, b2, ctx.act, ctx.gate, *need, need_res, sample_scale, out
     )
     grads = [g if n else None for g, n in zip(grads, need)]
@@ -222,8 +233,7 @@ squeeze_excite.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------
 
 
-@triton_op("fused_se::effective_squeeze_excite", mutates_args=())
-def effective_squeeze_excite(
+def _effective_squeeze_excite(
     x: Tensor,
     w: Tensor,
     b: Optional[Tensor],
@@ -239,8 +249,10 @@ def effective_squeeze_excite(
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
-@triton_op("fused_se::effective_squeeze_excite_backward", mutates_args=())
-def effective_squeeze_excite_backward(
+effective_squeeze_excite = triton_op("fused_se::effective_squeeze_excite", mutates_args=())(_effective_squeeze_excite)
+
+
+def _effective_squeeze_excite_backward(
     grad_y: Tensor,
     x: Tensor,
     z: Tensor,
@@ -265,6 +277,11 @@ def effective_squeeze_excite_backward(
     return _grads_out(x, (dx, x), (dw, w), (db, b), (dres, x))
 
 
+effective_squeeze_excite_backward = triton_op("fused_se::effective_squeeze_excite_backward", mutates_args=())(
+    _effective_squeeze_excite_backward
+)
+
+
 def _setup_context_fc(ctx, inputs, output) -> None:
     x, w, b, gate, _residual, sample_scale, out_act = inputs
     y, z, s, a = output
@@ -273,9 +290,11 @@ def _setup_context_fc(ctx, inputs, output) -> None:
 
 
 def _backward_fc(ctx, grad_y, grad_z, grad_s, grad_a):
+    if grad_y is None:  # no gradient reached y (grads are not materialized)
+        return (None,) * 7
     x, w, b, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:3], _needs_grad(ctx, 4)
-    *grads, dres = effective_squeeze_excite_backward(
+    *grads, dres = _backward_op(ctx, effective_squeeze_excite_backward)(
         grad_y, x, z, s, a, w, b, ctx.gate, *need, need_res, sample_scale, out
     )
     grads = [g if n else None for g, n in zip(grads, need)]
@@ -290,8 +309,7 @@ effective_squeeze_excite.register_autograd(_backward_fc, setup_context=_setup_co
 # --------------------------------------------------------------------------------------
 
 
-@triton_op("fused_se::efficient_channel_attention", mutates_args=())
-def efficient_channel_attention(
+def _efficient_channel_attention(
     x: Tensor,
     w: Tensor,
     b: Optional[Tensor],
@@ -308,8 +326,12 @@ def efficient_channel_attention(
     return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
-@triton_op("fused_se::efficient_channel_attention_backward", mutates_args=())
-def efficient_channel_attention_backward(
+efficient_channel_attention = triton_op("fused_se::efficient_channel_attention", mutates_args=())(
+    _efficient_channel_attention
+)
+
+
+def _efficient_channel_attention_backward(
     grad_y: Tensor,
     x: Tensor,
     z: Tensor,
@@ -338,6 +360,11 @@ def efficient_channel_attention_backward(
     return _grads_out(x, (dx, x), (dw, w), (db, b), (dres, x))
 
 
+efficient_channel_attention_backward = triton_op("fused_se::efficient_channel_attention_backward", mutates_args=())(
+    _efficient_channel_attention_backward
+)
+
+
 def _setup_context_conv(ctx, inputs, output) -> None:
     x, w, b, circular, gate, _residual, sample_scale, out_act = inputs
     y, z, s, a = output
@@ -346,9 +373,11 @@ def _setup_context_conv(ctx, inputs, output) -> None:
 
 
 def _backward_conv(ctx, grad_y, grad_z, grad_s, grad_a):
+    if grad_y is None:  # no gradient reached y (grads are not materialized)
+        return (None,) * 8
     x, w, b, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:3], _needs_grad(ctx, 5)
-    *grads, dres = efficient_channel_attention_backward(
+    *grads, dres = _backward_op(ctx, efficient_channel_attention_backward)(
         grad_y, x, z, s, a, w, b, ctx.circular, ctx.gate, *need, need_res, sample_scale, out
     )
     grads = [g if n else None for g, n in zip(grads, need)]
@@ -376,3 +405,92 @@ def _nothing_saved(ctx, inputs, output) -> None:
 
 for _op in (squeeze_excite_backward, effective_squeeze_excite_backward, efficient_channel_attention_backward):
     _op.register_autograd(_no_double_backward, setup_context=_nothing_saved)
+
+
+# --------------------------------------------------------------------------------------
+# plain eager calls
+# --------------------------------------------------------------------------------------
+#
+# In plain eager execution a call through the custom op pays for its dispatch and its generated
+# autograd wrapper, tens of microseconds of Python a call, more than a small SE block's kernels
+# take on a GPU. There the same bodies run as a plain autograd.Function instead; everywhere
+# else (torch.compile, export, make_fx, a dispatch or function mode, functorch transforms,
+# tensor subclasses) the custom op runs, as the graph needs it.
+
+
+def plain_eager(args: tuple) -> bool:
+    """Whether nothing traces, transforms or intercepts a call with these arguments."""
+    if torch.compiler.is_compiling():  # first: under dynamo the checks below would break the graph
+        return False
+    return not (
+        torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._are_functorch_transforms_active()
+        or torch.jit.is_tracing()
+        or torch.overrides.has_torch_function(tuple(a for a in args if isinstance(a, Tensor)))
+    )
+
+
+def _on_real_tensors(body):
+    """body with wrap_triton off: its launches run the kernels directly, as a triton_op's body does
+    on real tensors."""
+
+    def run(*args):
+        with set_wrap_triton_enabled(False):
+            return body(*args)
+
+    return run
+
+
+def _backward_op(ctx, op):
+    """The backward op a backward calls: its body, where the forward ran as a plain autograd.Function
+    and the backward runs plainly too (no graph of the gradient is built, no mode intercepts); else
+    the op, whose own backward refuses double backward."""
+    if getattr(ctx, "plain", False) and not torch.is_grad_enabled() and plain_eager(()):
+        return _PLAIN_BACKWARDS[op]
+    return op
+
+
+_PLAIN_BACKWARDS = {
+    squeeze_excite_backward: _on_real_tensors(_squeeze_excite_backward),
+    effective_squeeze_excite_backward: _on_real_tensors(_effective_squeeze_excite_backward),
+    efficient_channel_attention_backward: _on_real_tensors(_efficient_channel_attention_backward),
+}
+
+
+def _plain_function(name: str, body, setup_context, backward) -> tuple[type, tuple[str, ...], tuple]:
+    """An autograd.Function running a forward op's body, its setup_context and its backward; with
+    the body's parameter names and defaults, to pass every argument positionally."""
+
+    def forward(ctx, *args):
+        with set_wrap_triton_enabled(False):
+            out = body(*args)
+        setup_context(ctx, args, out)
+        ctx.plain = True
+        return out
+
+    fn = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
+    params = tuple(inspect.signature(body).parameters.values())
+    return fn, tuple(p.name for p in params), tuple(p.default for p in params)
+
+
+_PLAIN = {
+    squeeze_excite: _plain_function("SqueezeExcite", _squeeze_excite, _setup_context, _backward),
+    effective_squeeze_excite: _plain_function(
+        "EffectiveSqueezeExcite", _effective_squeeze_excite, _setup_context_fc, _backward_fc
+    ),
+    efficient_channel_attention: _plain_function(
+        "EfficientChannelAttention", _efficient_channel_attention, _setup_context_conv, _backward_conv
+    ),
+}
+
+
+def run(op, *args, **kwargs) -> Tensor:
+    """y of a forward op (squeeze_excite, effective_squeeze_excite, efficient_channel_attention):
+    as a plain autograd.Function in plain eager execution, else through the op itself. Both run
+    the same body and the same backward, so they give the same bits."""
+    if not plain_eager(args + tuple(kwargs.values())):
+        return op(*args, **kwargs)[0]
+    fn, names, defaults = _PLAIN[op]
+    rest = range(len(args), len(names))
+    return fn.apply(*args, *(kwargs.get(names[i], defaults[i]) for i in rest))[0]

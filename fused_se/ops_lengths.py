@@ -22,8 +22,7 @@ from torch.library import triton_op
 from . import ops
 
 
-@triton_op("fused_se::squeeze_excite_lengths", mutates_args=())
-def squeeze_excite_lengths(
+def _squeeze_excite_lengths(
     x: Tensor,
     w1: Tensor,
     b1: Optional[Tensor],
@@ -43,8 +42,10 @@ def squeeze_excite_lengths(
     return ops._scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
 
 
-@triton_op("fused_se::squeeze_excite_lengths_backward", mutates_args=())
-def squeeze_excite_lengths_backward(
+squeeze_excite_lengths = triton_op("fused_se::squeeze_excite_lengths", mutates_args=())(_squeeze_excite_lengths)
+
+
+def _squeeze_excite_lengths_backward(
     grad_y: Tensor,
     x: Tensor,
     z: Tensor,
@@ -82,6 +83,11 @@ def squeeze_excite_lengths_backward(
     return ops._grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
 
 
+squeeze_excite_lengths_backward = triton_op("fused_se::squeeze_excite_lengths_backward", mutates_args=())(
+    _squeeze_excite_lengths_backward
+)
+
+
 def _setup_context(ctx, inputs, output) -> None:
     x, w1, b1, w2, b2, act, gate, lengths, _residual, sample_scale, out_act = inputs
     y, z, s, a = output
@@ -90,9 +96,11 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
+    if grad_y is None:  # no gradient reached y (grads are not materialized)
+        return (None,) * 11
     x, w1, b1, w2, b2, lengths, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:5], ops._needs_grad(ctx, 8)
-    *grads, dres = squeeze_excite_lengths_backward(
+    *grads, dres = ops._backward_op(ctx, squeeze_excite_lengths_backward)(
         grad_y, x, z, s, a, w1, b1, w2, b2, ctx.act, ctx.gate, lengths, *need, need_res, sample_scale, out
     )
     grads = [g if n else None for g, n in zip(grads, need)]
@@ -101,3 +109,9 @@ def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
 
 squeeze_excite_lengths.register_autograd(_backward, setup_context=_setup_context)
 squeeze_excite_lengths_backward.register_autograd(ops._no_double_backward, setup_context=ops._nothing_saved)
+
+# Plain eager calls (fused_se.ops.run) take the same body and backward as an autograd.Function.
+ops._PLAIN[squeeze_excite_lengths] = ops._plain_function(
+    "SqueezeExciteLengths", _squeeze_excite_lengths, _setup_context, _backward
+)
+ops._PLAIN_BACKWARDS[squeeze_excite_lengths_backward] = ops._on_real_tensors(_squeeze_excite_lengths_backward)

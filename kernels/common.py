@@ -6,7 +6,6 @@ docs/DESIGN.md holds the math, the traffic of each path and the determinism rule
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import Optional
 import torch
 import triton
 import triton.language as tl
+from torch._library.triton import is_wrap_triton_enabled
 from torch.library import wrap_triton
 
 # When set, every buffer a kernel writes is filled with NaN first, so an element a kernel
@@ -57,18 +57,27 @@ def _wrap_triton_takes(kernel) -> bool:
     return True
 
 
-def launch(kernel, grid):
-    """kernel[grid] through wrap_triton, launched with the device of its first tensor argument
-    made current, so that it runs on that device's current stream whichever device is current."""
+def bind(kernel, grid):
+    """kernel[grid], through wrap_triton unless it is off (so that a traced graph holds the kernel;
+    the ops' bodies turn it off where they run on real tensors, as torch.library.triton_op does).
+    Every launch is bound here: tools that record launches instead of running them replace it."""
     global _WRAP_TRITON
     if _WRAP_TRITON is None:
         _WRAP_TRITON = _wrap_triton_takes(kernel)
-    launcher = (wrap_triton(kernel) if _WRAP_TRITON else kernel)[grid]
+    return (wrap_triton(kernel) if _WRAP_TRITON and is_wrap_triton_enabled() else kernel)[grid]
+
+
+def launch(kernel, grid):
+    """kernel[grid] (through `bind`), launched on the device of its first tensor argument's current
+    stream, whichever device is current."""
+    launcher = bind(kernel, grid)
 
     def run(*args, **kwargs) -> None:
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
-        guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-        with guard:
+        if device.type != "cuda" or device.index == torch.cuda.current_device():
+            launcher(*args, **kwargs)
+            return
+        with torch.cuda.device(device):
             launcher(*args, **kwargs)
 
     return run
@@ -154,11 +163,22 @@ def dot(a, b, acc, DOT_TF32: tl.constexpr, IS_FP64: tl.constexpr):
 
 @triton.jit
 def sum_splits(ptr, offs, mask, split, stride_split):
-    """sum over k < split of ptr[k * stride_split + offs], in order (the squeeze's HW splits)."""
-    acc = tl.load(ptr + offs, mask=mask, other=0.0)
-    for _ in range(1, split):
-        ptr += stride_split
-        acc += tl.load(ptr + offs, mask=mask, other=0.0)
+    """sum over k < split of ptr[k * stride_split + offs], in order (the squeeze's HW splits, the
+    excitation's channel shares). Four loads are issued before their adds, so that a long sum
+    waits on a quarter of the round trips; the adds keep the order (a masked-off load adds 0)."""
+    p = ptr + offs
+    acc = tl.load(p, mask=mask, other=0.0)
+    for k in range(1, split, 4):
+        p += stride_split  # split k
+        p1 = tl.load(p, mask=mask, other=0.0)
+        p2 = tl.load(p + stride_split, mask=mask & (k + 1 < split), other=0.0)
+        p3 = tl.load(p + 2 * stride_split, mask=mask & (k + 2 < split), other=0.0)
+        p4 = tl.load(p + 3 * stride_split, mask=mask & (k + 3 < split), other=0.0)
+        acc += p1
+        acc += p2
+        acc += p3
+        acc += p4
+        p += 3 * stride_split
     return acc
 
 

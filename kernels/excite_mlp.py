@@ -25,10 +25,73 @@ from .common import (
     keeps_gate_input,
     launch,
     record,
-    sum_partials,
     sum_splits,
     vec_stride,
 )
+
+
+@triton.jit
+def _hidden_range(
+    zsum_ptr, w1_ptr, z_ptr, stride_w1r, stride_w1c,
+    offs_b, mask_b, offs_r, mask_r, c_start, c_end, B, C, split, HW, store_z,
+    IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """z W1[:, c_start:c_end]^T for the rows offs_b, (BLOCK_B, BLOCK_R) in the accumulation dtype,
+    z = the squeeze's partial sums / HW; z stored where store_z."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    h = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    for c0 in range(c_start, c_end, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < c_end
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        z = sum_splits(zsum_ptr, bc, mask_bc, split, B * C) / HW
+        tl.store(z_ptr + bc, z, mask=mask_bc & store_z)
+        w1t = tl.load(
+            w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r,
+            mask=mask_c[:, None] & mask_r[None, :],
+            other=0.0,
+        ).to(acc_ty)
+        h = dot(z, w1t, h, DOT_TF32, IS_FP64)
+    return h
+
+
+@triton.jit
+def _act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1: tl.constexpr, ACT: tl.constexpr):
+    """act(h + b1), with the padded columns r >= R exactly 0: an Inf in z times their zero weights
+    would be NaN, and would reach every channel through the second GEMM."""
+    if HAS_B1:
+        h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(h.dtype)[None, :]
+    return tl.where(mask_r[None, :], act_fwd(h, ACT), 0.0)
+
+
+@triton.jit
+def _gate_blocks(
+    h, w2_ptr, b2_ptr, s_ptr, a_ptr, stride_w2c, stride_w2r, stride_b2,
+    offs_b, mask_b, offs_r, mask_r, c_first, c_step, C,
+    HAS_B2: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr, IS_FP64: tl.constexpr,
+    DOT_TF32: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """s = gate(h W2^T + b2) (and a, its input, where KEEP_A) on channel blocks c_first,
+    c_first + c_step, ... of the rows offs_b."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    for c0 in range(c_first, C, c_step):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < C
+        w2t = tl.load(
+            w2_ptr + offs_r[:, None] * stride_w2r + offs_c[None, :] * stride_w2c,
+            mask=mask_r[:, None] & mask_c[None, :],
+            other=0.0,
+        ).to(acc_ty)
+        a = dot(h, w2t, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
+        if HAS_B2:
+            a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        tl.store(s_ptr + bc, gate_fwd(a, GATE), mask=mask_bc)
+        if KEEP_A:
+            tl.store(a_ptr + bc, a, mask=mask_bc)
 
 
 @triton.jit
@@ -57,50 +120,81 @@ def excite_fwd_block(
     if GRID:
         b_start = tl.program_id(0) * BLOCK_B
         pid_c = tl.program_id(1)
-    acc_ty = tl.float64 if IS_FP64 else tl.float32
     offs_b = b_start + tl.arange(0, BLOCK_B)
     offs_r = tl.arange(0, BLOCK_R)
     mask_b = offs_b < b_end
     mask_r = offs_r < R
-
     # First GEMM over the whole channel axis: each of the programs_c programs of a batch
     # block computes the same hidden layer, which is cheap while W1 is small (heuristics).
-    h = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        mask_bc = mask_b[:, None] & mask_c[None, :]
-        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        z = sum_splits(zsum_ptr, bc, mask_bc, split, B * C) / HW
-        tl.store(z_ptr + bc, z, mask=mask_bc & (pid_c == 0))
-        w1t = tl.load(
-            w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r,
-            mask=mask_c[:, None] & mask_r[None, :],
-            other=0.0,
-        ).to(acc_ty)
-        h = dot(z, w1t, h, DOT_TF32, IS_FP64)
-    if HAS_B1:
-        h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
-    # Padded columns r >= R are exactly 0: an Inf in z times their zero weights would be NaN,
-    # and would reach every channel through the second GEMM.
-    h = tl.where(mask_r[None, :], act_fwd(h, ACT), 0.0)
+    h = _hidden_range(
+        zsum_ptr, w1_ptr, z_ptr, stride_w1r, stride_w1c, offs_b, mask_b, offs_r, mask_r, 0, C, B, C, split, HW,
+        pid_c == 0, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C, BLOCK_R,
+    )  # fmt: skip
+    h = _act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
+    _gate_blocks(
+        h, w2_ptr, b2_ptr, s_ptr, a_ptr, stride_w2c, stride_w2r, stride_b2, offs_b, mask_b, offs_r, mask_r,
+        pid_c * BLOCK_C, programs_c * BLOCK_C, C, HAS_B2, GATE, KEEP_A, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C,
+    )  # fmt: skip
 
-    for c0 in range(pid_c * BLOCK_C, C, programs_c * BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        w2t = tl.load(
-            w2_ptr + offs_r[:, None] * stride_w2r + offs_c[None, :] * stride_w2c,
-            mask=mask_r[:, None] & mask_c[None, :],
-            other=0.0,
-        ).to(acc_ty)
-        a = dot(h, w2t, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
-        if HAS_B2:
-            a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)[None, :]
-        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        mask_bc = mask_b[:, None] & mask_c[None, :]
-        tl.store(s_ptr + bc, gate_fwd(a, GATE), mask=mask_bc)
-        if KEEP_A:
-            tl.store(a_ptr + bc, a, mask=mask_bc)
+
+@triton.jit
+def excite_hidden_split(
+    zsum_ptr,  # (SPLIT, B, C) partial sums of x over HW, contiguous
+    w1_ptr,  # (R, C) strided
+    z_ptr,  # (B, C) out: the squeeze
+    hpart_ptr,  # (KS, B, R) out: this channel split's share of z W1^T
+    stride_w1r, stride_w1c,
+    B, C, R, split, HW, CK,
+    IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """The first GEMM split over channels: program (i, k) takes batch block i and channels
+    k * CK <= c < (k + 1) * CK, writes their z and their share of the hidden layer's input."""
+    pid_k = tl.program_id(1)
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_b = offs_b < B
+    mask_r = offs_r < R
+    c_start = pid_k * CK
+    h = _hidden_range(
+        zsum_ptr, w1_ptr, z_ptr, stride_w1r, stride_w1c, offs_b, mask_b, offs_r, mask_r,
+        c_start, tl.minimum(c_start + CK, C), B, C, split, HW, True, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C, BLOCK_R,
+    )  # fmt: skip
+    br = (pid_k.to(tl.int64) * B + offs_b[:, None]) * R + offs_r[None, :]
+    tl.store(hpart_ptr + br, h, mask=mask_b[:, None] & mask_r[None, :])
+
+
+@triton.jit
+def _sum_hidden(part_ptr, offs_b, mask_b, offs_r, mask_r, B, R, KS, IS_FP64: tl.constexpr):
+    """sum over k < KS of part[k, b, r], in order, for the rows offs_b."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    br = offs_b.to(tl.int64)[:, None] * R + offs_r[None, :]
+    return sum_splits(part_ptr, br, mask_b[:, None] & mask_r[None, :], KS, B * R).to(acc_ty)
+
+
+@triton.jit
+def excite_gate_split(
+    hpart_ptr,  # (KS, B, R) excite_hidden_split's shares
+    b1_ptr, w2_ptr, b2_ptr, s_ptr, a_ptr,
+    stride_b1, stride_w2c, stride_w2r, stride_b2,
+    B, C, R, KS, programs_c,
+    HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+    IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """The second GEMM after a split first one: program (i, j) sums batch block i's shares in a
+    fixed order and runs channel blocks j, j + programs_c, ... of s and a."""
+    pid_c = tl.program_id(1)
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_b = offs_b < B
+    mask_r = offs_r < R
+    h = _sum_hidden(hpart_ptr, offs_b, mask_b, offs_r, mask_r, B, R, KS, IS_FP64)
+    h = _act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
+    _gate_blocks(
+        h, w2_ptr, b2_ptr, s_ptr, a_ptr, stride_w2c, stride_w2r, stride_b2, offs_b, mask_b, offs_r, mask_r,
+        pid_c * BLOCK_C, programs_c * BLOCK_C, C, HAS_B2, GATE, KEEP_A, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -192,6 +286,144 @@ def excite_bwd_block(
             tl.store(dz_ptr + bc, dz, mask=mask_bc)
 
 
+@triton.jit
+def excite_bwd_split(
+    dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
+    z_ptr, s_ptr, a_ptr,  # (B, C); a read only when GATE needs it
+    w1_ptr,  # (R, C) strided
+    w2_ptr,  # (C, R) strided
+    hpart_ptr,  # (KS, B, R) out: this channel split's share of z W1^T
+    dhpart_ptr,  # (KS, B, R) out: this channel split's share of u W2
+    stride_w1r, stride_w1c, stride_w2c, stride_w2r,
+    B, C, R, split, CK,
+    GATE: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """The backward's reductions over channels, split: program (i, k) takes batch block i and
+    channels k * CK <= c < (k + 1) * CK, and writes their shares of the hidden layer's input
+    (re-computed, not saved) and of dh = u W2, u = ds * gate'(a)."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    pid_k = tl.program_id(1)
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_b = offs_b < B
+    mask_r = offs_r < R
+    c_start = pid_k * CK
+    c_end = tl.minimum(c_start + CK, C)
+    hpre = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    dh = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    for c0 in range(c_start, c_end, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < c_end
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        mask_cr = mask_c[:, None] & mask_r[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
+        z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
+        w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
+        w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
+        hpre = dot(z, w1t.to(acc_ty), hpre, DOT_TF32, IS_FP64)
+        dh = dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
+    br = (pid_k.to(tl.int64) * B + offs_b[:, None]) * R + offs_r[None, :]
+    mask_br = mask_b[:, None] & mask_r[None, :]
+    tl.store(hpart_ptr + br, hpre, mask=mask_br)
+    tl.store(dhpart_ptr + br, dh, mask=mask_br)
+
+
+@triton.jit
+def excite_bwd_hidden(
+    hpart_ptr, dhpart_ptr,  # (KS, B, R) excite_bwd_split's shares
+    b1_ptr,  # (R,) read only when HAS_B1
+    h_ptr,  # (B, R) out: act(W1 z + b1)
+    v_ptr,  # (B, R) out: dh * act'(W1 z + b1), the gradient of the hidden layer's input
+    stride_b1, B, R, KS,
+    HAS_B1: tl.constexpr, ACT: tl.constexpr, IS_FP64: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Sums a batch block's shares in a fixed order and writes its h and v. Padded columns
+    r >= R are exactly 0 (an Inf in z or u times their zero weights is NaN)."""
+    offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_b = offs_b < B
+    mask_r = offs_r < R
+    hpre = _sum_hidden(hpart_ptr, offs_b, mask_b, offs_r, mask_r, B, R, KS, IS_FP64)
+    dh = _sum_hidden(dhpart_ptr, offs_b, mask_b, offs_r, mask_r, B, R, KS, IS_FP64)
+    if HAS_B1:
+        hpre += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(hpre.dtype)[None, :]
+    br = offs_b.to(tl.int64)[:, None] * R + offs_r[None, :]
+    mask_br = mask_b[:, None] & mask_r[None, :]
+    tl.store(h_ptr + br, tl.where(mask_r[None, :], act_fwd(hpre, ACT), 0.0), mask=mask_br)
+    tl.store(v_ptr + br, tl.where(mask_r[None, :], act_bwd(hpre, dh, ACT), 0.0), mask=mask_br)
+
+
+@triton.jit
+def excite_bwd_channels(
+    dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
+    z_ptr, s_ptr, a_ptr,  # (B, C); a read only when GATE needs it
+    h_ptr, v_ptr,  # (B, R) excite_bwd_hidden's outputs
+    w1_ptr,  # (R, C) strided
+    dz_ptr,  # (B, C) out, when NEED_DZ
+    dw1_ptr,  # (R, C) out, when NEED_DW1
+    db1_ptr,  # (R,) out, when NEED_DB1 (program 0)
+    dw2_ptr,  # (C, R) out, when NEED_DW2
+    db2_ptr,  # (C,) out, when NEED_DB2
+    stride_w1r, stride_w1c,
+    B, C, R, split,
+    GATE: tl.constexpr, NEED_DZ: tl.constexpr, NEED_DW1: tl.constexpr, NEED_DB1: tl.constexpr,
+    NEED_DW2: tl.constexpr, NEED_DB2: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """Everything indexed by channel, for channel block program_id(0) over every sample, in
+    batch order: dz = v W1, dW1 = v^T z, dW2 = u^T h, db2 = sum u; program 0 also db1 = sum v.
+    Each gradient is written whole by one program: no partials to sum afterwards."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    pid = tl.program_id(0)
+    offs_c = pid * BLOCK_C + tl.arange(0, BLOCK_C)
+    offs_r = tl.arange(0, BLOCK_R)
+    mask_c = offs_c < C
+    mask_r = offs_r < R
+    mask_rc = mask_r[:, None] & mask_c[None, :]
+    if NEED_DZ:
+        w1 = tl.load(w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c, mask=mask_rc, other=0.0)
+        w1 = w1.to(acc_ty)
+    dw1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
+    dw2 = tl.zeros((BLOCK_C, BLOCK_R), dtype=acc_ty)
+    db1 = tl.zeros((BLOCK_R,), dtype=acc_ty)
+    db2 = tl.zeros((BLOCK_C,), dtype=acc_ty)
+    for b0 in range(0, B, BLOCK_B):
+        offs_b = b0 + tl.arange(0, BLOCK_B)
+        mask_b = offs_b < B
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        mask_br = mask_b[:, None] & mask_r[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        br = offs_b.to(tl.int64)[:, None] * R + offs_r[None, :]
+        if NEED_DW2 or NEED_DB2:
+            u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
+            if NEED_DB2:
+                db2 += tl.sum(u, axis=0)
+            if NEED_DW2:
+                h = tl.load(h_ptr + br, mask=mask_br, other=0.0)
+                dw2 = dot(tl.trans(u), h, dw2, DOT_TF32, IS_FP64)
+        if NEED_DW1 or NEED_DB1 or NEED_DZ:
+            v = tl.load(v_ptr + br, mask=mask_br, other=0.0)
+            if NEED_DB1:
+                db1 += tl.sum(v, axis=0)
+            if NEED_DW1:
+                z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
+                dw1 = dot(tl.trans(v), z, dw1, DOT_TF32, IS_FP64)
+            if NEED_DZ:
+                dz = dot(v, w1, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
+                tl.store(dz_ptr + bc, dz, mask=mask_bc)
+    if NEED_DW1:
+        tl.store(dw1_ptr + offs_r[:, None] * C + offs_c[None, :], dw1, mask=mask_rc)
+    if NEED_DW2:
+        tl.store(dw2_ptr + offs_c[:, None] * R + offs_r[None, :], dw2, mask=mask_c[:, None] & mask_r[None, :])
+    if NEED_DB2:
+        tl.store(db2_ptr + offs_c, db2, mask=mask_c)
+    if NEED_DB1:
+        tl.store(db1_ptr + offs_r, db1, mask=mask_r & (pid == 0))
+
+
 def excite_fwd(
     zsum: torch.Tensor,
     hw: int,
@@ -203,7 +435,8 @@ def excite_fwd(
     act: str = "relu",
     gate: str = "sigmoid",
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From the squeeze's partial sums to (z, s, a), each (B, C) in the accumulation dtype.
+    """From the squeeze's partial sums to (z, s, a), each (B, C) in the accumulation dtype: one
+    launch, or two where W1 is large (heuristics.excite_fwd_split_config).
 
     a, the gate's input, is kept only where the gate's backward needs it (empty otherwise).
     """
@@ -213,43 +446,41 @@ def excite_fwd(
     record("excite")
     if b == 0:
         return z, s, a
-    cfg = hz.excite_fwd_config(b, c, hidden, x_dtype, hz.sm_count(zsum.device))
+    sms = hz.sm_count(zsum.device)
+    flags = {
+        "HAS_B1": b1 is not None,
+        "HAS_B2": b2 is not None,
+        "ACT": ACT_CODES[act],
+        "GATE": GATE_CODES[gate],
+        "KEEP_A": keeps_gate_input(gate),
+        "IS_FP64": zsum.dtype == torch.float64,
+    }
+    a_arg = a if keeps_gate_input(gate) else s
+    b1_arg, b2_arg = (w1 if b1 is None else b1), (w2 if b2 is None else b2)
+    split_cfg = hz.excite_fwd_split_config(b, c, hidden, x_dtype, sms)
+    if split_cfg is not None:
+        cfg = split_cfg
+        hpart = empty(cfg.ks, b, hidden, dtype=zsum.dtype, device=zsum.device)
+        blocks = {"BLOCK_B": cfg.block_b, "BLOCK_C": cfg.block_c, "BLOCK_R": cfg.block_r}
+        batch_blocks = hz.cdiv(b, cfg.block_b)
+        launch(excite_hidden_split, (batch_blocks, cfg.ks))(
+            zsum, w1, z, hpart, *w1.stride(), b, c, hidden, split, hw, cfg.ck,
+            IS_FP64=flags["IS_FP64"], DOT_TF32=cfg.dot_tf32, **blocks, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        launch(excite_gate_split, (batch_blocks, cfg.programs_c))(
+            hpart, b1_arg, w2, b2_arg, s, a_arg, vec_stride(b1), *w2.stride(), vec_stride(b2),
+            b, c, hidden, cfg.ks, cfg.programs_c, **flags, DOT_TF32=cfg.dot_tf32, **blocks, num_warps=cfg.num_warps,
+        )  # fmt: skip
+        return z, s, a
+    cfg = hz.excite_fwd_config(b, c, hidden, x_dtype, sms)
     grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
     launch(excite_fwd_block, grid)(
-        zsum,
-        w1,
-        w1 if b1 is None else b1,
-        w2,
-        w2 if b2 is None else b2,
-        z,
-        s,
-        a if keeps_gate_input(gate) else s,
-        *w1.stride(),
-        vec_stride(b1),
-        *w2.stride(),
-        vec_stride(b2),
-        0,
-        b,
-        b,
-        c,
-        hidden,
-        split,
-        hw,
-        0,
-        cfg.programs_c,
-        HAS_B1=b1 is not None,
-        HAS_B2=b2 is not None,
-        ACT=ACT_CODES[act],
-        GATE=GATE_CODES[gate],
-        KEEP_A=keeps_gate_input(gate),
-        IS_FP64=zsum.dtype == torch.float64,
-        DOT_TF32=cfg.dot_tf32,
-        BLOCK_B=cfg.block_b,
-        BLOCK_C=cfg.block_c,
-        BLOCK_R=cfg.block_r,
-        GRID=True,
+        zsum, w1, b1_arg, w2, b2_arg, z, s, a_arg,
+        *w1.stride(), vec_stride(b1), *w2.stride(), vec_stride(b2),
+        0, b, b, c, hidden, split, hw, 0, cfg.programs_c,
+        **flags, DOT_TF32=cfg.dot_tf32, BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r, GRID=True,
         num_warps=cfg.num_warps,
-    )
+    )  # fmt: skip
     return z, s, a
 
 
@@ -269,61 +500,51 @@ def excite_bwd(
     """(dz, dW1, db1, dW2, db2) from the partial sums of g * x; None where `need` says so.
 
     z, s and a are excite_fwd's outputs (a may be empty where the gate does not need it).
-
-    dz is in the accumulation dtype; the weight gradients are summed over the per-program
-    partials in a fixed order and returned in fp32 (fp64 for fp64 inputs).
+    Three launches: the reductions over channels, split (excite_bwd_split); h and v per batch
+    block (excite_bwd_hidden); everything indexed by channel (excite_bwd_channels), each weight
+    gradient written whole, in a fixed order. dz is in the accumulation dtype; the weight
+    gradients are accumulated in it and written in their weights' dtypes (db2 in W2's), so that
+    no cast follows.
     """
     need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
     split, b, c = dssum.shape
     hidden = w1.shape[0]
-    cfg = hz.excite_bwd_config(b, c, hidden, x_dtype)
-    p = hz.cdiv(b, cfg.block_b)
     dt, dev = dssum.dtype, dssum.device
+    cfg = hz.excite_bwd_config(b, c, hidden, x_dtype, hz.sm_count(dev))
     dz = empty(b, c, dtype=dt, device=dev) if need_dz else None
-    dw1 = empty(p, hidden, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = empty(p, hidden, dtype=dt, device=dev) if need_db1 else None
-    dw2 = empty(p, c, hidden, dtype=dt, device=dev) if need_dw2 else None
-    db2 = empty(p, c, dtype=dt, device=dev) if need_db2 else None
+    dw1 = empty(hidden, c, dtype=w1.dtype, device=dev) if need_dw1 else None
+    db1 = empty(hidden, dtype=w1.dtype if b1 is None else b1.dtype, device=dev) if need_db1 else None
+    dw2 = empty(c, hidden, dtype=w2.dtype, device=dev) if need_dw2 else None
+    db2 = empty(c, dtype=w2.dtype, device=dev) if need_db2 else None
     record("excite_bwd")
-    if p > 0 and any(need):
-        grid = (p,)
-        launch(excite_bwd_block, grid)(
-            dssum,
-            z,
-            s,
-            a if keeps_gate_input(gate) else s,
-            w1,
-            w1 if b1 is None else b1,
-            w2,
-            dssum if dz is None else dz,
-            dssum if dw1 is None else dw1,
-            dssum if db1 is None else db1,
-            dssum if dw2 is None else dw2,
-            dssum if db2 is None else db2,
-            *w1.stride(),
-            vec_stride(b1),
-            *w2.stride(),
-            0,
-            b,
-            0,
-            b,
-            c,
-            hidden,
-            split,
-            HAS_B1=b1 is not None,
-            ACT=ACT_CODES[act],
-            GATE=GATE_CODES[gate],
-            NEED_DZ=need_dz,
-            NEED_DW1=need_dw1,
-            NEED_DB1=need_db1,
-            NEED_DW2=need_dw2,
-            NEED_DB2=need_db2,
-            IS_FP64=dt == torch.float64,
-            DOT_TF32=cfg.dot_tf32,
-            BLOCK_B=cfg.block_b,
-            BLOCK_C=cfg.block_c,
-            BLOCK_R=cfg.block_r,
-            GRID=True,
-            num_warps=cfg.num_warps,
-        )
-    return dz, sum_partials(dw1), sum_partials(db1), sum_partials(dw2), sum_partials(db2)
+    if not any(need):
+        return dz, dw1, db1, dw2, db2
+    if b == 0:  # sums over no sample
+        return dz, *(None if t is None else t.zero_() for t in (dw1, db1, dw2, db2))
+    is_fp64 = dt == torch.float64
+    a_arg = a if keeps_gate_input(gate) else s
+    batch_blocks = hz.cdiv(b, cfg.block_b)
+    hpart = empty(cfg.ks, b, hidden, dtype=dt, device=dev)
+    dhpart = empty(cfg.ks, b, hidden, dtype=dt, device=dev)
+    launch(excite_bwd_split, (batch_blocks, cfg.ks))(
+        dssum, z, s, a_arg, w1, w2, hpart, dhpart, *w1.stride(), *w2.stride(), b, c, hidden, split, cfg.ck,
+        GATE=GATE_CODES[gate], IS_FP64=is_fp64, DOT_TF32=cfg.dot_tf32,
+        BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r, num_warps=cfg.num_warps,
+    )  # fmt: skip
+    h = empty(b, hidden, dtype=dt, device=dev)
+    v = empty(b, hidden, dtype=dt, device=dev)
+    launch(excite_bwd_hidden, (batch_blocks,))(
+        hpart, dhpart, w1 if b1 is None else b1, h, v, vec_stride(b1), b, hidden, cfg.ks,
+        HAS_B1=b1 is not None, ACT=ACT_CODES[act], IS_FP64=is_fp64, BLOCK_B=cfg.block_b, BLOCK_R=cfg.block_r,
+        num_warps=cfg.num_warps,
+    )  # fmt: skip
+    launch(excite_bwd_channels, (hz.cdiv(c, cfg.chan_block_c),))(
+        dssum, z, s, a_arg, h, v, w1,
+        dssum if dz is None else dz, dssum if dw1 is None else dw1, dssum if db1 is None else db1,
+        dssum if dw2 is None else dw2, dssum if db2 is None else db2,
+        *w1.stride(), b, c, hidden, split,
+        GATE=GATE_CODES[gate], NEED_DZ=need_dz, NEED_DW1=need_dw1, NEED_DB1=need_db1, NEED_DW2=need_dw2,
+        NEED_DB2=need_db2, IS_FP64=is_fp64, DOT_TF32=cfg.dot_tf32,
+        BLOCK_B=cfg.chan_block_b, BLOCK_C=cfg.chan_block_c, BLOCK_R=cfg.block_r, num_warps=cfg.chan_num_warps,
+    )  # fmt: skip
+    return dz, dw1, db1, dw2, db2

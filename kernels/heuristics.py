@@ -27,15 +27,22 @@ SPLIT_BELOW_PROGRAMS_PER_SM = 2
 MAX_HW_SPLIT = 64
 # tl.dot needs every dimension to be at least 16 on the GPU.
 MIN_DOT = 16
-# Excite forward: with W1 at most this big, programs re-compute the hidden layer so that
-# the second GEMM can be spread over channel blocks too; above it each batch block runs alone.
+# Excite forward: with W1 at most this big, one launch whose programs each re-compute the
+# hidden layer, so that the second GEMM is spread over channel blocks too. Above it, the first
+# GEMM's loop over channels is long (2048 / 32 steps at SE-ResNet-50's last stage) and one
+# program per batch block ran it alone: 94 us at batch 128 and 110 us at batch 1 on an H200,
+# against eager's ~10 us. There the first GEMM is split over channels into shares summed in a
+# fixed order by a second launch, which runs the second GEMM over channel blocks.
 EXCITE_RECOMPUTE_MAX_W1_BYTES = 128 * 1024
-# Excite backward: the number of per-program partial weight gradients (summed afterwards in a
-# fixed order) is kept near this, growing the batch block instead, up to MAX_EXCITE_BLOCK_B.
-EXCITE_BWD_TARGET_PARTIALS = 16
-MAX_EXCITE_BLOCK_B = 64
-# Excite backward: elements of a (BLOCK_B, BLOCK_R) tile from which it runs with 8 warps.
-EXCITE_BWD_WIDE_TILE = 16 * 64
+# Channel splits of a split first GEMM: enough (batch block, split) programs to fill the SMs,
+# at most this many shares per batch block (each second-GEMM program reads all of its block's).
+MAX_EXCITE_SPLIT_K = 16
+# Excite backward (three launches, no partial weight gradients): the reductions over channels
+# split as the forward's; the shares summed into h and v per batch block; then one program per
+# channel block over every sample writes that block's dz, dW1, dW2 and db2 whole. Its batch
+# block, and the elements of a (BLOCK_B, BLOCK_R) tile from which it runs with 8 warps.
+EXCITE_BWD_CHANNEL_BLOCK_B = 32
+EXCITE_BWD_WIDE_TILE = 32 * 64
 # fp64 (gradcheck's dtype) multiplies through a broadcast of this many elements at most, in
 # place of tl.dot, which has no fp64 path on every GPU.
 FP64_BROADCAST_TILE = 16 * 16 * 64
@@ -175,6 +182,39 @@ class ExciteConfig:
     programs_c: int  # forward: programs sharing a batch block, each with its own channel blocks
     dot_tf32: bool
     num_warps: int
+
+
+@dataclass(frozen=True)
+class ExciteSplitConfig:
+    """The forward's excitation in two launches: the first GEMM split over channels into ks shares
+    of ck channels each, then the second GEMM over (batch block, programs_c) programs."""
+
+    block_b: int
+    block_c: int
+    block_r: int
+    ks: int
+    ck: int
+    programs_c: int
+    dot_tf32: bool
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class ExciteBwdConfig:
+    """The backward's excitation: the split reductions over channels (block_b, block_c, ks of ck
+    channels), then h and v per batch block, then one program per chan_block_c channels, walking
+    every sample chan_block_b at a time."""
+
+    block_b: int
+    block_c: int
+    block_r: int
+    ks: int
+    ck: int
+    chan_block_b: int
+    chan_block_c: int
+    dot_tf32: bool
+    num_warps: int
+    chan_num_warps: int
 
 
 @dataclass(frozen=True)
@@ -361,6 +401,7 @@ def _excite_blocks(c: int, r: int, x_dtype: torch.dtype) -> tuple[int, int]:
 
 
 def excite_fwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) -> ExciteConfig:
+    """The forward's one-launch excitation (its first GEMM re-computed by each of programs_c)."""
     block_c, block_r = _excite_blocks(c, r, x_dtype)
     block_b = MIN_DOT
     programs_c = 1
@@ -369,13 +410,44 @@ def excite_fwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) ->
     return ExciteConfig(block_b, block_c, block_r, programs_c, _dot_tf32(x_dtype), num_warps=4)
 
 
-def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype) -> ExciteConfig:
+def _channel_split(c: int, block_c: int, batch_blocks: int, sms: int) -> tuple[int, int]:
+    """(splits, channels per split, a multiple of block_c) of a first GEMM over c channels."""
+    steps = cdiv(c, block_c)
+    ks = max(1, min(steps, MAX_EXCITE_SPLIT_K, cdiv(sms, max(1, batch_blocks))))
+    ck = cdiv(steps, ks) * block_c
+    return cdiv(c, ck), ck
+
+
+def excite_fwd_split_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) -> Optional[ExciteSplitConfig]:
+    """The forward's excitation in two launches (the first GEMM split over channels), or None where
+    one launch does: W1 small enough to re-compute, or one split only."""
+    if r * c * 4 <= EXCITE_RECOMPUTE_MAX_W1_BYTES:
+        return None
     block_c, block_r = _excite_blocks(c, r, x_dtype)
-    block_b = min(MAX_EXCITE_BLOCK_B, max(MIN_DOT, next_pow2(cdiv(b, EXCITE_BWD_TARGET_PARTIALS))))
-    # Four (BLOCK_B, BLOCK_R) fp32 tiles live across the channel loop: spread them over more
-    # threads once they are wide (ptxas spills at 4 warps from BLOCK_R = 64 on sm_90).
-    num_warps = 8 if block_b * block_r >= EXCITE_BWD_WIDE_TILE else 4
-    return ExciteConfig(block_b, block_c, block_r, 1, _dot_tf32(x_dtype), num_warps=num_warps)
+    batch_blocks = cdiv(b, MIN_DOT)
+    ks, ck = _channel_split(c, block_c, batch_blocks, sms)
+    if ks == 1:
+        return None
+    programs_c = max(1, min(cdiv(c, block_c), cdiv(sms, batch_blocks)))
+    return ExciteSplitConfig(MIN_DOT, block_c, block_r, ks, ck, programs_c, _dot_tf32(x_dtype), num_warps=4)
+
+
+def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) -> ExciteBwdConfig:
+    block_c, block_r = _excite_blocks(c, r, x_dtype)
+    ks, ck = _channel_split(c, block_c, cdiv(b, MIN_DOT), sms)
+    if x_dtype == torch.float64:
+        chan_block_b = chan_block_c = MIN_DOT  # fp64's broadcast products stay small
+    else:
+        chan_block_b = EXCITE_BWD_CHANNEL_BLOCK_B
+        # one channel block per SM where C allows, at least MIN_DOT channels wide
+        chan_block_c = max(MIN_DOT, min(block_c, next_pow2(cdiv(c, sms))))
+    # (BLOCK_B, BLOCK_R) tiles of h and v and two weight-gradient accumulators live across the
+    # batch loop: spread them over more threads once they are wide.
+    chan_warps = 8 if chan_block_b * block_r >= EXCITE_BWD_WIDE_TILE else 4
+    split_warps = 8 if MIN_DOT * block_r >= EXCITE_BWD_WIDE_TILE else 4
+    return ExciteBwdConfig(
+        MIN_DOT, block_c, block_r, ks, ck, chan_block_b, chan_block_c, _dot_tf32(x_dtype), split_warps, chan_warps
+    )
 
 
 def excite_fc_config(c: int, x_dtype: torch.dtype) -> ExciteFCConfig:
@@ -400,6 +472,8 @@ def excite_conv_bwd_config(b: int, c: int, k: int) -> ExciteConvConfig:
 
 
 def _dot_tf32(x_dtype: torch.dtype) -> bool:
-    # With 16-bit activations the output's own rounding (2**-9 for bf16, 2**-11 for fp16) is at
-    # least TF32's, so the tiny GEMMs may use tensor cores; fp32 and fp64 inputs get IEEE products.
-    return x_dtype in (torch.float16, torch.bfloat16)
+    # IEEE fp32 products for every dtype. TF32 for 16-bit x, whose own rounding looked as coarse,
+    # failed fp16 parity on an H200: its errors compound through the backward's three chained
+    # products (u W2, then v W1) into dx elements where g * s and dz / HW nearly cancel. The
+    # excitation's GEMMs are too small for tensor cores to matter.
+    return False

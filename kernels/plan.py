@@ -3,7 +3,7 @@
     three_launch  squeeze, excite, scale (backward: scale_bwd, excite_bwd, squeeze_scale_bwd)
     one_launch    forward only: one program per sample              small batches of small samples
     spread        forward only: one persistent launch over every SM  other small batches
-    stream        one persistent launch per direction                x past L2
+    stream        one persistent launch per direction                x past L2; asked for only
 
 plan_forward and plan_backward return the path and its launch configuration; the ops, the bench
 and the tests all ask them. The thresholds behind each choice are in heuristics.py, the paths'
@@ -11,8 +11,13 @@ traffic in docs/DESIGN.md. The FC and conv forms always take three launches.
 
 Restricting the paths, for a user whose card misbehaves on one or to weigh one path against
 another: FUSED_SE_PATHS=three_launch (or a comma list such as "three_launch,stream"; "auto", the
-default, allows all), or, in code, `with force_paths("three_launch"): ...`. The three-launch path
-is always allowed: it is what every other path falls back to.
+default, allows AUTO_PATHS), or, in code, `with force_paths("three_launch"): ...`. The three-launch
+path is always allowed: it is what every other path falls back to.
+
+The streamed passes are left out of "auto": measured on an H200 (benchmarks/results/), they took
+2.5-5x the three launches' device time at SE-ResNet-50's stages at batch 128, although they move
+fewer bytes (docs/DESIGN.md, "Paths and traffic"). Naming them (FUSED_SE_PATHS=stream, or
+force_paths("stream")) still plans them where they apply.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from . import heuristics as hz
 from .common import bchw_strides, is_channels_last
 
 PATHS = ("three_launch", "one_launch", "spread", "stream")
+# What "auto" allows: every path that measured faster than the three launches where it is chosen.
+AUTO_PATHS = frozenset(("three_launch", "one_launch", "spread"))
 PATHS_ENV = "FUSED_SE_PATHS"
 
 Config = Union[hz.OneLaunchConfig, hz.SpreadConfig, hz.StreamConfig]
@@ -60,12 +67,12 @@ def _check_names(names: tuple[str, ...], where: str) -> frozenset[str]:
 def _paths_from_env(text: str) -> frozenset[str]:
     names = tuple(n.strip().lower() for n in text.split(",") if n.strip())
     if not names or names == ("auto",):
-        return frozenset(PATHS)
+        return AUTO_PATHS
     return _check_names(names, PATHS_ENV)
 
 
 def enabled_paths() -> frozenset[str]:
-    """The paths the planner may choose: force_paths' innermost block, else FUSED_SE_PATHS, else all."""
+    """The paths the planner may choose: force_paths' innermost block, else FUSED_SE_PATHS, else AUTO_PATHS."""
     if _forced:
         return _forced[-1]
     return _paths_from_env(os.environ.get(PATHS_ENV, ""))

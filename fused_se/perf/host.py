@@ -2,7 +2,7 @@
 
 Eager PyTorch runs the SE block on tiny CPU tensors of the same rank (its dispatch and
 autograd, plus a few microseconds of arithmetic on a few hundred elements). The fused block
-runs each of its paths with the kernel launches stubbed out: the launchers' wrap_triton
+runs each of its paths with the kernel launches stubbed out: the launchers' `bind`
 replaced by a function that launches nothing, so the outputs are the uninitialised buffers
 (fine for timing). What remains is the op's Python: the custom op's dispatch, autograd, the
 path's planning, the allocations and the launchers' argument lists. A real launch adds
@@ -50,13 +50,13 @@ def stubbed_launches() -> Iterator[list]:
 
             return launch
 
-    saved = common.wrap_triton, _dispatch.interpreter_enabled, sync.INTERPRETED
+    saved = common.bind, _dispatch.interpreter_enabled, sync.INTERPRETED
     saved_check = os.environ.pop(sync.CHECK_ENV, None)
-    common.wrap_triton, _dispatch.interpreter_enabled, sync.INTERPRETED = _Stub, (lambda: True), False
+    common.bind, _dispatch.interpreter_enabled, sync.INTERPRETED = (lambda k, g: _Stub(k)[g]), (lambda: True), False
     try:
         yield names
     finally:
-        common.wrap_triton, _dispatch.interpreter_enabled, sync.INTERPRETED = saved
+        common.bind, _dispatch.interpreter_enabled, sync.INTERPRETED = saved
         if saved_check is not None:
             os.environ[sync.CHECK_ENV] = saved_check
 

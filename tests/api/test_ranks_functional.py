@@ -329,3 +329,29 @@ def test_empty_batch(device):
         assert y.shape == x.shape
         dx, dw1 = torch.autograd.grad(y.sum(), [x, params[0]])
         assert dx.shape == x.shape and torch.equal(dw1, torch.zeros_like(dw1))
+
+
+@pytest.mark.parametrize("rank", [3, 5])
+def test_plain_eager_calls_and_the_custom_op_agree(rank, device):
+    """Plain eager calls run the op's body as an autograd.Function (behind the view back to x's
+    shape), lengths included; under a function mode the custom op runs; both give the same bits."""
+    from torch.overrides import TorchFunctionMode
+
+    class PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    x = make_x(SHAPES[rank], torch.float32, device, "channels_last").requires_grad_()
+    params = [p.requires_grad_() for p in make_variant_params("mlp", 12, 3, 1, True, device)]
+    kw = {"lengths": torch.tensor([9, 4], device=device)} if rank == 3 else {}
+
+    def run():
+        y = fused_se.squeeze_excite(x, *params, **kw)
+        return y, torch.autograd.grad(y, [x, *params], torch.ones_like(y))
+
+    y, grads = run()
+    op_node = y.grad_fn.next_functions[0][0]  # under the view of y in x's shape
+    assert type(op_node).__name__ == ("SqueezeExciteLengthsBackward" if kw else "SqueezeExciteBackward")
+    with PassThrough():
+        y_op, grads_op = run()
+    assert torch.equal(y, y_op) and all(torch.equal(a, b) for a, b in zip(grads, grads_op))

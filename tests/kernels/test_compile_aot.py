@@ -61,7 +61,7 @@ def test_kernels_compile_for_gpu():
 
 
 def _record_launches():
-    """Replaces the launchers' wrap_triton with a recorder; returns the list of launches."""
+    """Replaces the launchers' `bind` with a recorder; returns the list of launches."""
     from fused_se.kernels import common
 
     launches = []
@@ -76,7 +76,7 @@ def _record_launches():
 
             return launch
 
-    common.wrap_triton = _Recorder  # every launch goes through common.launch
+    common.bind = lambda kernel, grid: _Recorder(kernel)[grid]  # every launch is bound there
     # The ops take the kernels' path on CPU tensors only with the interpreter on: claim it, since
     # nothing runs here (without this the ops would run their torch-ops kernel and record nothing).
     from fused_se import _dispatch

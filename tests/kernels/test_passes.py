@@ -116,18 +116,25 @@ def _check_gate_input(a, z, w1, b1, w2, b2, act, gate):
 
 
 @pytest.mark.parametrize(
-    "b,c,r,recompute",
+    "b,c,r,form",
     [
-        (1, 256, 16, True),  # W1 small, one batch block: channel blocks shared by several programs
-        (3, 24, 3, False),  # a single channel block
-        (40, 64, 16, False),  # a single channel block, three batch blocks
-        (1, 512, 128, False),  # W1 above EXCITE_RECOMPUTE_MAX_W1_BYTES
+        (1, 256, 16, "recompute"),  # W1 small, one batch block: channel blocks shared by several programs
+        (3, 24, 3, "one"),  # a single channel block
+        (40, 64, 16, "one"),  # a single channel block, three batch blocks
+        (1, 512, 128, "split"),  # W1 above EXCITE_RECOMPUTE_MAX_W1_BYTES: the first GEMM split
+        (1, 1000, 40, "split"),  # channels not a multiple of the split nor of the channel block
     ],
 )
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("act,gate", ACT_GATES)
-def test_excite_fwd(b, c, r, recompute, bias, act, gate, device):
-    assert (hz.excite_fwd_config(b, c, r, torch.float32, _sms(device)).programs_c > 1) == recompute
+def test_excite_fwd(b, c, r, form, bias, act, gate, device):
+    sms = _sms(device)
+    split = hz.excite_fwd_split_config(b, c, r, torch.float32, sms)
+    assert (split is not None) == (form == "split")
+    if split is not None:
+        assert split.ks > 1 and (split.ks - 1) * split.ck < c <= split.ks * split.ck
+    else:
+        assert (hz.excite_fwd_config(b, c, r, torch.float32, sms).programs_c > 1) == (form == "recompute")
     zsum, hw, w1, b1, w2, b2 = _excite_case(b, c, r, bias, device, split=2)
     with record_launches() as launched:
         z, s, a = kernels.excite_fwd(zsum, hw, w1, b1, w2, b2, torch.float32, act, gate)
@@ -139,17 +146,20 @@ def test_excite_fwd(b, c, r, recompute, bias, act, gate, device):
 
 
 @pytest.mark.parametrize(
-    "b,c,r,block_b",
+    "b,c,r,ks",
     [
-        (3, 24, 3, 16),
-        (40, 65, 16, 16),  # three programs, three partials summed
-        (300, 16, 4, 32),  # past EXCITE_BWD_TARGET_PARTIALS * 16 rows: wider batch blocks
+        (3, 24, 3, 1),
+        (40, 65, 16, 1),  # three batch blocks, two channel blocks of the last kernel
+        (1, 256, 16, 2),  # the reductions over channels split in two
+        (70, 130, 20, 1),  # the last kernel walks three batch blocks of 32
     ],
 )
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("act,gate", ACT_GATES)
-def test_excite_bwd(b, c, r, block_b, bias, act, gate, device):
-    assert hz.excite_bwd_config(b, c, r, torch.float32).block_b == block_b
+def test_excite_bwd(b, c, r, ks, bias, act, gate, device, monkeypatch):
+    # the channel splits as planned for two SMs (the interpreter's count), on any device
+    monkeypatch.setattr(hz, "sm_count", lambda device: hz.INTERPRETER_SM_COUNT)
+    assert hz.excite_bwd_config(b, c, r, torch.float32, hz.sm_count(device)).ks == ks
     zsum, hw, w1, b1, w2, b2 = _excite_case(b, c, r, bias, device)
     # Gate inputs spread over [-6, 6], so the hard sigmoid's flat parts are reached too.
     w2 = w2 * 4
@@ -310,11 +320,12 @@ def test_excite_forms_empty_batch(device):
 # ---- heuristics and strides ----------------------------------------------------------------
 
 
-def test_dot_precision_by_dtype():
-    assert not hz.excite_fwd_config(8, 64, 4, torch.float32, 132).dot_tf32
-    assert not hz.excite_bwd_config(8, 64, 4, torch.float64).dot_tf32
-    assert hz.excite_fwd_config(8, 64, 4, torch.bfloat16, 132).dot_tf32
-    assert hz.excite_bwd_config(8, 64, 4, torch.float16).dot_tf32
+def test_dot_precision_is_ieee_for_every_dtype():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        assert not hz.excite_fwd_config(8, 64, 4, dtype, 132).dot_tf32
+        assert not hz.excite_bwd_config(8, 64, 4, dtype, 132).dot_tf32
+        assert not hz.excite_fc_config(64, dtype).dot_tf32
+    assert not hz.excite_fwd_split_config(8, 2048, 128, torch.bfloat16, 132).dot_tf32
 
 
 def test_dot_blocks_are_at_least_16():
@@ -356,13 +367,21 @@ def test_reduce_config_invariants(channels_last, sms):
     assert hz.reduce_config(1, 1, 2**20, False, 132).split == hz.MAX_HW_SPLIT
 
 
-def test_excite_bwd_batch_block_is_capped():
-    assert hz.excite_bwd_config(16 * hz.EXCITE_BWD_TARGET_PARTIALS, 64, 4, torch.float32).block_b == hz.MIN_DOT
-    assert hz.excite_bwd_config(100_000, 64, 4, torch.float32).block_b == hz.MAX_EXCITE_BLOCK_B
+def test_excite_channel_splits_fill_the_sms_and_stay_capped():
+    """SE-ResNet-50's last stage: batch 128 takes 8 batch blocks x 16 splits of 128 channels on 132
+    SMs; batch 1 is capped at MAX_EXCITE_SPLIT_K shares; a small W1 keeps the one launch."""
+    cfg = hz.excite_fwd_split_config(128, 2048, 128, torch.bfloat16, 132)
+    assert (cfg.ks, cfg.ck) == (16, 128)
+    assert hz.excite_fwd_split_config(1, 2048, 128, torch.bfloat16, 132).ks == hz.MAX_EXCITE_SPLIT_K
+    assert hz.excite_fwd_split_config(128, 256, 16, torch.bfloat16, 132) is None
+    for b, c, r in [(1, 1, 1), (3, 24, 3), (128, 2048, 128), (4096, 1024, 64), (1, 65, 65)]:
+        bwd = hz.excite_bwd_config(b, c, r, torch.bfloat16, 132)
+        assert 1 <= bwd.ks <= hz.MAX_EXCITE_SPLIT_K and (bwd.ks - 1) * bwd.ck < max(c, 1) <= bwd.ks * bwd.ck
+        assert min(bwd.block_b, bwd.block_c, bwd.block_r, bwd.chan_block_b, bwd.chan_block_c) >= hz.MIN_DOT
 
 
 def test_excite_bwd_warps_by_tile_width():
-    narrow = hz.excite_bwd_config(16, 256, 32, torch.bfloat16)
-    wide = hz.excite_bwd_config(16, 2048, 128, torch.bfloat16)
-    assert narrow.block_b * narrow.block_r < hz.EXCITE_BWD_WIDE_TILE and narrow.num_warps == 4
-    assert wide.block_b * wide.block_r >= hz.EXCITE_BWD_WIDE_TILE and wide.num_warps == 8
+    narrow = hz.excite_bwd_config(16, 256, 32, torch.bfloat16, 132)
+    wide = hz.excite_bwd_config(16, 2048, 128, torch.bfloat16, 132)
+    assert narrow.chan_block_b * narrow.block_r < hz.EXCITE_BWD_WIDE_TILE and narrow.chan_num_warps == 4
+    assert wide.chan_block_b * wide.block_r >= hz.EXCITE_BWD_WIDE_TILE and wide.chan_num_warps == 8

@@ -72,6 +72,20 @@ def test_the_l2_override_moves_the_streamed_threshold(monkeypatch):
         plan.plan_forward(x, 2)
 
 
+def test_auto_leaves_the_streamed_passes_out(monkeypatch):
+    """Where the streamed passes apply, "auto" plans three launches; naming stream plans it."""
+    x = torch.randn(9, 32, 4, 4)
+    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
+    monkeypatch.setenv(hz.L2_ENV, str(hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 4))
+    monkeypatch.setenv(plan.PATHS_ENV, "auto")
+    assert "stream" not in plan.enabled_paths()
+    assert plan.plan_forward(x, 2) == plan.THREE_LAUNCH
+    assert plan.plan_backward(x, x, 2) == plan.THREE_LAUNCH
+    monkeypatch.setenv(plan.PATHS_ENV, "stream")
+    assert plan.plan_forward(x, 2).path == "stream"
+    assert plan.plan_backward(x, x, 2).path == "stream"
+
+
 def test_the_other_forms_and_unflattenable_strides_take_three_launches(monkeypatch):
     monkeypatch.setenv(plan.PATHS_ENV, "auto")
     sliced = torch.randn(2, 16, 5, 6)[:, :, 1:4, 1:5]

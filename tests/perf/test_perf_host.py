@@ -18,7 +18,7 @@ def test_each_path_runs_stubbed_and_is_timed():
     assert fused[("fwd", "spread fwd (launches stubbed)")]["launches"] == 1
     assert fused[("fwd", "stream fwd (launches stubbed)")]["launches"] == 1
     assert fused[("fwd+bwd", "stream fwd, stream bwd (launches stubbed)")]["launches"] == 2
-    assert fused[("fwd+bwd", "three_launch fwd, three_launch bwd (launches stubbed)")]["launches"] == 6
+    assert fused[("fwd+bwd", "three_launch fwd, three_launch bwd (launches stubbed)")]["launches"] == 8
     assert all(r["host_us"] > 0 for r in rows)
     assert {r["provider"] for r in rows} == {"eager", "fused"}
 
@@ -26,10 +26,10 @@ def test_each_path_runs_stubbed_and_is_timed():
 def test_stubs_are_undone():
     from fused_se.kernels import common, sync
 
-    before = common.wrap_triton, sync.INTERPRETED
+    before = common.bind, sync.INTERPRETED
     with host.stubbed_launches():
-        assert common.wrap_triton is not before[0]
-    assert (common.wrap_triton, sync.INTERPRETED) == before
+        assert common.bind is not before[0]
+    assert (common.bind, sync.INTERPRETED) == before
     with pytest.raises(KeyError):
         with host.forced_path("nothing", 2, 1):
             pass

@@ -1,0 +1,192 @@
+"""Where the time of one SE block goes on a GPU: for each shape, provider and path, the kernels
+one call launches with their device time (torch.profiler), the sum of those, and the wall time
+per call when calls are issued back to back (the host's pace where it exceeds the device's).
+
+    python benchmarks/profile_gpu.py [--out DIR] [--batch 128] [--dtype bf16] [--iters 20]
+    python benchmarks/profile_gpu.py --host     the host's cost per call and per launch, tiny input
+
+Prints a table and writes profile.json into --out. Rows where wall > device are host-bound:
+there the device waits on Python, and a kernel's speed does not show in a timer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections import defaultdict
+
+import torch
+
+from fused_se.bench.presets import DTYPES, SERESNET50, SEShape
+from fused_se.bench.providers import build_provider, make_call
+from fused_se.kernels import force_paths
+
+
+def _profile(fn, iters: int) -> tuple[dict[str, tuple[int, float]], float]:
+    """{kernel name: (launches per call, device µs per call)}, and the wall µs per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    for _ in range(3):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    sync()
+    wall = (time.perf_counter() - t0) / iters * 1e6
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        sync()
+    kernels: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            k = kernels[e.name[:60]]
+            k[0] += 1
+            k[1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+    return {n: (c / iters, t / iters) for n, (c, t) in kernels.items()}, wall
+
+
+def _host_us(fn, iters: int = 2000) -> float:
+    """Microseconds per call of fn issued back to back on a tiny input: the host's cost, where the
+    device finishes each launch before the host has issued the next."""
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / iters * 1e6
+
+
+def host_costs() -> dict[str, float]:
+    """Host microseconds per call of one aten launch, of each of the fused passes' launchers, and
+    of the fused and eager blocks, on a (1, 64, 4, 4) input."""
+    from fused_se import kernels
+
+    dev = torch.device("cuda")
+    shape = SEShape(64, 4, 4, 4)
+    x = torch.randn(1, 64, 4, 4, device=dev)
+    s = torch.rand(1, 64, device=dev)
+    g = torch.randn_like(x)
+    eager, fused = (build_provider(p, shape, dev, torch.float32) for p in ("eager", "fused"))
+    with force_paths("three_launch"):
+        fused_fwd = make_call(fused, x, g, "fwd")
+        fused_fb = make_call(fused, x, g, "fwd+bwd")
+
+        def three(call):
+            def fn():
+                with force_paths("three_launch"):
+                    return call()
+
+            return fn
+
+        costs = {
+            "aten mul (1 launch)": _host_us(lambda: x.mul(2.0)),
+            "squeeze_fwd (1 launch)": _host_us(lambda: kernels.squeeze_fwd(x)),
+            "scale_fwd (1 launch)": _host_us(lambda: kernels.scale_fwd(x, s)),
+            "eager fwd": _host_us(make_call(eager, x, g, "fwd")),
+            "fused fwd (three_launch)": _host_us(three(fused_fwd)),
+            "fused fwd (auto)": _host_us(make_call(fused, x, g, "fwd")),
+            "eager fwd+bwd": _host_us(make_call(eager, x, g, "fwd+bwd"), 500),
+            "fused fwd+bwd (three_launch)": _host_us(three(fused_fb), 500),
+        }
+    for name, us in costs.items():
+        print(f"host {name:32s} {us:8.1f} us per call")
+    return costs
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default=".")
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--layouts", default="channels_last,nchw")
+    p.add_argument("--modes", default="fwd,fwd+bwd")
+    p.add_argument("--shapes", default="", help="C,H,W,hidden;... (default SE-ResNet-50's stages)")
+    p.add_argument("--device", default="cuda", help="cpu tries the plumbing (no device times)")
+    p.add_argument("--host", action="store_true", help="only the host costs per call (tiny input)")
+    args = p.parse_args(argv)
+    if args.host:
+        costs = host_costs()
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "host.json"), "w") as f:
+            json.dump(
+                {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "host_us": costs}, f, indent=1
+            )
+        return 0
+    dev = torch.device(args.device)
+    dtype = DTYPES[args.dtype]
+    shapes = SERESNET50
+    if args.shapes:
+        shapes = [SEShape(*map(int, s.split(","))) for s in args.shapes.split(";")]
+    variants = [("eager", None), ("fused", None), ("fused", "three_launch"), ("fused", "stream")]
+    rows = []
+    for layout in args.layouts.split(","):
+        for shape in shapes:
+            x = torch.randn(args.batch, shape.c, shape.h, shape.w, device=dev, dtype=dtype)
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last)
+            grad = torch.randn_like(x)
+            for mode in args.modes.split(","):
+                for provider, path in variants:
+                    module = build_provider(provider, shape, dev, dtype)
+                    paths = ("three_launch",) if path == "three_launch" else ("three_launch", "stream")
+                    if provider == "fused" and path is not None:
+                        with force_paths(*paths):
+                            call = make_call(module, x, grad, mode)
+
+                            def fn(call=call, paths=paths):
+                                with force_paths(*paths):
+                                    return call()
+                    else:
+                        fn = make_call(module, x, grad, mode)
+                    try:
+                        kernels, wall = _profile(fn, args.iters)
+                    except Exception as e:  # report and go on: one path's failure says something too
+                        print(f"{layout} {shape.label()} {mode} {provider}/{path}: {type(e).__name__}: {e}")
+                        continue
+                    device_us = sum(t for _, t in kernels.values())
+                    row = {
+                        "layout": layout,
+                        "shape": shape.label(),
+                        "batch": args.batch,
+                        "mode": mode,
+                        "provider": provider,
+                        "path": path or "auto",
+                        "wall_us": wall,
+                        "device_us": device_us,
+                        "launches": sum(c for c, _ in kernels.values()),
+                        "kernels": kernels,
+                    }
+                    rows.append(row)
+                    print(
+                        f"{layout:13s} {shape.label():10s} {mode:7s} {provider:6s} {path or 'auto':12s} "
+                        f"wall {wall:8.1f} us  device {device_us:8.1f} us  launches {row['launches']:.0f}"
+                    )
+                    for n, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1]):
+                        print(f"      {t:8.1f} us  x{c:.0f}  {n}")
+                    sys.stdout.flush()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "profile.json"), "w") as f:
+        json.dump(
+            {
+                "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "rows": rows,
+            },
+            f,
+            indent=1,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
