@@ -5,6 +5,7 @@ equal to the original's in fp64 in eval and train mode, the state_dict unchanged
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -14,12 +15,27 @@ from torch import nn
 import fused_se
 from fused_se import tails
 
-monai_se = pytest.importorskip("monai.networks.blocks.squeeze_and_excitation")
-monai_nets = pytest.importorskip("monai.networks.nets")
-hf_efficientnet = pytest.importorskip("transformers.models.efficientnet.modeling_efficientnet")
-hf_regnet = pytest.importorskip("transformers.models.regnet.modeling_regnet")
-transformers = pytest.importorskip("transformers")
-ecapa = pytest.importorskip("speechbrain.lobes.models.ECAPA_TDNN")
+
+def _optional(name: str):
+    """The module, or None where it cannot be imported (its tests then skip, the others still run)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+monai_se = _optional("monai.networks.blocks.squeeze_and_excitation")
+monai_nets = _optional("monai.networks.nets")
+transformers = _optional("transformers")
+hf_efficientnet = _optional("transformers.models.efficientnet.modeling_efficientnet")
+hf_regnet = _optional("transformers.models.regnet.modeling_regnet")
+ecapa = _optional("speechbrain.lobes.models.ECAPA_TDNN")
+
+needs_monai = pytest.mark.skipif(monai_se is None or monai_nets is None, reason="monai is not installed")
+needs_transformers = pytest.mark.skipif(
+    hf_efficientnet is None or hf_regnet is None, reason="transformers is not installed"
+)
+needs_speechbrain = pytest.mark.skipif(ecapa is None, reason="speechbrain (or its torchaudio) does not import")
 
 
 def _outputs_and_grads(model: nn.Module, inputs: tuple, *args):
@@ -81,12 +97,14 @@ def _check_converted(model: nn.Module, inputs: tuple, se_classes: tuple, *args, 
 # ---- MONAI ---------------------------------------------------------------------------------------
 
 
+@needs_monai
 def test_monai_seresnet50_3d():
     model = monai_nets.SEResNet50(spatial_dims=3, in_channels=1, num_classes=3, layers=(1, 1, 1, 1))
     report = _check_converted(model, (torch.randn(3, 1, 8, 8, 8),), (monai_se.ChannelSELayer,))
     assert len(report.replaced) == 4 and {r.fused for r in report.replaced} == {"FusedLayersSEModule"}
 
 
+@needs_monai
 def test_monai_seresnext_residual_tails():
     """fuse_residual=True: each SE-ResNeXt bottleneck's relu(se(x) + project(x)) in the SE's scale pass
     (2-D here; the 3-D SE-ResNet-50 above takes the same blocks' SE without the tail)."""
@@ -97,6 +115,7 @@ def test_monai_seresnext_residual_tails():
     assert {r.details for r in report.tails_fused} == {"out = relu(se(x) + project(x))"}
 
 
+@needs_monai
 @pytest.mark.parametrize("spatial_dims", [1, 2, 3])
 @pytest.mark.parametrize(
     "options",
@@ -112,6 +131,7 @@ def test_monai_channel_se_layer(spatial_dims, options):
     assert report.replaced[0].details.endswith("+ x") == bool(options.get("add_residual"))
 
 
+@needs_monai
 def test_monai_skips_what_the_kernels_do_not_compute():
     for layer, reason in [
         (monai_se.ResidualSELayer(2, 8), "LeakyReLU is not supported"),
@@ -122,6 +142,7 @@ def test_monai_skips_what_the_kernels_do_not_compute():
         assert reason in report.skipped[0].reason, str(report)
 
 
+@needs_monai
 def test_monai_add_residual_takes_no_other_residual():
     fused = fused_se.convert(monai_se.ChannelSELayer(1, 8, add_residual=True))
     x = torch.randn(2, 8, 5)
@@ -132,6 +153,7 @@ def test_monai_add_residual_takes_no_other_residual():
 # ---- Hugging Face transformers -----------------------------------------------------------------
 
 
+@needs_transformers
 def test_hf_efficientnet():
     config = transformers.EfficientNetConfig(
         image_size=32, width_coefficient=0.1, depth_coefficient=0.1, hidden_dim=128
@@ -140,6 +162,7 @@ def test_hf_efficientnet():
     _check_converted(model, (torch.randn(2, 3, 32, 32),), (hf_efficientnet.EfficientNetSqueezeExciteLayer,))
 
 
+@needs_transformers
 def test_hf_regnet():
     config = transformers.RegNetConfig(
         embedding_size=8, hidden_sizes=[8, 16], depths=[1, 2], groups_width=8, layer_type="y"
@@ -148,6 +171,7 @@ def test_hf_regnet():
     _check_converted(model, (torch.randn(2, 3, 32, 32),), (hf_regnet.RegNetSELayer,))
 
 
+@needs_transformers
 def test_hf_se_layers_by_class():
     """The other Hugging Face SE layers that fit a fused form, and one that does not (its gate)."""
     pp_lcnet = pytest.importorskip("transformers.models.pp_lcnet.modeling_pp_lcnet")
@@ -171,6 +195,7 @@ def _ecapa():
     )
 
 
+@needs_speechbrain
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["no-lengths", "relative-lengths"])
 def test_speechbrain_ecapa_tdnn(with_lengths):
     x = torch.randn(3, 20, 16)  # (batch, time, features)
@@ -180,6 +205,7 @@ def test_speechbrain_ecapa_tdnn(with_lengths):
     assert len(report.replaced) == 3 and {r.fused for r in report.replaced} == {"FusedSpeechBrainSEBlock"}
 
 
+@needs_speechbrain
 def test_speechbrain_lengths_count_as_speechbrain_masks():
     from speechbrain.dataio.dataio import length_to_mask
 
@@ -191,6 +217,7 @@ def test_speechbrain_lengths_count_as_speechbrain_masks():
         assert torch.equal(mask.bool(), torch.arange(length) < counts[:, None])  # a prefix: the kernels' mask
 
 
+@needs_speechbrain
 def test_speechbrain_se_block_with_lengths_through_the_kernels():
     block = ecapa.SEBlock(12, 4, 12).double()
     x = torch.randn(3, 12, 10, dtype=torch.float64)
