@@ -28,11 +28,25 @@ setup(
     # torch: the floor is the oldest torch CI tests (.ci/run's second stage), with the triton it brings.
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
     install_requires=["torch>=2.11", "triton>=3.6", "numpy"],
-    # timm and torchvision: the tests convert real models of both (built with random weights);
+    # timm, torchvision, monai, transformers and speechbrain: the tests convert real models of each
+    # (built with random weights, nothing downloaded); speechbrain brings torchaudio, whose releases
+    # since 2.11 take any torch >= 2.11, so neither moves CI's torch.
     # matplotlib: the tests write fused-se-bench's plot; hypothesis: the property-based tests.
     # bench: fused-se-bench's --plot (matplotlib) and --e2e (timm), and the pytest-benchmark suite.
     extras_require={
-        "test": ["pytest>=7", "hypothesis", "timm", "torchvision", "matplotlib", "onnx", "onnxscript", "onnxruntime"],
+        "test": [
+            "pytest>=7",
+            "hypothesis",
+            "timm",
+            "torchvision",
+            "monai",
+            "transformers",
+            "speechbrain",
+            "matplotlib",
+            "onnx",
+            "onnxscript",
+            "onnxruntime",
+        ],
         "bench": ["matplotlib", "timm", "pytest-benchmark"],
     },
     entry_points={

@@ -10,6 +10,18 @@ fused_se never imports timm or torchvision):
     timm EcaModule / CecaModule              conv (Conv1d(1, 1, k)), gate       -> FusedEcaModule
     any module shaped like the classic SE    avg_pool, fc = Sequential(Linear, act, Linear, gate)
                                                                                 -> FusedSEModule
+    MONAI ChannelSELayer (1-D, 2-D, 3-D)     fc = Sequential(Linear, act, Linear, gate), add_residual
+                                                                                -> FusedLayersSEModule
+    Hugging Face EfficientNet, ALIGN SE      reduce, act_reduce, expand (1x1 convs), sigmoid
+                                                                                -> FusedConv2dSEModule
+    Hugging Face RegNetSELayer               attention = Sequential(conv, ReLU, conv, Sigmoid)
+                                                                                -> FusedLayersSEModule
+    Hugging Face PP-LCNet (v1, v3, v4) SE    convolutions = ModuleList(conv, ReLU, conv, Hardsigmoid)
+                                                                                -> FusedLayersSEModule
+    Hugging Face Qwen2.5-Omni's ECAPA SE     conv1, relu, conv2 (pointwise Conv1d), sigmoid
+                                                                                -> FusedConv2dSEModule
+    SpeechBrain ECAPA-TDNN SEBlock           conv1.conv, conv2.conv, with relative lengths
+                                                                                -> FusedSpeechBrainSEBlock
 
 The fused block holds the original's own layers, so it shares their Parameter objects (optimizer
 state and tied weights keep working) and the model's state_dict keeps its keys and values. What
@@ -27,6 +39,7 @@ from typing import Callable, Optional, Union
 from torch import nn
 
 from . import tails
+from .adapters import FusedLayersSEModule, FusedSpeechBrainSEBlock
 from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
 
 logger = logging.getLogger("fused_se")
@@ -51,13 +64,28 @@ def _activation_name(module: object, kinds: dict[str, list[tuple[str, str]]], ro
         for module_name, class_name in classes:
             cls = getattr(nn, class_name) if module_name == "torch.nn" else _imported_class(module_name, class_name)
             if cls is not None and type(module) is cls:
+                _check_parameterised(module, role)
                 return name
     raise _Skip(f"{role} {type(module).__name__} is not supported (supported: {', '.join(kinds)})")
 
 
+def _check_parameterised(module: object, role: str) -> None:
+    """MONAI's Swish, x * sigmoid(alpha * x), is SiLU only at alpha = 1."""
+    swish = _imported_class("monai.networks.blocks.activation", "Swish")
+    if swish is not None and type(module) is swish and module.alpha != 1.0:
+        raise _Skip(f"{role} Swish with alpha={module.alpha} is not SiLU (alpha=1)")
+
+
 _ACTS = {
     "relu": [("torch.nn", "ReLU")],
-    "silu": [("torch.nn", "SiLU"), ("timm.layers.activations", "Swish"), ("timm.layers.activations_me", "SwishMe")],
+    "silu": [
+        ("torch.nn", "SiLU"),
+        ("timm.layers.activations", "Swish"),
+        ("timm.layers.activations_me", "SwishMe"),
+        ("transformers.activations", "SiLUActivation"),
+        ("monai.networks.blocks.activation", "Swish"),
+        ("monai.networks.blocks.activation", "MemoryEfficientSwish"),
+    ],
 }
 _GATES = {
     "sigmoid": [("torch.nn", "Sigmoid"), ("timm.layers.activations", "Sigmoid")],
@@ -133,6 +161,101 @@ def _torchvision_se(module: nn.Module) -> FusedSEModule:
     return _two_convs("fc1", "activation", "fc2", "scale_activation")(module)
 
 
+def _global_average(pool: nn.Module) -> None:
+    pools = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+    size = getattr(pool, "output_size", None)
+    if not (isinstance(pool, pools) and (size == 1 or (isinstance(size, tuple) and set(size) == {1}))):
+        raise _Skip(f"the squeeze is {pool!r}, not a global average")
+
+
+def _wrapped(build):
+    """build's result, or the reason it cannot be built as a skip."""
+    try:
+        return build()
+    except (TypeError, ValueError) as e:
+        raise _Skip(str(e)) from None
+
+
+def _layers_in(container: str, act_at: int, gate_at: int):
+    """A block whose two layers and activations sit in one container (Sequential, ModuleList)
+    as (reduce, act, expand, gate) at positions 0 to 3."""
+
+    def build(module: nn.Module) -> FusedSEModule:
+        layers = getattr(module, container)
+        if len(layers) != 4:
+            raise _Skip(f"{container} holds {len(layers)} modules, not (reduce, act, expand, gate)")
+        act, gate = _act(layers[act_at]), _gate(layers[gate_at])
+        return _wrapped(
+            lambda: FusedLayersSEModule.from_children(
+                {container: layers}, f"{container}.0", f"{container}.2", act=act, gate=gate
+            )
+        )
+
+    return build
+
+
+def _monai_se(module: nn.Module) -> FusedSEModule:
+    """MONAI's ChannelSELayer (and ResidualSELayer): x * s, plus x with add_residual (`result += x`,
+    no activation after it)."""
+    _global_average(module.avg_pool)
+    fc = module.fc
+    act, gate = _act(fc[1]), _gate(fc[3])
+    add_input = bool(module.add_residual)
+    return _wrapped(
+        lambda: FusedLayersSEModule.from_children({"fc": fc}, "fc.0", "fc.2", act=act, gate=gate, add_input=add_input)
+    )
+
+
+def _hf_efficientnet_se(module: nn.Module) -> FusedSEModule:
+    _global_average(module.squeeze)
+    return _two_convs("reduce", "act_reduce", "expand", "act_expand")(module)
+
+
+def _hf_regnet_se(module: nn.Module) -> FusedSEModule:
+    _global_average(module.pooler)
+    return _layers_in("attention", 1, 3)(module)
+
+
+def _hf_pp_lcnet_se(module: nn.Module) -> FusedSEModule:
+    _global_average(module.avg_pool)
+    return _layers_in("convolutions", 1, 3)(module)
+
+
+def _hf_pp_ocr_det_se(module: nn.Module) -> FusedSEModule:
+    raise _Skip("the gate clamp(0.2 a + 0.5, 0, 1) is not a sigmoid or torch's hard sigmoid (slope 1/6)")
+
+
+def _ecapa_se(module: nn.Module) -> FusedSEModule:
+    """Hugging Face's copy of ECAPA-TDNN's SE (Qwen2.5-Omni): conv1, relu, conv2, sigmoid over the mean of a (B, C, L)."""
+    return _two_convs("conv1", "relu", "conv2", "sigmoid")(module)
+
+
+_SPEECHBRAIN_CONVS = (("speechbrain.nnet.CNN", "Conv1d"), ("speechbrain.lobes.models.ECAPA_TDNN", "Conv1d"))
+
+
+def _speechbrain_conv(name: str, wrapper: nn.Module) -> None:
+    classes = [_imported_class(m, c) for m, c in _SPEECHBRAIN_CONVS]
+    if type(wrapper) not in [c for c in classes if c is not None]:
+        raise _Skip(f"{name} is a {type(wrapper).__name__}, not SpeechBrain's Conv1d")
+    if not wrapper.skip_transpose or wrapper.unsqueeze:
+        raise _Skip(f"{name} transposes or unsqueezes its input (skip_transpose=False or a 2-D input)")
+    if wrapper.padding not in ("same", "valid", "causal"):
+        raise _Skip(f"{name} has padding {wrapper.padding!r}")
+
+
+def _speechbrain_se(module: nn.Module) -> FusedSEModule:
+    """SpeechBrain's ECAPA-TDNN SEBlock: forward(x, lengths) with relative lengths."""
+    _speechbrain_conv("conv1", module.conv1)
+    _speechbrain_conv("conv2", module.conv2)
+    act, gate = _act(module.relu), _gate(module.sigmoid)
+    children = {"conv1": module.conv1, "conv2": module.conv2}
+    return _wrapped(
+        lambda: FusedSpeechBrainSEBlock.from_children(children, "conv1.conv", "conv2.conv", act=act, gate=gate)
+    )
+
+
+_HF = "transformers.models."
+
 # (module, class, builder) of the blocks recognised by class.
 _KNOWN: list[tuple[str, str, Callable[[nn.Module], FusedSEModule]]] = [
     ("timm.layers.squeeze_excite", "SEModule", _timm_se),
@@ -142,6 +265,26 @@ _KNOWN: list[tuple[str, str, Callable[[nn.Module], FusedSEModule]]] = [
     ("timm.layers.eca", "EcaModule", _timm_eca(circular=False)),
     ("timm.layers.eca", "CecaModule", _timm_eca(circular=True)),
     ("torchvision.ops.misc", "SqueezeExcitation", _torchvision_se),
+    ("monai.networks.blocks.squeeze_and_excitation", "ChannelSELayer", _monai_se),
+    ("monai.networks.blocks.squeeze_and_excitation", "ResidualSELayer", _monai_se),
+    (_HF + "efficientnet.modeling_efficientnet", "EfficientNetSqueezeExciteLayer", _hf_efficientnet_se),
+    (_HF + "align.modeling_align", "AlignVisionSqueezeExciteLayer", _hf_efficientnet_se),
+    (_HF + "regnet.modeling_regnet", "RegNetSELayer", _hf_regnet_se),
+    (_HF + "pp_lcnet.modeling_pp_lcnet", "PPLCNetSqueezeExcitationModule", _hf_pp_lcnet_se),
+    (_HF + "pp_lcnet_v3.modeling_pp_lcnet_v3", "PPLCNetV3SqueezeExcitationModule", _hf_pp_lcnet_se),
+    (_HF + "pp_lcnet_v4.modeling_pp_lcnet_v4", "PPLCNetV4SqueezeExcitationModule", _hf_pp_lcnet_se),
+    (
+        _HF + "pp_ocrv5_mobile_det.modeling_pp_ocrv5_mobile_det",
+        "PPOCRV5MobileDetSqueezeExcitationModule",
+        _hf_pp_ocr_det_se,
+    ),
+    (
+        _HF + "pp_ocrv6_small_det.modeling_pp_ocrv6_small_det",
+        "PPOCRV6SmallDetSqueezeExcitationModule",
+        _hf_pp_ocr_det_se,
+    ),
+    (_HF + "qwen2_5_omni.modeling_qwen2_5_omni", "SqueezeExcitationBlock", _ecapa_se),
+    ("speechbrain.lobes.models.ECAPA_TDNN", "SEBlock", _speechbrain_se),
 ]
 
 
@@ -261,7 +404,7 @@ def convert(
     several names is replaced once, everywhere. Blocks already fused are left as they are.
 
     ``fuse_residual=True`` also routes the tail of timm's ResNet blocks (Bottleneck,
-    BasicBlock) whose attention block is fused, ``act(drop_path(se(x)) + shortcut)``, through
+    BasicBlock) and of MONAI's SEBlock (its SE-ResNet bottlenecks) whose attention block is fused, ``act(drop_path(se(x)) + shortcut)``, through
     the SE's scale pass (see fused_se.tails); a block with anything else between the SE and
     the add is left as it is and reported.
     """
@@ -306,7 +449,7 @@ def convert(
 def _fuse_tails(model: nn.Module, report: ConversionReport) -> None:
     for name, block in model.named_modules():
         kind = tails.block_kind(block)
-        if kind is None or getattr(block, "se", None) is None or tails.is_installed(block):
+        if kind is None or tails.se_of(block, kind) is None or tails.is_installed(block):
             continue
         try:
             details = tails.check_block(block, kind)

@@ -46,9 +46,20 @@ def _like(t: Tensor, like: Tensor) -> Tensor:
 # ---- the passes over x ----------------------------------------------------------------------
 
 
-def squeeze_fwd(x: Tensor) -> Tensor:
-    """Sums of x over HW as one partial: (1, B, C) in the accumulation dtype."""
-    return x.to(_acc(x.dtype)).sum(dim=(2, 3))[None]
+def _valid(lengths: Tensor, hw: int) -> Tensor:
+    """(B, 1, HW, 1): whether position hw is below lengths[b]."""
+    return (torch.arange(hw, device=lengths.device) < lengths[:, None])[:, None, :, None]
+
+
+def squeeze_fwd(x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
+    """Sums of x over HW as one partial: (1, B, C) in the accumulation dtype. With lengths (B,),
+    the sums over the first lengths[b] positions of x (B, C, HW, 1), times HW / lengths[b]."""
+    acc = _acc(x.dtype)
+    if lengths is None:
+        return x.to(acc).sum(dim=(2, 3))[None]
+    hw = x.shape[2] * x.shape[3]
+    sums = (x.to(acc) * _valid(lengths, hw)).sum(dim=(2, 3))
+    return (sums * (hw / lengths.to(acc))[:, None])[None]
 
 
 def scale_bwd(
@@ -80,17 +91,27 @@ def scale_fwd(
 
 
 def squeeze_scale_bwd(
-    g: Tensor, s: Tensor, dz: Tensor, like: Tensor, d: Optional[Tensor] = None, relu_out: Optional[Tensor] = None
+    g: Tensor,
+    s: Tensor,
+    dz: Tensor,
+    like: Tensor,
+    d: Optional[Tensor] = None,
+    relu_out: Optional[Tensor] = None,
+    lengths: Optional[Tensor] = None,
 ) -> Tensor:
     """dx = g * s[b, c] * d[b] + dz[b, c] / HW, in like's dtype and memory format; g masked
-    by relu_out > 0 first where given."""
+    by relu_out > 0 first where given. With lengths (B,), dz[b, c] / lengths[b] at the first
+    lengths[b] positions of (B, C, HW, 1) only."""
     if relu_out is not None:
         g = torch.ops.aten.threshold_backward(g, relu_out, 0)
     hw = g.shape[2] * g.shape[3]
     if d is not None:
         s = s * d[:, None]
     dx = g.to(s.dtype) * _bc(s)  # a new tensor, added to in place: one allocation the size of x
-    dx += _bc(dz / hw)
+    if lengths is None:
+        dx += _bc(dz / hw)
+    else:
+        dx += _bc(dz / lengths.to(dz.dtype)[:, None]) * _valid(lengths, hw)
     return _like(dx, like)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -21,10 +22,25 @@ def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
 
 
+# The ranks x may have: (B, C, L), (B, C, H, W), (B, C, D, H, W).
+RANKS = (3, 4, 5)
+_X_SHAPES = "(B, C, L), (B, C, H, W) or (B, C, D, H, W)"
+
+
 def _check_x(x: torch.Tensor) -> None:
-    _check_tensor("x", x, 4, "(B, C, H, W)")
-    if x.shape[2] * x.shape[3] == 0:
-        raise ValueError(f"x must have H * W >= 1 to take a mean over H and W; got shape {tuple(x.shape)}")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of shape {_X_SHAPES}; got {type(x).__name__}")
+    if x.dim() not in RANKS:
+        raise ValueError(
+            f"x must be 3-D, 4-D or 5-D (rank 3 to 5: one to three spatial dims), of shape {_X_SHAPES}; "
+            f"got rank {x.dim()}, shape {tuple(x.shape)}"
+        )
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"x must be float16, bfloat16, float32 or float64; got {x.dtype}")
+    if math.prod(x.shape[2:]) == 0:
+        raise ValueError(
+            f"x must have at least one spatial position to take a mean over them; got shape {tuple(x.shape)}"
+        )
 
 
 def _check_vector(name: str, t: Optional[torch.Tensor], n: int, what: str) -> None:
@@ -98,19 +114,94 @@ def check_epilogue(
 
 
 def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """x itself, or one copy of it where H and W do not flatten into one strided axis."""
+    """x as the (B, C, H, W) tensor the ops take: a view of x itself, or of one copy of it where
+    its spatial dims do not flatten into one strided axis.
+
+    Rank 3 (B, C, L) is viewed as (B, C, L, 1), rank 5 (B, C, D, H, W) as (B, C, D * H * W, 1)
+    (a view where D, H and W flatten: contiguous, channels_last_3d), so that every path of the
+    kernels, which see x as (B, C, HW) through three strides, runs them as they are."""
     if x is None:
         return None
     # Imported here, not at the top: importing fused_se must not import triton, so that
     # TRITON_INTERPRET can still be set after `import fused_se` (the demo does).
     from . import kernels
 
+    if x.dim() == 3:
+        return x.unsqueeze(-1)  # one spatial axis: always one strided axis
+    if x.dim() == 5:
+        b, c = x.shape[:2]
+        if _flat_spatial_stride(x) is None:
+            # A spatial slice, a permutation: one copy, into channels_last_3d where channels
+            # vary faster than W in x's memory, NCDHW otherwise.
+            fmt = torch.channels_last_3d if x.stride(1) < x.stride(4) else torch.contiguous_format
+            x = x.contiguous(memory_format=fmt)
+        return x.view(b, c, math.prod(x.shape[2:]), 1)
     if kernels.bchw_strides(x) is None:
         # A spatial slice, a permutation: one copy, into channels_last where channels vary
         # faster than W in x's memory, NCHW otherwise.
         fmt = torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
     return x
+
+
+def _flat_spatial_stride(x: torch.Tensor) -> Optional[int]:
+    """The stride of x's spatial dims flattened into one axis, or None where they do not flatten
+    (size-1 dims are free)."""
+    stride = None
+    expected = None
+    for size, st in reversed(list(zip(x.shape[2:], x.stride()[2:]))):
+        if size == 1:
+            continue
+        if expected is not None and st != expected:
+            return None
+        if stride is None:
+            stride = st
+        expected = st * size
+    return 1 if stride is None else stride
+
+
+def _output(y4: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The ops' (B, C, H, W) output viewed back in x's shape (autograd takes the gradient back
+    through the same view)."""
+    return y4 if y4.dim() == x.dim() else y4.view(x.shape)
+
+
+def check_lengths(x: torch.Tensor, lengths: Optional[torch.Tensor]) -> None:
+    """Checks squeeze_excite's lengths against x: (B,) integer counts of valid positions, each in
+    1..L, for a (B, C, L) x. The range check reads the values (a host sync on a GPU); it is left
+    out while torch.compile traces and while a CUDA graph is captured."""
+    if lengths is None:
+        return
+    if not isinstance(lengths, torch.Tensor):
+        raise TypeError(f"lengths must be a torch.Tensor of shape (B,) or None; got {type(lengths).__name__}")
+    if x.dim() != 3:
+        raise ValueError(
+            f"lengths is for sequences: x must be 3-D (B, C, L) with lengths; got rank {x.dim()}, "
+            f"shape {tuple(x.shape)}"
+        )
+    if lengths.dim() != 1 or lengths.shape[0] != x.shape[0]:
+        raise ValueError(f"lengths must have shape (B,) = ({x.shape[0]},) to match x; got {tuple(lengths.shape)}")
+    if lengths.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"lengths must be int32 or int64 (each sample's count of valid positions, 1..L); got {lengths.dtype}"
+            " (SpeechBrain's relative lengths: fused_se.adapters.speechbrain_lengths turns them into counts)"
+        )
+    if lengths.device != x.device:
+        raise ValueError(f"lengths is on {lengths.device} but x is on {x.device}; all inputs must be on one device")
+    if lengths.requires_grad:
+        raise ValueError("lengths must not require a gradient")
+    if lengths.numel() == 0 or torch.compiler.is_compiling() or _capturing(x):
+        return
+    low, high = int(lengths.min()), int(lengths.max())
+    if low < 1 or high > x.shape[2]:
+        raise ValueError(
+            f"lengths must be in 1..L = 1..{x.shape[2]} (each sample's count of valid positions); "
+            f"got values from {low} to {high}"
+        )
+
+
+def _capturing(x: torch.Tensor) -> bool:
+    return x.device.type == "cuda" and torch.cuda.is_current_stream_capturing()
 
 
 def squeeze_excite(
@@ -125,29 +216,43 @@ def squeeze_excite(
     residual: Optional[torch.Tensor] = None,
     out_act: str = "identity",
     sample_scale: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(W2 act(W1 mean_hw(x) + b1) + b2), fused.
+    """y = x * gate(W2 act(W1 mean(x) + b1) + b2), fused, the mean over x's spatial dims.
 
-    x: (B, C, H, W), NCHW-contiguous or channels_last (other strides are copied once);
-    w1: (hidden, C) and w2: (C, hidden) as nn.Linear stores them (any hidden >= 1); b1 and b2
-    may be None. act: "relu" or "silu"; gate: "sigmoid" or "hard_sigmoid" (torch's hardsigmoid).
-    The squeeze and the excitation run in fp32 whatever x's dtype; y has x's dtype and memory
-    format. Differentiable in x, the weights and the biases.
+    x: (B, C, L), (B, C, H, W) or (B, C, D, H, W), in any layout whose spatial dims flatten into
+    one strided axis (contiguous, channels_last, channels_last_3d, a channel slice; others are
+    copied once); w1: (hidden, C) and w2: (C, hidden) as nn.Linear stores them (any hidden >= 1);
+    b1 and b2 may be None. act: "relu" or "silu"; gate: "sigmoid" or "hard_sigmoid" (torch's
+    hardsigmoid). The squeeze and the excitation run in fp32 whatever x's dtype; y has x's
+    shape, dtype and memory format. Differentiable in x, the weights and the biases.
 
     A residual block's tail, in the same pass over x: y = out_act(x * s * sample_scale[b] +
     residual), out_act "identity" or "relu". residual: x's shape and dtype (the shortcut;
     differentiable); sample_scale: (B,) (drop-path's per-sample factor, 1 or 0 / keep_prob;
     not differentiable). The output is a new tensor; the residual is not written.
+
+    lengths: for a sequence x (B, C, L), (B,) int32 or int64 counts of each sample's valid
+    positions, 1..L: the squeeze is the mean over positions l < lengths[b] only, and every
+    position, past the length too, is scaled by the same gate (SpeechBrain's ECAPA-TDNN SE,
+    whose relative lengths fused_se.adapters.speechbrain_lengths turns into these counts).
+    Runs the three-launch path (docs/DESIGN.md).
     """
     check_inputs(x, w1, b1, w2, b2, act, gate)
     check_epilogue(x, residual, out_act, sample_scale)
+    check_lengths(x, lengths)
     tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
-        return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate, **tail)
-    from . import ops
+        return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate, lengths=lengths, **tail)
+    from . import ops, ops_lengths
 
     tail["residual"] = _kernels_input(residual)
-    return ops.run(ops.squeeze_excite, _kernels_input(x), w1, b1, w2, b2, act, gate, **tail)
+    x4 = _kernels_input(x)
+    if lengths is not None:
+        y = ops.run(ops_lengths.squeeze_excite_lengths, x4, w1, b1, w2, b2, act, gate, lengths, **tail)
+    else:
+        y = ops.run(ops.squeeze_excite, x4, w1, b1, w2, b2, act, gate, **tail)
+    return _output(y, x)
 
 
 def effective_squeeze_excite(
@@ -160,10 +265,10 @@ def effective_squeeze_excite(
     out_act: str = "identity",
     sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(W mean_hw(x) + b), fused: the effective SE block (ESE) of VoVNet.
+    """y = x * gate(W mean(x) + b), fused: the effective SE block (ESE) of VoVNet.
 
-    w: (C, C) (a 1x1 conv's weight viewed as 2-D); b: (C,) or None. As squeeze_excite otherwise,
-    the residual tail included.
+    w: (C, C) (a 1x1 conv's weight viewed as 2-D); b: (C,) or None. As squeeze_excite otherwise
+    (ranks, layouts, the residual tail), without lengths.
     """
     _check_x(x)
     c = x.shape[1]
@@ -180,7 +285,7 @@ def effective_squeeze_excite(
     from . import ops
 
     tail["residual"] = _kernels_input(residual)
-    return ops.run(ops.effective_squeeze_excite, _kernels_input(x), w, b, gate, **tail)
+    return _output(ops.run(ops.effective_squeeze_excite, _kernels_input(x), w, b, gate, **tail), x)
 
 
 def efficient_channel_attention(
@@ -194,10 +299,11 @@ def efficient_channel_attention(
     out_act: str = "identity",
     sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(conv1d(mean_hw(x), w) + b) across channels, fused: ECA, or CECA if circular.
+    """y = x * gate(conv1d(mean(x), w) + b) across channels, fused: ECA, or CECA if circular.
 
     w: (K,) with K odd, the taps of a Conv1d(1, 1, K) with padding (K - 1) // 2, zero or
-    circular; b: (1,) or None. As squeeze_excite otherwise, the residual tail included.
+    circular; b: (1,) or None. As squeeze_excite otherwise (ranks, layouts, the residual tail),
+    without lengths.
     """
     _check_x(x)
     c = x.shape[1]
@@ -219,4 +325,4 @@ def efficient_channel_attention(
     from . import ops
 
     tail["residual"] = _kernels_input(residual)
-    return ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, **tail)
+    return _output(ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, **tail), x)

@@ -143,10 +143,17 @@ class FusedSEModule(nn.Module):
         *,
         out_act: str = "identity",
         sample_scale: Optional[torch.Tensor] = None,
+        lengths: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """x * s, or a residual block's tail fused into the same pass: out_act(x * s *
-        sample_scale[b] + residual) (see fused_se.functional.squeeze_excite)."""
+        sample_scale[b] + residual) (see fused_se.functional.squeeze_excite). x: (B, C, L),
+        (B, C, H, W) or (B, C, D, H, W). lengths: (B,) counts of each sequence's valid positions,
+        for a (B, C, L) x and the two-FC form only."""
         op, params, options = self._excitation()
+        if lengths is not None:
+            if self.form != "mlp":
+                raise ValueError(f"lengths is for the two-FC form only; this block's form is {self.form!r}")
+            options = {**options, "lengths": lengths}
         return op(x, *params, **options, residual=residual, out_act=out_act, sample_scale=sample_scale)
 
     def describe(self) -> str:
@@ -159,17 +166,22 @@ class FusedSEModule(nn.Module):
 
 
 def _as_matrix(w: torch.Tensor) -> torch.Tensor:
-    """A 1x1 conv's (O, I, 1, 1) weight as the (O, I) matrix, through a view whose gradient
+    """A pointwise conv's (O, I, 1, ...) weight as the (O, I) matrix, through a view whose gradient
     comes back in w's own strides (channels_last too, as DDP's gradient buckets expect)."""
-    return w.permute(0, 2, 3, 1).flatten(1) if w.stride(-1) != 1 else w.flatten(1)
+    return w.movedim(1, -1).flatten(1) if w.dim() > 2 and w.stride(-1) != 1 else w.flatten(1)
+
+
+_POINTWISE_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def _check_pointwise_conv(name: str, conv: nn.Module, in_channels: int, out_channels: int) -> None:
-    if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"{name} must be an nn.Conv2d; got {type(conv).__name__}")
-    if conv.kernel_size != (1, 1) or conv.groups != 1 or conv.padding not in ((0, 0), "valid"):
+    if not isinstance(conv, _POINTWISE_CONVS):
+        raise TypeError(f"{name} must be an nn.Conv1d, nn.Conv2d or nn.Conv3d; got {type(conv).__name__}")
+    ones = (1,) * len(conv.kernel_size)
+    # "same" pads nothing around a kernel of one tap, whatever the padding mode
+    if conv.kernel_size != ones or conv.groups != 1 or conv.padding not in ((0,) * len(ones), "valid", "same"):
         raise ValueError(
-            f"{name} must be a 1x1 Conv2d without padding or groups; got kernel_size={conv.kernel_size}, "
+            f"{name} must be a pointwise (1x1) conv without padding or groups; got kernel_size={conv.kernel_size}, "
             f"padding={conv.padding}, groups={conv.groups}"
         )
     if (conv.in_channels, conv.out_channels) != (in_channels, out_channels):
@@ -180,7 +192,8 @@ def _check_pointwise_conv(name: str, conv: nn.Module, in_channels: int, out_chan
 
 class FusedConv2dSEModule(FusedSEModule):
     """The two-layer SE with 1x1 Conv2d layers, as timm's SEModule and SqueezeExcite and
-    torchvision's SqueezeExcitation hold them.
+    torchvision's SqueezeExcitation hold them (``from_layers`` also takes pointwise Conv1d and
+    Conv3d layers, as the SE blocks of sequence and volume models hold them).
 
     ``names`` are the attributes of the two layers: ("fc1", "fc2") for timm's SEModule and
     torchvision, ("conv_reduce", "conv_expand") for timm's EfficientNet blocks. Their weights

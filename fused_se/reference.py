@@ -61,19 +61,31 @@ def excite_conv(
 OUT_ACTS = ("identity", "relu")
 
 
+def squeeze(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """z: the mean of x (B, C, *spatial) over its spatial dims, (B, C) in the accumulation dtype;
+    with lengths (B,) for a (B, C, L) x, over each sample's first lengths[b] positions only."""
+    acc = _acc_dtype(x.dtype)
+    spatial = tuple(range(2, x.dim()))
+    if lengths is None:
+        return x.to(acc).mean(dim=spatial)
+    valid = torch.arange(x.shape[2], device=x.device) < lengths[:, None]  # (B, L)
+    return (x.to(acc) * valid[:, None, :]).sum(dim=2) / lengths.to(acc)[:, None]
+
+
 def _squeeze_scale(
     x: torch.Tensor,
     excitation,
     residual: Optional[torch.Tensor] = None,
     out_act: str = "identity",
     sample_scale: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     acc = _acc_dtype(x.dtype)
-    z = x.to(acc).mean(dim=(2, 3))
+    z = squeeze(x, lengths)
     s = excitation(z)
     if sample_scale is not None:
         s = s * sample_scale.to(acc)[:, None]
-    y = x.to(acc) * s[:, :, None, None]
+    y = x.to(acc) * s.view(*s.shape, *(1,) * (x.dim() - 2))
     if residual is not None:
         y = y + residual.to(acc)
     if out_act == "relu":
@@ -93,9 +105,13 @@ def squeeze_excite(
     residual: Optional[torch.Tensor] = None,
     out_act: str = "identity",
     sample_scale: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = out_act(x * gate(W2 act(W1 mean_hw(x) + b1) + b2) * sample_scale + residual), by autograd."""
-    return _squeeze_scale(x, lambda z: excite(z, w1, b1, w2, b2, act, gate), residual, out_act, sample_scale)
+    """y = out_act(x * gate(W2 act(W1 mean(x) + b1) + b2) * sample_scale + residual), by autograd;
+    x of any rank 3 to 5, the mean over its spatial dims (over each sample's first lengths[b]
+    positions where lengths is given)."""
+    excitation = lambda z: excite(z, w1, b1, w2, b2, act, gate)  # noqa: E731
+    return _squeeze_scale(x, excitation, residual, out_act, sample_scale, lengths)
 
 
 def effective_squeeze_excite(
@@ -108,7 +124,7 @@ def effective_squeeze_excite(
     out_act: str = "identity",
     sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(W mean_hw(x) + b), W of shape (C, C); the epilogue as squeeze_excite."""
+    """y = x * gate(W mean(x) + b), W of shape (C, C); the epilogue as squeeze_excite."""
     return _squeeze_scale(x, lambda z: excite_fc(z, w, b, gate), residual, out_act, sample_scale)
 
 
@@ -123,7 +139,7 @@ def efficient_channel_attention(
     out_act: str = "identity",
     sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """y = x * gate(conv1d_k(mean_hw(x)) + b) across channels, zero or circular padding; the
+    """y = x * gate(conv1d_k(mean(x)) + b) across channels, zero or circular padding; the
     epilogue as squeeze_excite."""
     return _squeeze_scale(x, lambda z: excite_conv(z, w, b, circular, gate), residual, out_act, sample_scale)
 

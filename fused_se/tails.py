@@ -11,6 +11,9 @@ its state_dict; only its forward changes, to one that runs the same modules in t
 and hands the shortcut, drop_path's per-sample factor and the activation to the fused SE. The
 new forward is an instance attribute (a functools.partial, so it pickles and deep-copies with
 the block); revert removes it.
+
+MONAI's SEBlock (SEResNet, SEResNeXt, SENet154's bottlenecks, 1-D to 3-D) ends the same way,
+`act(se_layer(conv3(conv2(conv1(x)))) + project(x))` with no drop-path: kind "monai SEBlock".
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ _BLOCK_LAYOUTS = {
     "BasicBlock": (("conv1", "bn1", "drop_block", "act1", "aa", "conv2", "bn2"), "act2"),
 }
 _OUT_ACTS = {nn.ReLU: "relu", nn.Identity: "identity"}
+# MONAI's SEBlock and its subclasses, which keep its forward: project(x) first, then the convs.
+_MONAI = "monai SEBlock"
+_MONAI_CLASSES = ("SEBlock", "SEBottleneck", "SEResNetBottleneck", "SEResNeXtBottleneck")
+_MONAI_STEPS = ("conv1", "conv2", "conv3")
 
 
 class TailSkip(Exception):
@@ -40,13 +47,22 @@ class TailSkip(Exception):
 
 
 def block_kind(module: nn.Module) -> Optional[str]:
-    """ "Bottleneck" or "BasicBlock" for timm's ResNet blocks (exact classes), else None."""
+    """ "Bottleneck" or "BasicBlock" for timm's ResNet blocks, "monai SEBlock" for MONAI's (exact
+    classes), else None."""
     resnet = sys.modules.get("timm.models.resnet")
     for kind in _BLOCK_LAYOUTS:
         cls = getattr(resnet, kind, None) if resnet is not None else None
         if cls is not None and type(module) is cls:
             return kind
+    monai = sys.modules.get("monai.networks.blocks.squeeze_and_excitation")
+    if monai is not None and any(type(module) is getattr(monai, c, None) for c in _MONAI_CLASSES):
+        return _MONAI
     return None
+
+
+def se_of(block: nn.Module, kind: str) -> Optional[nn.Module]:
+    """The block's attention block (``se``; MONAI's ``se_layer``)."""
+    return getattr(block, "se_layer" if kind == _MONAI else "se", None)
 
 
 def _drop_path_class() -> Optional[type]:
@@ -63,6 +79,8 @@ def _out_act(module: nn.Module) -> str:
 
 def check_block(block: nn.Module, kind: str) -> str:
     """Raises TailSkip with the reason if the block's tail cannot be fused; else describes it."""
+    if kind == _MONAI:
+        return _check_monai(block)
     steps, act_name = _BLOCK_LAYOUTS[kind]
     missing = [n for n in (*steps, act_name, "se", "drop_path", "downsample") if not hasattr(block, n)]
     if missing:
@@ -74,6 +92,17 @@ def check_block(block: nn.Module, kind: str) -> str:
     act = _out_act(getattr(block, act_name))
     drop = "" if block.drop_path is None else f" * drop_path(p={block.drop_path.drop_prob:g})"
     return f"out = {act}(se(x){drop} + shortcut)"
+
+
+def _check_monai(block: nn.Module) -> str:
+    missing = [n for n in (*_MONAI_STEPS, "project", "se_layer", "act") if not hasattr(block, n)]
+    if missing:
+        raise TailSkip(f"not the MONAI SEBlock layout this conversion knows (no {', '.join(missing)})")
+    if not isinstance(block.se_layer, FusedSEModule):
+        raise TailSkip(f"its attention block {type(block.se_layer).__name__} was not fused")
+    if getattr(block.se_layer, "add_input", False):
+        raise TailSkip("its attention block adds its own input (add_residual)")
+    return f"out = {_out_act(block.act)}(se(x) + project(x))"
 
 
 def _sample_scale(drop_path: Optional[nn.Module], x: torch.Tensor) -> Optional[torch.Tensor]:
@@ -89,6 +118,11 @@ def _sample_scale(drop_path: Optional[nn.Module], x: torch.Tensor) -> Optional[t
 
 def fused_tail_forward(block: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
     """The block's forward, with its tail in the SE's scale pass."""
+    if kind == _MONAI:  # as MONAI's SEBlock.forward: the projection first
+        shortcut = block.project(x)
+        for name in _MONAI_STEPS:
+            x = getattr(block, name)(x)
+        return block.se_layer(x, shortcut, out_act=_out_act(block.act))
     steps, act_name = _BLOCK_LAYOUTS[kind]
     shortcut = x
     for name in steps:

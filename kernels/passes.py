@@ -5,7 +5,12 @@
     scale_bwd          partial sums of g * x over HW              reads g and x     2N
     squeeze_scale_bwd  dx = g * s + dz / HW                       reads g, writes dx 2N
 
-x is viewed as (B, C, HW) through three strides: NCHW and channels_last are both native.
+x is viewed as (B, C, HW) through three strides: NCHW and channels_last are both native (and so
+are the ranks 3 and 5, which the functional forms view as (B, C, L, 1) and (B, C, DHW, 1)).
+
+With per-sample lengths n[b] (a squeeze over each sample's valid positions hw < n[b]), the
+squeeze sums those positions only and scales its partial sums by HW / n[b], so that the
+excitation's divide by HW gives their mean; the dx pass adds dz / n[b] at those positions only.
 See docs/DESIGN.md for the math and the traffic budget.
 """
 
@@ -74,6 +79,7 @@ def _hw_sum_kernel(
     o_ptr,  # (B, C, HW) strided, a ReLU's output: g is zeroed where o <= 0; read only when RELU_MASK
     dres_ptr,  # (B, C, HW) strided: the masked g is written here when STORE_G
     d_ptr,  # (B,) acc dtype, a per-sample factor of the sums; read only when HAS_D
+    len_ptr,  # (B,) int, each sample's count of valid positions; read only when HAS_LEN
     out_ptr,  # (SPLIT, B, C) partial sums, contiguous, acc dtype
     stride_xb, stride_xc, stride_xhw,
     stride_gb, stride_gc, stride_ghw,
@@ -81,7 +87,7 @@ def _hw_sum_kernel(
     stride_dresb, stride_dresc, stride_dreshw,
     B, C, HW, hw_per_split,
     HAS_G: tl.constexpr, RELU_MASK: tl.constexpr, STORE_G: tl.constexpr, HAS_D: tl.constexpr,
-    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    HAS_LEN: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     num_c_blocks = tl.cdiv(C, BLOCK_C)
@@ -94,6 +100,9 @@ def _hw_sum_kernel(
     mask_c = offs_c < C
     hw_start = pid_k * hw_per_split
     hw_end = tl.minimum(hw_start + hw_per_split, HW)
+    if HAS_LEN:
+        n = tl.load(len_ptr + pid_b)
+        hw_end = tl.minimum(hw_end, n)
     total = hw_sum_range(
         x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end, BLOCK_C, BLOCK_HW, IS_FP64,
         g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
@@ -103,6 +112,8 @@ def _hw_sum_kernel(
     )  # fmt: skip
     if HAS_D:
         total *= tl.load(d_ptr + pid_b)
+    if HAS_LEN:  # the excitation divides by HW: these sums then end as the mean over n positions
+        total *= HW / n.to(total.dtype)
     row = pid_k.to(tl.int64) * B + pid_b
     tl.store(out_ptr + row * C + offs_c, total, mask=mask_c)
 
@@ -127,10 +138,11 @@ def scale_tile(
     y_ptr, stride_yc, stride_yhw,  # one sample's output
     offs_c, mask_c, offs_hw, hw_end, s, IS_FP64: tl.constexpr,
     t=None, HW=1,  # y += t / HW (HAS_T): the dx pass's dz, (BLOCK_C,)
+    t_end=0,  # with T_END, t is added at positions below t_end only (a sample's valid positions)
     res_ptr=None, stride_resc=0, stride_reshw=0,  # the sample's residual, added before a ReLU (HAS_R, RELU)
     o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): x is zeroed where o <= 0 first
     HAS_T: tl.constexpr = False, HAS_R: tl.constexpr = False, RELU: tl.constexpr = False,
-    RELU_MASK: tl.constexpr = False,
+    RELU_MASK: tl.constexpr = False, T_END: tl.constexpr = False,
 ):  # fmt: skip
     """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of one sample,
     positions below hw_end; s and t are (BLOCK_C,) in the acc dtype."""
@@ -144,7 +156,10 @@ def scale_tile(
         )
     y = x * s[:, None]
     if HAS_T:
-        y += (t / HW)[:, None]
+        if T_END:
+            y += tl.where(offs_hw[None, :] < t_end, (t / HW)[:, None], 0.0)
+        else:
+            y += (t / HW)[:, None]
     y = residual_tail(y, res_ptr, stride_resc, stride_reshw, offs_c, offs_hw, mask, HAS_R, RELU)
     tl.store(y_ptr + rows_c * stride_yc + offs_hw[None, :] * stride_yhw, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -155,6 +170,7 @@ def _scale_kernel(
     s_ptr,  # (B, C) contiguous, acc dtype: the per-channel factor
     t_ptr,  # (B, C) contiguous, acc dtype: a per-channel addend times HW, read only when HAS_T
     d_ptr,  # (B,) acc dtype: a per-sample factor on s, read only when HAS_D
+    len_ptr,  # (B,) int: t / n[b] at positions hw < n[b] only (instead of t / HW everywhere); read only when HAS_LEN
     res_ptr,  # (B, C, HW) strided: a residual added before the output activation, read only when HAS_R
     o_ptr,  # (B, C, HW) strided, a ReLU's output: x is zeroed where o <= 0 first; read only when RELU_MASK
     y_ptr,  # (B, C, HW) strided output
@@ -164,7 +180,7 @@ def _scale_kernel(
     stride_yb, stride_yc, stride_yhw,
     C, HW,
     HAS_T: tl.constexpr, HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, RELU_MASK: tl.constexpr,
-    IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
+    HAS_LEN: tl.constexpr, IS_FP64: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     num_hw_blocks = tl.cdiv(HW, BLOCK_HW)
@@ -184,14 +200,17 @@ def _scale_kernel(
     t = s
     if HAS_T:
         t = tl.load(t_ptr + row, mask=mask_c, other=0.0)
+    t_div = HW
+    if HAS_LEN:
+        t_div = tl.load(len_ptr + pid_b)
     scale_tile(
         x_ptr + sample * stride_xb, stride_xc, stride_xhw,
         y_ptr + sample * stride_yb, stride_yc, stride_yhw,
         offs_c, mask_c, offs_hw, HW, s, IS_FP64,
-        t=t, HW=HW,
+        t=t, HW=t_div, t_end=t_div,
         res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw,
         o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
-        HAS_T=HAS_T, HAS_R=HAS_R, RELU=RELU, RELU_MASK=RELU_MASK,
+        HAS_T=HAS_T, HAS_R=HAS_R, RELU=RELU, RELU_MASK=RELU_MASK, T_END=HAS_LEN,
     )  # fmt: skip
 
 
@@ -201,10 +220,11 @@ def _hw_sum(
     relu_out: Optional[torch.Tensor] = None,
     d: Optional[torch.Tensor] = None,
     store_g: bool = False,
+    lengths: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Partial sums over HW of x, or of g * x; with relu_out, g is first zeroed where
     relu_out <= 0 (and, with store_g, written out: returned second); with d, sample b's sums
-    are times d[b]."""
+    are times d[b]; with lengths, over hw < lengths[b] only, times HW / lengths[b]."""
     b, c, h, w = x.shape
     hw = h * w
     xs = strides_of(x, None)
@@ -221,6 +241,7 @@ def _hw_sum(
         x if relu_out is None else relu_out,
         x if dr is None else dr,
         x if d is None else d,
+        x if lengths is None else lengths,
         out,
         *xs,
         *gs,
@@ -234,6 +255,7 @@ def _hw_sum(
         RELU_MASK=relu_out is not None,
         STORE_G=dr is not None,
         HAS_D=d is not None,
+        HAS_LEN=lengths is not None,
         IS_FP64=x.dtype == torch.float64,
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
@@ -242,10 +264,13 @@ def _hw_sum(
     return out, dr
 
 
-def squeeze_fwd(x: torch.Tensor) -> torch.Tensor:
-    """Partial sums of x over HW: (SPLIT, B, C) in the accumulation dtype. excite_fwd ends the mean."""
+def squeeze_fwd(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Partial sums of x over HW: (SPLIT, B, C) in the accumulation dtype. excite_fwd ends the mean.
+
+    lengths: (B,) int, contiguous, each in 1..HW, or None: the sums over hw < lengths[b] only,
+    times HW / lengths[b] (so that excite_fwd's divide by HW gives the mean over those positions)."""
     record("squeeze")
-    return _hw_sum(x)[0]
+    return _hw_sum(x, lengths=lengths)[0]
 
 
 def scale_bwd(
@@ -277,6 +302,7 @@ def _scale(
     residual: Optional[torch.Tensor] = None,
     relu: bool = False,
     relu_out: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     xs, ys = strides_of(x, None), strides_of(out, None)
     b, c, h, w = x.shape
@@ -290,6 +316,7 @@ def _scale(
         s,
         s if t is None else t,
         s if d is None else d,
+        s if lengths is None else lengths,
         x if residual is None else residual,
         x if relu_out is None else relu_out,
         out,
@@ -304,6 +331,7 @@ def _scale(
         HAS_R=residual is not None,
         RELU=relu,
         RELU_MASK=relu_out is not None,
+        HAS_LEN=lengths is not None,
         IS_FP64=x.dtype == torch.float64,
         BLOCK_C=cfg.block_c,
         BLOCK_HW=cfg.block_hw,
@@ -336,8 +364,10 @@ def squeeze_scale_bwd(
     like: torch.Tensor,
     d: Optional[torch.Tensor] = None,
     relu_out: Optional[torch.Tensor] = None,
+    lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """dx = g * s[b, c] * d[b] + dz[b, c] / HW, in the dtype and memory format of `like` (x);
-    through a ReLU epilogue, g is first zeroed where relu_out (the forward's output) <= 0."""
+    through a ReLU epilogue, g is first zeroed where relu_out (the forward's output) <= 0.
+    With lengths (as squeeze_fwd's), dz[b, c] / lengths[b] at positions hw < lengths[b] only."""
     record("squeeze_scale_bwd")
-    return _scale(g, s, empty_like(like), t=dz, d=d, relu_out=relu_out)
+    return _scale(g, s, empty_like(like), t=dz, d=d, relu_out=relu_out, lengths=lengths)

@@ -133,7 +133,7 @@ def eager_variant(
     """The SE variants as timm and torchvision compute them: every step in x's dtype, unfused."""
     F = torch.nn.functional
     params = [p.to(x.dtype) if p is not None else None for p in params]
-    z = x.mean((2, 3))
+    z = x.mean(tuple(range(2, x.dim())))  # over every spatial dim, whatever x's rank
     if form == "mlp":
         w1, b1, w2, b2 = params
         a = F.linear(_ACTS[act](F.linear(z, w1, b1)), w2, b2)
@@ -147,7 +147,7 @@ def eager_variant(
         if circular:
             v, pad = F.pad(v, (pad, pad), mode="circular"), 0
         a = F.conv1d(v, w.view(1, 1, -1), b, padding=pad)[:, 0]
-    return x * _GATES[gate](a)[:, :, None, None]
+    return x * _GATES[gate](a).view(*a.shape, *(1,) * (x.dim() - 2))
 
 
 def make_variant_params(form: str, c: int, hidden: int, k: int, bias: bool, device, dtype=torch.float32) -> list:

@@ -80,8 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--shapes",
         nargs="+",
         type=parse_shape,
-        metavar="N,C,H,W[,hidden]",
-        help="explicit shapes; replace the preset (hidden defaults to C // 16)",
+        metavar="SHAPE",
+        help="explicit shapes; replace the preset. SHAPE: N,C,H,W[,hidden] for an image map, or N,C,SPATIAL[,hidden] "
+        "with SPATIAL L<length> for a sequence (8,1024,L300,128), HxW, or DxHxW for a volume (2,256,24x24x24,16); "
+        "hidden defaults to C // 16",
     )
     p.add_argument(
         "--batch", type=int, help="batch of the preset's shapes (default: 128 where it fits on a GPU, 2 on a CPU)"
@@ -214,9 +216,9 @@ def main(argv=None) -> int:
         writer = RowWriter(e2e_table(), args.json, args.csv, args.append)
         rows = run_e2e(args, writer)
     else:
-        shapes = ", ".join(f"{n}x{s.c}x{s.h}x{s.w},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list))
+        shapes = ", ".join(f"{n}x{s.label()},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list))
         order = " ".join(p for ps in provider_passes(args.providers) for p in ps)
-        print(f"{args.dtype}, shapes (N x C x H x W, hidden) {shapes}, providers {order}", flush=True)
+        print(f"{args.dtype}, shapes (N x C x spatial, hidden) {shapes}, providers {order}", flush=True)
         writer = RowWriter(se_table(gpu=cuda, providers=args.providers), args.json, args.csv, args.append)
         rows = run(args, writer)
         against = format_vs_compile(rows)

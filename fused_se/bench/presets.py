@@ -4,6 +4,7 @@ the traffic each mode must move."""
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -12,7 +13,12 @@ import torch
 
 @dataclass(frozen=True)
 class SEShape:
-    """Where an SE block sits in a network: its input map and its excitation."""
+    """Where an SE block sits in a network: its input map and its excitation.
+
+    An image map is (H, W). A sequence (L,) or a volume (D, H, W) keeps its own dims in
+    ``spatial``, with h and w holding them as the kernels see them, (L * ... , 1): so every count
+    of elements (h * w) stays right; ``dims`` gives the map's own dims whatever its rank.
+    """
 
     c: int
     h: int
@@ -20,9 +26,22 @@ class SEShape:
     hidden: int
     act: str = "relu"
     gate: str = "sigmoid"
+    spatial: Optional[tuple[int, ...]] = None
+
+    @classmethod
+    def of(cls, c: int, dims: tuple[int, ...], hidden: int, act: str = "relu", gate: str = "sigmoid") -> SEShape:
+        """The shape of a map with spatial dims `dims`: (L,), (H, W) or (D, H, W)."""
+        if len(dims) == 2:
+            return cls(c, dims[0], dims[1], hidden, act, gate)
+        return cls(c, math.prod(dims), 1, hidden, act, gate, tuple(dims))
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """The map's spatial dims: (L,), (H, W) or (D, H, W)."""
+        return self.spatial if self.spatial is not None else (self.h, self.w)
 
     def label(self) -> str:
-        return f"{self.c}x{self.h}x{self.w}"
+        return "x".join(str(n) for n in (self.c, *self.dims))
 
 
 # SE-ResNet-50: the SE of each stage's bottlenecks (r = 16, ReLU, sigmoid) at 224x224.
@@ -48,7 +67,19 @@ MOBILENETV3 = [
     SEShape(c, h, h, r, "relu", "hard_sigmoid")
     for c, h, r in [(72, 28, 24), (120, 28, 32), (480, 14, 120), (672, 14, 168), (672, 7, 168), (960, 7, 240)]
 ]
-PRESETS = {"seresnet50": SERESNET50, "efficientnet_b0": EFFICIENTNET_B0, "mobilenetv3": MOBILENETV3}
+# MONAI's SEResNet50(spatial_dims=3) at a 96^3 volume: the SE of each stage's bottlenecks (r = 16),
+# on 24^3, 12^3, 6^3 and 3^3 maps (3, 4, 6 and 3 blocks).
+SERESNET50_3D = [SEShape.of(c, (s, s, s), c // 16) for c, s in [(256, 24), (512, 12), (1024, 6), (2048, 3)]]
+# ECAPA-TDNN (SpeechBrain's, the speaker-verification model): the SE of its three SE-Res2Net blocks,
+# bottleneck 128, over T = 300 frames (3 s at 100 frames/s), with C = 1024 and the lighter C = 512.
+ECAPA_TDNN = [SEShape.of(c, (300,), 128) for c in (1024, 512)]
+PRESETS = {
+    "seresnet50": SERESNET50,
+    "efficientnet_b0": EFFICIENTNET_B0,
+    "mobilenetv3": MOBILENETV3,
+    "seresnet50_3d": SERESNET50_3D,
+    "ecapa_tdnn": ECAPA_TDNN,
+}
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 # Bytes moved, in multiples of N = bytes of x: the least any implementation must move, and the
@@ -85,17 +116,47 @@ def traffic_bytes(mode: str, x_bytes: int, provider: str, tail: bool = False) ->
     return minimal[mode] * x_bytes, own
 
 
-def parse_shape(text: str) -> tuple[int, SEShape]:
-    """`--shapes` item: N,C,H,W or N,C,H,W,hidden (hidden defaults to C // 16)."""
-    parts = text.split(",")
+SHAPE_SYNTAX = (
+    "N,C,H,W[,hidden] (an image map), or N,C,SPATIAL[,hidden] with SPATIAL one item: L<length> for a "
+    "sequence (L300), HxW (56x56) or DxHxW (24x24x24) for a volume; positive integers, hidden C // 16 "
+    "by default"
+)
+
+
+def _positive(text: str, item: str, whole: str) -> int:
     try:
-        values = [int(p) for p in parts]
+        value = int(item)
     except ValueError:
-        values = []
-    if len(values) not in (4, 5) or min(values) < 1:
+        value = 0
+    if value < 1:
         raise argparse.ArgumentTypeError(
-            f"shape must be N,C,H,W or N,C,H,W,hidden with positive integers; got {text!r}"
+            f"shape must be {SHAPE_SYNTAX}; got {whole!r}: {text} {item!r} is not a positive integer"
         )
-    n, c, h, w = values[:4]
-    hidden = values[4] if len(values) == 5 else max(1, c // 16)
+    return value
+
+
+def parse_shape(text: str) -> tuple[int, SEShape]:
+    """`--shapes` item: N,C,H,W[,hidden] as before, or N,C,SPATIAL[,hidden] where SPATIAL is L<length>
+    (a sequence: 8,1024,L300,128), HxW (8,256,56x56) or DxHxW (2,256,24x24x24,16); hidden
+    defaults to C // 16."""
+    parts = text.split(",")
+    grouped = len(parts) >= 3 and (parts[2][:1] in ("L", "l") or "x" in parts[2])
+    if grouped and len(parts) in (3, 4):
+        spatial = parts[2]
+        if spatial[:1] in ("L", "l"):
+            dims = (_positive("the length", spatial[1:], text),)
+        else:
+            items = spatial.split("x")
+            if len(items) not in (2, 3):
+                raise argparse.ArgumentTypeError(
+                    f"shape must be {SHAPE_SYNTAX}; got {text!r}: SPATIAL {spatial!r} has {len(items)} dims"
+                )
+            dims = tuple(_positive("the size", d, text) for d in items)
+        n, c = (_positive(name, v, text) for name, v in zip(("N", "C"), parts[:2]))
+        hidden = _positive("hidden", parts[3], text) if len(parts) == 4 else max(1, c // 16)
+        return n, SEShape.of(c, dims, hidden)
+    if grouped or len(parts) not in (4, 5):
+        raise argparse.ArgumentTypeError(f"shape must be {SHAPE_SYNTAX}; got {text!r}")
+    n, c, h, w, *rest = (_positive(name, v, text) for name, v in zip(("N", "C", "H", "W", "hidden"), parts))
+    hidden = rest[0] if rest else max(1, c // 16)
     return n, SEShape(c, h, w, hidden)

@@ -14,26 +14,30 @@ from torch import nn
 from .presets import COMPILE_MODES, CUDA_GRAPHED, SEShape
 
 _ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
+_POINTWISE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}  # by the map's spatial rank
 _GATES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
 
 
 class EagerSE(nn.Module):
-    """The SE block as eager code writes it: Linear FCs (SENet), or 1x1 convs (timm, torchvision)."""
+    """The SE block as eager code writes it: Linear FCs (SENet, MONAI), or pointwise convs (timm,
+    torchvision; SpeechBrain's Conv1d on a sequence), over the map's spatial dims whatever its rank."""
 
     def __init__(self, shape: SEShape, conv: bool, tail: bool = False) -> None:
         super().__init__()
         c, r = shape.c, shape.hidden
         self.conv, self.tail = conv, tail
+        self.spatial = tuple(range(2, 2 + len(shape.dims)))
         if conv:
-            self.fc1, self.fc2 = nn.Conv2d(c, r, 1), nn.Conv2d(r, c, 1)
+            pointwise = _POINTWISE[len(shape.dims)]
+            self.fc1, self.fc2 = pointwise(c, r, 1), pointwise(r, c, 1)
         else:
             self.fc1, self.fc2 = nn.Linear(c, r), nn.Linear(r, c)
         self.act, self.gate = _ACTS[shape.act](inplace=True), _GATES[shape.gate]()
 
     def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        z = x.mean((2, 3), keepdim=self.conv)
+        z = x.mean(self.spatial, keepdim=self.conv)
         s = self.gate(self.fc2(self.act(self.fc1(z))))
-        y = x * (s if self.conv else s[:, :, None, None])
+        y = x * (s if self.conv else s.view(*s.shape, *(1,) * len(self.spatial)))
         if not self.tail:
             return y
         y += shortcut  # as timm's Bottleneck: in place, then an in-place ReLU
@@ -178,8 +182,10 @@ def fused_path(x: torch.Tensor, shape: SEShape, mode: str = "fwd", tail: bool = 
     backend = backend_for(x)
     if backend != "triton":
         return backend
+    from ..functional import _kernels_input
     from ..kernels import plan_backward, plan_forward
 
+    x = _kernels_input(x)  # the (B, C, H, W) view the ops take, whatever x's rank
     fwd = plan_forward(x, shape.hidden).path
     # the tail's backward reads the ReLU's output and writes the shortcut's gradient
     bwd = plan_backward(x, x, shape.hidden, x if tail else None, tail).path

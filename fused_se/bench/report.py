@@ -16,7 +16,7 @@ from typing import Callable, Optional, TextIO
 from .measure import NOISY_SPREAD
 
 ROW_FIELDS = [
-    "device", "torch", "triton", "fused_se", "timestamp", "run", "provider", "path", "batch", "C", "H", "W",
+    "device", "torch", "triton", "fused_se", "timestamp", "run", "provider", "path", "batch", "C", "H", "W", "spatial",
     "hidden", "act", "gate", "dtype", "layout", "mode", "tail", "median_ms", "p20_ms", "p80_ms", "spread", "noisy",
     "speedup_vs_eager", "speedup_vs_compile", "x_bytes", "min_traffic_bytes", "own_traffic_bytes",
     "gbs_min_traffic", "gbs_own_traffic", "copy_gbs", "pct_of_copy", "peak_mem_mb", "launches",
@@ -57,8 +57,9 @@ def _ratio(key: str, base_noisy: Callable[[dict], bool]) -> Callable[[dict], str
 
 
 def shape_label(r: dict) -> str:
-    """N x C x H x W and the hidden width, as --shapes takes them: 8x256x56x56,16."""
-    return f"{r['batch']}x{r['C']}x{r['H']}x{r['W']},{r['hidden']}"
+    """N x C x the map's dims and the hidden width: 8x256x56x56,16 (8x1024x300,128 for a sequence)."""
+    spatial = r.get("spatial") or f"{r['H']}x{r['W']}"
+    return f"{r['batch']}x{r['C']}x{spatial},{r['hidden']}"
 
 
 class Table:
@@ -119,7 +120,7 @@ def se_table(*, gpu: bool, providers: list[str]) -> Table:
 
 
 def _same_case(a: dict, b: dict) -> bool:
-    keys = ("batch", "C", "H", "W", "hidden", "layout", "mode", "tail", "run")
+    keys = ("batch", "C", "H", "W", "spatial", "hidden", "layout", "mode", "tail", "run")
     return all(a.get(k) == b.get(k) for k in keys)
 
 

@@ -43,7 +43,17 @@ def provider_passes(providers: list[str]) -> list[list[str]]:
 
 
 def _case_key(row: dict) -> tuple:
-    return (row["batch"], row["C"], row["H"], row["W"], row["hidden"], row["layout"], row["mode"])
+    return (row["batch"], row["C"], row["H"], row["W"], row.get("spatial"), row["hidden"], row["layout"], row["mode"])
+
+
+def make_x(shape: SEShape, n: int, layout: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """x of shape (N, C, *shape.dims): contiguous ("nchw"), or with channels varying fastest
+    ("channels_last": channels_last for a map, channels_last_3d for a volume, a (N, L, C) sequence
+    transposed)."""
+    x = torch.randn(n, shape.c, *shape.dims, device=device, dtype=dtype)
+    if layout != "channels_last":
+        return x
+    return x.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
 def _speedup(row: dict, base: Optional[dict]) -> Optional[float]:
@@ -66,9 +76,8 @@ def run(args: argparse.Namespace, sink: Optional[RowSink] = None) -> list[dict]:
     by_case: dict[tuple, dict[str, dict]] = {}
     for providers in passes:
         for shape, n, layout, mode in cases:
-            fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
             torch.manual_seed(0)
-            x = torch.randn(n, shape.c, shape.h, shape.w, device=device, dtype=dtype).to(memory_format=fmt)
+            x = make_x(shape, n, layout, device, dtype)
             grad = torch.randn_like(x)
             shortcut = torch.randn_like(x) if args.tail else None
             for provider in providers:
@@ -127,8 +136,9 @@ def measure_row(
         "path": f"{path} ({device.type})",
         "batch": x.shape[0],
         "C": shape.c,
-        "H": shape.h,
+        "H": shape.h,  # with W: the map as the kernels see it ((L * ..., 1) for a sequence or a volume)
         "W": shape.w,
+        "spatial": "x".join(map(str, shape.dims)),  # the map's own dims: L, HxW or DxHxW
         "hidden": shape.hidden,
         "act": shape.act,
         "gate": shape.gate,

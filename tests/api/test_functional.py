@@ -28,8 +28,8 @@ def _args(device, b=2, c=16, h=5, w=5, r=4, dtype=torch.float32):
 def _bad_cases(device):
     x, w1, _, w2, _ = _args(device)
     return {
-        "x rank 3": ((x[0], w1, None, w2, None), ValueError, "x must be 4-D"),
-        "x rank 5": ((x[None], w1, None, w2, None), ValueError, "x must be 4-D"),
+        "x rank 2": ((x[0, :, :, 0], w1, None, w2, None), ValueError, "x must be 3-D, 4-D or 5-D .*got rank 2"),
+        "x rank 6": ((x[None, None], w1, None, w2, None), ValueError, "x must be 3-D, 4-D or 5-D .*got rank 6"),
         "x not a tensor": ((x.tolist(), w1, None, w2, None), TypeError, "x must be a torch.Tensor"),
         "x int": ((x.long(), w1, None, w2, None), TypeError, "x must be float16"),
         "x bool": ((x > 0, w1, None, w2, None), TypeError, "x must be float16"),
@@ -41,7 +41,7 @@ def _bad_cases(device):
         "b2 shape": ((x, w1, None, w2, torch.zeros(15, device=device)), ValueError, "b2 must have shape"),
         "w1 device": ((x, w1.to("meta"), None, w2, None), ValueError, "w1 is on meta"),
         "b2 device": ((x, w1, None, w2, torch.zeros(16, device="meta")), ValueError, "b2 is on meta"),
-        "empty HW": ((x[:, :, :0], w1, None, w2, None), ValueError, "H \\* W >= 1"),
+        "empty HW": ((x[:, :, :0], w1, None, w2, None), ValueError, "at least one spatial position"),
     }
 
 

@@ -85,7 +85,7 @@ def test_from_sequential_shares_the_layers():
                 nn.Conv2d(16, 4, 3), nn.Conv2d(4, 16, 1), act="relu", gate="sigmoid"
             ),
             ValueError,
-            "fc1 must be a 1x1 Conv2d",
+            "fc1 must be a pointwise \\(1x1\\) conv",
         ),
         (
             lambda: fused_se.FusedConv2dSEModule.from_layers(

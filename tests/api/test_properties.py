@@ -1,5 +1,6 @@
-"""Property-based parity: random shapes, strides, dtypes, variants, residual tails, forward
-paths and requires_grad patterns against eager PyTorch, through the kernels.
+"""Property-based parity: random ranks (sequences, images, volumes), shapes, strides, dtypes,
+variants, residual tails, forward paths and requires_grad patterns against eager PyTorch, through
+the kernels.
 
 The example count is bounded for CI (the "ci" profile: a fixed seed, a bounded number of
 examples); `HYPOTHESIS_PROFILE=long pytest tests/api/test_properties.py` runs many more by hand.
@@ -7,6 +8,7 @@ examples); `HYPOTHESIS_PROFILE=long pytest tests/api/test_properties.py` runs ma
 
 from __future__ import annotations
 
+import math
 import os
 
 import pytest
@@ -22,7 +24,7 @@ from se_testing import (
 )
 
 import fused_se
-from fused_se import kernels
+from fused_se.functional import _kernels_input
 from fused_se.kernels import force_paths, plan_forward
 from fused_se.kernels import heuristics as hz
 
@@ -63,6 +65,36 @@ def _make_x(b, c, h, w, dtype, layout, device):
     return torch.randn(h, b, w, c, **kw).permute(1, 3, 0, 2)  # a layout no one uses on purpose
 
 
+def _make_x_rank(b, c, spatial, dtype, layout, device):
+    """x of rank 3 (spatial (L,)) or 5 (spatial (D, H, W)) in the layout named as for rank 4."""
+    if len(spatial) == 2:
+        return _make_x(b, c, *spatial, dtype, layout, device)
+    kw = {"dtype": dtype, "device": device}
+    n = len(spatial)
+    if layout == "nchw":
+        return torch.randn(b, c, *spatial, **kw)
+    if layout == "channels_last":  # channels fastest
+        return torch.randn(b, *spatial, c, **kw).movedim(-1, 1)
+    if layout == "sliced_c":
+        return torch.randn(b, 2 * c, *spatial, **kw)[:, 1::2]
+    if layout == "batch_step":
+        return torch.randn(2 * b, c, *spatial, **kw)[::2]
+    if layout == "sliced_hw":  # the last spatial dim sliced: a volume's dims no longer flatten
+        return torch.randn(b, c, *spatial[:-1], spatial[-1] + 2, **kw)[..., 1:-1]
+    if layout == "hw_transposed":  # the spatial dims in reverse order in memory
+        return torch.randn(b, c, *reversed(spatial), **kw).permute(0, 1, *range(n + 1, 1, -1))
+    return torch.randn(*spatial, b, c, **kw).permute(n, n + 1, *range(n))  # batch and channels slowest
+
+
+def _spatial():
+    """(L,), (H, W) or (D, H, W): x of rank 3, 4 or 5 (a volume's sides up to 5, to stay small)."""
+    return st.one_of(
+        st.tuples(st.integers(1, 40)),
+        st.tuples(st.integers(1, 9), st.integers(1, 9)),
+        st.tuples(st.integers(1, 5), st.integers(1, 5), st.integers(1, 5)),
+    )
+
+
 @st.composite
 def cases(draw):
     form = draw(st.sampled_from(["mlp", "fc", "conv"]))
@@ -71,8 +103,7 @@ def cases(draw):
         "form": form,
         "b": draw(st.integers(3, 9) if path == "stream" else st.integers(1, 5)),
         "c": draw(st.integers(1, 40)),
-        "h": draw(st.integers(1, 9)),
-        "w": draw(st.integers(1, 9)),
+        "spatial": draw(_spatial()),
         "hidden": draw(st.integers(1, 20)),
         "k": draw(st.sampled_from([1, 3, 5])),
         "act": draw(st.sampled_from(["relu", "silu"])),
@@ -104,7 +135,7 @@ def _eager_tail(x, form, params, act, gate, circular, residual, out_act, d):
     if residual is None:
         return y
     if d is not None:
-        y = y * d.to(y.dtype)[:, None, None, None]
+        y = y * d.to(y.dtype).view(-1, *(1,) * (x.dim() - 1))
     y = y + residual
     return torch.relu(y) if out_act == "relu" else y
 
@@ -115,11 +146,12 @@ def test_random_inputs_match_eager(case):
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if case["form"] == "conv" and case["circular"] and (case["k"] - 1) // 2 > case["c"]:
         case["circular"] = False  # torch's circular padding cannot wrap more than once either
-    b, c, h, w, dtype = case["b"], case["c"], case["h"], case["w"], case["dtype"]
+    b, c, spatial, dtype = case["b"], case["c"], case["spatial"], case["dtype"]
+    hw = math.prod(spatial)
     params = make_variant_params(case["form"], c, case["hidden"], case["k"], case["bias"], device)
-    x = _make_x(b, c, h, w, dtype, case["layout"], device) * 2
-    g = torch.randn(b, c, h, w, device=device, dtype=dtype)
-    residual = None if case["tail"] is None else torch.randn(b, c, h, w, device=device, dtype=dtype)
+    x = _make_x_rank(b, c, spatial, dtype, case["layout"], device) * 2
+    g = torch.randn(b, c, *spatial, device=device, dtype=dtype)
+    residual = None if case["tail"] is None else torch.randn(b, c, *spatial, device=device, dtype=dtype)
     d = torch.rand(b, device=device) * 2 if case["tail"] is not None and case["drop"] else None
     form, act, gate, circular = case["form"], case["act"], case["gate"], case["circular"]
     tail = {} if residual is None else {"out_act": case["tail"], "sample_scale": d}
@@ -141,10 +173,10 @@ def test_random_inputs_match_eager(case):
     paths = force_paths(*({"one_launch", "spread"} & {case["path"]}), "stream")
     paths.__enter__()
     if case["path"] == "stream":
-        hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * case["l2_samples"] * c * h * w * x.element_size()
+        hz.l2_bytes = lambda device: hz.STREAM_L2_FRACTION * case["l2_samples"] * c * hw * x.element_size()
         hz.STREAM_WEIGHT_RATIO = 0.01
     try:
-        dense = x if kernels.bchw_strides(x) is not None else x.contiguous()  # as the op copies it
+        dense = _kernels_input(x)  # the (B, C, H, W) view (of one copy, where needed) that the ops take
         if form != "mlp":
             expect = ["squeeze", FORM_KERNELS[form], "scale"]
         else:

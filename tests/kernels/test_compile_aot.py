@@ -243,6 +243,23 @@ def _exercise(launches):
                         True, True, False, True, False, need_dres, sample_scale, out,
                     )  # fmt: skip
 
+    # A sequence's squeeze over its valid positions (lengths, int64 and int32): the squeeze and the
+    # dx pass with lengths, in every dtype and both layouts of a (B, C, L) sequence seen as (B, C, L, 1).
+    from fused_se import ops_lengths
+
+    for dtype in dtypes:
+        for layout in ("nchw", "channels_last"):
+            x = torch.randn(3, 65, 37, dtype=dtype)
+            if layout == "channels_last":
+                x = torch.randn(3, 37, 65, dtype=dtype).transpose(1, 2)
+            x = x.unsqueeze(-1)
+            w1, w2 = torch.randn(4, 65), torch.randn(65, 4)
+            for n in (torch.tensor([37, 1, 20]), torch.tensor([37, 1, 20], dtype=torch.int32)):
+                y, z, s, a = ops_lengths.squeeze_excite_lengths(x, w1, None, w2, None, "relu", "sigmoid", n)
+                ops_lengths.squeeze_excite_lengths_backward(
+                    y, x, z, s, a, w1, None, w2, None, "relu", "sigmoid", n, True, True, False, True, False
+                )
+
 
 def _main(arch: str) -> int:
     import triton

@@ -1,0 +1,126 @@
+"""Fused blocks that hold another code base's SE layers where that code base keeps them.
+
+fused_se.convert swaps a model's SE blocks for fused ones that keep the original's own layers
+under the original's own attribute names, so that the state_dict keeps its keys. The blocks in
+fused_se.modules cover the layouts of timm and torchvision; these cover the rest:
+
+    FusedLayersSEModule       the two layers anywhere below the block's children (a Sequential
+                              `attention.0` / `attention.2`, a ModuleList, a wrapper's `conv1.conv`),
+                              nn.Linear or pointwise convs; optionally + x (MONAI's add_residual)
+    FusedSpeechBrainSEBlock   SpeechBrain's ECAPA-TDNN SEBlock: forward(x, lengths) with SpeechBrain's
+                              relative lengths, as the model calls it
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .functional import squeeze_excite
+from .modules import FusedSEModule, _as_matrix, _check_pointwise_conv
+
+
+def _matrix(layer: nn.Module) -> torch.Tensor:
+    """A layer's weight as the (out, in) matrix the functional form takes."""
+    return layer.weight if isinstance(layer, nn.Linear) else _as_matrix(layer.weight)
+
+
+def _check_layer(name: str, layer: nn.Module, in_features: Optional[int], out_features: Optional[int]) -> None:
+    if isinstance(layer, nn.Linear):
+        if in_features is not None and (layer.in_features, layer.out_features) != (in_features, out_features):
+            raise ValueError(
+                f"{name} must map {in_features} to {out_features} features; got {layer.in_features} to "
+                f"{layer.out_features}"
+            )
+        return
+    _check_pointwise_conv(name, layer, in_features, out_features)
+
+
+def _sizes(layer: nn.Module) -> tuple[Optional[int], Optional[int]]:
+    if isinstance(layer, nn.Linear):
+        return layer.in_features, layer.out_features
+    return getattr(layer, "in_channels", None), getattr(layer, "out_channels", None)
+
+
+class FusedLayersSEModule(FusedSEModule):
+    """The two-FC SE around layers that sit anywhere below the block's children.
+
+    ``children`` are the original block's children that hold the two layers (kept under the same
+    names, so the state_dict keeps its keys); ``reduce`` and ``expand`` are the paths of the two
+    layers below them ("attention.0", "conv1.conv"), each an nn.Linear or a pointwise Conv1d,
+    Conv2d or Conv3d. With ``add_input`` the block returns x * s + x (MONAI's ``add_residual``):
+    the residual tail with x as the shortcut, in the same pass.
+    """
+
+    @classmethod
+    def from_children(
+        cls,
+        children: dict[str, nn.Module],
+        reduce: str,
+        expand: str,
+        *,
+        act: str,
+        gate: str,
+        add_input: bool = False,
+    ) -> FusedLayersSEModule:
+        module = cls.__new__(cls)
+        nn.Module.__init__(module)
+        for name, child in children.items():
+            setattr(module, name, child)
+        reduce_layer, expand_layer = module.get_submodule(reduce), module.get_submodule(expand)
+        channels, hidden = _sizes(reduce_layer)
+        _check_layer(reduce, reduce_layer, channels, hidden)
+        _check_layer(expand, expand_layer, hidden, channels)
+        module._configure(channels, hidden, act, gate)
+        module.reduction = None
+        module._paths = (reduce, expand)
+        module.add_input = add_input
+        return module
+
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
+        reduce, expand = (self.get_submodule(p) for p in self._paths)
+        params = (_matrix(reduce), reduce.bias, _matrix(expand), expand.bias)
+        return squeeze_excite, params, {"act": self.act, "gate": self.gate}
+
+    def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, **tail) -> torch.Tensor:
+        if self.add_input:
+            if residual is not None:
+                raise ValueError("this block adds its input (add_residual) and takes no other residual")
+            residual = x
+        return super().forward(x, residual, **tail)
+
+    def describe(self) -> str:
+        return super().describe() + (" + x" if self.add_input else "")
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", add_input=True" if self.add_input else "")
+
+
+def speechbrain_lengths(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """SpeechBrain's relative lengths (B,) (fractions of the sequence, in (0, 1]) as the counts of
+    valid positions fused_se's ``lengths`` takes: exactly the positions SpeechBrain's SEBlock keeps,
+    l < lengths[b] * L compared in lengths' dtype (speechbrain.dataio.dataio.length_to_mask)."""
+    valid = torch.arange(length, device=lengths.device, dtype=lengths.dtype) < (lengths * length)[:, None]
+    return valid.sum(1)
+
+
+class FusedSpeechBrainSEBlock(FusedLayersSEModule):
+    """SpeechBrain's ECAPA-TDNN SEBlock, fused: ``forward(x, lengths=None)`` as SERes2NetBlock calls
+    it, x of shape (B, C, L) and lengths SpeechBrain's relative lengths (fractions of L) or None.
+
+    The relative lengths become counts as SpeechBrain's own mask counts them (speechbrain_lengths);
+    a sample left with no valid position raises a ValueError (SpeechBrain's mean would be NaN).
+    """
+
+    def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        counts = None
+        if lengths is not None:
+            if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1:
+                raise ValueError("lengths must be a 1-D tensor of relative lengths (B,), as SpeechBrain passes them")
+            counts = speechbrain_lengths(lengths, x.shape[-1]).to(x.device)
+        return super().forward(x, lengths=counts)
+
+    def describe(self) -> str:
+        return super().describe() + " lengths=relative"
