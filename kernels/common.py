@@ -152,11 +152,13 @@ def keeps_gate_input(gate: str) -> bool:
 
 @triton.jit
 def dot(a, b, acc, DOT_TF32: tl.constexpr, IS_FP64: tl.constexpr):
-    """acc + a @ b. fp64 (for gradcheck) takes a sum of products: tl.dot has no fp64 path on every GPU."""
+    """acc + a @ b. DOT_TF32: on tensor cores as three TF32 products (the operands split into a
+    high and a low part: about fp32's error); else IEEE fp32 products. fp64 (for gradcheck) takes a
+    sum of products: tl.dot has no fp64 path on every GPU."""
     if IS_FP64:
         return acc + tl.sum(a[:, :, None] * b[None, :, :], axis=1)
     elif DOT_TF32:
-        return tl.dot(a, b, acc, input_precision="tf32")
+        return tl.dot(a, b, acc, input_precision="tf32x3")
     else:
         return tl.dot(a, b, acc, input_precision="ieee")
 

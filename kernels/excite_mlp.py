@@ -546,5 +546,6 @@ def excite_bwd(
         GATE=GATE_CODES[gate], NEED_DZ=need_dz, NEED_DW1=need_dw1, NEED_DB1=need_db1, NEED_DW2=need_dw2,
         NEED_DB2=need_db2, IS_FP64=is_fp64, DOT_TF32=cfg.dot_tf32,
         BLOCK_B=cfg.chan_block_b, BLOCK_C=cfg.chan_block_c, BLOCK_R=cfg.block_r, num_warps=cfg.chan_num_warps,
+        num_stages=1,
     )  # fmt: skip
     return dz, dw1, db1, dw2, db2

@@ -41,8 +41,11 @@ MAX_EXCITE_SPLIT_K = 16
 # split as the forward's; the shares summed into h and v per batch block; then one program per
 # channel block over every sample writes that block's dz, dW1, dW2 and db2 whole. Its batch
 # block, and the elements of a (BLOCK_B, BLOCK_R) tile from which it runs with 8 warps.
-EXCITE_BWD_CHANNEL_BLOCK_B = 32
-EXCITE_BWD_WIDE_TILE = 32 * 64
+EXCITE_BWD_CHANNEL_BLOCK_B = 16
+EXCITE_BWD_WIDE_TILE = 16 * 128
+# The split reductions run with 8 warps from this many elements of a (BLOCK_C, BLOCK_R) weight
+# tile (two of them live in the loop): at 4 warps ptxas spilled on sm_90 from 64 x 64.
+EXCITE_BWD_SPLIT_WIDE_TILE = 64 * 64
 # fp64 (gradcheck's dtype) multiplies through a broadcast of this many elements at most, in
 # place of tl.dot, which has no fp64 path on every GPU.
 FP64_BROADCAST_TILE = 16 * 16 * 64
@@ -444,7 +447,7 @@ def excite_bwd_config(b: int, c: int, r: int, x_dtype: torch.dtype, sms: int) ->
     # (BLOCK_B, BLOCK_R) tiles of h and v and two weight-gradient accumulators live across the
     # batch loop: spread them over more threads once they are wide.
     chan_warps = 8 if chan_block_b * block_r >= EXCITE_BWD_WIDE_TILE else 4
-    split_warps = 8 if MIN_DOT * block_r >= EXCITE_BWD_WIDE_TILE else 4
+    split_warps = 8 if block_c * block_r >= EXCITE_BWD_SPLIT_WIDE_TILE else 4
     return ExciteBwdConfig(
         MIN_DOT, block_c, block_r, ks, ck, chan_block_b, chan_block_c, _dot_tf32(x_dtype), split_warps, chan_warps
     )
@@ -472,8 +475,9 @@ def excite_conv_bwd_config(b: int, c: int, k: int) -> ExciteConvConfig:
 
 
 def _dot_tf32(x_dtype: torch.dtype) -> bool:
-    # IEEE fp32 products for every dtype. TF32 for 16-bit x, whose own rounding looked as coarse,
-    # failed fp16 parity on an H200: its errors compound through the backward's three chained
-    # products (u W2, then v W1) into dx elements where g * s and dz / HW nearly cancel. The
-    # excitation's GEMMs are too small for tensor cores to matter.
-    return False
+    # 16-bit x: the excitation's products on tensor cores as three TF32 products (about fp32's
+    # error). One TF32 product failed fp16 parity on an H200 (its errors compound through the
+    # backward's chained products into dx elements where g * s and dz / HW nearly cancel), and
+    # IEEE products took 255 registers and spilled up to 816 bytes in the excitation kernels on
+    # sm_90 (the kernel report). fp32 x keeps IEEE products (fp32 parity); fp64 a sum of products.
+    return x_dtype in (torch.float16, torch.bfloat16)

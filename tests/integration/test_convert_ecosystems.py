@@ -29,13 +29,22 @@ monai_nets = _optional("monai.networks.nets")
 transformers = _optional("transformers")
 hf_efficientnet = _optional("transformers.models.efficientnet.modeling_efficientnet")
 hf_regnet = _optional("transformers.models.regnet.modeling_regnet")
-ecapa = _optional("speechbrain.lobes.models.ECAPA_TDNN")
 
 needs_monai = pytest.mark.skipif(monai_se is None or monai_nets is None, reason="monai is not installed")
 needs_transformers = pytest.mark.skipif(
     hf_efficientnet is None or hf_regnet is None, reason="transformers is not installed"
 )
-needs_speechbrain = pytest.mark.skipif(ecapa is None, reason="speechbrain (or its torchaudio) does not import")
+
+
+@pytest.fixture(scope="module")
+def ecapa():
+    """SpeechBrain's ECAPA-TDNN module, imported when a test first asks for it, not at collection:
+    SpeechBrain's lazy modules raise ImportError (k2 missing) when hypothesis's pytest plugin scans
+    sys.modules at the end of collection. Skips where it does not import."""
+    module = _optional("speechbrain.lobes.models.ECAPA_TDNN")
+    if module is None:
+        pytest.skip("speechbrain (or its torchaudio) does not import")
+    return module
 
 
 def _outputs_and_grads(model: nn.Module, inputs: tuple, *args):
@@ -189,24 +198,22 @@ def test_hf_se_layers_by_class():
 # ---- SpeechBrain ---------------------------------------------------------------------------------
 
 
-def _ecapa():
+def _ecapa(ecapa):
     return ecapa.ECAPA_TDNN(
         16, lin_neurons=8, channels=[16, 16, 16, 16, 48], attention_channels=8, se_channels=8, res2net_scale=2
     )
 
 
-@needs_speechbrain
 @pytest.mark.parametrize("with_lengths", [False, True], ids=["no-lengths", "relative-lengths"])
-def test_speechbrain_ecapa_tdnn(with_lengths):
+def test_speechbrain_ecapa_tdnn(with_lengths, ecapa):
     x = torch.randn(3, 20, 16)  # (batch, time, features)
     # 0.6 * 20 is 12.000001 in fp32: SpeechBrain's mask keeps 13 positions, and so must the fused block
     args = (torch.tensor([1.0, 0.6, 0.33]),) if with_lengths else ()
-    report = _check_converted(_ecapa(), (x,), (ecapa.SEBlock,), *args)
+    report = _check_converted(_ecapa(ecapa), (x,), (ecapa.SEBlock,), *args)
     assert len(report.replaced) == 3 and {r.fused for r in report.replaced} == {"FusedSpeechBrainSEBlock"}
 
 
-@needs_speechbrain
-def test_speechbrain_lengths_count_as_speechbrain_masks():
+def test_speechbrain_lengths_count_as_speechbrain_masks(ecapa):
     from speechbrain.dataio.dataio import length_to_mask
 
     relative = torch.tensor([1.0, 0.6, 0.33, 0.05, 1 / 3])
@@ -217,8 +224,7 @@ def test_speechbrain_lengths_count_as_speechbrain_masks():
         assert torch.equal(mask.bool(), torch.arange(length) < counts[:, None])  # a prefix: the kernels' mask
 
 
-@needs_speechbrain
-def test_speechbrain_se_block_with_lengths_through_the_kernels():
+def test_speechbrain_se_block_with_lengths_through_the_kernels(ecapa):
     block = ecapa.SEBlock(12, 4, 12).double()
     x = torch.randn(3, 12, 10, dtype=torch.float64)
     lengths = torch.tensor([1.0, 0.55, 0.1], dtype=torch.float64)

@@ -151,7 +151,7 @@ def test_excite_fwd(b, c, r, form, bias, act, gate, device):
         (3, 24, 3, 1),
         (40, 65, 16, 1),  # three batch blocks, two channel blocks of the last kernel
         (1, 256, 16, 2),  # the reductions over channels split in two
-        (70, 130, 20, 1),  # the last kernel walks three batch blocks of 32
+        (70, 130, 20, 1),  # the last kernel walks five batch blocks of 16
     ],
 )
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
@@ -320,12 +320,13 @@ def test_excite_forms_empty_batch(device):
 # ---- heuristics and strides ----------------------------------------------------------------
 
 
-def test_dot_precision_is_ieee_for_every_dtype():
-    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        assert not hz.excite_fwd_config(8, 64, 4, dtype, 132).dot_tf32
-        assert not hz.excite_bwd_config(8, 64, 4, dtype, 132).dot_tf32
-        assert not hz.excite_fc_config(64, dtype).dot_tf32
-    assert not hz.excite_fwd_split_config(8, 2048, 128, torch.bfloat16, 132).dot_tf32
+def test_dot_precision_by_dtype():
+    """16-bit x: three TF32 products; fp32 and fp64 x: IEEE products (fp64: a sum of products)."""
+    for dtype, tc in ((torch.float16, True), (torch.bfloat16, True), (torch.float32, False), (torch.float64, False)):
+        assert hz.excite_fwd_config(8, 64, 4, dtype, 132).dot_tf32 == tc
+        assert hz.excite_bwd_config(8, 64, 4, dtype, 132).dot_tf32 == tc
+        assert hz.excite_fc_config(64, dtype).dot_tf32 == tc
+    assert hz.excite_fwd_split_config(8, 2048, 128, torch.bfloat16, 132).dot_tf32
 
 
 def test_dot_blocks_are_at_least_16():
