@@ -57,14 +57,26 @@ def _wrap_triton_takes(kernel) -> bool:
     return True
 
 
+def tracing() -> bool:
+    """Whether something may be tracing a launch: torch.compile, a dispatch mode (fake tensors,
+    make_fx, export, functionalization) or a functorch transform."""
+    return (
+        torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
+        or torch.compiler.is_compiling()
+    )
+
+
 def bind(kernel, grid):
-    """kernel[grid], through wrap_triton unless it is off (so that a traced graph holds the kernel;
-    the ops' bodies turn it off where they run on real tensors, as torch.library.triton_op does).
+    """kernel[grid], through wrap_triton where a launch may be traced and wrapping is on (so that a
+    traced graph holds the kernel; the ops' bodies turn it off where they run on real tensors, as
+    torch.library.triton_op does). Elsewhere the kernel launches directly: wrap_triton's eager
+    path, a higher-order op's dispatch, took about 0.5 ms a launch on an H200's host.
     Every launch is bound here: tools that record launches instead of running them replace it."""
     global _WRAP_TRITON
     if _WRAP_TRITON is None:
         _WRAP_TRITON = _wrap_triton_takes(kernel)
-    return (wrap_triton(kernel) if _WRAP_TRITON and is_wrap_triton_enabled() else kernel)[grid]
+    return (wrap_triton(kernel) if _WRAP_TRITON and is_wrap_triton_enabled() and tracing() else kernel)[grid]
 
 
 def launch(kernel, grid):

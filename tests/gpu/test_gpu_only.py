@@ -165,7 +165,9 @@ def test_streamed_passes_repeat_bit_for_bit_and_match_three_launches(c, h, r, ta
 @cuda
 def test_streamed_passes_under_torch_compile(monkeypatch):
     """Inductor launches the streamed kernels itself (a while loop, atomics on the workspace):
-    the compiled forward and backward give the eager op's bits."""
+    the compiled forward and backward give the eager op's bits for y and dx; the weight gradients
+    agree to fp32 rounding, since Inductor compiles the `sum(0)` of their per-chunk partials into a
+    reduction of its own, which adds them in another order."""
     from fused_se.kernels import heuristics as hz
 
     b, c, h, w, r = 16, 64, 14, 14, 4
@@ -188,8 +190,10 @@ def test_streamed_passes_under_torch_compile(monkeypatch):
         eager = run(se)
     assert launched == ["se_fwd_stream", "se_bwd_stream"], launched
     compiled = run(torch.compile(se, fullgraph=True))  # AOTAutograd compiles the backward too
-    for a, b_ in zip(eager, compiled):
-        assert torch.equal(a, b_)
+    for name, a, b_ in zip(["y", "dx"], eager[:2], compiled[:2]):
+        assert torch.equal(a, b_), name
+    for name, a, b_ in zip(["dw1", "dw2"], eager[2:], compiled[2:]):
+        torch.testing.assert_close(a, b_, rtol=1e-5, atol=1e-5 * a.abs().max().item(), msg=name)
 
 
 @cuda

@@ -177,7 +177,9 @@ def test_excite_bwd(b, c, r, ks, bias, act, gate, device, monkeypatch):
         if leaf is None:
             assert got is None
             continue
-        torch.testing.assert_close(got.double(), leaf.grad, rtol=1e-4, atol=1e-5, msg=name)
+        # fp32 sums over up to 70 samples and 130 channels: the error scales with the largest terms
+        atol = 1e-5 * max(1.0, leaf.grad.abs().max().item())
+        torch.testing.assert_close(got.double(), leaf.grad, rtol=1e-4, atol=atol, msg=name)
 
 
 def test_excite_bwd_computes_only_what_is_asked(device):
