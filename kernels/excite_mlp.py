@@ -198,6 +198,33 @@ def excite_gate_split(
 
 
 @triton.jit
+def _bwd_reductions(
+    dssum_ptr, z_ptr, s_ptr, a_ptr, w1_ptr, w2_ptr, stride_w1r, stride_w1c, stride_w2c, stride_w2r,
+    offs_b, mask_b, offs_r, mask_r, c_start, c_end, B, C, split,
+    GATE: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
+):  # fmt: skip
+    """(z W1[:, c_start:c_end]^T, u W2[c_start:c_end]) for the rows offs_b, u = ds * gate'(a) from
+    the partial sums of g * x: the backward's reductions over channels, (BLOCK_B, BLOCK_R) each."""
+    acc_ty = tl.float64 if IS_FP64 else tl.float32
+    hpre = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    dh = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
+    for c0 in range(c_start, c_end, BLOCK_C):
+        offs_c = c0 + tl.arange(0, BLOCK_C)
+        mask_c = offs_c < c_end
+        mask_bc = mask_b[:, None] & mask_c[None, :]
+        mask_cr = mask_c[:, None] & mask_r[None, :]
+        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+        u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
+        z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
+        w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
+        w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
+        hpre = dot(z, w1t.to(acc_ty), hpre, DOT_TF32, IS_FP64)
+        dh = dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
+    return hpre, dh
+
+
+@triton.jit
 def excite_bwd_block(
     dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
     z_ptr,  # (B, C)
@@ -218,14 +245,11 @@ def excite_bwd_block(
     NEED_DZ: tl.constexpr, NEED_DW1: tl.constexpr, NEED_DB1: tl.constexpr, NEED_DW2: tl.constexpr,
     NEED_DB2: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_R: tl.constexpr,
-    GRID: tl.constexpr = False,
 ):  # fmt: skip
     """The excitation's backward for samples b_start <= b < b_end (at most BLOCK_B of them):
-    dz, and the weight gradients' partials of index pid. Launched as a kernel (GRID), program i
-    takes batch block i and writes partials i; the streamed backward calls it for a chunk."""
-    if GRID:
-        pid = tl.program_id(0)
-        b_start = pid * BLOCK_B
+    dz, and the weight gradients' partials of index pid, in one program: the streamed backward
+    runs it for a chunk (the three-launch backward spreads the same math over excite_bwd_split,
+    excite_bwd_hidden and excite_bwd_channels)."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     offs_b = b_start + tl.arange(0, BLOCK_B)
     offs_r = tl.arange(0, BLOCK_R)
@@ -233,20 +257,10 @@ def excite_bwd_block(
     mask_r = offs_r < R
 
     # Pass 1 over channels: the pre-activation W1 z + b1 (re-computed, not saved) and dh = u W2.
-    hpre = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
-    dh = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        mask_bc = mask_b[:, None] & mask_c[None, :]
-        mask_cr = mask_c[:, None] & mask_r[None, :]
-        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
-        z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
-        w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
-        w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
-        hpre = dot(z, w1t.to(acc_ty), hpre, DOT_TF32, IS_FP64)
-        dh = dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
+    hpre, dh = _bwd_reductions(
+        dssum_ptr, z_ptr, s_ptr, a_ptr, w1_ptr, w2_ptr, stride_w1r, stride_w1c, stride_w2c, stride_w2r,
+        offs_b, mask_b, offs_r, mask_r, 0, C, B, C, split, GATE, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C, BLOCK_R,
+    )  # fmt: skip
     if HAS_B1:
         hpre += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)[None, :]
     # Padded columns r >= R are exactly 0 (an Inf in z or u times their zero weights is NaN).
@@ -302,28 +316,17 @@ def excite_bwd_split(
     """The backward's reductions over channels, split: program (i, k) takes batch block i and
     channels k * CK <= c < (k + 1) * CK, and writes their shares of the hidden layer's input
     (re-computed, not saved) and of dh = u W2, u = ds * gate'(a)."""
-    acc_ty = tl.float64 if IS_FP64 else tl.float32
     pid_k = tl.program_id(1)
     offs_b = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     offs_r = tl.arange(0, BLOCK_R)
     mask_b = offs_b < B
     mask_r = offs_r < R
     c_start = pid_k * CK
-    c_end = tl.minimum(c_start + CK, C)
-    hpre = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
-    dh = tl.zeros((BLOCK_B, BLOCK_R), dtype=acc_ty)
-    for c0 in range(c_start, c_end, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < c_end
-        mask_bc = mask_b[:, None] & mask_c[None, :]
-        mask_cr = mask_c[:, None] & mask_r[None, :]
-        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
-        z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
-        w1t = tl.load(w1_ptr + offs_c[:, None] * stride_w1c + offs_r[None, :] * stride_w1r, mask=mask_cr, other=0.0)
-        w2 = tl.load(w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r, mask=mask_cr, other=0.0)
-        hpre = dot(z, w1t.to(acc_ty), hpre, DOT_TF32, IS_FP64)
-        dh = dot(u, w2.to(acc_ty), dh, DOT_TF32, IS_FP64)
+    hpre, dh = _bwd_reductions(
+        dssum_ptr, z_ptr, s_ptr, a_ptr, w1_ptr, w2_ptr, stride_w1r, stride_w1c, stride_w2c, stride_w2r,
+        offs_b, mask_b, offs_r, mask_r, c_start, tl.minimum(c_start + CK, C), B, C, split,
+        GATE, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C, BLOCK_R,
+    )  # fmt: skip
     br = (pid_k.to(tl.int64) * B + offs_b[:, None]) * R + offs_r[None, :]
     mask_br = mask_b[:, None] & mask_r[None, :]
     tl.store(hpart_ptr + br, hpre, mask=mask_br)
