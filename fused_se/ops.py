@@ -120,6 +120,11 @@ def _needs_grad(ctx, i: int) -> bool:
     return i < len(ctx.needs_input_grad) and ctx.needs_input_grad[i]
 
 
+def no_grads(ctx) -> tuple[None, ...]:
+    """A backward's answer where no gradient reached y: None for every input autograd passed."""
+    return (None,) * len(ctx.needs_input_grad)
+
+
 def _residual_grad(ctx, grad_y: Tensor, dres: Tensor, need_res: bool) -> Optional[Tensor]:
     if not need_res:
         return None
@@ -215,7 +220,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
     if grad_y is None:  # no gradient reached y (grads are not materialized)
-        return (None,) * 10
+        return no_grads(ctx)
     x, w1, b1, w2, b2, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:5], _needs_grad(ctx, 7)
     *grads, dres = _backward_op(ctx, squeeze_excite_backward)(
@@ -291,7 +296,7 @@ def _setup_context_fc(ctx, inputs, output) -> None:
 
 def _backward_fc(ctx, grad_y, grad_z, grad_s, grad_a):
     if grad_y is None:  # no gradient reached y (grads are not materialized)
-        return (None,) * 7
+        return no_grads(ctx)
     x, w, b, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:3], _needs_grad(ctx, 4)
     *grads, dres = _backward_op(ctx, effective_squeeze_excite_backward)(
@@ -374,7 +379,7 @@ def _setup_context_conv(ctx, inputs, output) -> None:
 
 def _backward_conv(ctx, grad_y, grad_z, grad_s, grad_a):
     if grad_y is None:  # no gradient reached y (grads are not materialized)
-        return (None,) * 8
+        return no_grads(ctx)
     x, w, b, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:3], _needs_grad(ctx, 5)
     *grads, dres = _backward_op(ctx, efficient_channel_attention_backward)(
@@ -419,13 +424,13 @@ for _op in (squeeze_excite_backward, effective_squeeze_excite_backward, efficien
 
 
 def plain_eager(args: tuple) -> bool:
-    """Whether nothing traces, transforms or intercepts a call with these arguments."""
+    """Whether nothing traces, transforms or intercepts a call with these arguments: nothing that
+    may trace a launch (kernels.common.tracing), no function mode, no jit trace, no subclass."""
     if torch.compiler.is_compiling():  # first: under dynamo the checks below would break the graph
         return False
     return not (
-        torch._C._len_torch_dispatch_stack() > 0
+        kernels.common.tracing()
         or torch._C._is_torch_function_mode_enabled()
-        or torch._C._are_functorch_transforms_active()
         or torch.jit.is_tracing()
         or torch.overrides.has_torch_function(tuple(a for a in args if isinstance(a, Tensor)))
     )

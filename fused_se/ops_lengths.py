@@ -97,7 +97,7 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
     if grad_y is None:  # no gradient reached y (grads are not materialized)
-        return (None,) * 11
+        return ops.no_grads(ctx)
     x, w1, b1, w2, b2, lengths, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:5], ops._needs_grad(ctx, 8)
     *grads, dres = ops._backward_op(ctx, squeeze_excite_lengths_backward)(

@@ -3,12 +3,13 @@
 The launcher contract (fused_se.decomposed implements the same functions in torch ops, with the
 same arguments and outputs, for CPU tensors):
 
-    passes.py       squeeze_fwd(x) -> zsum                              the three-launch path's
+    passes.py       squeeze_fwd(x, lengths) -> zsum                     the three-launch path's
                     scale_fwd(x, s, d, residual, relu) -> y             memory passes, used by
                     scale_bwd(g, x, d, relu_out, store_g) -> (dssum, dr) every form
-                    squeeze_scale_bwd(g, s, dz, like, d, relu_out) -> dx
+                    squeeze_scale_bwd(g, s, dz, like, d, relu_out, lengths) -> dx
     excite_mlp.py   excite_fwd(zsum, hw, w1, b1, w2, b2, x_dtype, act, gate) -> (z, s, a)
                     excite_bwd(dssum, z, s, a, w1, b1, w2, x_dtype, need, act, gate) -> (dz, dw1, db1, dw2, db2)
+                        (the weight gradients in the weights' dtypes)
     excite_fc.py    excite_fc_fwd / excite_fc_bwd                       the FC form (ESE)
     excite_conv.py  excite_conv_fwd / excite_conv_bwd                   the conv form (ECA, CECA)
     one_launch.py   se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, relu, cfg) -> (y, z, s, a)

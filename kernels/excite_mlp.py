@@ -460,9 +460,8 @@ def excite_fwd(
     }
     a_arg = a if keeps_gate_input(gate) else s
     b1_arg, b2_arg = (w1 if b1 is None else b1), (w2 if b2 is None else b2)
-    split_cfg = hz.excite_fwd_split_config(b, c, hidden, x_dtype, sms)
-    if split_cfg is not None:
-        cfg = split_cfg
+    cfg = hz.excite_fwd_split_config(b, c, hidden, x_dtype, sms)
+    if cfg is not None:
         hpart = empty(cfg.ks, b, hidden, dtype=zsum.dtype, device=zsum.device)
         blocks = {"BLOCK_B": cfg.block_b, "BLOCK_C": cfg.block_c, "BLOCK_R": cfg.block_r}
         batch_blocks = hz.cdiv(b, cfg.block_b)

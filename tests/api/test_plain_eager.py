@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from se_testing import make_variant_params, record_launches, record_ops, run_variant
+from se_testing import FORM_KERNELS, make_variant_params, record_launches, record_ops, run_variant
 from torch.overrides import TorchFunctionMode
 
 import fused_se
@@ -45,7 +45,7 @@ def test_eager_calls_take_the_autograd_function_and_match_the_custom_op(form, fu
     with record_launches() as launched:
         y, grads = _forward_backward(form, x, params)
     assert type(y.grad_fn).__name__ == f"{function}Backward"
-    assert launched, "the kernels (or their torch-ops twins) ran"
+    assert launched[:3] == ["squeeze", FORM_KERNELS[form], "scale"]  # the kernels, not the reference
     # A pass-through function mode makes the call not plain: the custom op runs, as under tracing.
     with PassThrough():
         assert not ops.plain_eager((x,))
@@ -96,8 +96,9 @@ def test_calls_without_gradients_run_the_body_alone(form, function, device):
     """Inference (no_grad, or no input that requires grad) needs no autograd node: same bits."""
     x, params = _case(form, device)
     y = run_variant(fused_se, x, form, params, "relu", "sigmoid", False)
-    with torch.no_grad():
+    with torch.no_grad(), record_launches() as launched:
         y_inf = run_variant(fused_se, x, form, params, "relu", "sigmoid", False)
+    assert launched == ["squeeze", FORM_KERNELS[form], "scale"]  # the kernels, not the reference
     plain = [t.detach() if t is not None else None for t in params]
     y_detached = run_variant(fused_se, x.detach(), form, plain, "relu", "sigmoid", False)
     assert type(y.grad_fn).__name__ == f"{function}Backward"
