@@ -97,9 +97,84 @@ def host_costs() -> dict[str, float]:
             "eager fwd+bwd": _host_us(make_call(eager, x, g, "fwd+bwd"), 500),
             "fused fwd+bwd (three_launch)": _host_us(three(fused_fb), 500),
         }
+    costs.update(_launch_costs(x))
+    # the same blocks with every launch through triton's JIT (kernels.common.CachedLauncher off)
+    from fused_se.kernels import common
+
+    cached = common.CachedLauncher
+    common.CachedLauncher = lambda kernel, grid: kernel[grid]
+    try:
+        costs["eager fwd (again)"] = _host_us(make_call(eager, x, g, "fwd"))
+        costs["fused fwd (auto, JIT launches)"] = _host_us(make_call(fused, x, g, "fwd"))
+        costs["fused fwd+bwd (auto, JIT launches)"] = _host_us(make_call(fused, x, g, "fwd+bwd"), 500)
+    finally:
+        common.CachedLauncher = cached
+    costs["fused fwd+bwd (auto)"] = _host_us(make_call(fused, x, g, "fwd+bwd"), 500)
+    costs["eager fwd+bwd (again)"] = _host_us(make_call(eager, x, g, "fwd+bwd"), 500)
     for name, us in costs.items():
-        print(f"host {name:32s} {us:8.1f} us per call")
+        print(f"host {name:40s} {us:8.1f} us per call")
+    _host_profile(make_call(fused, x, g, "fwd"), "fused fwd (auto)")
+    _host_profile(make_call(fused, x, g, "fwd+bwd"), "fused fwd+bwd (auto)")
     return costs
+
+
+def _launch_costs(x) -> dict[str, float]:
+    """Triton's own host cost for one of the fused kernels: the squeeze's launch as the launcher
+    makes it (kernel[grid](...)), replayed with the same arguments, and the same compiled kernel
+    launched directly (no binding, no specialisation)."""
+    from fused_se.kernels import common, passes
+
+    calls = []
+    bind = common.bind
+
+    def recording(kernel, grid):
+        launcher = bind(kernel, grid)
+
+        def run(*args, **kwargs):
+            calls.append((kernel, grid, args, kwargs))
+            return launcher(*args, **kwargs)
+
+        return run
+
+    common.bind = recording
+    try:
+        passes.squeeze_fwd(x)
+    finally:
+        common.bind = bind
+    kernel, grid, args, kwargs = calls[0]
+    compiled = kernel[grid](*args, **kwargs)
+    bound = [*args]
+    params = [p.name for p in kernel.params][len(args) :]
+    bound += [kwargs[n] if n in kwargs else kernel.params[len(args) + i].default for i, n in enumerate(params)]
+    cached = common.CachedLauncher(kernel, grid)
+    out = {
+        "triton kernel[grid](...) (squeeze)": _host_us(lambda: kernel[grid](*args, **kwargs)),
+        "CachedLauncher (squeeze)": _host_us(lambda: cached(*args, **kwargs)),
+    }
+    try:
+        runner = compiled[(*grid, 1, 1)[:3]]
+        out["triton compiled[grid](...) (squeeze)"] = _host_us(lambda: runner(*bound))
+    except Exception as e:  # the compiled kernel's calling convention differs between releases
+        print(f"compiled[grid] launch: {type(e).__name__}: {e}")
+    return out
+
+
+def _host_profile(fn, label: str, iters: int = 500, top: int = 25) -> None:
+    """cProfile of fn called back to back: where the host's time goes, by function."""
+    import cProfile
+    import pstats
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(iters):
+        fn()
+    torch.cuda.synchronize()
+    prof.disable()
+    print(f"== cProfile: {label}, {iters} calls")
+    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
 
 
 def main(argv=None) -> int:

@@ -217,3 +217,83 @@ def test_spread_forward_repeats_bit_for_bit_and_matches_three_launches(c, h, r, 
         three = fused_se.squeeze_excite(x, w1, None, w2)
     assert launched == ["squeeze", "excite", "scale"], launched
     torch.testing.assert_close(first.float(), three.float(), rtol=2e-2, atol=2e-2)
+
+
+def _count_jit_runs(monkeypatch) -> list:
+    """Counts the launches that go through triton's JIT (binding every argument) instead of a
+    compiled kernel that kernels.common.CachedLauncher has cached."""
+    import triton
+
+    calls = []
+    run = triton.runtime.JITFunction.run
+
+    def counting(self, *args, **kwargs):
+        calls.append(self.__name__)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(triton.runtime.JITFunction, "run", counting)
+    return calls
+
+
+@cuda
+def test_cached_launches_skip_the_jit_and_match_it(monkeypatch):
+    """A block's second call launches every kernel from the cache of compiled kernels, without
+    triton's JIT, and gives the bits of the first call (which went through the JIT)."""
+    from fused_se.kernels import common
+
+    m = fused_se.FusedSEModule(256, 16).cuda()
+    x = torch.randn(4, 256, 7, 7, device="cuda", requires_grad=True)
+    g = torch.randn_like(x)
+    common._COMPILED.clear()
+    jit_runs = _count_jit_runs(monkeypatch)
+    first = [m(x), *torch.autograd.grad(m(x), [x, m.fc[0].weight], g)]
+    assert jit_runs and len(common._COMPILED) > 0
+    jit_runs.clear()
+    second = [m(x), *torch.autograd.grad(m(x), [x, m.fc[0].weight], g)]
+    assert jit_runs == []
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    y_ref = reference.squeeze_excite(x, m.fc[0].weight, None, m.fc[2].weight)
+    torch.testing.assert_close(second[0], y_ref, rtol=1e-5, atol=1e-5)
+
+
+@cuda
+def test_cached_launches_tell_misaligned_tensors_apart(monkeypatch):
+    """x one element past a 16-byte boundary compiles (and caches) its own kernels: the aligned
+    x's kernels assume aligned addresses and would load the wrong elements, or fault."""
+    from fused_se.kernels import common
+
+    m = fused_se.FusedSEModule(64, 4).cuda().half()
+    base = torch.randn(2 * 64 * 5 * 5 + 1, device="cuda", dtype=torch.float16)
+    aligned = base[:-1].view(2, 64, 5, 5)
+    shifted = base[1:].view(2, 64, 5, 5)
+    assert aligned.data_ptr() % 16 == 0 and shifted.data_ptr() % 16 != 0
+    common._COMPILED.clear()
+    with torch.no_grad():
+        m(aligned)
+        entries = len(common._COMPILED)
+        jit_runs = _count_jit_runs(monkeypatch)
+        y = m(shifted)
+    assert jit_runs and len(common._COMPILED) > entries
+    w1, w2 = m.fc[0].weight, m.fc[2].weight
+    torch.testing.assert_close(y, reference.squeeze_excite(shifted, w1, None, w2), rtol=2e-3, atol=2e-3)
+
+
+@cuda
+def test_launch_hooks_take_the_jit(monkeypatch):
+    """With a triton launch hook set (a profiler's), every launch goes through triton's JIT, which
+    calls it."""
+    from triton import knobs
+
+    m = fused_se.FusedSEModule(128, 8).cuda()
+    x = torch.randn(2, 128, 6, 6, device="cuda")
+    with torch.no_grad():
+        m(x)  # cached
+        seen = []
+        hook = lambda metadata: seen.append(metadata)  # noqa: E731
+        knobs.runtime.launch_enter_hook.add(hook)
+        try:
+            m(x)
+        finally:
+            knobs.runtime.launch_enter_hook.remove(hook)
+    assert len(seen) >= 1
