@@ -10,17 +10,24 @@ BACKEND_ENV = "FUSED_SE_BACKEND"
 BACKENDS = ("auto", "triton", "reference")
 
 
+_common = None  # fused_se.kernels.common, once imported
+
+
 def interpreter_enabled() -> bool:
     """True when the Triton interpreter runs the kernels on the CPU (TRITON_INTERPRET=1 when
     triton.jit defined them, which is when fused_se.kernels was first imported)."""
-    from .kernels import common  # triton is imported here, on first use, not by `import fused_se`
+    global _common
+    if _common is None:
+        from .kernels import common  # triton is imported here, on first use, not by `import fused_se`
 
-    return common.INTERPRETED
+        _common = common
+    return _common.INTERPRETED
 
 
 def kernels_run_on(device: torch.device) -> bool:
     """True where the Triton kernels run: CUDA, or the CPU with the interpreter on."""
-    return device.type == "cuda" or (device.type == "cpu" and interpreter_enabled())
+    kind = device.type
+    return kind == "cuda" or (kind == "cpu" and interpreter_enabled())
 
 
 def backend_for(x: torch.Tensor) -> str:

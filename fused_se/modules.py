@@ -133,7 +133,8 @@ class FusedSEModule(nn.Module):
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
         """The functional op of this block's form, its parameters, and its options."""
-        fc1, fc2 = self.fc[0], self.fc[2]
+        # the layers by position without Sequential's indexing (a per-call cost on small inputs)
+        fc1, _, fc2, _ = self.fc._modules.values()
         return squeeze_excite, (fc1.weight, fc1.bias, fc2.weight, fc2.bias), {"act": self.act, "gate": self.gate}
 
     def forward(
