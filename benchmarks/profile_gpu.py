@@ -65,10 +65,14 @@ def _host_us(fn, iters: int = 2000) -> float:
     return (time.perf_counter() - t0) / iters * 1e6
 
 
-def host_costs() -> dict[str, float]:
+def host_costs(rounds: int = 5) -> dict[str, float]:
     """Host microseconds per call of one aten launch, of each of the fused passes' launchers, and
-    of the fused and eager blocks, on a (1, 64, 4, 4) input."""
+    of the fused and eager blocks, on a (1, 64, 4, 4) input; each the least over `rounds` rounds
+    that take every case in turn (so that a drift of the host's pace, a clock ramping up, falls
+    on every case alike). "JIT launches": every launch through triton's JIT, as before
+    kernels.common.CachedLauncher."""
     from fused_se import kernels
+    from fused_se.kernels import common
 
     dev = torch.device("cuda")
     shape = SEShape(64, 4, 4, 4)
@@ -76,43 +80,42 @@ def host_costs() -> dict[str, float]:
     s = torch.rand(1, 64, device=dev)
     g = torch.randn_like(x)
     eager, fused = (build_provider(p, shape, dev, torch.float32) for p in ("eager", "fused"))
-    with force_paths("three_launch"):
-        fused_fwd = make_call(fused, x, g, "fwd")
-        fused_fb = make_call(fused, x, g, "fwd+bwd")
 
-        def three(call):
-            def fn():
-                with force_paths("three_launch"):
+    def on_path(call, path=None, jit=False):
+        def fn():
+            cached = common.CachedLauncher
+            if jit:
+                common.CachedLauncher = lambda kernel, grid: kernel[grid]
+            try:
+                if path is None:
                     return call()
+                with force_paths(path):
+                    return call()
+            finally:
+                common.CachedLauncher = cached
 
-            return fn
+        return fn
 
-        costs = {
-            "aten mul (1 launch)": _host_us(lambda: x.mul(2.0)),
-            "squeeze_fwd (1 launch)": _host_us(lambda: kernels.squeeze_fwd(x)),
-            "scale_fwd (1 launch)": _host_us(lambda: kernels.scale_fwd(x, s)),
-            "eager fwd": _host_us(make_call(eager, x, g, "fwd")),
-            "fused fwd (three_launch)": _host_us(three(fused_fwd)),
-            "fused fwd (auto)": _host_us(make_call(fused, x, g, "fwd")),
-            "eager fwd+bwd": _host_us(make_call(eager, x, g, "fwd+bwd"), 500),
-            "fused fwd+bwd (three_launch)": _host_us(three(fused_fb), 500),
-        }
+    cases = {
+        "aten mul (1 launch)": (lambda: x.mul(2.0), 2000),
+        "squeeze_fwd (1 launch)": (lambda: kernels.squeeze_fwd(x), 2000),
+        "scale_fwd (1 launch)": (lambda: kernels.scale_fwd(x, s), 2000),
+        "eager fwd": (make_call(eager, x, g, "fwd"), 2000),
+        "fused fwd (three_launch)": (on_path(make_call(fused, x, g, "fwd"), "three_launch"), 2000),
+        "fused fwd (auto)": (on_path(make_call(fused, x, g, "fwd")), 2000),
+        "fused fwd (auto, JIT launches)": (on_path(make_call(fused, x, g, "fwd"), jit=True), 2000),
+        "eager fwd+bwd": (make_call(eager, x, g, "fwd+bwd"), 500),
+        "fused fwd+bwd (three_launch)": (on_path(make_call(fused, x, g, "fwd+bwd"), "three_launch"), 500),
+        "fused fwd+bwd (auto)": (on_path(make_call(fused, x, g, "fwd+bwd")), 500),
+        "fused fwd+bwd (auto, JIT launches)": (on_path(make_call(fused, x, g, "fwd+bwd"), jit=True), 500),
+    }
+    costs = {name: float("inf") for name in cases}
+    for _ in range(rounds):
+        for name, (fn, iters) in cases.items():
+            costs[name] = min(costs[name], _host_us(fn, iters))
     costs.update(_launch_costs(x))
-    # the same blocks with every launch through triton's JIT (kernels.common.CachedLauncher off)
-    from fused_se.kernels import common
-
-    cached = common.CachedLauncher
-    common.CachedLauncher = lambda kernel, grid: kernel[grid]
-    try:
-        costs["eager fwd (again)"] = _host_us(make_call(eager, x, g, "fwd"))
-        costs["fused fwd (auto, JIT launches)"] = _host_us(make_call(fused, x, g, "fwd"))
-        costs["fused fwd+bwd (auto, JIT launches)"] = _host_us(make_call(fused, x, g, "fwd+bwd"), 500)
-    finally:
-        common.CachedLauncher = cached
-    costs["fused fwd+bwd (auto)"] = _host_us(make_call(fused, x, g, "fwd+bwd"), 500)
-    costs["eager fwd+bwd (again)"] = _host_us(make_call(eager, x, g, "fwd+bwd"), 500)
     for name, us in costs.items():
-        print(f"host {name:40s} {us:8.1f} us per call")
+        print(f"host {name:40s} {us:8.1f} us per call (least of {rounds} rounds)")
     _host_profile(make_call(fused, x, g, "fwd"), "fused fwd (auto)")
     _host_profile(make_call(fused, x, g, "fwd+bwd"), "fused fwd+bwd (auto)")
     return costs

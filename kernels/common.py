@@ -102,9 +102,8 @@ class CachedLauncher:
     kernel up by the result: about 17 of the 32 us a launch of the squeeze took on an H200's host
     (the rest is the driver's launch). Here the compiled kernel is looked up by a key at least as
     fine as triton's own: every non-tensor argument by value (each launcher passes a parameter
-    one type only), every tensor by its dtype and
-    whether its address is 16-byte aligned (the one property of a pointer triton specialises on),
-    with the grid and the device. A miss, a launch hook (a profiler's) or the JIT's pre-run hooks
+    one type only), every tensor by its dtype and whether its address is 16-byte aligned (the one
+    property of a pointer triton specialises on), with the grid and the device. A miss, a launch hook (a profiler's) or the JIT's pre-run hooks
     take triton's own path; a miss caches what that path compiled. The compiled kernel is then
     called as triton's JIT calls it, with every parameter in order, constexprs included."""
 
@@ -116,7 +115,10 @@ class CachedLauncher:
 
     def __call__(self, *args, **kwargs):
         kernel, grid = self.kernel, self.grid
-        device = next(a.device for a in args if isinstance(a, torch.Tensor))
+        first = args[0]
+        device = (
+            first if isinstance(first, torch.Tensor) else next(a for a in args if isinstance(a, torch.Tensor))
+        ).device
         runtime = knobs.runtime
         if (
             device.type != "cuda"

@@ -25,6 +25,21 @@ MAX_BLOCK_HW_STREAM = 1024
 # excite kernel) while it would otherwise launch fewer than this many programs per SM.
 SPLIT_BELOW_PROGRAMS_PER_SM = 2
 MAX_HW_SPLIT = 64
+# NCHW samples whose rows (HW elements) are not a multiple of 16 bytes and at most this long
+# take the flat passes (kernels/flat.py): aligned runs of the flat C * HW axis instead of
+# (channel, HW) tiles with unaligned rows (7x7 and 14x14 in 16-bit dtypes, 7x7 in fp32).
+FLAT_MAX_HW = 256
+# Shorter rows keep the tiles: a run of the flat squeeze touches up to BLOCK / HW + 2 channels,
+# each a select over the run, so its arithmetic grows as HW shrinks.
+FLAT_MIN_HW = 24
+# The flat squeeze: channels a program sums, and its runs (BLOCK elements, one warp: eight
+# contiguous elements a thread, a 128-bit load in 16-bit dtypes).
+FLAT_REDUCE_ROWS = 32
+FLAT_REDUCE_BLOCK = 256
+FLAT_REDUCE_WARPS = 1
+# The flat scale: elements a program, 16 a thread at 8 warps.
+FLAT_SCALE_BLOCK = 4096
+FLAT_SCALE_WARPS = 8
 # tl.dot needs every dimension to be at least 16 on the GPU.
 MIN_DOT = 16
 # Excite forward: with W1 at most this big, one launch whose programs each re-compute the
@@ -258,6 +273,23 @@ def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> Red
     hw_per_split = cdiv(hw_blocks, split) * block_hw
     split = cdiv(hw, hw_per_split)  # no empty splits
     return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
+
+
+@dataclass(frozen=True)
+class FlatReduceConfig:
+    block_r: int  # channels a program
+    block: int  # elements of a run
+    window: int  # channels a run may touch, a power of two >= block / HW + 2
+    num_warps: int
+
+
+def flat_reduce_config(c: int, hw: int) -> FlatReduceConfig:
+    return FlatReduceConfig(
+        min(FLAT_REDUCE_ROWS, next_pow2(c)),
+        FLAT_REDUCE_BLOCK,
+        next_pow2(cdiv(FLAT_REDUCE_BLOCK, hw) + 2),
+        FLAT_REDUCE_WARPS,
+    )
 
 
 def scale_config(c: int, hw: int, channels_last: bool) -> ScaleConfig:

@@ -33,6 +33,7 @@ from .common import (
     record,
     strides_of,
 )
+from .flat import hw_sum_flat_kernel, scale_flat_kernel
 
 
 @triton.jit
@@ -214,6 +215,22 @@ def _scale_kernel(
     )  # fmt: skip
 
 
+def flat_stride(x: torch.Tensor, *others: Optional[torch.Tensor]) -> Optional[int]:
+    """The elements between x's samples where the flat passes (kernels/flat.py) take x and the
+    tensors shaped like it (`others`, None for absent ones): each sample one dense NCHW run, the
+    same strides for all, and rows (HW elements) whose bytes are not a multiple of 16, of
+    heuristics.FLAT_MIN_HW to FLAT_MAX_HW elements. None where the tiled passes run."""
+    hw = x.shape[2] * x.shape[3]
+    if not hz.FLAT_MIN_HW <= hw <= hz.FLAT_MAX_HW or (hw * x.element_size()) % 16 == 0:
+        return None
+    xs = strides_of(x, None)
+    if xs[1] != hw or xs[2] != 1:
+        return None
+    if any(t is not None and strides_of(t, None) != xs for t in others):
+        return None
+    return xs[0]
+
+
 def _hw_sum(
     x: torch.Tensor,
     g: Optional[torch.Tensor] = None,
@@ -229,9 +246,22 @@ def _hw_sum(
     hw = h * w
     xs = strides_of(x, None)
     gs = strides_of(g, xs)
+    dr = empty_like(g) if store_g and g is not None else None
+    flat = None if lengths is not None else flat_stride(x, g, relu_out, dr)
+    if flat is not None:
+        out = empty(1, b, c, dtype=acc_dtype(x.dtype), device=x.device)
+        if out.numel():
+            fcfg = hz.flat_reduce_config(c, hw)
+            launch(hw_sum_flat_kernel, (hz.cdiv(c, fcfg.block_r), b))(
+                x, x if g is None else g, x if relu_out is None else relu_out, x if dr is None else dr,
+                x if d is None else d, out, flat, c,
+                HW=hw, HAS_G=g is not None, RELU_MASK=relu_out is not None, STORE_G=dr is not None,
+                HAS_D=d is not None, IS_FP64=x.dtype == torch.float64, BLOCK_R=fcfg.block_r, BLOCK=fcfg.block,
+                WINDOW=fcfg.window, num_warps=fcfg.num_warps,
+            )  # fmt: skip
+        return out, dr
     cfg = hz.reduce_config(b, c, hw, is_channels_last(xs), hz.sm_count(x.device))
     out = empty(cfg.split, b, c, dtype=acc_dtype(x.dtype), device=x.device)
-    dr = empty_like(g) if store_g and g is not None else None
     if out.numel() == 0:
         return out, dr
     grid = (cfg.split * b * hz.cdiv(c, cfg.block_c),)
@@ -308,6 +338,17 @@ def _scale(
     b, c, h, w = x.shape
     hw = h * w
     if out.numel() == 0:
+        return out
+    flat = None if lengths is not None else flat_stride(x, out, residual, relu_out)
+    if flat is not None:
+        grid = (hz.cdiv(c * hw, hz.FLAT_SCALE_BLOCK), b)
+        launch(scale_flat_kernel, grid)(
+            x, s, s if t is None else t, s if d is None else d, x if residual is None else residual,
+            x if relu_out is None else relu_out, out, flat, c,
+            HW=hw, HAS_T=t is not None, HAS_D=d is not None, HAS_R=residual is not None, RELU=relu,
+            RELU_MASK=relu_out is not None, IS_FP64=x.dtype == torch.float64, BLOCK=hz.FLAT_SCALE_BLOCK,
+            num_warps=hz.FLAT_SCALE_WARPS,
+        )  # fmt: skip
         return out
     cfg = hz.scale_config(c, hw, is_channels_last(ys))
     grid = (b * hz.cdiv(c, cfg.block_c) * hz.cdiv(hw, cfg.block_hw),)

@@ -93,6 +93,99 @@ def test_squeeze_scale_bwd(g_layout, x_layout, device):
     torch.testing.assert_close(dx, expected, rtol=1e-6, atol=1e-6)
 
 
+# ---- NCHW rows of unaligned bytes: the flat passes ----------------------------------------
+
+
+@pytest.fixture
+def kernels_launched(monkeypatch):
+    """The names of the Triton kernels launched, in order."""
+    from fused_se.kernels import common
+
+    names = []
+    bind = common.bind
+
+    def recording(kernel, grid):
+        names.append(kernel.__name__)
+        return bind(kernel, grid)
+
+    monkeypatch.setattr(common, "bind", recording)
+    return names
+
+
+def _passes_with_every_option(x, g, o, s, t, d):
+    """Each pass with every option it has: (z sums, g * x sums and the masked g, y, dx)."""
+    zsum = kernels.squeeze_fwd(x)
+    dssum, masked = kernels.scale_bwd(g, x, d, o, True)
+    y = kernels.scale_fwd(x, s, d, o, True)
+    dx = kernels.squeeze_scale_bwd(g, s, t, x, d, o)
+    return zsum, dssum, masked, y, dx
+
+
+@pytest.mark.parametrize(
+    "dtype,shape,flat",
+    [
+        (torch.bfloat16, (2, 40, 7, 7), True),  # 98-byte rows; the last program has 8 channels
+        (torch.bfloat16, (3, 16, 14, 14), True),  # 392-byte rows
+        (torch.float32, (2, 40, 7, 7), True),  # 196-byte rows
+        (torch.float32, (3, 16, 14, 14), False),  # 784-byte rows: aligned, the tiles
+    ],
+    ids=lambda v: str(v),
+)
+def test_flat_passes(dtype, shape, flat, device, kernels_launched):
+    """NCHW samples whose rows are short and unaligned run the flat passes, with every option
+    (ReLU mask, the stored masked g, the per-sample factor, the residual tail, dz)."""
+    torch.manual_seed(0)
+    b, c, h, w = shape
+    x, g, o = (torch.randn(shape, device=device, dtype=dtype) for _ in range(3))
+    s, t = torch.rand(b, c, device=device), torch.randn(b, c, device=device)
+    d = torch.rand(b, device=device)
+    zsum, dssum, masked, y, dx = _passes_with_every_option(x, g, o, s, t, d)
+    expected_kernels = (
+        ["hw_sum_flat_kernel", "hw_sum_flat_kernel", "scale_flat_kernel", "scale_flat_kernel"]
+        if flat
+        else ["_hw_sum_kernel", "_hw_sum_kernel", "_scale_kernel", "_scale_kernel"]
+    )
+    assert kernels_launched == expected_kernels
+    xf, gf, of = x.float(), g.float(), o.float()
+    gm = torch.where(of <= 0, 0.0, gf)
+    dn, sn = d[:, None, None, None], s[:, :, None, None]
+    tol = {"rtol": 1e-5, "atol": 1e-4} if dtype == torch.float32 else {"rtol": 2.0**-7, "atol": 1e-2}
+    torch.testing.assert_close(zsum.sum(0), xf.sum((2, 3)), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(dssum.sum(0), (gm * xf).sum((2, 3)) * d[:, None], rtol=1e-5, atol=1e-4)
+    assert torch.equal(masked, gm.to(dtype))
+    torch.testing.assert_close(y.float(), torch.relu(xf * sn * dn + of), **tol)
+    torch.testing.assert_close(dx.float(), gm * sn * dn + (t / (h * w))[:, :, None, None], **tol)
+
+
+# Odd row lengths (bf16 rows of unaligned bytes) just inside and just outside FLAT_MIN_HW..FLAT_MAX_HW.
+_FLAT_LO = hz.FLAT_MIN_HW | 1
+_FLAT_HI = hz.FLAT_MAX_HW - 1 + hz.FLAT_MAX_HW % 2
+
+
+@pytest.mark.parametrize("hw,flat", [(_FLAT_LO - 2, False), (_FLAT_LO, True), (_FLAT_HI, True), (_FLAT_HI + 2, False)])
+def test_flat_passes_row_length_thresholds(hw, flat, device, kernels_launched):
+    """Both sides of FLAT_MIN_HW and FLAT_MAX_HW, with rows of an odd number of bf16 elements
+    (rows whose bytes are a multiple of 16 keep the tiles whatever their length)."""
+    assert _FLAT_LO - 2 < hz.FLAT_MIN_HW <= _FLAT_LO and _FLAT_HI <= hz.FLAT_MAX_HW < _FLAT_HI + 2
+    x = torch.randn(2, 24, hw, 1, device=device, dtype=torch.bfloat16)
+    zsum = kernels.squeeze_fwd(x)
+    y = kernels.scale_fwd(x, torch.ones(2, 24, device=device))
+    assert kernels_launched == (
+        ["hw_sum_flat_kernel", "scale_flat_kernel"] if flat else ["_hw_sum_kernel", "_scale_kernel"]
+    )
+    torch.testing.assert_close(zsum.sum(0), x.float().sum((2, 3)), rtol=1e-5, atol=1e-4)
+    assert torch.equal(y, x)
+
+
+def test_flat_passes_need_one_layout(device, kernels_launched):
+    """A g in another layout than x's (or a residual, a ReLU output) keeps the tiles."""
+    x = torch.randn(2, 16, 7, 7, device=device, dtype=torch.bfloat16)
+    g = x.contiguous(memory_format=torch.channels_last)
+    kernels.scale_bwd(g, x)
+    kernels.scale_fwd(x, torch.rand(2, 16, device=device), residual=g)
+    assert kernels_launched == ["_hw_sum_kernel", "_scale_kernel"]
+
+
 # ---- excite: forward and backward, each side of their thresholds ----------------------------
 
 
