@@ -191,6 +191,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="", help="C,H,W,hidden;... (default SE-ResNet-50's stages)")
     p.add_argument("--device", default="cuda", help="cpu tries the plumbing (no device times)")
     p.add_argument("--host", action="store_true", help="only the host costs per call (tiny input)")
+    p.add_argument("--no-stream", action="store_true", help="leave out the streamed path (opt-in)")
     args = p.parse_args(argv)
     if args.host:
         costs = host_costs()
@@ -206,6 +207,8 @@ def main(argv=None) -> int:
     if args.shapes:
         shapes = [SEShape(*map(int, s.split(","))) for s in args.shapes.split(";")]
     variants = [("eager", None), ("fused", None), ("fused", "three_launch"), ("fused", "stream")]
+    if args.no_stream:
+        variants = variants[:-1]
     rows = []
     for layout in args.layouts.split(","):
         for shape in shapes:

@@ -47,12 +47,16 @@ def test_tensor_past_int32_elements():
 def test_kernels_run_on_the_current_stream():
     """With the default stream held up by a long sleep, work issued under a side stream must
     finish on that stream alone: it would hang behind the sleep (or read unfinished, NaN-filled
-    buffers) had it gone to the default stream."""
+    buffers) had it gone to the default stream. The reference runs on leaves of its own: a graph
+    through x built on the default stream and kept alive would bind x's gradient accumulation to
+    that stream, and autograd would then hold the side stream's backward behind the sleep."""
     m = fused_se.FusedSEModule(256, 16).cuda()
     x = torch.randn(8, 256, 14, 14, device="cuda", requires_grad=True)
     g = torch.randn_like(x)
-    y_ref = reference.squeeze_excite(x, m.fc[0].weight, None, m.fc[2].weight)
-    dx_ref = torch.autograd.grad(y_ref, x, g)[0]
+    x_ref = x.detach().requires_grad_()
+    w1, w2 = m.fc[0].weight.detach(), m.fc[2].weight.detach()
+    y_ref = reference.squeeze_excite(x_ref, w1, None, w2)
+    dx_ref = torch.autograd.grad(y_ref, x_ref, g)[0]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):  # compile the kernels first, outside the timed window
