@@ -275,6 +275,11 @@ def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> Red
     return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
 
 
+def flat_rows(hw: int, elem_bytes: int) -> bool:
+    """Whether NCHW rows of hw elements of elem_bytes each take the flat passes (see FLAT_MAX_HW)."""
+    return FLAT_MIN_HW <= hw <= FLAT_MAX_HW and (hw * elem_bytes) % 16 != 0
+
+
 @dataclass(frozen=True)
 class FlatReduceConfig:
     block_r: int  # channels a program
