@@ -33,10 +33,11 @@ SHAPES = [(2048, 7, 7), (1024, 14, 14), (512, 28, 28)]
 
 @contextmanager
 def _config(cfg):
-    names = ("flat_rows", "FLAT_REDUCE_ROWS", "FLAT_REDUCE_BLOCK", "FLAT_REDUCE_WARPS")
+    names = ("flat_rows", "FLAT_LONG_ROWS", "FLAT_REDUCE_ROWS", "FLAT_REDUCE_BLOCK", "FLAT_REDUCE_WARPS")
     saved = {n: getattr(hz, n) for n in names}
-    hz.flat_rows = lambda hw, elem_bytes: cfg is not None
-    if cfg is not None:
+    hz.flat_rows = lambda hw: cfg is not None
+    if cfg is not None:  # one config for every row length
+        hz.FLAT_LONG_ROWS = 1 << 30
         hz.FLAT_REDUCE_ROWS, hz.FLAT_REDUCE_BLOCK, hz.FLAT_REDUCE_WARPS = cfg
     try:
         yield

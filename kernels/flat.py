@@ -1,20 +1,20 @@
-"""The three-launch path's memory passes over NCHW samples whose rows are short and unaligned.
+"""The three-launch path's memory passes over NCHW samples whose rows are short.
 
-In NCHW a sample is one contiguous run of C * HW elements, one row of HW per channel. Where a
-row's bytes are not a multiple of 16 (7x7 and 14x14 in 16-bit dtypes, 7x7 in fp32), a
-(BLOCK_C, BLOCK_HW) tile's rows start at unaligned addresses: the compiler can only issue
-narrow loads, and the rows past HW are masked off (49 of 64 lanes at 7x7). These kernels take
-the sample as one flat axis instead, cut into aligned runs of BLOCK elements (full-width loads,
-no masked lanes but at the sample's end); each element finds its channel as flat // HW, with
-HW a compile-time constant, so the divide is a multiply and a shift.
+In NCHW a sample is one contiguous run of C * HW elements, one row of HW per channel. A
+(BLOCK_C, BLOCK_HW) tile of short rows leaves lanes idle past HW (15 of 64 at 7x7) and, where a
+row's bytes are not a multiple of 16 (7x7 and 14x14 in 16-bit dtypes), starts its rows at
+unaligned addresses, where the compiler issues narrow loads. These kernels take the sample as
+one flat axis instead, cut into aligned runs of BLOCK elements (full-width loads, no idle lanes
+but at a program's end); each element finds its channel as flat // HW, with HW a compile-time
+constant, so the divide is a multiply and a shift.
 
     scale_flat     y = x * s[c] (+ t[c] / HW), the residual tail     as passes._scale_kernel
     hw_sum_flat    per-channel sums of x (or of g * x), BLOCK_R        as passes._hw_sum_kernel
                    channels a program, each run summed over the few
                    channels it touches (a (WINDOW, BLOCK) select)
 
-Same bytes as the tiled kernels; the passes choose them (`use_flat`). Not for per-sample
-lengths (the tiled kernels keep those).
+Same bytes as the tiled kernels; the passes choose them (passes.flat_stride, heuristics.flat_rows,
+where the measurements are). Not for per-sample lengths (the tiled kernels keep those).
 """
 
 from __future__ import annotations

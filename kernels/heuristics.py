@@ -25,17 +25,25 @@ MAX_BLOCK_HW_STREAM = 1024
 # excite kernel) while it would otherwise launch fewer than this many programs per SM.
 SPLIT_BELOW_PROGRAMS_PER_SM = 2
 MAX_HW_SPLIT = 64
-# NCHW samples whose rows (HW elements) are not a multiple of 16 bytes and at most this long
-# take the flat passes (kernels/flat.py): aligned runs of the flat C * HW axis instead of
-# (channel, HW) tiles with unaligned rows (7x7 and 14x14 in 16-bit dtypes, 7x7 in fp32).
-FLAT_MAX_HW = 256
+# NCHW samples whose rows (HW elements) are FLAT_MIN_HW to FLAT_MAX_HW long take the flat passes
+# (kernels/flat.py): runs of the flat C * HW axis, aligned and full-width, instead of (channel,
+# HW) tiles, whose rows start unaligned where a row's bytes are not a multiple of 16 (7x7 and
+# 14x14 in 16-bit dtypes) and leave lanes idle past HW. On an H200 at batch 128, bf16
+# (benchmarks/sweep_flat.py), the squeeze of x and the backward's sums of g * x took, tiled
+# against flat: 30.5 / 42.5 against 21.5 / 25.8 us at 2048x7x7; 55.9 / 75.7 against 20.8 / 28.0
+# at 1024x14x14; 71.0 / 76.8 against 37.3 / 55.0 at 512x28x28 (rows aligned there).
+FLAT_MAX_HW = 1024
 # Shorter rows keep the tiles: a run of the flat squeeze touches up to BLOCK / HW + 2 channels,
-# each a select over the run, so its arithmetic grows as HW shrinks.
-FLAT_MIN_HW = 24
-# The flat squeeze: channels a program sums, and its runs (BLOCK elements, one warp: eight
-# contiguous elements a thread, a 128-bit load in 16-bit dtypes).
+# each a select over the run, so its arithmetic grows as HW shrinks (measured down to 7x7).
+FLAT_MIN_HW = 48
+# The flat squeeze: channels a program and elements a run (one warp: 16 or 8 contiguous elements
+# a thread), by row length, the fastest of those swept: up to FLAT_LONG_ROWS elements a row,
+# FLAT_REDUCE_ROWS channels in runs of FLAT_REDUCE_BLOCK; longer rows, FLAT_LONG_REDUCE_*.
+FLAT_LONG_ROWS = 256
 FLAT_REDUCE_ROWS = 32
-FLAT_REDUCE_BLOCK = 256
+FLAT_REDUCE_BLOCK = 512
+FLAT_LONG_REDUCE_ROWS = 8
+FLAT_LONG_REDUCE_BLOCK = 256
 FLAT_REDUCE_WARPS = 1
 # The flat scale: elements a program, 16 a thread at 8 warps.
 FLAT_SCALE_BLOCK = 4096
@@ -275,9 +283,9 @@ def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> Red
     return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
 
 
-def flat_rows(hw: int, elem_bytes: int) -> bool:
-    """Whether NCHW rows of hw elements of elem_bytes each take the flat passes (see FLAT_MAX_HW)."""
-    return FLAT_MIN_HW <= hw <= FLAT_MAX_HW and (hw * elem_bytes) % 16 != 0
+def flat_rows(hw: int) -> bool:
+    """Whether NCHW rows of hw elements take the flat passes (see FLAT_MAX_HW)."""
+    return FLAT_MIN_HW <= hw <= FLAT_MAX_HW
 
 
 @dataclass(frozen=True)
@@ -289,12 +297,12 @@ class FlatReduceConfig:
 
 
 def flat_reduce_config(c: int, hw: int) -> FlatReduceConfig:
-    return FlatReduceConfig(
-        min(FLAT_REDUCE_ROWS, next_pow2(c)),
-        FLAT_REDUCE_BLOCK,
-        next_pow2(cdiv(FLAT_REDUCE_BLOCK, hw) + 2),
-        FLAT_REDUCE_WARPS,
+    rows, block = (
+        (FLAT_REDUCE_ROWS, FLAT_REDUCE_BLOCK)
+        if hw <= FLAT_LONG_ROWS
+        else (FLAT_LONG_REDUCE_ROWS, FLAT_LONG_REDUCE_BLOCK)
     )
+    return FlatReduceConfig(min(rows, next_pow2(c)), block, next_pow2(cdiv(block, hw) + 2), FLAT_REDUCE_WARPS)
 
 
 def scale_config(c: int, hw: int, channels_last: bool) -> ScaleConfig:

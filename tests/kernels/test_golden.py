@@ -33,6 +33,7 @@ CASES = {
     "mlp-3launch-bf16-cl": ("mlp", (2, 40, 6, 6, 8), torch.bfloat16, "channels_last", "silu", "hard_sigmoid", False, False, "three_launch"),
     "mlp-3launch-fp64-nchw": ("mlp", (2, 17, 3, 5, 4), torch.float64, "nchw", "relu", "hard_sigmoid", True, False, "three_launch"),
     "mlp-3launch-tail-cl": ("mlp", (3, 24, 5, 5, 6), torch.float32, "channels_last", "relu", "sigmoid", True, True, "three_launch"),
+    "mlp-3launch-bf16-nchw-flat": ("mlp", (2, 40, 7, 7, 8), torch.bfloat16, "nchw", "silu", "sigmoid", True, True, "three_launch"),
     "mlp-3launch-fp16-sliced": ("mlp", (2, 20, 4, 6, 5), torch.float16, "sliced_hw", "relu", "sigmoid", True, False, "three_launch"),
     "fc-fp32-nchw": ("fc", (3, 24, 5, 7, 0), torch.float32, "nchw", "relu", "hard_sigmoid", True, False, "three_launch"),
     "fc-bf16-cl-tail": ("fc", (2, 32, 4, 4, 0), torch.bfloat16, "channels_last", "relu", "sigmoid", False, True, "three_launch"),
