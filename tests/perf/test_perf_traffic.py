@@ -40,18 +40,25 @@ def _triton(trace, phase):
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_three_launch_passes_move_their_budget(layout):
+    """NCHW at 14 x 14 takes the flat passes, whose scale reads s once per element (from L1 on a
+    GPU: (B, C) values, next to nothing from DRAM) where the tiles read it once per tile."""
     trace, n = _trace("fused-3pass", layout)
     fwd, bwd = _triton(trace, "fwd"), _triton(trace, "bwd")
-    assert list(fwd) == ["_hw_sum_kernel", "excite_fwd_block", "_scale_kernel"]
+    flat = layout == "nchw"
+    squeeze_k, scale_k = ("hw_sum_flat_kernel", "scale_flat_kernel") if flat else ("_hw_sum_kernel", "_scale_kernel")
+    assert list(fwd) == [squeeze_k, "excite_fwd_block", scale_k]
     excite_bwd = ["excite_bwd_split", "excite_bwd_hidden", "excite_bwd_channels"]
-    assert list(bwd) == ["_hw_sum_kernel", *excite_bwd, "_scale_kernel"]
+    assert list(bwd) == [squeeze_k, *excite_bwd, scale_k]
     squeeze, excite, scale = fwd.values()
+    s_reads = n if flat else 0  # fp32 x: an fp32 s per element is N more
     assert squeeze.read == pytest.approx(n, rel=0.01) and squeeze.written < 0.02 * n
-    assert scale.read == pytest.approx(n, rel=0.05) and scale.written == n  # x, and s per tile
+    assert scale.read == pytest.approx(n + s_reads, rel=0.05) and scale.written == n
+    assert replay([scale.accesses], L2).dram_bytes == pytest.approx(2 * n, rel=0.05)  # x read, y written
     assert excite.requested < 0.1 * n
     sum_gx, *excitation, dx = bwd.values()
     assert sum_gx.read == pytest.approx(2 * n, rel=0.01) and sum_gx.written < 0.02 * n
-    assert dx.read == pytest.approx(n, rel=0.05) and dx.written == n
+    assert dx.read == pytest.approx(n + 2 * s_reads, rel=0.05) and dx.written == n  # s and dz per element
+    assert replay([dx.accesses], L2).dram_bytes == pytest.approx(2 * n, rel=0.05)
     assert sum(ev.requested for ev in excitation) < 0.15 * n
 
 
