@@ -283,9 +283,18 @@ def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> Red
     return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
 
 
+# A CUDA grid's second and third dimensions (the flat passes put the batch on the second).
+MAX_GRID_Y = 65535
+
+
 def flat_rows(hw: int) -> bool:
     """Whether NCHW rows of hw elements take the flat passes (see FLAT_MAX_HW)."""
     return FLAT_MIN_HW <= hw <= FLAT_MAX_HW
+
+
+def flat_fits(b: int, sample_elems: int) -> bool:
+    """Whether the flat passes' grid and int32 offsets within a sample hold b samples of this many elements."""
+    return b <= MAX_GRID_Y and sample_elems < 2**31 - FLAT_SCALE_BLOCK
 
 
 @dataclass(frozen=True)

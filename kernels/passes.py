@@ -218,10 +218,12 @@ def _scale_kernel(
 def flat_stride(x: torch.Tensor, *others: Optional[torch.Tensor]) -> Optional[int]:
     """The elements between x's samples where the flat passes (kernels/flat.py) take x and the
     tensors shaped like it (`others`, None for absent ones): each sample one dense NCHW run, the
-    same strides for all, and rows that heuristics.flat_rows gives to the flat passes
-    (FLAT_MIN_HW to FLAT_MAX_HW elements). None where the tiled passes run."""
-    hw = x.shape[2] * x.shape[3]
-    if not hz.flat_rows(hw):
+    same strides for all, rows that heuristics.flat_rows gives to the flat passes (FLAT_MIN_HW
+    to FLAT_MAX_HW elements), and a batch and samples their grid and offsets hold. None where
+    the tiled passes run."""
+    b, c, h, w = x.shape
+    hw = h * w
+    if not (hz.flat_rows(hw) and hz.flat_fits(b, c * hw)):
         return None
     xs = strides_of(x, None)
     if xs[1] != hw or xs[2] != 1:

@@ -175,6 +175,16 @@ def test_flat_passes_row_length_thresholds(hw, flat, device, kernels_launched):
     assert torch.equal(y, x)
 
 
+def test_flat_passes_fit_their_grid(monkeypatch, device, kernels_launched):
+    """A batch past the grid's second dimension keeps the tiles (with the limit lowered to 2 here)."""
+    monkeypatch.setattr(hz, "MAX_GRID_Y", 2)
+    assert hz.flat_fits(2, 64) and not hz.flat_fits(3, 64) and not hz.flat_fits(1, 2**31)
+    for b in (2, 3):
+        x = torch.randn(b, 8, 7, 7, device=device)
+        torch.testing.assert_close(kernels.squeeze_fwd(x).sum(0), x.sum((2, 3)), rtol=1e-5, atol=1e-5)
+    assert kernels_launched == ["hw_sum_flat_kernel", "_hw_sum_kernel"]
+
+
 def test_flat_passes_need_one_layout(device, kernels_launched):
     """A g in another layout than x's (or a residual, a ReLU output) keeps the tiles."""
     x = torch.randn(2, 16, 7, 7, device=device, dtype=torch.bfloat16)
