@@ -127,28 +127,11 @@ def _launch_costs(x) -> dict[str, float]:
     launched directly (no binding, no specialisation)."""
     from fused_se.kernels import common, passes
 
-    calls = []
-    bind = common.bind
-
-    def recording(kernel, grid):
-        launcher = bind(kernel, grid)
-
-        def run(*args, **kwargs):
-            calls.append((kernel, grid, args, kwargs))
-            return launcher(*args, **kwargs)
-
-        return run
-
-    common.bind = recording
-    try:
+    with common.kernel_calls() as calls:
         passes.squeeze_fwd(x)
-    finally:
-        common.bind = bind
     kernel, grid, args, kwargs = calls[0]
     compiled = kernel[grid](*args, **kwargs)
-    bound = [*args]
-    params = [p.name for p in kernel.params][len(args) :]
-    bound += [kwargs[n] if n in kwargs else kernel.params[len(args) + i].default for i, n in enumerate(params)]
+    bound = [*args, *(kwargs[n] if n in kwargs else d for n, d in common.param_tail(kernel, len(args)))]
     cached = common.CachedLauncher(kernel, grid)
     out = {
         "triton kernel[grid](...) (squeeze)": _host_us(lambda: kernel[grid](*args, **kwargs)),

@@ -95,6 +95,35 @@ def _hooked(hook) -> bool:
     return hook is not None and getattr(hook, "calls", True)
 
 
+def param_tail(kernel, n_args: int) -> tuple:
+    """(name, default) of each parameter of `kernel` past its first n_args: what a compiled kernel's
+    call takes after the positional arguments, a keyword argument's value or the default."""
+    return tuple((p.name, p.default) for p in kernel.params[n_args:])
+
+
+@contextmanager
+def kernel_calls() -> Iterator[list]:
+    """Within the block every launch runs as it would and is recorded: (kernel, grid, args, kwargs)."""
+    global bind
+    calls: list = []
+    inner = bind
+
+    def recording(kernel, grid):
+        launcher = inner(kernel, grid)
+
+        def run(*args, **kwargs):
+            calls.append((kernel, grid, args, kwargs))
+            return launcher(*args, **kwargs)
+
+        return run
+
+    bind = recording
+    try:
+        yield calls
+    finally:
+        bind = inner
+
+
 class CachedLauncher:
     """kernel[grid] for CUDA tensors, without triton's per-launch binding of every argument.
 
@@ -103,9 +132,10 @@ class CachedLauncher:
     (the rest is the driver's launch). Here the compiled kernel is looked up by a key at least as
     fine as triton's own: every non-tensor argument by value (each launcher passes a parameter
     one type only), every tensor by its dtype and whether its address is 16-byte aligned (the one
-    property of a pointer triton specialises on), with the grid and the device. A miss, a launch hook (a profiler's) or the JIT's pre-run hooks
-    take triton's own path; a miss caches what that path compiled. The compiled kernel is then
-    called as triton's JIT calls it, with every parameter in order, constexprs included."""
+    property of a pointer triton specialises on), with the grid and the device. A miss, a launch
+    hook (a profiler's) or the JIT's pre-run hooks take triton's own path; a miss caches what that
+    path compiled. The compiled kernel is then called as triton's JIT calls it, with every
+    parameter in order, constexprs included (`param_tail`)."""
 
     __slots__ = ("grid", "kernel")
 
@@ -140,7 +170,7 @@ class CachedLauncher:
             compiled = kernel[grid](*args, **kwargs)
             if hasattr(compiled, "result"):  # compiled asynchronously
                 compiled = compiled.result()
-            tail = tuple((p.name, p.default) for p in kernel.params[len(args) :])
+            tail = param_tail(kernel, len(args))
             if len(_COMPILED) >= _COMPILED_MAX:
                 _COMPILED.clear()
             _COMPILED[key] = (compiled, tail, (*grid, 1, 1)[:3])

@@ -97,19 +97,16 @@ def test_squeeze_scale_bwd(g_layout, x_layout, device):
 
 
 @pytest.fixture
-def kernels_launched(monkeypatch):
-    """The names of the Triton kernels launched, in order."""
+def kernels_launched():
+    """The Triton kernels launched, in order: (kernel, grid, args, kwargs) each."""
     from fused_se.kernels import common
 
-    names = []
-    bind = common.bind
+    with common.kernel_calls() as calls:
+        yield calls
 
-    def recording(kernel, grid):
-        names.append(kernel.__name__)
-        return bind(kernel, grid)
 
-    monkeypatch.setattr(common, "bind", recording)
-    return names
+def _names(calls) -> list[str]:
+    return [kernel.__name__ for kernel, *_ in calls]
 
 
 def _passes_with_every_option(x, g, o, s, t, d):
@@ -147,7 +144,7 @@ def test_flat_passes(dtype, shape, flat, device, kernels_launched):
         if flat
         else ["_hw_sum_kernel", "_hw_sum_kernel", "_scale_kernel", "_scale_kernel"]
     )
-    assert kernels_launched == expected_kernels
+    assert _names(kernels_launched) == expected_kernels
     xf, gf, of = x.float(), g.float(), o.float()
     gm = torch.where(of <= 0, 0.0, gf)
     dn, sn = d[:, None, None, None], s[:, :, None, None]
@@ -168,7 +165,7 @@ def test_flat_passes_row_length_thresholds(hw, flat, device, kernels_launched):
     x = torch.randn(2, 24, hw, 1, device=device, dtype=torch.bfloat16)
     zsum = kernels.squeeze_fwd(x)
     y = kernels.scale_fwd(x, torch.ones(2, 24, device=device))
-    assert kernels_launched == (
+    assert _names(kernels_launched) == (
         ["hw_sum_flat_kernel", "scale_flat_kernel"] if flat else ["_hw_sum_kernel", "_scale_kernel"]
     )
     torch.testing.assert_close(zsum.sum(0), x.float().sum((2, 3)), rtol=1e-5, atol=1e-4)
@@ -182,7 +179,7 @@ def test_flat_passes_fit_their_grid(monkeypatch, device, kernels_launched):
     for b in (2, 3):
         x = torch.randn(b, 8, 7, 7, device=device)
         torch.testing.assert_close(kernels.squeeze_fwd(x).sum(0), x.sum((2, 3)), rtol=1e-5, atol=1e-5)
-    assert kernels_launched == ["hw_sum_flat_kernel", "_hw_sum_kernel"]
+    assert _names(kernels_launched) == ["hw_sum_flat_kernel", "_hw_sum_kernel"]
 
 
 def test_flat_passes_need_one_layout(device, kernels_launched):
@@ -191,7 +188,7 @@ def test_flat_passes_need_one_layout(device, kernels_launched):
     g = x.contiguous(memory_format=torch.channels_last)
     kernels.scale_bwd(g, x)
     kernels.scale_fwd(x, torch.rand(2, 16, device=device), residual=g)
-    assert kernels_launched == ["_hw_sum_kernel", "_scale_kernel"]
+    assert _names(kernels_launched) == ["_hw_sum_kernel", "_scale_kernel"]
 
 
 # ---- excite: forward and backward, each side of their thresholds ----------------------------
