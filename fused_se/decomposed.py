@@ -29,14 +29,14 @@ def _exact(device: torch.device):
     return contextlib.nullcontext()
 
 
-def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+def as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
     """t.to(dtype) without the dispatch where t already has it (these ops are small on the CPU,
     and each call's Python counts)."""
     return t if t.dtype == dtype else t.to(dtype)
 
 
 def _opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
-    return None if t is None else _as(t, dtype)
+    return None if t is None else as_dtype(t, dtype)
 
 
 def _bc(t: Tensor) -> Tensor:
@@ -46,7 +46,7 @@ def _bc(t: Tensor) -> Tensor:
 def _like(t: Tensor, like: Tensor) -> Tensor:
     """t in like's dtype and memory format: channels_last where like is, NCHW otherwise."""
     cl = like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous()
-    return _as(t, like.dtype).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    return as_dtype(t, like.dtype).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 # ---- the passes over x ----------------------------------------------------------------------
@@ -62,9 +62,9 @@ def squeeze_fwd(x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
     the sums over the first lengths[b] positions of x (B, C, HW, 1), times HW / lengths[b]."""
     acc = _acc(x.dtype)
     if lengths is None:
-        return _as(x, acc).sum(dim=(2, 3))[None]
+        return as_dtype(x, acc).sum(dim=(2, 3))[None]
     hw = x.shape[2] * x.shape[3]
-    sums = (_as(x, acc) * _valid(lengths, hw)).sum(dim=(2, 3))
+    sums = (as_dtype(x, acc) * _valid(lengths, hw)).sum(dim=(2, 3))
     return (sums * (hw / lengths.to(acc))[:, None])[None]
 
 
@@ -76,7 +76,7 @@ def scale_bwd(
     if relu_out is not None:
         g = torch.ops.aten.threshold_backward(g, relu_out, 0)
     acc = _acc(x.dtype)
-    sums = (_as(g, acc) * _as(x, acc)).sum(dim=(2, 3))
+    sums = (as_dtype(g, acc) * as_dtype(x, acc)).sum(dim=(2, 3))
     if d is not None:
         sums = sums * d[:, None]
     return sums[None], (g if store_g else None)
@@ -88,7 +88,7 @@ def scale_fwd(
     """y = act(x * s[b, c] * d[b] + residual) in x's dtype and memory format."""
     if d is not None:
         s = s * d[:, None]
-    y = _as(x, s.dtype) * _bc(s)  # a new tensor: the rest works in place, with no temporary the size of x
+    y = as_dtype(x, s.dtype) * _bc(s)  # a new tensor: the rest works in place, with no temporary the size of x
     if residual is not None:
         y += residual
     if relu:
@@ -113,7 +113,7 @@ def squeeze_scale_bwd(
     hw = g.shape[2] * g.shape[3]
     if d is not None:
         s = s * d[:, None]
-    dx = _as(g, s.dtype) * _bc(s)  # a new tensor, added to in place: one allocation the size of x
+    dx = as_dtype(g, s.dtype) * _bc(s)  # a new tensor, added to in place: one allocation the size of x
     if lengths is None:
         dx += _bc(dz / hw)
     else:
@@ -170,8 +170,8 @@ def excite_fwd(
     z = _mean(zsum, hw)
     dt = z.dtype
     with _exact(z.device):
-        h = F.linear(z, _as(w1, dt), _opt(b1, dt))
-        a = F.linear(_act(h, act), _as(w2, dt), _opt(b2, dt))
+        h = F.linear(z, as_dtype(w1, dt), _opt(b1, dt))
+        a = F.linear(_act(h, act), as_dtype(w2, dt), _opt(b2, dt))
     return (z, *_gate_outputs(a, gate))
 
 
@@ -192,7 +192,7 @@ def excite_bwd(
     dt = z.dtype
     w1_in, w2_in = w1, w2
     with _exact(z.device):
-        w1, w2 = _as(w1, dt), _as(w2, dt)
+        w1, w2 = as_dtype(w1, dt), as_dtype(w2, dt)
         h = F.linear(z, w1, _opt(b1, dt))  # recomputed: (B, hidden) is cheaper to redo than to keep
         da = _gate_bwd(dssum.sum(0), s, a, gate)
         dw2 = da.t() @ _act(h, act) if need_dw2 else None
@@ -202,8 +202,8 @@ def excite_bwd(
         db1 = dh.sum(0) if need_db1 else None
         dz = dh @ w1 if need_dz else None
     # in the weights' dtypes, as the kernels write them
-    dw1, dw2, db2 = (None if t is None else _as(t, w.dtype) for t, w in ((dw1, w1_in), (dw2, w2_in), (db2, w2_in)))
-    db1 = None if db1 is None else _as(db1, w1_in.dtype if b1 is None else b1.dtype)
+    dw1, dw2, db2 = (None if t is None else as_dtype(t, w.dtype) for t, w in ((dw1, w1_in), (dw2, w2_in), (db2, w2_in)))
+    db1 = None if db1 is None else as_dtype(db1, w1_in.dtype if b1 is None else b1.dtype)
     return dz, dw1, db1, dw2, db2
 
 
@@ -215,7 +215,7 @@ def excite_fc_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     z = _mean(zsum, hw)
     with _exact(z.device):
-        a = F.linear(z, _as(w, z.dtype), _opt(b, z.dtype))
+        a = F.linear(z, as_dtype(w, z.dtype), _opt(b, z.dtype))
     return (z, *_gate_outputs(a, gate))
 
 
@@ -225,7 +225,7 @@ def excite_fc_bwd(
     need_dz, need_dw, need_db = need
     with _exact(z.device):
         da = _gate_bwd(dssum.sum(0), s, a, gate)
-        dz = da @ _as(w, z.dtype) if need_dz else None
+        dz = da @ as_dtype(w, z.dtype) if need_dz else None
         dw = da.t() @ z if need_dw else None
         db = da.sum(0) if need_db else None
     return dz, dw, db
@@ -245,7 +245,7 @@ def excite_conv_fwd(
     z = _mean(zsum, hw)
     pad = (w.shape[0] - 1) // 2
     with _exact(z.device):
-        a = F.conv1d(_conv_input(z, pad, circular), _as(w, z.dtype).view(1, 1, -1), _opt(b, z.dtype))[:, 0, :]
+        a = F.conv1d(_conv_input(z, pad, circular), as_dtype(w, z.dtype).view(1, 1, -1), _opt(b, z.dtype))[:, 0, :]
     return (z, *_gate_outputs(a, gate))
 
 
@@ -270,7 +270,7 @@ def excite_conv_bwd(
         dz = None
         if need_dz:
             # dv[b, c + j] += w[j] da[b, c]
-            dv = F.conv_transpose1d(da[:, None, :], _as(w, z.dtype).view(1, 1, -1))[:, 0, :]  # (B, C + 2 pad)
+            dv = F.conv_transpose1d(da[:, None, :], as_dtype(w, z.dtype).view(1, 1, -1))[:, 0, :]  # (B, C + 2 pad)
             dz = dv[:, pad : pad + c]
             if circular and pad > 0:
                 dz = dz.clone()

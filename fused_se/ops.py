@@ -99,8 +99,7 @@ def _grads_out(x: Tensor, *pairs: tuple[Optional[Tensor], Optional[Tensor]]) -> 
     """Each (gradient, its input) as the gradient in its input's dtype, or an empty tensor where
     none was asked for (or the input is None)."""
     return tuple(
-        x.new_empty(0) if t is None or like is None else t if t.dtype == like.dtype else t.to(like.dtype)
-        for t, like in pairs
+        x.new_empty(0) if t is None or like is None else decomposed.as_dtype(t, like.dtype) for t, like in pairs
     )
 
 
