@@ -32,6 +32,7 @@ from torch._subclasses.fake_tensor import is_fake
 from torch.library import triton_op
 
 from . import _dispatch, decomposed, kernels
+from .kernels.replay import replayed
 
 
 def _impl(x: Tensor):
@@ -99,7 +100,10 @@ def _grads_out(x: Tensor, *pairs: tuple[Optional[Tensor], Optional[Tensor]]) -> 
     """Each (gradient, its input) as the gradient in its input's dtype, or an empty tensor where
     none was asked for (or the input is None)."""
     return tuple(
-        x.new_empty(0) if t is None or like is None else decomposed.as_dtype(t, like.dtype) for t, like in pairs
+        kernels.common.empty(0, dtype=x.dtype, device=x.device)
+        if t is None or like is None
+        else decomposed.as_dtype(t, like.dtype)
+        for t, like in pairs
     )
 
 
@@ -449,6 +453,12 @@ def _on_real_tensors(body):
     return run
 
 
+def _launches_kernels(args: tuple) -> bool:
+    """Whether a body called with these arguments launches the kernels (`_impl`, on real tensors)."""
+    first = args[0]
+    return first.is_cuda or (first.device.type == "cpu" and _dispatch.interpreter_enabled())
+
+
 def _backward_op(ctx, op):
     """The backward op a backward calls: its body, where the forward ran as a plain autograd.Function
     and the backward runs plainly too (no graph of the gradient is built, no mode intercepts); else
@@ -459,16 +469,21 @@ def _backward_op(ctx, op):
 
 
 _PLAIN_BACKWARDS = {
-    squeeze_excite_backward: _on_real_tensors(_squeeze_excite_backward),
-    effective_squeeze_excite_backward: _on_real_tensors(_effective_squeeze_excite_backward),
-    efficient_channel_attention_backward: _on_real_tensors(_efficient_channel_attention_backward),
+    op: _on_real_tensors(replayed(body, _launches_kernels))
+    for op, body in (
+        (squeeze_excite_backward, _squeeze_excite_backward),
+        (effective_squeeze_excite_backward, _effective_squeeze_excite_backward),
+        (efficient_channel_attention_backward, _efficient_channel_attention_backward),
+    )
 }
 
 
 def _plain_function(name: str, body, setup_context, backward) -> tuple:
     """An autograd.Function running a forward op's body, its setup_context and its backward; the
     body alone (for calls that need no gradient); its parameter names and defaults, to pass every
-    argument positionally."""
+    argument positionally. The body is replayed per signature (kernels.replay)."""
+    params = tuple(inspect.signature(body).parameters.values())
+    body = replayed(body, _launches_kernels)
 
     def forward(ctx, *args):
         with set_wrap_triton_enabled(False):
@@ -478,7 +493,6 @@ def _plain_function(name: str, body, setup_context, backward) -> tuple:
         return out
 
     fn = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-    params = tuple(inspect.signature(body).parameters.values())
     return fn, _on_real_tensors(body), tuple(p.name for p in params), tuple(p.default for p in params)
 
 

@@ -6,6 +6,7 @@ docs/DESIGN.md holds the math, the traffic of each path and the determinism rule
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ def record_launches() -> Iterator[list[str]]:
     try:
         yield log
     finally:
-        _launch_logs.remove(log)
+        del _launch_logs[next(i for i, other in enumerate(_launch_logs) if other is log)]  # not by equality
 
 
 def record(name: str) -> None:
@@ -184,6 +185,22 @@ class CachedLauncher:
         return compiled
 
 
+# The recording (kernels.replay) this thread's launches and buffers go to, if any.
+_recordings = threading.local()
+
+
+@contextmanager
+def recording(rec) -> Iterator[None]:
+    """Within the block, this thread's launches (`launch`) and buffers (`empty`, `empty_like`) are
+    also appended to rec.launches and rec.allocs (kernels.replay)."""
+    outer = getattr(_recordings, "rec", None)
+    _recordings.rec = rec
+    try:
+        yield
+    finally:
+        _recordings.rec = outer
+
+
 def launch(kernel, grid):
     """kernel[grid] (through `bind`), launched on the device of its first tensor argument's current
     stream, whichever device is current."""
@@ -192,24 +209,39 @@ def launch(kernel, grid):
     def run(*args, **kwargs) -> None:
         device = next(a.device for a in args if isinstance(a, torch.Tensor))
         if device.type != "cuda" or device.index == torch.cuda.current_device():
-            launcher(*args, **kwargs)
-            return
-        with torch.cuda.device(device):
-            launcher(*args, **kwargs)
+            compiled = launcher(*args, **kwargs)
+        else:
+            with torch.cuda.device(device):
+                compiled = launcher(*args, **kwargs)
+        rec = getattr(_recordings, "rec", None)
+        if rec is not None:
+            rec.launches.append((kernel, grid, args, kwargs, compiled))
 
     return run
 
 
+def _made(out: torch.Tensor) -> torch.Tensor:
+    if POISON_OUTPUTS:
+        out.fill_(float("nan"))
+    rec = getattr(_recordings, "rec", None)
+    if rec is not None:
+        rec.allocs.append((out, version(out)))
+    return out
+
+
+def version(t: torch.Tensor) -> Optional[int]:
+    """t's version counter (how many in-place ops wrote it), None for an inference tensor (which keeps none)."""
+    return None if t.is_inference() else t._version
+
+
 def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype, device=device)
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+    return _made(torch.empty(shape, dtype=dtype, device=device))
 
 
 def empty_like(x: torch.Tensor) -> torch.Tensor:
     # preserve_format keeps NCHW or channels_last for dense inputs and picks one of the two
     # for anything else, so the result is always a layout the kernels take as it is.
-    out = torch.empty_like(x, memory_format=torch.preserve_format)
-    return out.fill_(float("nan")) if POISON_OUTPUTS else out
+    return _made(torch.empty_like(x, memory_format=torch.preserve_format))
 
 
 def acc_dtype(x_dtype: torch.dtype) -> torch.dtype:
@@ -428,7 +460,7 @@ def gate_outputs(
     them; a, the gate's input, only where the gate's backward needs it (empty otherwise)."""
     z = empty(b, c, dtype=dtype, device=device)
     s = empty(b, c, dtype=dtype, device=device)
-    a = empty(b, c, dtype=dtype, device=device) if keeps_gate_input(gate) else z.new_empty(0)
+    a = empty(b, c, dtype=dtype, device=device) if keeps_gate_input(gate) else empty(0, dtype=dtype, device=device)
     return z, s, a
 
 

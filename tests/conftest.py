@@ -44,7 +44,11 @@ def pytest_report_header(config):
 
 @pytest.fixture(autouse=True)
 def _poison_and_seed(monkeypatch):
-    """Every buffer a kernel writes starts as NaN; every test starts from the same seed."""
+    """Every buffer a kernel writes starts as NaN; every test starts from the same seed and with no
+    replayed call recorded (tests change the heuristics the recordings were made under)."""
+    from fused_se.kernels import replay
+
+    replay.clear()
     monkeypatch.setattr(kernels_common, "POISON_OUTPUTS", True)
     monkeypatch.delenv("FUSED_SE_BACKEND", raising=False)
     monkeypatch.delenv("FUSED_SE_L2_BYTES", raising=False)

@@ -262,6 +262,48 @@ def test_cached_launches_skip_the_jit_and_match_it(monkeypatch):
 
 
 @cuda
+def test_replayed_calls_launch_the_compiled_kernels_directly(monkeypatch):
+    """A signature's second call (kernels.replay) launches its compiled kernels without triton's
+    JIT, the launch cache or common.bind, plans nothing, and gives the first call's bits; under
+    a launch hook the replay goes through the JIT, which calls the hook."""
+    from triton import knobs
+
+    from fused_se import kernels
+    from fused_se.kernels import common
+
+    m = fused_se.FusedSEModule(256, 16).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(8, 256, 14, 14, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
+    g = torch.randn_like(x)
+
+    def fwd_bwd():
+        y = m(x)
+        return [y, *torch.autograd.grad(y, [x, *m.parameters()], g)]
+
+    first = fwd_bwd()
+    binds, plans = [], []
+    with monkeypatch.context() as mp:
+        mp.setattr(common.CachedLauncher, "__call__", lambda self, *a, **k: binds.append(a))
+        mp.setattr(kernels, "plan_forward", lambda *a: plans.append(a))
+        mp.setattr(kernels, "plan_backward", lambda *a: plans.append(a))
+        jit_runs = _count_jit_runs(mp)
+        second = fwd_bwd()
+        torch.cuda.synchronize()
+    assert binds == [] and plans == [] and jit_runs == []
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    seen = []
+    hook = lambda metadata: seen.append(metadata)  # noqa: E731
+    knobs.runtime.launch_enter_hook.add(hook)
+    try:
+        third = fwd_bwd()
+    finally:
+        knobs.runtime.launch_enter_hook.remove(hook)
+    assert len(seen) >= 4
+    for a, b in zip(first, third):
+        assert torch.equal(a, b)
+
+
+@cuda
 def test_cached_launches_tell_misaligned_tensors_apart(monkeypatch):
     """x one element past a 16-byte boundary compiles (and caches) its own kernels: the aligned
     x's kernels assume aligned addresses and would load the wrong elements, or fault."""

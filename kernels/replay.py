@@ -1,0 +1,221 @@
+"""Replayed calls: an op body's allocations and launches, recorded at the first call of a
+signature and redone at the next ones without the Python that chose them.
+
+An op body spends most of its host time deciding: checks, the planner, the block sizes, each
+launcher's argument list, triton's binding of every argument. All of it depends on the call's
+signature alone (each tensor's shape, strides, dtype, device and 16-byte alignment, every other
+argument's value, and the settings the planner reads), never on the tensors' values. So
+`replayed(body)` runs the body once per signature while recording what it did, and turns that
+into a program:
+
+    allocations   each buffer common.empty / common.empty_like made: its shape, strides, dtype
+    launches      each launch through common.launch: kernel, grid, arguments (a tensor as the
+                  input or buffer it is), and the compiled kernel a CUDA launch returned
+    outputs       each tensor the body returned, as an input or a buffer
+    names         what common.record logged (record_launches sees a replay as the body)
+
+A later call of the signature allocates the buffers and issues the launches: on CUDA straight to
+the compiled kernels (as common.CachedLauncher does on a hit, without building a key per
+launch); elsewhere, or where a launch hook, a JIT pre-run hook, another current device or a tool
+that replaced common.bind is there, through common.launch.
+
+A recording becomes a program only if the launches and the outputs hold no tensor the body made
+by other means (a view, a cast, torch.zeros), no input is passed twice, and no op other than a
+launch wrote a buffer or an input (their version counters are where they were; inference
+tensors keep none, and there only forward bodies run, which write nothing through torch ops).
+Otherwise the signature runs the body on every call, as before: the persistent paths (their
+zeroed workspaces), a gradient cast to its weight's dtype, an empty batch (its zeroed gradients).
+
+The settings in the signature: the paths the planner may take (force_paths, FUSED_SE_PATHS),
+FUSED_SE_L2_BYTES, FUSED_SE_CHECK_WAITS and common.POISON_OUTPUTS. The heuristics' constants are
+read when a signature is first seen: after changing one, call clear(). FUSED_SE_REPLAY=0 turns
+replays off (read at import).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+from triton import knobs
+
+from . import common, plan, sync
+from . import heuristics as hz
+
+ENV = "FUSED_SE_REPLAY"
+ENABLED = os.environ.get(ENV, "1") != "0"
+
+# Signatures kept per body; past it the body's table starts again (a long tail of shapes).
+MAX_SIGNATURES = 1024
+
+NOT_REPLAYABLE = object()
+_TABLES: list[dict] = []
+_JIT_BIND = common.bind  # the library's own bind: a tool that replaces it sees every launch
+
+
+def clear() -> None:
+    """Forget every recorded program (after changing a heuristic the bodies read)."""
+    for table in _TABLES:
+        table.clear()
+
+
+def signature(args: tuple) -> tuple:
+    """What a body's decisions may depend on: each tensor's dtype, device, shape, strides and
+    address modulo 16 (what triton specialises a pointer on), every other argument's value, and
+    the planner's settings."""
+    parts = [
+        plan.enabled_paths(),
+        os.environ.get(hz.L2_ENV),
+        os.environ.get(sync.CHECK_ENV),
+        common.POISON_OUTPUTS,
+    ]
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            parts.append((a.dtype, a.device, a.shape, a.stride(), a.data_ptr() & 15))
+        else:
+            parts.append(a)
+    return tuple(parts)
+
+
+class _Launch:
+    """One recorded launch: the arguments with each tensor's place left to fill from the slots."""
+
+    __slots__ = ("args", "compiled", "grid", "grid3", "kernel", "kwargs", "params", "tensors")
+
+    def __init__(self, kernel, grid, args: list, kwargs: dict, tensors: tuple, compiled):
+        self.kernel, self.grid, self.args, self.kwargs, self.tensors = kernel, grid, args, kwargs, tensors
+        self.compiled = compiled if hasattr(compiled, "run") and hasattr(compiled, "function") else None
+        if self.compiled is not None:  # as CachedLauncher calls it: every parameter, constexprs too
+            tail = [kwargs[n] if n in kwargs else d for n, d in common.param_tail(kernel, len(args))]
+            self.params = args + tail
+            self.grid3 = (*grid, 1, 1)[:3]
+
+
+class Program:
+    """A body's allocations, launches, logged names and outputs for one signature."""
+
+    __slots__ = ("allocs", "as_tuple", "device", "launches", "names", "outputs")
+
+    def __init__(self, allocs, launches, names, outputs, as_tuple, device):
+        self.allocs, self.launches, self.names = allocs, launches, names
+        self.outputs, self.as_tuple, self.device = outputs, as_tuple, device
+
+    def __call__(self, args: tuple):
+        slots = list(args)
+        poison = common.POISON_OUTPUTS
+        for shape, stride, dtype, device in self.allocs:
+            t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+            slots.append(t.fill_(float("nan")) if poison else t)
+        if common._launch_logs:
+            for name in self.names:
+                common.record(name)
+        if self._direct():
+            stream = torch._C._cuda_getCurrentRawStream(self.device)
+            for ln in self.launches:
+                params = ln.params.copy()
+                for pos, slot in ln.tensors:
+                    params[pos] = slots[slot]
+                c = ln.compiled
+                g0, g1, g2 = ln.grid3
+                c.run(g0, g1, g2, stream, c.function, c.packed_metadata, None, None, None, *params)
+        else:
+            for ln in self.launches:
+                a = ln.args.copy()
+                for pos, slot in ln.tensors:
+                    a[pos] = slots[slot]
+                common.launch(ln.kernel, ln.grid)(*a, **ln.kwargs)
+        out = [slots[i] if isinstance(i, int) else i[0] for i in self.outputs]
+        return tuple(out) if self.as_tuple else out[0]
+
+    def _direct(self) -> bool:
+        """Whether the launches may go straight to their compiled kernels: each launch compiled
+        (CUDA), nothing hooked, the device current and common.bind the library's own."""
+        if self.device is None or common.bind is not _JIT_BIND:
+            return False
+        runtime = knobs.runtime
+        if common._hooked(runtime.launch_enter_hook) or common._hooked(runtime.launch_exit_hook):
+            return False
+        if any(ln.kernel.pre_run_hooks for ln in self.launches):
+            return False
+        return torch.cuda.current_device() == self.device
+
+
+class _Recording:
+    def __init__(self):
+        self.allocs: list = []  # (tensor, its version once made)
+        self.launches: list = []  # (kernel, grid, args, kwargs, what the launcher returned)
+
+
+def _record(body: Callable, args: tuple):
+    """(the body's result, its Program or NOT_REPLAYABLE)."""
+    rec = _Recording()
+    versions = [(a, common.version(a)) for a in args if isinstance(a, torch.Tensor)]
+    with common.record_launches() as names, common.recording(rec):
+        result = body(*args)
+    return result, _program(rec, names, args, versions, result)
+
+
+def _program(rec: _Recording, names: list, args: tuple, versions: list, result):
+    if any(common.version(t) != v for t, v in (*versions, *rec.allocs)):
+        return NOT_REPLAYABLE  # something other than a launch wrote a tensor
+    slot_of = {id(a): i for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
+    if len(slot_of) != len(versions):
+        return NOT_REPLAYABLE  # one tensor passed twice: its launches could not tell the two apart
+    for j, (t, _) in enumerate(rec.allocs):
+        slot_of[id(t)] = len(args) + j
+    launches, devices = [], set()
+    for kernel, grid, largs, kwargs, compiled in rec.launches:
+        if any(isinstance(v, torch.Tensor) for v in kwargs.values()):
+            return NOT_REPLAYABLE
+        tensors = []
+        for pos, a in enumerate(largs):
+            if isinstance(a, torch.Tensor):
+                slot = slot_of.get(id(a))
+                if slot is None:
+                    return NOT_REPLAYABLE  # made by other means than common.empty
+                tensors.append((pos, slot))
+                devices.add(a.device)
+        template = [None if isinstance(a, torch.Tensor) else a for a in largs]
+        launches.append(_Launch(kernel, grid, template, dict(kwargs), tuple(tensors), compiled))
+    as_tuple = isinstance(result, (tuple, list))
+    outputs = []
+    for r in result if as_tuple else (result,):
+        if isinstance(r, torch.Tensor):
+            slot = slot_of.get(id(r))
+            if slot is None:
+                return NOT_REPLAYABLE
+            outputs.append(slot)
+        else:
+            outputs.append((r,))
+    allocs = [(tuple(t.shape), t.stride(), t.dtype, t.device) for t, _ in rec.allocs]
+    device = None
+    if len(devices) == 1 and all(ln.compiled is not None for ln in launches):
+        (dev,) = devices
+        device = dev.index if dev.type == "cuda" else None
+    return Program(allocs, launches, tuple(names), outputs, as_tuple, device)
+
+
+def replayed(body: Callable, applies: Callable[[tuple], bool]) -> Callable:
+    """body, replayed per signature where applies(args) (the calls that launch kernels)."""
+    table: dict = {}
+    _TABLES.append(table)
+
+    def run(*args):
+        if not ENABLED or not applies(args):
+            return body(*args)
+        key = signature(args)
+        program = table.get(key)
+        if program is None:
+            result, program = _record(body, args)
+            if len(table) >= MAX_SIGNATURES:
+                table.clear()
+            table[key] = program
+            return result
+        if program is NOT_REPLAYABLE:
+            return body(*args)
+        return program(args)
+
+    run.__wrapped__ = body
+    run.table = table  # signature -> Program, or NOT_REPLAYABLE (for tests and tools)
+    return run

@@ -1,0 +1,159 @@
+"""Replayed calls (kernels.replay): a signature's second call redoes the first call's allocations
+and launches without planning again, gives the same bits in new buffers, and a call the replay
+cannot redo faithfully runs the body every time."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from se_testing import record_launches
+
+import fused_se
+from fused_se import kernels, ops
+from fused_se.kernels import common, replay
+
+
+@pytest.fixture
+def plans(monkeypatch) -> list:
+    """The forward and backward plans the ops make: a replay makes none."""
+    made = []
+    forward, backward = kernels.plan_forward, kernels.plan_backward
+
+    def plan_forward(*args, **kwargs):
+        made.append("forward")
+        return forward(*args, **kwargs)
+
+    def plan_backward(*args, **kwargs):
+        made.append("backward")
+        return backward(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "plan_forward", plan_forward)
+    monkeypatch.setattr(kernels, "plan_backward", plan_backward)
+    return made
+
+
+def _programs() -> list:
+    return [p for table in replay._TABLES for p in table.values()]
+
+
+def _fwd_bwd(m, x, g):
+    y = m(x)
+    return [y, *torch.autograd.grad(y, [x, *m.parameters()], g)]
+
+
+def test_second_call_replays_the_first_and_gives_its_bits(plans, device):
+    m = fused_se.FusedSEModule(24, 6).to(device)
+    x = torch.randn(3, 24, 5, 6, device=device, requires_grad=True)
+    g = torch.randn_like(x)
+    with record_launches() as first_names, common.kernel_calls() as first_calls:
+        first = _fwd_bwd(m, x, g)
+    assert plans == ["forward", "backward"]
+    progs = _programs()
+    assert len(progs) == 2 and all(isinstance(p, replay.Program) for p in progs)
+    plans.clear()
+    with record_launches() as names, common.kernel_calls() as calls:
+        second = _fwd_bwd(m, x, g)
+    assert plans == []  # nothing planned: both bodies were replayed
+    assert names == first_names  # what record_launches logs is the body's
+    assert [(k, grid) for k, grid, _, _ in calls] == [(k, grid) for k, grid, _, _ in first_calls]
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    assert second[0].data_ptr() != first[0].data_ptr()  # a new output, not the first call's
+
+
+def test_no_grad_calls_replay_the_body_too(plans, device):
+    m = fused_se.FusedSEModule(16, 4).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 16, 4, 4, device=device).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        y1 = m(x)
+        y2 = m(x)
+    assert plans == ["forward"]
+    assert torch.equal(y1, y2) and y2.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_new_signature_is_recorded_anew(plans, device, monkeypatch):
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(2, 16, 4, 4, device=device)
+    with torch.no_grad():
+        m(x)
+        m(x[:1])  # another shape
+        m(x.to(memory_format=torch.channels_last))  # other strides
+        m(torch.randn(2 * 16 * 16 + 1, device=device)[1:].view(2, 16, 4, 4))  # another alignment
+        monkeypatch.setenv("FUSED_SE_PATHS", "three_launch")  # other paths allowed
+        m(x)
+        m(x)
+    assert plans == ["forward"] * 5
+
+
+def test_heuristics_are_read_again_after_clear(plans, device):
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(2, 16, 4, 4, device=device)
+    with torch.no_grad():
+        m(x)
+        replay.clear()
+        m(x)
+    assert plans == ["forward", "forward"]
+
+
+def test_zeroed_gradients_of_an_empty_batch_are_not_replayed(plans, device):
+    """An empty batch's weight gradients are zeroed by a torch op, not a launch: the body runs
+    on every call, and every call's gradients are zeros (a replay would leave them NaN-poisoned)."""
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(0, 16, 4, 4, device=device, requires_grad=True)
+    for _ in range(2):
+        y = m(x)
+        grads = torch.autograd.grad(y, list(m.parameters()), torch.ones_like(y))
+        assert all(torch.equal(gr, torch.zeros_like(gr)) for gr in grads)
+    assert plans.count("backward") == 2
+    assert replay.NOT_REPLAYABLE in _programs()
+
+
+def test_one_tensor_passed_twice_is_not_replayed(plans, device):
+    """residual is x itself: a recording could not tell which launch argument was which."""
+    w1, w2 = torch.randn(4, 16, device=device), torch.randn(16, 4, device=device)
+    x = torch.randn(2, 16, 4, 4, device=device)
+    other = torch.randn_like(x)
+    with torch.no_grad():
+        y1 = fused_se.squeeze_excite(x, w1, None, w2, residual=x)
+        fused_se.squeeze_excite(x, w1, None, w2, residual=x)
+        y2 = fused_se.squeeze_excite(x, w1, None, w2, residual=other)
+    assert plans == ["forward"] * 3
+    torch.testing.assert_close(y2 - other, y1 - x)  # the residual added is the one passed
+
+
+def test_persistent_paths_run_their_body_every_call(plans, device, spread):
+    """The spread forward zeroes its workspace with torch.zeros: not replayed."""
+    m = fused_se.FusedSEModule(16, 2).to(device)
+    x = torch.randn(8, 16, 3, 3, device=device)
+    with torch.no_grad(), kernels.force_paths("spread"), record_launches() as names:
+        m(x)
+        m(x)
+    assert names == ["se_fwd_spread"] * 2 and plans == ["forward"] * 2
+    assert _programs() == [replay.NOT_REPLAYABLE]
+
+
+def test_replay_can_be_turned_off(plans, device, monkeypatch):
+    monkeypatch.setattr(replay, "ENABLED", False)
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(2, 16, 4, 4, device=device)
+    with torch.no_grad():
+        m(x)
+        m(x)
+    assert plans == ["forward"] * 2 and _programs() == []
+
+
+def test_the_custom_op_path_is_never_replayed(plans, device):
+    """Under a dispatch or function mode (as under tracing) the custom op runs its own body."""
+    from torch.overrides import TorchFunctionMode
+
+    class PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(2, 16, 4, 4, device=device)
+    with torch.no_grad(), PassThrough():
+        assert not ops.plain_eager((x,))
+        m(x)
+        m(x)
+    assert plans == ["forward"] * 2 and _programs() == []
