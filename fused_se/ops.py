@@ -469,7 +469,7 @@ def _backward_op(ctx, op):
 
 
 _PLAIN_BACKWARDS = {
-    op: _on_real_tensors(replayed(body, _launches_kernels))
+    op: replayed(_on_real_tensors(body), _launches_kernels)
     for op, body in (
         (squeeze_excite_backward, _squeeze_excite_backward),
         (effective_squeeze_excite_backward, _effective_squeeze_excite_backward),
@@ -483,17 +483,16 @@ def _plain_function(name: str, body, setup_context, backward) -> tuple:
     body alone (for calls that need no gradient); its parameter names and defaults, to pass every
     argument positionally. The body is replayed per signature (kernels.replay)."""
     params = tuple(inspect.signature(body).parameters.values())
-    body = replayed(body, _launches_kernels)
+    body = replayed(_on_real_tensors(body), _launches_kernels)  # a replay binds nothing: no wrapping to turn off
 
     def forward(ctx, *args):
-        with set_wrap_triton_enabled(False):
-            out = body(*args)
+        out = body(*args)
         setup_context(ctx, args, out)
         ctx.plain = True
         return out
 
     fn = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-    return fn, _on_real_tensors(body), tuple(p.name for p in params), tuple(p.default for p in params)
+    return fn, body, tuple(p.name for p in params), tuple(p.default for p in params)
 
 
 _PLAIN = {

@@ -16,7 +16,8 @@ into a program:
 
 A later call of the signature allocates the buffers and issues the launches: on CUDA straight to
 the compiled kernels (as common.CachedLauncher does on a hit, without building a key per
-launch); elsewhere, or where a launch hook, a JIT pre-run hook, another current device or a tool
+launch), with the buffers the body did not return carved from one allocation and passed as
+addresses; elsewhere, or where a launch hook, a JIT pre-run hook, another current device or a tool
 that replaced common.bind is there, through common.launch.
 
 A recording becomes a program only if the launches and the outputs hold no tensor the body made
@@ -45,6 +46,10 @@ from . import heuristics as hz
 
 ENV = "FUSED_SE_REPLAY"
 ENABLED = os.environ.get(ENV, "1") != "0"
+
+# Bytes between the scratch buffers of a direct replay (and their alignment): past the 16 bytes
+# triton specialises a pointer on, as the caching allocator's own blocks are.
+SCRATCH_ALIGN = 256
 
 # Signatures kept per body; past it the body's table starts again (a long tail of shapes).
 MAX_SIGNATURES = 1024
@@ -93,24 +98,49 @@ class _Launch:
 
 
 class Program:
-    """A body's allocations, launches, logged names and outputs for one signature."""
+    """A body's allocations, launches, logged names and outputs for one signature.
 
-    __slots__ = ("allocs", "as_tuple", "device", "launches", "names", "outputs")
+    On the direct path the buffers the body did not return (its scratch: partial sums, the
+    excitation's intermediates) are carved from one allocation and passed to the compiled kernels
+    as addresses (`offsets`, SCRATCH_ALIGN bytes apart); the outputs are tensors of their own."""
 
-    def __init__(self, allocs, launches, names, outputs, as_tuple, device):
+    __slots__ = ("allocs", "as_tuple", "device", "first", "launches", "names", "offsets", "outputs", "scratch_bytes")
+
+    def __init__(self, allocs, launches, names, outputs, as_tuple, device, first_alloc_slot: int):
         self.allocs, self.launches, self.names = allocs, launches, names
         self.outputs, self.as_tuple, self.device = outputs, as_tuple, device
+        self.first = first_alloc_slot  # slots: the arguments, then the buffers
+        returned = {i for i in outputs if isinstance(i, int)}
+        self.offsets, self.scratch_bytes = [], 0
+        for j, (shape, stride, dtype, _) in enumerate(allocs):
+            if device is None or first_alloc_slot + j in returned:
+                self.offsets.append(None)
+                continue
+            self.offsets.append(self.scratch_bytes)
+            span = 0 if 0 in shape else 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+            nbytes = span * dtype.itemsize
+            self.scratch_bytes += -(-nbytes // SCRATCH_ALIGN) * SCRATCH_ALIGN
 
     def __call__(self, args: tuple):
+        direct = self._direct()
         slots = list(args)
         poison = common.POISON_OUTPUTS
-        for shape, stride, dtype, device in self.allocs:
+        base = None
+        if direct and self.scratch_bytes:
+            scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=self.allocs[0][3])
+            if poison:
+                scratch.fill_(255)  # NaN in every float width, as common.empty's poison
+            base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
+        for (shape, stride, dtype, device), offset in zip(self.allocs, self.offsets):
+            if base is not None and offset is not None:
+                slots.append(base + offset)
+                continue
             t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
             slots.append(t.fill_(float("nan")) if poison else t)
         if common._launch_logs:
             for name in self.names:
                 common.record(name)
-        if self._direct():
+        if direct:
             stream = torch._C._cuda_getCurrentRawStream(self.device)
             for ln in self.launches:
                 params = ln.params.copy()
@@ -193,7 +223,7 @@ def _program(rec: _Recording, names: list, args: tuple, versions: list, result):
     if len(devices) == 1 and all(ln.compiled is not None for ln in launches):
         (dev,) = devices
         device = dev.index if dev.type == "cuda" else None
-    return Program(allocs, launches, tuple(names), outputs, as_tuple, device)
+    return Program(allocs, launches, tuple(names), outputs, as_tuple, device, len(args))
 
 
 def replayed(body: Callable, applies: Callable[[tuple], bool]) -> Callable:

@@ -157,3 +157,30 @@ def test_the_custom_op_path_is_never_replayed(plans, device):
         m(x)
         m(x)
     assert plans == ["forward"] * 2 and _programs() == []
+
+
+def test_scratch_is_carved_from_one_buffer_on_the_direct_path(device):
+    """A program's buffers that the body does not return get byte offsets into one allocation,
+    aligned and apart; the returned ones stay tensors. (Offsets are for the direct CUDA path;
+    in the interpreter every buffer is a tensor, so here the offsets are laid out as if on a
+    device.)"""
+    m = fused_se.FusedSEModule(24, 6).to(device)
+    x = torch.randn(3, 24, 5, 6, device=device, requires_grad=True)
+    y = m(x)
+    torch.autograd.grad(y, [x, *m.parameters()], torch.ones_like(y))
+    (bwd,) = [p for p in _programs() if "excite_bwd" in p.names]
+    assert bwd.offsets == [None] * len(bwd.allocs)  # no device: every buffer is a tensor
+    laid = replay.Program(bwd.allocs, bwd.launches, bwd.names, bwd.outputs, bwd.as_tuple, 0, bwd.first)
+    returned = {i - bwd.first for i in bwd.outputs if isinstance(i, int)}
+    spans = []
+    for j, ((shape, stride, dtype, _), offset) in enumerate(zip(laid.allocs, laid.offsets)):
+        if j in returned:
+            assert offset is None
+            continue
+        assert offset is not None and offset % replay.SCRATCH_ALIGN == 0
+        nbytes = 0 if 0 in shape else (1 + sum((n - 1) * st for n, st in zip(shape, stride))) * dtype.itemsize
+        spans.append((offset, offset + nbytes))
+    assert len(spans) >= 5  # the partial sums of g * x, dz, and the excitation backward's four
+    spans.sort()
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
+    assert laid.scratch_bytes >= spans[-1][1]
