@@ -386,29 +386,40 @@ def excite_bwd_channels(
     mask_c = offs_c < C
     mask_r = offs_r < R
     mask_rc = mask_r[:, None] & mask_c[None, :]
-    if NEED_DZ:
-        w1 = tl.load(w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c, mask=mask_rc, other=0.0)
-        w1 = w1.to(acc_ty)
-    dw1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
-    dw2 = tl.zeros((BLOCK_C, BLOCK_R), dtype=acc_ty)
-    db1 = tl.zeros((BLOCK_R,), dtype=acc_ty)
-    db2 = tl.zeros((BLOCK_C,), dtype=acc_ty)
-    for b0 in range(0, B, BLOCK_B):
-        offs_b = b0 + tl.arange(0, BLOCK_B)
-        mask_b = offs_b < B
-        mask_bc = mask_b[:, None] & mask_c[None, :]
-        mask_br = mask_b[:, None] & mask_r[None, :]
-        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        br = offs_b.to(tl.int64)[:, None] * R + offs_r[None, :]
-        if NEED_DW2 or NEED_DB2:
-            u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
+    # Two sweeps over the batch, each with one (BLOCK_R x BLOCK_C) accumulator live: in one sweep
+    # the two (and W1's tile) held past 255 registers at BLOCK_R = 128 and spilled. Each sweep
+    # reads its own operands, so no byte is read twice; the sums run in the same order.
+    if NEED_DW2 or NEED_DB2:
+        dw2 = tl.zeros((BLOCK_C, BLOCK_R), dtype=acc_ty)
+        db2 = tl.zeros((BLOCK_C,), dtype=acc_ty)
+        for b0 in range(0, B, BLOCK_B):
+            offs_b = b0 + tl.arange(0, BLOCK_B)
+            mask_b = offs_b < B
+            bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+            u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_b[:, None] & mask_c[None, :], split, B * C, GATE)
             if NEED_DB2:
                 db2 += tl.sum(u, axis=0)
             if NEED_DW2:
-                h = tl.load(h_ptr + br, mask=mask_br, other=0.0)
+                br = offs_b.to(tl.int64)[:, None] * R + offs_r[None, :]
+                h = tl.load(h_ptr + br, mask=mask_b[:, None] & mask_r[None, :], other=0.0)
                 dw2 = dot(tl.trans(u), h, dw2, DOT_TF32, IS_FP64)
-        if NEED_DW1 or NEED_DB1 or NEED_DZ:
-            v = tl.load(v_ptr + br, mask=mask_br, other=0.0)
+        if NEED_DW2:
+            tl.store(dw2_ptr + offs_c[:, None] * R + offs_r[None, :], dw2, mask=mask_c[:, None] & mask_r[None, :])
+        if NEED_DB2:
+            tl.store(db2_ptr + offs_c, db2, mask=mask_c)
+    if NEED_DW1 or NEED_DB1 or NEED_DZ:
+        if NEED_DZ:
+            w1 = tl.load(w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c, mask=mask_rc, other=0.0)
+            w1 = w1.to(acc_ty)
+        dw1 = tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty)
+        db1 = tl.zeros((BLOCK_R,), dtype=acc_ty)
+        for b0 in range(0, B, BLOCK_B):
+            offs_b = b0 + tl.arange(0, BLOCK_B)
+            mask_b = offs_b < B
+            mask_bc = mask_b[:, None] & mask_c[None, :]
+            bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+            br = offs_b.to(tl.int64)[:, None] * R + offs_r[None, :]
+            v = tl.load(v_ptr + br, mask=mask_b[:, None] & mask_r[None, :], other=0.0)
             if NEED_DB1:
                 db1 += tl.sum(v, axis=0)
             if NEED_DW1:
@@ -417,14 +428,10 @@ def excite_bwd_channels(
             if NEED_DZ:
                 dz = dot(v, w1, tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
                 tl.store(dz_ptr + bc, dz, mask=mask_bc)
-    if NEED_DW1:
-        tl.store(dw1_ptr + offs_r[:, None] * C + offs_c[None, :], dw1, mask=mask_rc)
-    if NEED_DW2:
-        tl.store(dw2_ptr + offs_c[:, None] * R + offs_r[None, :], dw2, mask=mask_c[:, None] & mask_r[None, :])
-    if NEED_DB2:
-        tl.store(db2_ptr + offs_c, db2, mask=mask_c)
-    if NEED_DB1:
-        tl.store(db1_ptr + offs_r, db1, mask=mask_r & (pid == 0))
+        if NEED_DW1:
+            tl.store(dw1_ptr + offs_r[:, None] * C + offs_c[None, :], dw1, mask=mask_rc)
+        if NEED_DB1:
+            tl.store(db1_ptr + offs_r, db1, mask=mask_r & (pid == 0))
 
 
 def excite_fwd(
