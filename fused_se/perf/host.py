@@ -4,9 +4,11 @@ Eager PyTorch runs the SE block on tiny CPU tensors of the same rank (its dispat
 autograd, plus a few microseconds of arithmetic on a few hundred elements). The fused block
 runs each of its paths with the kernel launches stubbed out: the launchers' `bind`
 replaced by a function that launches nothing, so the outputs are the uninitialised buffers
-(fine for timing). What remains is the op's Python: the custom op's dispatch, autograd, the
-path's planning, the allocations and the launchers' argument lists. A real launch adds
-triton's own host cost (binding and specialising the arguments, the driver call) on top.
+(fine for timing). What remains is the op's Python: the checks, autograd, and from a shape's
+second call on the replay of its recorded launches (kernels.replay: the signature, the
+allocations, the launches' argument lists; the paths that are not replayed plan every call). A
+real launch adds the compiled kernel's own call (and, where no replay runs, triton's binding of
+the arguments) on top.
 The minimum over repeats, in microseconds per call.
 """
 
