@@ -113,20 +113,6 @@ def check_epilogue(
     _check_devices(x, residual=residual, sample_scale=sample_scale)
 
 
-_OPS = None  # fused_se.ops, once imported
-
-
-def _ops():
-    """fused_se.ops, imported at the first call, not at the top: importing fused_se must not import
-    triton, so that TRITON_INTERPRET can still be set after `import fused_se` (the demo does)."""
-    global _OPS
-    if _OPS is None:
-        from . import ops
-
-        _OPS = ops
-    return _OPS
-
-
 def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """x as the (B, C, H, W) tensor the ops take: a view of x itself, or of one copy of it where
     its spatial dims do not flatten into one strided axis.
@@ -136,6 +122,10 @@ def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     kernels, which see x as (B, C, HW) through three strides, runs them as they are."""
     if x is None:
         return None
+    # Imported here, not at the top: importing fused_se must not import triton, so that
+    # TRITON_INTERPRET can still be set after `import fused_se` (the demo does).
+    from . import kernels
+
     if x.dim() == 3:
         return x.unsqueeze(-1)  # one spatial axis: always one strided axis
     if x.dim() == 5:
@@ -146,7 +136,7 @@ def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             fmt = torch.channels_last_3d if x.stride(1) < x.stride(4) else torch.contiguous_format
             x = x.contiguous(memory_format=fmt)
         return x.view(b, c, math.prod(x.shape[2:]), 1)
-    if _ops().kernels.bchw_strides(x) is None:
+    if kernels.bchw_strides(x) is None:
         # A spatial slice, a permutation: one copy, into channels_last where channels vary
         # faster than W in x's memory, NCHW otherwise.
         fmt = torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
@@ -254,12 +244,11 @@ def squeeze_excite(
     tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
         return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate, lengths=lengths, **tail)
-    ops = _ops()
+    from . import ops, ops_lengths
+
     tail["residual"] = _kernels_input(residual)
     x4 = _kernels_input(x)
     if lengths is not None:
-        from . import ops_lengths
-
         y = ops.run(ops_lengths.squeeze_excite_lengths, x4, w1, b1, w2, b2, act, gate, lengths, **tail)
     else:
         y = ops.run(ops.squeeze_excite, x4, w1, b1, w2, b2, act, gate, **tail)
@@ -293,7 +282,8 @@ def effective_squeeze_excite(
     tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
         return reference.effective_squeeze_excite(x, w, b, gate=gate, **tail)
-    ops = _ops()
+    from . import ops
+
     tail["residual"] = _kernels_input(residual)
     return _output(ops.run(ops.effective_squeeze_excite, _kernels_input(x), w, b, gate, **tail), x)
 
@@ -332,6 +322,7 @@ def efficient_channel_attention(
     tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
         return reference.efficient_channel_attention(x, w, b, circular=circular, gate=gate, **tail)
-    ops = _ops()
+    from . import ops
+
     tail["residual"] = _kernels_input(residual)
     return _output(ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, **tail), x)
