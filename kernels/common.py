@@ -41,6 +41,9 @@ def record_launches() -> Iterator[list[str]]:
 def record(name: str) -> None:
     for log in _launch_logs:
         log.append(name)
+    rec = getattr(_recordings, "rec", None)
+    if rec is not None:
+        rec.names.append(name)
 
 
 # Whether wrap_triton takes this process's kernels: asked once, at the first launch.
@@ -191,8 +194,9 @@ _recordings = threading.local()
 
 @contextmanager
 def recording(rec) -> Iterator[None]:
-    """Within the block, this thread's launches (`launch`) and buffers (`empty`, `empty_like`) are
-    also appended to rec.launches and rec.allocs (kernels.replay)."""
+    """Within the block, this thread's launches (`launch`), buffers (`empty`, `empty_like`) and
+    logged names (`record`) are also appended to rec.launches, rec.allocs and rec.names
+    (kernels.replay)."""
     outer = getattr(_recordings, "rec", None)
     _recordings.rec = rec
     try:

@@ -175,18 +175,19 @@ class _Recording:
     def __init__(self):
         self.allocs: list = []  # (tensor, its version once made)
         self.launches: list = []  # (kernel, grid, args, kwargs, what the launcher returned)
+        self.names: list = []  # what common.record logged, from this thread only
 
 
 def _record(body: Callable, args: tuple):
     """(the body's result, its Program or NOT_REPLAYABLE)."""
     rec = _Recording()
     versions = [(a, common.version(a)) for a in args if isinstance(a, torch.Tensor)]
-    with common.record_launches() as names, common.recording(rec):
+    with common.recording(rec):
         result = body(*args)
-    return result, _program(rec, names, args, versions, result)
+    return result, _program(rec, args, versions, result)
 
 
-def _program(rec: _Recording, names: list, args: tuple, versions: list, result):
+def _program(rec: _Recording, args: tuple, versions: list, result):
     if any(common.version(t) != v for t, v in (*versions, *rec.allocs)):
         return NOT_REPLAYABLE  # something other than a launch wrote a tensor
     slot_of = {id(a): i for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
@@ -223,7 +224,7 @@ def _program(rec: _Recording, names: list, args: tuple, versions: list, result):
     if len(devices) == 1 and all(ln.compiled is not None for ln in launches):
         (dev,) = devices
         device = dev.index if dev.type == "cuda" else None
-    return Program(allocs, launches, tuple(names), outputs, as_tuple, device, len(args))
+    return Program(allocs, launches, tuple(rec.names), outputs, as_tuple, device, len(args))
 
 
 def replayed(body: Callable, applies: Callable[[tuple], bool]) -> Callable:
