@@ -469,7 +469,7 @@ def _backward_op(ctx, op):
 
 
 _PLAIN_BACKWARDS = {
-    op: replayed(_on_real_tensors(body), _launches_kernels)
+    op: replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
     for op, body in (
         (squeeze_excite_backward, _squeeze_excite_backward),
         (effective_squeeze_excite_backward, _effective_squeeze_excite_backward),
@@ -483,7 +483,8 @@ def _plain_function(name: str, body, setup_context, backward) -> tuple:
     body alone (for calls that need no gradient); its parameter names and defaults, to pass every
     argument positionally. The body is replayed per signature (kernels.replay)."""
     params = tuple(inspect.signature(body).parameters.values())
-    body = replayed(_on_real_tensors(body), _launches_kernels)  # a replay binds nothing: no wrapping to turn off
+    # a replay binds nothing, and the CPU kernel (elsewhere) launches nothing: no wrapping to turn off
+    body = replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
 
     def forward(ctx, *args):
         out = body(*args)

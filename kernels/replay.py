@@ -36,7 +36,7 @@ replays off (read at import).
 from __future__ import annotations
 
 import os
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from triton import knobs
@@ -227,13 +227,17 @@ def _program(rec: _Recording, args: tuple, versions: list, result):
     return Program(allocs, launches, tuple(rec.names), outputs, as_tuple, device, len(args))
 
 
-def replayed(body: Callable, applies: Callable[[tuple], bool]) -> Callable:
-    """body, replayed per signature where applies(args) (the calls that launch kernels)."""
+def replayed(body: Callable, applies: Callable[[tuple], bool], elsewhere: Optional[Callable] = None) -> Callable:
+    """body, replayed per signature where applies(args) (the calls that launch kernels);
+    elsewhere (default: body) runs the calls where it does not."""
     table: dict = {}
     _TABLES.append(table)
+    elsewhere = body if elsewhere is None else elsewhere
 
     def run(*args):
-        if not ENABLED or not applies(args):
+        if not applies(args):
+            return elsewhere(*args)
+        if not ENABLED:
             return body(*args)
         key = signature(args)
         program = table.get(key)
