@@ -468,8 +468,13 @@ def _backward_op(ctx, op):
     return op
 
 
+def _plain_backward(body):
+    """A backward op's body as plain calls run it: replayed per signature (kernels.replay)."""
+    return replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
+
+
 _PLAIN_BACKWARDS = {
-    op: replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
+    op: _plain_backward(body)
     for op, body in (
         (squeeze_excite_backward, _squeeze_excite_backward),
         (effective_squeeze_excite_backward, _effective_squeeze_excite_backward),

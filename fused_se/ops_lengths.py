@@ -114,4 +114,4 @@ squeeze_excite_lengths_backward.register_autograd(ops._no_double_backward, setup
 ops._PLAIN[squeeze_excite_lengths] = ops._plain_function(
     "SqueezeExciteLengths", _squeeze_excite_lengths, _setup_context, _backward
 )
-ops._PLAIN_BACKWARDS[squeeze_excite_lengths_backward] = ops._on_real_tensors(_squeeze_excite_lengths_backward)
+ops._PLAIN_BACKWARDS[squeeze_excite_lengths_backward] = ops._plain_backward(_squeeze_excite_lengths_backward)

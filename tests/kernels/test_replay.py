@@ -184,3 +184,29 @@ def test_scratch_is_carved_from_one_buffer_on_the_direct_path(device):
     spans.sort()
     assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(spans, spans[1:]))
     assert laid.scratch_bytes >= spans[-1][1]
+
+
+def test_residual_tail_and_lengths_replay_with_their_extra_outputs(plans, device):
+    """The ReLU tail's backward also returns the shortcut's gradient, the lengths op reads a
+    (B,) tensor of counts: both replay and give the first call's bits."""
+    w1, w2 = torch.randn(4, 16, device=device), torch.randn(16, 4, device=device)
+    x = torch.randn(2, 16, 3, 5, device=device, requires_grad=True)
+    res = torch.randn_like(x, requires_grad=True)
+    seq = torch.randn(3, 16, 9, device=device, requires_grad=True)
+    lengths = torch.tensor([9, 4, 1], device=device)
+
+    def tail():
+        y = fused_se.squeeze_excite(x, w1, None, w2, residual=res, out_act="relu")
+        return [y, *torch.autograd.grad(y, [x, res], torch.ones_like(y))]
+
+    def counted():
+        y = fused_se.squeeze_excite(seq, w1, None, w2, lengths=lengths)
+        return [y, *torch.autograd.grad(y, [seq], torch.ones_like(y))]
+
+    for call, planned in ((tail, ["forward", "backward"]), (counted, [])):  # the lengths op has one path
+        plans.clear()
+        first, second = call(), call()
+        assert plans == planned  # from the first call only
+        for a, b in zip(first, second):
+            assert torch.equal(a, b)
+    assert sum(isinstance(p, replay.Program) for p in _programs()) == 4  # both ops' forward and backward
