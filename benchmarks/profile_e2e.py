@@ -22,6 +22,9 @@ from collections import defaultdict
 
 import torch
 
+sys.path.insert(0, os.path.dirname(__file__))
+from profile_gpu import _host_profile  # a script beside this one
+
 
 def _step_for(name: str, variant: str, batch: int, size: int, device: torch.device, option: str = ""):
     """One training step of the model; option "noreplay": the fused blocks' bodies run on every
@@ -90,23 +93,6 @@ def _device(step, top: int) -> dict:
     }
 
 
-def _cprofile(step, label: str, steps: int = 5, top: int = 25) -> None:
-    import cProfile
-    import pstats
-
-    for _ in range(3):
-        step()
-    torch.cuda.synchronize()
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(steps):
-        step()
-    torch.cuda.synchronize()
-    prof.disable()
-    print(f"== cProfile: {label}, {steps} steps")
-    pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
-
-
 def _ops(step, label: str, steps: int = 3, rows: int = 30) -> None:
     from torch.profiler import ProfilerActivity, profile
 
@@ -163,7 +149,7 @@ def main(argv=None) -> int:
         if args.ops:
             _ops(step, f"{name} {variant}")
         if args.cprofile:
-            _cprofile(step, f"{name} {variant}")
+            _host_profile(step, f"{name} {variant}", iters=5)
         sys.stdout.flush()
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "profile_e2e.json"), "w") as f:
