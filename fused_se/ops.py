@@ -455,8 +455,7 @@ def _on_real_tensors(body):
 
 def _launches_kernels(args: tuple) -> bool:
     """Whether a body called with these arguments launches the kernels (`_impl`, on real tensors)."""
-    first = args[0]
-    return first.is_cuda or (first.device.type == "cpu" and _dispatch.interpreter_enabled())
+    return _dispatch.kernels_run_on(args[0].device)
 
 
 def _backward_op(ctx, op):

@@ -99,6 +99,22 @@ def _hooked(hook) -> bool:
     return hook is not None and getattr(hook, "calls", True)
 
 
+def jit_hooked(kernels) -> bool:
+    """Whether a launch of any of these kernels must go through triton's JIT, which calls the
+    hooks: a launch hook (a profiler's) or a kernel's pre-run hooks."""
+    runtime = knobs.runtime
+    if _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook):
+        return True
+    return any(k.pre_run_hooks for k in kernels)
+
+
+def run_compiled(compiled, grid3: tuple, stream: int, params) -> None:
+    """A compiled kernel called as triton's JIT calls it: the grid's three dimensions, the raw
+    stream, every parameter in order (constexprs included, `param_tail`), no hooks."""
+    g0, g1, g2 = grid3
+    compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *params)
+
+
 def param_tail(kernel, n_args: int) -> tuple:
     """(name, default) of each parameter of `kernel` past its first n_args: what a compiled kernel's
     call takes after the positional arguments, a keyword argument's value or the default."""
@@ -153,13 +169,7 @@ class CachedLauncher:
         device = (
             first if isinstance(first, torch.Tensor) else next(a for a in args if isinstance(a, torch.Tensor))
         ).device
-        runtime = knobs.runtime
-        if (
-            device.type != "cuda"
-            or kernel.pre_run_hooks
-            or _hooked(runtime.launch_enter_hook)
-            or _hooked(runtime.launch_exit_hook)
-        ):
+        if device.type != "cuda" or jit_hooked((kernel,)):
             return kernel[grid](*args, **kwargs)
         device = device.index
         key = (
@@ -179,12 +189,9 @@ class CachedLauncher:
                 _COMPILED.clear()
             _COMPILED[key] = (compiled, tail, (*grid, 1, 1)[:3])
             return compiled
-        compiled, tail, (g0, g1, g2) = hit
+        compiled, tail, grid3 = hit
         params = args + tuple([kwargs[n] if n in kwargs else d for n, d in tail]) if tail else args
-        compiled.run(
-            g0, g1, g2, torch._C._cuda_getCurrentRawStream(device), compiled.function, compiled.packed_metadata,
-            None, None, None, *params,
-        )  # fmt: skip
+        run_compiled(compiled, grid3, torch._C._cuda_getCurrentRawStream(device), params)
         return compiled
 
 

@@ -39,7 +39,6 @@ import os
 from typing import Callable, Optional
 
 import torch
-from triton import knobs
 
 from . import common, plan, sync
 from . import heuristics as hz
@@ -146,9 +145,7 @@ class Program:
                 params = ln.params.copy()
                 for pos, slot in ln.tensors:
                     params[pos] = slots[slot]
-                c = ln.compiled
-                g0, g1, g2 = ln.grid3
-                c.run(g0, g1, g2, stream, c.function, c.packed_metadata, None, None, None, *params)
+                common.run_compiled(ln.compiled, ln.grid3, stream, params)
         else:
             for ln in self.launches:
                 a = ln.args.copy()
@@ -163,10 +160,7 @@ class Program:
         (CUDA), nothing hooked, the device current and common.bind the library's own."""
         if self.device is None or common.bind is not _JIT_BIND:
             return False
-        runtime = knobs.runtime
-        if common._hooked(runtime.launch_enter_hook) or common._hooked(runtime.launch_exit_hook):
-            return False
-        if any(ln.kernel.pre_run_hooks for ln in self.launches):
+        if common.jit_hooked(ln.kernel for ln in self.launches):
             return False
         return torch.cuda.current_device() == self.device
 
