@@ -40,7 +40,8 @@ def _opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
 
 
 def _bc(t: Tensor) -> Tensor:
-    return t[:, :, None, None]
+    """(B, C) as (B, C, 1, 1), to broadcast over HW (a view: cheaper to dispatch than indexing)."""
+    return t.view(t.shape[0], t.shape[1], 1, 1)
 
 
 def _like(t: Tensor, like: Tensor) -> Tensor:
@@ -62,7 +63,7 @@ def squeeze_fwd(x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
     the sums over the first lengths[b] positions of x (B, C, HW, 1), times HW / lengths[b]."""
     acc = _acc(x.dtype)
     if lengths is None:
-        return as_dtype(x, acc).sum(dim=(2, 3))[None]
+        return x.sum(dim=(2, 3), dtype=acc)[None]  # summed in acc, with no copy of x in it
     hw = x.shape[2] * x.shape[3]
     sums = (as_dtype(x, acc) * _valid(lengths, hw)).sum(dim=(2, 3))
     return (sums * (hw / lengths.to(acc))[:, None])[None]
@@ -75,11 +76,14 @@ def scale_bwd(
     is first zeroed where relu_out <= 0, as threshold_backward."""
     if relu_out is not None:
         g = torch.ops.aten.threshold_backward(g, relu_out, 0)
+    return _gate_grad(g, x, d)[None], (g if store_g else None)
+
+
+def _gate_grad(g: Tensor, x: Tensor, d: Optional[Tensor]) -> Tensor:
+    """(B, C): the sums over HW of g * x, times d[b]."""
     acc = _acc(x.dtype)
     sums = (as_dtype(g, acc) * as_dtype(x, acc)).sum(dim=(2, 3))
-    if d is not None:
-        sums = sums * d[:, None]
-    return sums[None], (g if store_g else None)
+    return sums if d is None else sums * d[:, None]
 
 
 def scale_fwd(
@@ -129,8 +133,11 @@ def _gate(a: Tensor, gate: str) -> Tensor:
 
 
 def _gate_outputs(a: Tensor, gate: str) -> tuple[Tensor, Tensor]:
-    """(s, a kept for the backward or an empty placeholder), as the kernels return them."""
-    return _gate(a, gate), (a if gate == "hard_sigmoid" else a.new_empty(0))
+    """(s, a kept for the backward or an empty placeholder), as the kernels return them. a is a
+    new tensor of the caller's: the sigmoid, whose backward needs s alone, overwrites it."""
+    if gate == "sigmoid":
+        return a.sigmoid_(), a.new_empty(0)
+    return F.hardsigmoid(a), a
 
 
 def _gate_bwd(ds: Tensor, s: Tensor, a: Tensor, gate: str) -> Tensor:
@@ -143,6 +150,11 @@ def _act(h: Tensor, act: str) -> Tensor:
     return torch.relu(h) if act == "relu" else F.silu(h)
 
 
+def _act_(h: Tensor, act: str) -> Tensor:
+    """_act in place, on a new tensor of the caller's."""
+    return h.relu_() if act == "relu" else F.silu(h, inplace=True)
+
+
 def _act_bwd(dh: Tensor, h: Tensor, act: str) -> Tensor:
     if act == "relu":
         return torch.ops.aten.threshold_backward(dh, h, 0)
@@ -150,7 +162,7 @@ def _act_bwd(dh: Tensor, h: Tensor, act: str) -> Tensor:
 
 
 def _mean(zsum: Tensor, hw: int) -> Tensor:
-    return zsum.sum(0) / hw
+    return (zsum[0] if zsum.shape[0] == 1 else zsum.sum(0)) / hw
 
 
 # ---- two FCs ----------------------------------------------------------------------------------
@@ -168,11 +180,39 @@ def excite_fwd(
     gate: str = "sigmoid",
 ) -> tuple[Tensor, Tensor, Tensor]:
     z = _mean(zsum, hw)
+    return (z, *_mlp(z, w1, b1, w2, b2, act, gate))
+
+
+def _mlp(
+    z: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str, gate: str
+) -> tuple[Tensor, Tensor]:
+    """(s, a) of the two FCs from the mean z, in z's dtype."""
     dt = z.dtype
     with _exact(z.device):
         h = F.linear(z, as_dtype(w1, dt), _opt(b1, dt))
-        a = F.linear(_act(h, act), as_dtype(w2, dt), _opt(b2, dt))
-    return (z, *_gate_outputs(a, gate))
+        a = F.linear(_act_(h, act), as_dtype(w2, dt), _opt(b2, dt))
+    return _gate_outputs(a, gate)
+
+
+def squeeze_excite_fwd(
+    x: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    act: str,
+    gate: str,
+    d: Optional[Tensor] = None,
+    residual: Optional[Tensor] = None,
+    relu: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The two-FC block's forward in one call: (y, z, s, a) as squeeze_fwd, excite_fwd and
+    scale_fwd give them, with no partial sums to add up. On the CPU each op costs microseconds of
+    dispatch at SE's small sizes, so the hot path takes the fewest."""
+    # the sum then an in-place divide: torch's mean with a dtype runs slower on the CPU
+    z = x.sum(dim=(2, 3), dtype=_acc(x.dtype)).div_(x.shape[2] * x.shape[3])
+    s, a = _mlp(z, w1, b1, w2, b2, act, gate)
+    return scale_fwd(x, s, d, residual, relu), z, s, a
 
 
 def excite_bwd(
@@ -188,13 +228,33 @@ def excite_bwd(
     act: str = "relu",
     gate: str = "sigmoid",
 ) -> tuple[Optional[Tensor], ...]:
+    return _mlp_bwd(_partials_sum(dssum), z, s, a, w1, b1, w2, need, act, gate)
+
+
+def _partials_sum(t: Tensor) -> Tensor:
+    return t[0] if t.shape[0] == 1 else t.sum(0)
+
+
+def _mlp_bwd(
+    ds: Tensor,
+    z: Tensor,
+    s: Tensor,
+    a: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    need: tuple[bool, bool, bool, bool, bool],
+    act: str,
+    gate: str,
+) -> tuple[Optional[Tensor], ...]:
+    """(dz, dw1, db1, dw2, db2) of the two FCs from ds, the gradient of s."""
     need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
     dt = z.dtype
     w1_in, w2_in = w1, w2
     with _exact(z.device):
         w1, w2 = as_dtype(w1, dt), as_dtype(w2, dt)
         h = F.linear(z, w1, _opt(b1, dt))  # recomputed: (B, hidden) is cheaper to redo than to keep
-        da = _gate_bwd(dssum.sum(0), s, a, gate)
+        da = _gate_bwd(ds, s, a, gate)
         dw2 = da.t() @ _act(h, act) if need_dw2 else None
         db2 = da.sum(0) if need_db2 else None
         dh = _act_bwd(da @ w2, h, act) if (need_dz or need_dw1 or need_db1) else None
@@ -205,6 +265,35 @@ def excite_bwd(
     dw1, dw2, db2 = (None if t is None else as_dtype(t, w.dtype) for t, w in ((dw1, w1_in), (dw2, w2_in), (db2, w2_in)))
     db1 = None if db1 is None else as_dtype(db1, w1_in.dtype if b1 is None else b1.dtype)
     return dz, dw1, db1, dw2, db2
+
+
+def squeeze_excite_bwd(
+    grad_y: Tensor,
+    x: Tensor,
+    z: Tensor,
+    s: Tensor,
+    a: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    act: str,
+    gate: str,
+    need: tuple[bool, bool, bool, bool, bool],
+    d: Optional[Tensor] = None,
+    out: Optional[Tensor] = None,
+    store_g: bool = False,
+) -> tuple[Optional[Tensor], ...]:
+    """The two-FC block's backward in one call: (dx, dw1, db1, dw2, db2, the masked g) as
+    scale_bwd, excite_bwd and squeeze_scale_bwd give them (None where not asked, the masked g only
+    with store_g), with dx's two terms in one op (one pass over g, where the add would take two)."""
+    g = grad_y if out is None else torch.ops.aten.threshold_backward(grad_y, out, 0)
+    dz, dw1, db1, dw2, db2 = _mlp_bwd(_gate_grad(g, x, d), z, s, a, w1, b1, w2, need, act, gate)
+    dx = None
+    if need[0]:
+        if d is not None:
+            s = s * d[:, None]
+        dx = _like(torch.addcmul(_bc(dz / (x.shape[2] * x.shape[3])), as_dtype(g, s.dtype), _bc(s)), x)
+    return dx, dw1, db1, dw2, db2, (g if store_g else None)
 
 
 # ---- one C x C FC -----------------------------------------------------------------------------

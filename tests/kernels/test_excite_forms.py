@@ -161,3 +161,38 @@ def test_hidden_width_one_and_wide(device):
     for hidden in (1, 17):
         variant = ("mlp", "silu", "sigmoid", True, False)
         _check(variant, (2, 48, 3, 3, hidden, 1), torch.float32, "nchw", device)
+
+
+@pytest.mark.parametrize("tail", [False, True], ids=["plain", "relu-tail"])
+def test_decomposed_two_fc_block_runs_in_one_call_each_way(tail, decomposed, monkeypatch):
+    """The CPU kernel's two-FC forward and backward are one call each (fewer ops a call), and give
+    what the three-step twins give."""
+    from fused_se import decomposed as twins
+
+    b, c, h, w, hidden = 3, 24, 5, 6, 5
+    params = make_variant_params("mlp", c, hidden, 3, True, decomposed)
+    x = make_input((b, c, h, w), torch.float32, decomposed, "channels_last") * 2
+    residual = torch.randn_like(x) if tail else None
+    d = torch.tensor([1.0, 0.0, 2.0]) if tail else None
+    g = torch.randn_like(x)
+
+    def run(x, leaves):
+        return fused_se.squeeze_excite(x, *leaves, residual=residual, out_act="relu" if tail else "identity",
+                                       sample_scale=d)  # fmt: skip
+
+    calls = []
+    for name in ("squeeze_excite_fwd", "squeeze_excite_bwd"):
+        monkeypatch.setattr(twins, name, (lambda f, n: lambda *a: calls.append(n) or f(*a))(getattr(twins, name), name))
+    ours = _run(run, x, params, g)
+    assert calls == ["squeeze_excite_fwd", "squeeze_excite_bwd"]
+
+    # the three steps, as the ops ran them before: squeeze, excitation, scale; and back
+    w1, b1, w2, b2 = params
+    zsum = twins.squeeze_fwd(x)
+    z, s, a = twins.excite_fwd(zsum, h * w, w1, b1, w2, b2, x.dtype)
+    y = twins.scale_fwd(x, s, d, residual, tail)
+    dssum, masked = twins.scale_bwd(g, x, d, y if tail else None, store_g=True)
+    dz, *dweights = twins.excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, (True,) * 5)
+    dx = twins.squeeze_scale_bwd(masked, s, dz, x, d)
+    for got, want in zip(ours, [y, dx, *dweights]):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
