@@ -22,7 +22,6 @@ reads that gradient. With a ReLU, the output is saved as well (its mask).
 
 from __future__ import annotations
 
-import inspect
 from typing import Optional
 
 import torch
@@ -155,16 +154,17 @@ def _squeeze_excite(
     out_act: str = "identity",
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
-    impl = _impl(x)
-    if impl is kernels:
-        plan = kernels.plan_forward(x, w1.shape[0])
-        if plan.path != "three_launch":
-            forward = kernels.FORWARD_PATHS[plan.path]
-            d = _sample_factor(sample_scale, x)
-            return forward(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu", plan.config)
-    zsum = impl.squeeze_fwd(x)
-    z, s, a = impl.excite_fwd(zsum, _hw(x), w1, b1, w2, b2, x.dtype, act, gate)
-    return _scale_epilogue(impl, x, s, residual, sample_scale, out_act), z, s, a
+    d = _sample_factor(sample_scale, x)
+    if _impl(x) is decomposed:  # the CPU kernel: the three steps in one call, in the fewest ops
+        return decomposed.squeeze_excite_fwd(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
+    plan = kernels.plan_forward(x, w1.shape[0])
+    if plan.path != "three_launch":
+        return kernels.FORWARD_PATHS[plan.path](
+            x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu", plan.config
+        )
+    zsum = kernels.squeeze_fwd(x)
+    z, s, a = kernels.excite_fwd(zsum, _hw(x), w1, b1, w2, b2, x.dtype, act, gate)
+    return kernels.scale_fwd(x, s, d, residual, out_act == "relu"), z, s, a
 
 
 squeeze_excite = triton_op("fused_se::squeeze_excite", mutates_args=())(_squeeze_excite)
@@ -196,21 +196,24 @@ def _squeeze_excite_backward(
     grad_y = _dense_grad(grad_y)
     need_db1 = need_db1 and b1 is not None
     need_db2 = need_db2 and b2 is not None
-    impl = _impl(x)
-    if impl is kernels:
-        store_g = need_dres and out is not None  # the ReLU tail's shortcut gradient is written out
-        plan = kernels.plan_backward(grad_y, x, w1.shape[0], out, store_g, need_dx)
-        if plan.path == "stream":
-            # x past L2: one persistent launch, whose dx pass re-reads each sample's g from L2
-            dx, dres, dw1, db1, dw2, db2 = kernels.se_bwd_stream(
-                grad_y, x, z, s, a, w1, b1, w2, (need_dw1, need_db1, need_dw2, need_db2), act, gate,
-                _sample_factor(sample_scale, x), out, store_g, plan.config,
-            )  # fmt: skip
-            return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
-    dssum, dres, d = _first_backward_pass(impl, grad_y, x, sample_scale, out, need_dres)
+    store_g = need_dres and out is not None  # the ReLU tail's shortcut gradient is written out
     need = (need_dx, need_dw1, need_db1, need_dw2, need_db2)
-    dz, dw1, db1, dw2, db2 = impl.excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, need, act, gate)
-    dx = _dx_pass(impl, grad_y, dres, x, s, dz, d, out) if need_dx else None
+    if _impl(x) is decomposed:  # the CPU kernel: the three steps in one call, in the fewest ops
+        dx, dw1, db1, dw2, db2, dres = decomposed.squeeze_excite_bwd(
+            grad_y, x, z, s, a, w1, b1, w2, act, gate, need, _sample_factor(sample_scale, x), out, store_g
+        )
+        return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
+    plan = kernels.plan_backward(grad_y, x, w1.shape[0], out, store_g, need_dx)
+    if plan.path == "stream":
+        # x past L2: one persistent launch, whose dx pass re-reads each sample's g from L2
+        dx, dres, dw1, db1, dw2, db2 = kernels.se_bwd_stream(
+            grad_y, x, z, s, a, w1, b1, w2, (need_dw1, need_db1, need_dw2, need_db2), act, gate,
+            _sample_factor(sample_scale, x), out, store_g, plan.config,
+        )  # fmt: skip
+        return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
+    dssum, dres, d = _first_backward_pass(kernels, grad_y, x, sample_scale, out, need_dres)
+    dz, dw1, db1, dw2, db2 = kernels.excite_bwd(dssum, z, s, a, w1, b1, w2, x.dtype, need, act, gate)
+    dx = _dx_pass(kernels, grad_y, dres, x, s, dz, d, out) if need_dx else None
     return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
 
 
@@ -438,7 +441,7 @@ def plain_eager(args: tuple) -> bool:
         kernels.common.tracing()
         or torch._C._is_torch_function_mode_enabled()
         or torch.jit.is_tracing()
-        or torch.overrides.has_torch_function(tuple(a for a in args if isinstance(a, Tensor)))
+        or torch.overrides.has_torch_function(args)  # non-tensors have none
     )
 
 
@@ -483,10 +486,8 @@ _PLAIN_BACKWARDS = {
 
 
 def _plain_function(name: str, body, setup_context, backward) -> tuple:
-    """An autograd.Function running a forward op's body, its setup_context and its backward; the
-    body alone (for calls that need no gradient); its parameter names and defaults, to pass every
-    argument positionally. The body is replayed per signature (kernels.replay)."""
-    params = tuple(inspect.signature(body).parameters.values())
+    """An autograd.Function running a forward op's body, its setup_context and its backward, and the
+    body alone (for calls that need no gradient). The body is replayed per signature (kernels.replay)."""
     # a replay binds nothing, and the CPU kernel (elsewhere) launches nothing: no wrapping to turn off
     body = replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
 
@@ -497,7 +498,7 @@ def _plain_function(name: str, body, setup_context, backward) -> tuple:
         return out
 
     fn = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-    return fn, body, tuple(p.name for p in params), tuple(p.default for p in params)
+    return fn, body
 
 
 _PLAIN = {
@@ -511,14 +512,21 @@ _PLAIN = {
 }
 
 
-def run(op, *args, **kwargs) -> Tensor:
-    """y of a forward op (squeeze_excite, effective_squeeze_excite, efficient_channel_attention):
-    as a plain autograd.Function in plain eager execution, else through the op itself. Both run
-    the same body and the same backward, so they give the same bits."""
-    if not plain_eager(args + tuple(kwargs.values())):
-        return op(*args, **kwargs)[0]
-    fn, body, names, defaults = _PLAIN[op]
-    full = (*args, *(kwargs.get(names[i], defaults[i]) for i in range(len(args), len(names))))
-    if torch.is_grad_enabled() and any(isinstance(a, Tensor) and a.requires_grad for a in full):
-        return fn.apply(*full)[0]
-    return body(*full)[0]  # no gradient to take: no autograd node either
+def _any_requires_grad(args: tuple) -> bool:
+    for a in args:
+        if isinstance(a, Tensor) and a.requires_grad:
+            return True
+    return False
+
+
+def run(op, *args) -> Tensor:
+    """y of a forward op (squeeze_excite, effective_squeeze_excite, efficient_channel_attention,
+    squeeze_excite_lengths), given every argument of its schema positionally, in order: as a plain
+    autograd.Function in plain eager execution, else through the op itself. Both run the same body
+    and the same backward, so they give the same bits."""
+    if not plain_eager(args):
+        return op(*args)[0]
+    fn, body = _PLAIN[op]
+    if torch.is_grad_enabled() and _any_requires_grad(args):
+        return fn.apply(*args)[0]
+    return body(*args)[0]  # no gradient to take: no autograd node either
