@@ -30,6 +30,19 @@ def kernels_run_on(device: torch.device) -> bool:
     return kind == "cuda" or (kind == "cpu" and interpreter_enabled())
 
 
+def _tracing() -> bool:
+    """Whether anything may be tracing this call, as an ONNX exporter always is: torch.jit.trace,
+    torch.compile or torch.export's dynamo, a dispatch or function mode (fake tensors, make_fx,
+    non-strict export). Only then is the exporter asked, whose check costs a plain call microseconds
+    (and imports torch.onnx)."""
+    return (
+        torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+    )
+
+
 def backend_for(x: torch.Tensor) -> str:
     """Which path an input on x's device takes: "triton", "decomposed" or "reference".
 
@@ -40,10 +53,11 @@ def backend_for(x: torch.Tensor) -> str:
     also what torch.onnx.export traces, so that the ONNX graph is made of standard operators.
     FUSED_SE_BACKEND=triton|reference forces one path; it is read on every call.
     """
-    forced = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    forced = os.environ.get(BACKEND_ENV)
+    forced = "auto" if forced is None else (forced.strip().lower() or "auto")
     if forced not in BACKENDS:
         raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}; got {forced!r}")
-    if forced == "reference" or torch.onnx.is_in_onnx_export():
+    if forced == "reference" or (_tracing() and torch.onnx.is_in_onnx_export()):
         return "reference"
     if kernels_run_on(x.device):
         return "triton"

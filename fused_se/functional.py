@@ -12,6 +12,25 @@ from ._dispatch import backend_for
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
+_IMPORTED: Optional[tuple] = None  # (kernels, ops, ops_lengths) once imported outside tracing
+
+
+def _fused_modules() -> tuple:
+    """fused_se.kernels, fused_se.ops and fused_se.ops_lengths. Imported on first use, not at the
+    top: importing fused_se must not import triton, so that TRITON_INTERPRET can still be set
+    after `import fused_se` (the demo does). Kept here after that, since an import statement costs
+    every call microseconds; not while torch.compile traces, which would split its graph at the
+    assignment."""
+    global _IMPORTED
+    if _IMPORTED is not None:
+        return _IMPORTED
+    from . import kernels, ops, ops_lengths
+
+    modules = (kernels, ops, ops_lengths)
+    if not torch.compiler.is_compiling():
+        _IMPORTED = modules
+    return modules
+
 
 def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> None:
     if not isinstance(t, torch.Tensor):
@@ -122,10 +141,6 @@ def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     kernels, which see x as (B, C, HW) through three strides, runs them as they are."""
     if x is None:
         return None
-    # Imported here, not at the top: importing fused_se must not import triton, so that
-    # TRITON_INTERPRET can still be set after `import fused_se` (the demo does).
-    from . import kernels
-
     if x.dim() == 3:
         return x.unsqueeze(-1)  # one spatial axis: always one strided axis
     if x.dim() == 5:
@@ -136,7 +151,7 @@ def _kernels_input(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
             fmt = torch.channels_last_3d if x.stride(1) < x.stride(4) else torch.contiguous_format
             x = x.contiguous(memory_format=fmt)
         return x.view(b, c, math.prod(x.shape[2:]), 1)
-    if kernels.bchw_strides(x) is None:
+    if _fused_modules()[0].bchw_strides(x) is None:
         # A spatial slice, a permutation: one copy, into channels_last where channels vary
         # faster than W in x's memory, NCHW otherwise.
         fmt = torch.channels_last if x.stride(1) < x.stride(3) else torch.contiguous_format
@@ -238,20 +253,37 @@ def squeeze_excite(
     whose relative lengths fused_se.adapters.speechbrain_lengths turns into these counts).
     Runs the three-launch path (docs/DESIGN.md).
     """
+    return _squeeze_excite(x, w1, b1, w2, b2, act, gate, residual, out_act, sample_scale, lengths)
+
+
+def _squeeze_excite(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    act: str,
+    gate: str,
+    residual: Optional[torch.Tensor],
+    out_act: str,
+    sample_scale: Optional[torch.Tensor],
+    lengths: Optional[torch.Tensor] = None,
+) -> torch.Tensor:
+    """squeeze_excite with every argument positional (the modules' call: keywords cost each call
+    their parsing)."""
     check_inputs(x, w1, b1, w2, b2, act, gate)
     check_epilogue(x, residual, out_act, sample_scale)
     check_lengths(x, lengths)
-    tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
+        tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
         return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate, lengths=lengths, **tail)
-    from . import ops, ops_lengths
-
-    tail["residual"] = _kernels_input(residual)
-    x4 = _kernels_input(x)
+    _, ops, ops_lengths = _fused_modules()
+    # every argument positionally, in the ops' order: keywords cost each call its parsing
+    tail4 = (_kernels_input(residual), sample_scale, out_act)
     if lengths is not None:
-        y = ops.run(ops_lengths.squeeze_excite_lengths, x4, w1, b1, w2, b2, act, gate, lengths, **tail)
+        y = ops.run(ops_lengths.squeeze_excite_lengths, _kernels_input(x), w1, b1, w2, b2, act, gate, lengths, *tail4)
     else:
-        y = ops.run(ops.squeeze_excite, x4, w1, b1, w2, b2, act, gate, **tail)
+        y = ops.run(ops.squeeze_excite, _kernels_input(x), w1, b1, w2, b2, act, gate, *tail4)
     return _output(y, x)
 
 
@@ -270,6 +302,19 @@ def effective_squeeze_excite(
     w: (C, C) (a 1x1 conv's weight viewed as 2-D); b: (C,) or None. As squeeze_excite otherwise
     (ranks, layouts, the residual tail), without lengths.
     """
+    return _effective_squeeze_excite(x, w, b, gate, residual, out_act, sample_scale)
+
+
+def _effective_squeeze_excite(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor],
+    gate: str,
+    residual: Optional[torch.Tensor],
+    out_act: str,
+    sample_scale: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """effective_squeeze_excite with every argument positional (the modules' call)."""
     _check_x(x)
     c = x.shape[1]
     _check_tensor("w", w, 2, "(C, C)")
@@ -279,13 +324,12 @@ def effective_squeeze_excite(
     _check_devices(x, w=w, b=b)
     _check_choice("gate", gate, reference.GATES)
     check_epilogue(x, residual, out_act, sample_scale)
-    tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
+        tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
         return reference.effective_squeeze_excite(x, w, b, gate=gate, **tail)
-    from . import ops
-
-    tail["residual"] = _kernels_input(residual)
-    return _output(ops.run(ops.effective_squeeze_excite, _kernels_input(x), w, b, gate, **tail), x)
+    ops = _fused_modules()[1]
+    tail4 = (_kernels_input(residual), sample_scale, out_act)
+    return _output(ops.run(ops.effective_squeeze_excite, _kernels_input(x), w, b, gate, *tail4), x)
 
 
 def efficient_channel_attention(
@@ -305,6 +349,20 @@ def efficient_channel_attention(
     circular; b: (1,) or None. As squeeze_excite otherwise (ranks, layouts, the residual tail),
     without lengths.
     """
+    return _efficient_channel_attention(x, w, b, circular, gate, residual, out_act, sample_scale)
+
+
+def _efficient_channel_attention(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    b: Optional[torch.Tensor],
+    circular: bool,
+    gate: str,
+    residual: Optional[torch.Tensor],
+    out_act: str,
+    sample_scale: Optional[torch.Tensor],
+) -> torch.Tensor:
+    """efficient_channel_attention with every argument positional (the modules' call)."""
     _check_x(x)
     c = x.shape[1]
     _check_tensor("w", w, 1, "(K,)")
@@ -319,10 +377,9 @@ def efficient_channel_attention(
         raise TypeError(f"circular must be a bool; got {type(circular).__name__}")
     _check_choice("gate", gate, reference.GATES)
     check_epilogue(x, residual, out_act, sample_scale)
-    tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
     if backend_for(x) == "reference":
+        tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
         return reference.efficient_channel_attention(x, w, b, circular=circular, gate=gate, **tail)
-    from . import ops
-
-    tail["residual"] = _kernels_input(residual)
-    return _output(ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, **tail), x)
+    ops = _fused_modules()[1]
+    tail4 = (_kernels_input(residual), sample_scale, out_act)
+    return _output(ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, *tail4), x)

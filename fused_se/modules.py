@@ -2,7 +2,7 @@
 
 FusedSEModule is the drop-in for the classic SEModule, and the base class of every fused block:
 one forward serves all, each block naming its form ("mlp": two FCs, "fc": one C x C FC, "conv": a
-k-tap conv across channels) and the functional op and parameters it runs (``_excitation``). The
+k-tap conv across channels) and the functional op and arguments it runs (``_excitation``). The
 subclasses hold their parameters the way timm and torchvision lay them out (1x1 convs, a single
 C x C conv, a k-tap Conv1d), so that fused_se.convert can swap a model's SE blocks for them with
 the state_dict unchanged.
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import reference
-from .functional import effective_squeeze_excite, efficient_channel_attention, squeeze_excite
+from .functional import _effective_squeeze_excite, _efficient_channel_attention, _squeeze_excite
 
 _ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU}
 _GATE_MODULES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
@@ -131,11 +131,12 @@ class FusedSEModule(nn.Module):
         """The hidden width; None for the forms without a hidden layer."""
         return self._hidden
 
-    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
-        """The functional op of this block's form, its parameters, and its options."""
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
+        """The functional op of this block's form, with every argument positional, and its
+        arguments between x and the tail (parameters, options)."""
         # the layers by position without Sequential's indexing (a per-call cost on small inputs)
         fc1, _, fc2, _ = self.fc._modules.values()
-        return squeeze_excite, (fc1.weight, fc1.bias, fc2.weight, fc2.bias), {"act": self.act, "gate": self.gate}
+        return _squeeze_excite, (fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.act, self.gate)
 
     def forward(
         self,
@@ -150,12 +151,12 @@ class FusedSEModule(nn.Module):
         sample_scale[b] + residual) (see fused_se.functional.squeeze_excite). x: (B, C, L),
         (B, C, H, W) or (B, C, D, H, W). lengths: (B,) counts of each sequence's valid positions,
         for a (B, C, L) x and the two-FC form only."""
-        op, params, options = self._excitation()
-        if lengths is not None:
-            if self.form != "mlp":
-                raise ValueError(f"lengths is for the two-FC form only; this block's form is {self.form!r}")
-            options = {**options, "lengths": lengths}
-        return op(x, *params, **options, residual=residual, out_act=out_act, sample_scale=sample_scale)
+        op, args = self._excitation()
+        if lengths is None:
+            return op(x, *args, residual, out_act, sample_scale)
+        if self.form != "mlp":
+            raise ValueError(f"lengths is for the two-FC form only; this block's form is {self.form!r}")
+        return op(x, *args, residual, out_act, sample_scale, lengths)
 
     def describe(self) -> str:
         """One line for conversion reports: the block's sizes and choices."""
@@ -246,10 +247,10 @@ class FusedConv2dSEModule(FusedSEModule):
         setattr(self, names[0], reduce)
         setattr(self, names[1], expand)
 
-    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
         reduce, expand = getattr(self, self._names[0]), getattr(self, self._names[1])
         params = (_as_matrix(reduce.weight), reduce.bias, _as_matrix(expand.weight), expand.bias)
-        return squeeze_excite, params, {"act": self.act, "gate": self.gate}
+        return _squeeze_excite, (*params, self.act, self.gate)
 
 
 class FusedEffectiveSEModule(FusedSEModule):
@@ -278,8 +279,8 @@ class FusedEffectiveSEModule(FusedSEModule):
         self.reduction = None
         self.fc = fc
 
-    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
-        return effective_squeeze_excite, (_as_matrix(self.fc.weight), self.fc.bias), {"gate": self.gate}
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
+        return _effective_squeeze_excite, (_as_matrix(self.fc.weight), self.fc.bias, self.gate)
 
     def describe(self) -> str:
         return f"C={self.channel} gate={self.gate}"
@@ -334,9 +335,8 @@ class FusedEcaModule(FusedSEModule):
     def kernel_size(self) -> int:
         return self.conv.kernel_size[0]
 
-    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
-        params = (self.conv.weight.view(-1), self.conv.bias)
-        return efficient_channel_attention, params, {"circular": self.circular, "gate": self.gate}
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
+        return _efficient_channel_attention, (self.conv.weight.view(-1), self.conv.bias, self.circular, self.gate)
 
     def describe(self) -> str:
         return f"k={self.kernel_size} {'circular' if self.circular else 'zero padding'} gate={self.gate}"
