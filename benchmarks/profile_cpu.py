@@ -1,8 +1,8 @@
 """The fused SE block against eager PyTorch on the CPU (the ops' torch-ops kernel), per call, at
 SE-ResNet-50's stage shapes over a range of batches. Eager and fused calls are timed in
-interleaved rounds, and the least time per call of each is reported: a 2-core machine's pace
-drifts within a run, and a median over one provider's calls then another's mixes that drift
-into the ratio.
+interleaved rounds (in alternating order), and the least time per call of each is reported: a
+2-core machine's pace drifts within a run, and a median over one provider's calls then another's
+mixes that drift into the ratio.
 
     python benchmarks/profile_cpu.py [--batches 1 8 32] [--threads 2] [--rounds 7] [--ms 40]
         [--layouts channels_last nchw] [--modes fwd fwd+bwd] [--dtype fp32] [--json FILE]
@@ -45,7 +45,8 @@ def compare(batch, shape, layout, mode, dtype, rounds: int, seconds: float) -> d
     }
     best = {p: float("inf") for p in calls}
     for r in range(rounds + 1):
-        for p, call in calls.items():
+        # each round in the other order, so that neither provider always runs first
+        for p, call in list(calls.items())[:: 1 if r % 2 else -1]:
             t = _per_call_us(call, seconds)
             if r:  # round 0 warms the allocator and the caches
                 best[p] = min(best[p], t)
