@@ -81,6 +81,40 @@ def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
         raise ValueError(f"{name} must be one of {choices}; got {value!r}")
 
 
+def _vector_passes(t: Optional[torch.Tensor], n: int, device: torch.device) -> bool:
+    return t is None or (
+        isinstance(t, torch.Tensor)
+        and t.dim() == 1
+        and t.dtype in _FLOAT_DTYPES
+        and t.shape[0] == n
+        and t.device == device
+    )
+
+
+def _inputs_pass(x, w1, b1, w2, b2, act, gate) -> bool:
+    """Whether every check of check_inputs passes, in a few tests without a call each (they run
+    on every call); where this says no, the checks themselves run and say why."""
+    if not (isinstance(x, torch.Tensor) and isinstance(w1, torch.Tensor) and isinstance(w2, torch.Tensor)):
+        return False
+    if x.dim() not in RANKS or w1.dim() != 2 or w2.dim() != 2:
+        return False
+    if x.dtype not in _FLOAT_DTYPES or w1.dtype not in _FLOAT_DTYPES or w2.dtype not in _FLOAT_DTYPES:
+        return False
+    shape = x.shape
+    r, c = w1.shape
+    if c != shape[1] or r == 0 or w2.shape != (c, r) or 0 in shape[2:]:
+        return False
+    device = x.device
+    return (
+        w1.device == device
+        and w2.device == device
+        and _vector_passes(b1, r, device)
+        and _vector_passes(b2, c, device)
+        and act in reference.ACTIVATIONS
+        and gate in reference.GATES
+    )
+
+
 def check_inputs(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -91,6 +125,8 @@ def check_inputs(
     gate: str,
 ) -> None:
     """Checks squeeze_excite's arguments: ValueError or TypeError naming the argument."""
+    if _inputs_pass(x, w1, b1, w2, b2, act, gate):
+        return
     _check_x(x)
     c = x.shape[1]
     _check_tensor("w1", w1, 2, "(hidden, C)")
@@ -113,6 +149,9 @@ def check_epilogue(
     x: torch.Tensor, residual: Optional[torch.Tensor], out_act: str, sample_scale: Optional[torch.Tensor]
 ) -> None:
     """Checks the residual-block tail's arguments against x."""
+    if residual is None and sample_scale is None:  # the plain block: one check
+        _check_choice("out_act", out_act, reference.OUT_ACTS)
+        return
     if residual is not None:
         if not isinstance(residual, torch.Tensor):
             raise TypeError(f"residual must be a torch.Tensor shaped like x or None; got {type(residual).__name__}")

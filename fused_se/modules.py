@@ -136,7 +136,7 @@ class FusedSEModule(nn.Module):
         arguments between x and the tail (parameters, options)."""
         # the layers by position without Sequential's indexing (a per-call cost on small inputs)
         fc1, _, fc2, _ = self.fc._modules.values()
-        return _squeeze_excite, (fc1.weight, fc1.bias, fc2.weight, fc2.bias, self.act, self.gate)
+        return _squeeze_excite, (*_weight_and_bias(fc1), *_weight_and_bias(fc2), self.act, self.gate)
 
     def forward(
         self,
@@ -165,6 +165,18 @@ class FusedSEModule(nn.Module):
     def extra_repr(self) -> str:
         reduction = "" if self.reduction is None else f", reduction={self.reduction}"
         return f"channel={self.channel}{reduction}, hidden={self.hidden}, act={self.act}, gate={self.gate}"
+
+
+def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """layer.weight and layer.bias; read from a plain nn.Linear's parameters without
+    Module.__getattr__ (microseconds a call on small inputs). A subclass, a parametrized layer
+    (whose class parametrize replaces), may compute them: it is asked."""
+    if type(layer) is nn.Linear:
+        params = layer._parameters
+        weight = params.get("weight")
+        if weight is not None:
+            return weight, params.get("bias")
+    return layer.weight, layer.bias
 
 
 def _as_matrix(w: torch.Tensor) -> torch.Tensor:

@@ -446,3 +446,29 @@ def test_zero_grad(case):
 def test_repr_names_channels_and_activations(module, expected):
     text = repr(module)
     assert text.startswith(f"{type(module).__name__}(\n  {expected}\n"), text
+
+
+class _Doubled(nn.Module):
+    def forward(self, w):
+        return 2 * w
+
+
+def test_parametrized_and_reassigned_layers_are_read_as_they_are_now():
+    """The block reads a plain Linear's parameters directly; a parametrized layer (its weight
+    computed) and a Parameter assigned after construction are what it runs with."""
+    from torch.nn.utils import parametrize
+
+    x = torch.randn(SHAPE)
+    fused, eager, _ = make_pair("se")
+    parametrize.register_parametrization(fused.fc[0], "weight", _Doubled())
+    with torch.no_grad():
+        eager.fc[0].weight.mul_(2)
+    with record_launches() as launched:
+        y = fused(x)
+    assert launched == fwd_launches("mlp")
+    assert_within_torch_error("parametrized", y, eager(x), copy.deepcopy(eager).double()(x.double()))
+
+    fused, eager, _ = make_pair("se")
+    fused.fc[2].weight = nn.Parameter(torch.randn_like(fused.fc[2].weight))
+    eager.fc[2].weight = nn.Parameter(fused.fc[2].weight.detach().clone())
+    assert_within_torch_error("reassigned", fused(x), eager(x), copy.deepcopy(eager).double()(x.double()))
