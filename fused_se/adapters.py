@@ -18,7 +18,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .functional import squeeze_excite
+from .functional import _squeeze_excite
 from .modules import FusedSEModule, _as_matrix, _check_pointwise_conv
 
 
@@ -79,10 +79,9 @@ class FusedLayersSEModule(FusedSEModule):
         module.add_input = add_input
         return module
 
-    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple, dict]:
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
         reduce, expand = (self.get_submodule(p) for p in self._paths)
-        params = (_matrix(reduce), reduce.bias, _matrix(expand), expand.bias)
-        return squeeze_excite, params, {"act": self.act, "gate": self.gate}
+        return _squeeze_excite, (_matrix(reduce), reduce.bias, _matrix(expand), expand.bias, self.act, self.gate)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, **tail) -> torch.Tensor:
         if self.add_input:
