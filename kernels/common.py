@@ -201,9 +201,9 @@ _recordings = threading.local()
 
 @contextmanager
 def recording(rec) -> Iterator[None]:
-    """Within the block, this thread's launches (`launch`), buffers (`empty`, `empty_like`) and
-    logged names (`record`) are also appended to rec.launches, rec.allocs and rec.names
-    (kernels.replay)."""
+    """Within the block, this thread's launches (`launch`), buffers (`empty`, `empty_like`, `zeros`)
+    and logged names (`record`) are also appended to rec.launches, rec.allocs and rec.names
+    (kernels.replay); `not_replayable` clears rec.replayable."""
     outer = getattr(_recordings, "rec", None)
     _recordings.rec = rec
     try:
@@ -231,13 +231,21 @@ def launch(kernel, grid):
     return run
 
 
-def _made(out: torch.Tensor) -> torch.Tensor:
-    if POISON_OUTPUTS:
+def _made(out: torch.Tensor, zeroed: bool = False) -> torch.Tensor:
+    if POISON_OUTPUTS and not zeroed:
         out.fill_(float("nan"))
     rec = getattr(_recordings, "rec", None)
     if rec is not None:
-        rec.allocs.append((out, version(out)))
+        rec.allocs.append((out, version(out), zeroed))
     return out
+
+
+def not_replayable() -> None:
+    """The body this thread is recording does what a replay would not redo (a check that reads a
+    buffer back): its signature runs the body on every call (kernels.replay)."""
+    rec = getattr(_recordings, "rec", None)
+    if rec is not None:
+        rec.replayable = False
 
 
 def version(t: torch.Tensor) -> Optional[int]:
@@ -247,6 +255,11 @@ def version(t: torch.Tensor) -> Optional[int]:
 
 def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return _made(torch.empty(shape, dtype=dtype, device=device))
+
+
+def zeros(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed buffer (a persistent kernel's workspace): a replay zeroes it again on every call."""
+    return _made(torch.zeros(shape, dtype=dtype, device=device), zeroed=True)
 
 
 def empty_like(x: torch.Tensor) -> torch.Tensor:

@@ -24,8 +24,10 @@ A recording becomes a program only if the launches and the outputs hold no tenso
 by other means (a view, a cast, torch.zeros), no input is passed twice, and no op other than a
 launch wrote a buffer or an input (their version counters are where they were; inference
 tensors keep none, and there only forward bodies run, which write nothing through torch ops).
-Otherwise the signature runs the body on every call, as before: the persistent paths (their
-zeroed workspaces), a gradient cast to its weight's dtype, an empty batch (its zeroed gradients).
+Otherwise the signature runs the body on every call, as before: a gradient cast to its weight's
+dtype, an empty batch (its zeroed gradients), a persistent path whose wait check reads its
+workspace back (in the interpreter, or with FUSED_SE_CHECK_WAITS=1: common.not_replayable). A
+persistent kernel's workspace is made by common.zeros and zeroed again by every replay.
 
 The settings in the signature: the paths the planner may take (force_paths, FUSED_SE_PATHS),
 FUSED_SE_L2_BYTES, FUSED_SE_CHECK_WAITS and common.POISON_OUTPUTS. The heuristics' constants are
@@ -100,25 +102,32 @@ class Program:
     """A body's allocations, launches, logged names and outputs for one signature.
 
     On the direct path the buffers the body did not return (its scratch: partial sums, the
-    excitation's intermediates) are carved from one allocation and passed to the compiled kernels
-    as addresses (`offsets`, SCRATCH_ALIGN bytes apart); the outputs are tensors of their own."""
+    excitation's intermediates, a persistent kernel's workspace) are carved from one allocation
+    and passed to the compiled kernels as addresses (`offsets`, SCRATCH_ALIGN bytes apart), the
+    zeroed ones first (`zeroed_bytes`, zeroed in one fill per call); the outputs are tensors of
+    their own."""
 
-    __slots__ = ("allocs", "as_tuple", "device", "first", "launches", "names", "offsets", "outputs", "scratch_bytes")
+    __slots__ = (
+        "allocs", "as_tuple", "device", "first", "launches", "names", "offsets", "outputs", "scratch_bytes",
+        "zeroed_bytes",
+    )  # fmt: skip
 
     def __init__(self, allocs, launches, names, outputs, as_tuple, device, first_alloc_slot: int):
         self.allocs, self.launches, self.names = allocs, launches, names
         self.outputs, self.as_tuple, self.device = outputs, as_tuple, device
         self.first = first_alloc_slot  # slots: the arguments, then the buffers
         returned = {i for i in outputs if isinstance(i, int)}
-        self.offsets, self.scratch_bytes = [], 0
-        for j, (shape, stride, dtype, _) in enumerate(allocs):
-            if device is None or first_alloc_slot + j in returned:
-                self.offsets.append(None)
-                continue
-            self.offsets.append(self.scratch_bytes)
-            span = 0 if 0 in shape else 1 + sum((n - 1) * st for n, st in zip(shape, stride))
-            nbytes = span * dtype.itemsize
-            self.scratch_bytes += -(-nbytes // SCRATCH_ALIGN) * SCRATCH_ALIGN
+        self.offsets = [None] * len(allocs)
+        self.scratch_bytes = self.zeroed_bytes = 0
+        for zeroed in (True, False):  # the zeroed scratch first, so that one fill zeroes it all
+            for j, (shape, stride, dtype, _, z) in enumerate(allocs):
+                if z != zeroed or device is None or first_alloc_slot + j in returned:
+                    continue
+                self.offsets[j] = self.scratch_bytes
+                span = 0 if 0 in shape else 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+                self.scratch_bytes += -(-span * dtype.itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
+            if zeroed:
+                self.zeroed_bytes = self.scratch_bytes
 
     def __call__(self, args: tuple):
         direct = self._direct()
@@ -129,13 +138,15 @@ class Program:
             scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=self.allocs[0][3])
             if poison:
                 scratch.fill_(255)  # NaN in every float width, as common.empty's poison
+            if self.zeroed_bytes:
+                scratch[: self.zeroed_bytes].zero_()
             base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
-        for (shape, stride, dtype, device), offset in zip(self.allocs, self.offsets):
+        for (shape, stride, dtype, device, zeroed), offset in zip(self.allocs, self.offsets):
             if base is not None and offset is not None:
                 slots.append(base + offset)
                 continue
             t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-            slots.append(t.fill_(float("nan")) if poison else t)
+            slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
         if common._launch_logs:
             for name in self.names:
                 common.record(name)
@@ -167,7 +178,8 @@ class Program:
 
 class _Recording:
     def __init__(self):
-        self.allocs: list = []  # (tensor, its version once made)
+        self.replayable = True  # cleared by common.not_replayable
+        self.allocs: list = []  # (tensor, its version once made, whether it was made zeroed)
         self.launches: list = []  # (kernel, grid, args, kwargs, what the launcher returned)
         self.names: list = []  # what common.record logged, from this thread only
 
@@ -182,12 +194,14 @@ def _record(body: Callable, args: tuple):
 
 
 def _program(rec: _Recording, args: tuple, versions: list, result):
-    if any(common.version(t) != v for t, v in (*versions, *rec.allocs)):
+    if not rec.replayable:
+        return NOT_REPLAYABLE
+    if any(common.version(t) != v for t, v, *_ in (*versions, *rec.allocs)):
         return NOT_REPLAYABLE  # something other than a launch wrote a tensor
     slot_of = {id(a): i for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
     if len(slot_of) != len(versions):
         return NOT_REPLAYABLE  # one tensor passed twice: its launches could not tell the two apart
-    for j, (t, _) in enumerate(rec.allocs):
+    for j, (t, *_) in enumerate(rec.allocs):
         slot_of[id(t)] = len(args) + j
     launches, devices = [], set()
     for kernel, grid, largs, kwargs, compiled in rec.launches:
@@ -213,7 +227,7 @@ def _program(rec: _Recording, args: tuple, versions: list, result):
             outputs.append(slot)
         else:
             outputs.append((r,))
-    allocs = [(tuple(t.shape), t.stride(), t.dtype, t.device) for t, _ in rec.allocs]
+    allocs = [(tuple(t.shape), t.stride(), t.dtype, t.device, zeroed) for t, _, zeroed in rec.allocs]
     device = None
     if len(devices) == 1 and all(ln.compiled is not None for ln in launches):
         (dev,) = devices

@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
+from . import common
 from . import heuristics as hz
 from .common import INTERPRETED
 
@@ -73,7 +74,7 @@ def spins() -> bool:
 
 def workspace(slots: int, device: torch.device) -> torch.Tensor:
     """The zeroed int32 workspace: the ticket counter, the failed waits, then `slots` counts and flags."""
-    return torch.zeros(FIRST_COUNT + slots, dtype=torch.int32, device=device)
+    return common.zeros(FIRST_COUNT + slots, dtype=torch.int32, device=device)
 
 
 def check_waits(ws: torch.Tensor, tickets: int, programs: int, kernel: str, shape: tuple[int, ...]) -> None:
@@ -84,6 +85,7 @@ def check_waits(ws: torch.Tensor, tickets: int, programs: int, kernel: str, shap
         return
     if is_fake(ws) or torch.compiler.is_compiling() or (ws.is_cuda and torch.cuda.is_current_stream_capturing()):
         return  # nothing to read while tracing or capturing a CUDA graph: each replay's count stays in ws
+    common.not_replayable()  # a replay would not read it: this signature runs its body every call
     taken, failed = int(ws[TICKET]), int(ws[FAILED_WAITS])
     if failed == 0 and taken == tickets + programs:
         return

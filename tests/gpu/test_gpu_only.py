@@ -306,6 +306,32 @@ def test_replayed_calls_launch_the_compiled_kernels_directly(monkeypatch):
 
 
 @cuda
+def test_the_spread_forward_replays_directly_with_its_workspace_zeroed_again(monkeypatch):
+    """The spread forward's replay zeroes its workspace in the scratch allocation on every call
+    and launches the compiled kernel directly: calls 2 to 5 give the first call's bits, with
+    triton's JIT and the planner not run."""
+    from fused_se import kernels
+    from fused_se.kernels import replay
+
+    m = fused_se.FusedSEModule(512, 32).cuda().to(memory_format=torch.channels_last)
+    x = torch.randn(4, 512, 28, 28, device="cuda").to(memory_format=torch.channels_last)
+    with torch.no_grad(), kernels.force_paths("spread"):
+        assert kernels.plan_forward(x, 32).path == "spread"
+        first = m(x)
+        plans = []
+        with monkeypatch.context() as mp:
+            mp.setattr(kernels, "plan_forward", lambda *a: plans.append(a))
+            jit_runs = _count_jit_runs(mp)
+            later = [m(x) for _ in range(4)]
+            torch.cuda.synchronize()
+    assert plans == [] and jit_runs == []
+    programs = [p for table in replay._TABLES for p in table.values() if p is not replay.NOT_REPLAYABLE]
+    assert any(p.zeroed_bytes for p in programs)
+    for y in later:
+        assert torch.equal(y, first)
+
+
+@cuda
 def test_cached_launches_tell_misaligned_tensors_apart(monkeypatch):
     """x one element past a 16-byte boundary compiles (and caches) its own kernels: the aligned
     x's kernels assume aligned addresses and would load the wrong elements, or fault."""

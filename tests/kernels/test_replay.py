@@ -121,8 +121,9 @@ def test_one_tensor_passed_twice_is_not_replayed(plans, device):
     torch.testing.assert_close(y2 - other, y1 - x)  # the residual added is the one passed
 
 
-def test_persistent_paths_run_their_body_every_call(plans, device, spread):
-    """The spread forward zeroes its workspace with torch.zeros: not replayed."""
+def test_a_persistent_path_whose_wait_check_reads_runs_its_body_every_call(plans, device, spread):
+    """In the interpreter the spread forward's wait check reads its workspace back after the
+    launch, which a replay would not: the body runs every call."""
     m = fused_se.FusedSEModule(16, 2).to(device)
     x = torch.randn(8, 16, 3, 3, device=device)
     with torch.no_grad(), kernels.force_paths("spread"), record_launches() as names:
@@ -130,6 +131,33 @@ def test_persistent_paths_run_their_body_every_call(plans, device, spread):
         m(x)
     assert names == ["se_fwd_spread"] * 2 and plans == ["forward"] * 2
     assert _programs() == [replay.NOT_REPLAYABLE]
+
+
+def test_a_persistent_path_is_replayed_with_its_workspace_zeroed_again(plans, device, spread, monkeypatch):
+    """Where the wait check reads nothing (a GPU's default), the spread forward is replayed: its
+    workspace (common.zeros) is zeroed again on every call, and the calls give the first's bits.
+    Laid out for the direct path, the workspace comes first in the scratch, in the zeroed span."""
+    from fused_se.kernels import spread as spread_module
+
+    monkeypatch.setattr(spread_module, "check_waits", lambda *args: None)
+    m = fused_se.FusedSEModule(16, 2).to(device)
+    x = torch.randn(8, 16, 3, 3, device=device)
+    with torch.no_grad(), kernels.force_paths("spread"), record_launches() as names:
+        ys = [m(x) for _ in range(3)]
+    assert names == ["se_fwd_spread"] * 3 and plans == ["forward"]
+    (program,) = _programs()
+    assert program is not replay.NOT_REPLAYABLE
+    for y in ys[1:]:
+        assert torch.equal(y, ys[0])
+    zeroed = [j for j, alloc in enumerate(program.allocs) if alloc[4]]
+    assert len(zeroed) == 1 and program.allocs[zeroed[0]][2] == torch.int32  # the workspace
+    laid = replay.Program(
+        program.allocs, program.launches, program.names, program.outputs, program.as_tuple, 0, program.first
+    )
+    assert laid.offsets[zeroed[0]] == 0
+    (shape,) = [alloc[0] for alloc in program.allocs if alloc[4]]
+    assert laid.zeroed_bytes >= shape[0] * 4 and laid.zeroed_bytes % replay.SCRATCH_ALIGN == 0
+    assert all(o is None or o >= laid.zeroed_bytes for j, o in enumerate(laid.offsets) if j not in zeroed)
 
 
 def test_replay_can_be_turned_off(plans, device, monkeypatch):
@@ -173,7 +201,7 @@ def test_scratch_is_carved_from_one_buffer_on_the_direct_path(device):
     laid = replay.Program(bwd.allocs, bwd.launches, bwd.names, bwd.outputs, bwd.as_tuple, 0, bwd.first)
     returned = {i - bwd.first for i in bwd.outputs if isinstance(i, int)}
     spans = []
-    for j, ((shape, stride, dtype, _), offset) in enumerate(zip(laid.allocs, laid.offsets)):
+    for j, ((shape, stride, dtype, *_), offset) in enumerate(zip(laid.allocs, laid.offsets)):
         if j in returned:
             assert offset is None
             continue
