@@ -102,9 +102,13 @@ ONE_LAUNCH_TILE = 8192
 # counter in a fixed order, the squeeze (backward: the sum of g * x) of sample b + LAG next to
 # the scale (backward: the dx pass) of sample b, so that a sample's second pass re-reads it
 # from L2: 2N bytes forward and 3N backward. The last first-pass tile of a chunk of samples
-# runs the chunk's excitation; the chunk's second-pass tiles wait for it behind a flag. Chosen
-# where the three-launch path's re-read would miss L2 (x past L2 / STREAM_L2_FRACTION):
-STREAM_L2_FRACTION = 2  # the LAG samples between a sample's two passes hold at most L2 / 2
+# runs the chunk's excitation; the chunk's second-pass tiles wait for it behind a flag. Taken
+# (when asked for) where x is past L2 / STREAM_L2_FRACTION. The first passes' reads of the LAG
+# samples between a sample's two passes take at most L2 / 4: as many bytes again are written in
+# that window (y forward; dx backward, half as many) and enter L2 too (write-allocate), and LRU
+# needs the rest. Sized for the reads alone (L2 / 2), an LRU model of L2 evicted each sample just
+# before its second pass (2.86N forward; 2.02N now).
+STREAM_L2_FRACTION = 4
 STREAM_MIN_LAG_CHUNKS = 2  # LAG is at least two chunks: one is excited while the next streams
 # A chunk is the smallest power-of-two count of samples with at least this many times the
 # bytes of W1 and W2 (which its excitation reads, and whose gradients it writes as partials).

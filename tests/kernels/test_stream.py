@@ -276,8 +276,10 @@ def test_other_forms_take_three_launches(monkeypatch):
 
 
 def test_se_resnet50_on_an_h100_class_card():
-    """With a 50 MB L2 at batch 128 in bf16, the first three stages stream both ways; the
-    last (25 MB of x, fitting in L2, and W1 + W2 of 2 MB per 200 KB sample) does not."""
+    """With a 50 MB L2 at batch 128 in bf16, the first two stages stream both ways. The third
+    does not (51 MB of x, about L2's size: its chunks of 32 samples, for W1 + W2 of 0.5 MB, leave
+    no two chunks in the quarter of L2 a window's reads may take), nor the last (25 MB of x,
+    fitting in L2, and W1 + W2 of 2 MB per 200 KB sample)."""
     stages = [(256, 3136, 16), (512, 784, 32), (1024, 196, 64), (2048, 49, 128)]
     l2 = 50 * 1024 * 1024
     got = []
@@ -285,7 +287,7 @@ def test_se_resnet50_on_an_h100_class_card():
         fwd = hz.stream_config(128, c, hw, r, torch.bfloat16, True, c * hw * 2, 132, l2)
         bwd = hz.stream_config(128, c, hw, r, torch.bfloat16, True, c * hw * 4, 132, l2)
         got.append((fwd is not None, bwd is not None))
-    assert got == [(True, True), (True, True), (True, True), (False, False)]
+    assert got == [(True, True), (True, True), (False, False), (False, False)]
 
 
 @pytest.mark.skipif(not INTERPRETED, reason="checks the interpreter's order count; a GPU waits instead")
