@@ -36,8 +36,8 @@ def _tracing() -> bool:
     non-strict export). Only then is the exporter asked, whose check costs a plain call microseconds
     (and imports torch.onnx)."""
     return (
-        torch.jit.is_tracing()
-        or torch.compiler.is_compiling()
+        torch.compiler.is_compiling()  # first: under dynamo the checks below could break the graph
+        or torch.jit.is_tracing()
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
     )

@@ -162,7 +162,12 @@ def _act_bwd(dh: Tensor, h: Tensor, act: str) -> Tensor:
 
 
 def _mean(zsum: Tensor, hw: int) -> Tensor:
-    return (zsum[0] if zsum.shape[0] == 1 else zsum.sum(0)) / hw
+    return _partials_sum(zsum) / hw
+
+
+def _partials_sum(t: Tensor) -> Tensor:
+    """(P, B, C) partial sums added up: (B, C), a view where there is one."""
+    return t[0] if t.shape[0] == 1 else t.sum(0)
 
 
 # ---- two FCs ----------------------------------------------------------------------------------
@@ -229,10 +234,6 @@ def excite_bwd(
     gate: str = "sigmoid",
 ) -> tuple[Optional[Tensor], ...]:
     return _mlp_bwd(_partials_sum(dssum), z, s, a, w1, b1, w2, need, act, gate)
-
-
-def _partials_sum(t: Tensor) -> Tensor:
-    return t[0] if t.shape[0] == 1 else t.sum(0)
 
 
 def _mlp_bwd(
@@ -313,7 +314,7 @@ def excite_fc_bwd(
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     need_dz, need_dw, need_db = need
     with _exact(z.device):
-        da = _gate_bwd(dssum.sum(0), s, a, gate)
+        da = _gate_bwd(_partials_sum(dssum), s, a, gate)
         dz = da @ as_dtype(w, z.dtype) if need_dz else None
         dw = da.t() @ z if need_dw else None
         db = da.sum(0) if need_db else None
@@ -346,7 +347,7 @@ def excite_conv_bwd(
     k = w.shape[0]
     pad = (k - 1) // 2
     with _exact(z.device):
-        da = _gate_bwd(dssum.sum(0), s, a, gate)
+        da = _gate_bwd(_partials_sum(dssum), s, a, gate)
         v = _conv_input(z, pad, circular)  # (B, 1, C + 2 pad)
         # a[b, c] = sum_j w[j] v[b, c + j]: dw[j] = sum_bc da[b, c] v[b, c + j], a conv of v with da over b and c
         if not need_dw:
