@@ -2,9 +2,16 @@
 
 TRITON_INTERPRET must be set before triton is imported (triton.jit reads it when a kernel is
 defined), so it is set here, before anything imports fused_se's kernels.
+
+The interpreter runs tl.dot as numpy.matmul, whose fp32 sums follow the OpenBLAS kernels picked
+for the CPU at hand; OPENBLAS_CORETYPE pins them (before torch imports numpy, which loads
+OpenBLAS) to a set that every x86-64 CPU runs, so that the golden digests
+(tests/kernels/test_golden.py) hold on any such machine.
 """
 
 import os
+
+os.environ.setdefault("OPENBLAS_CORETYPE", "Nehalem")
 
 import torch
 

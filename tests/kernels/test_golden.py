@@ -6,16 +6,21 @@ reorganised; a change that is meant to move code without changing what it comput
 them. A change that is meant to change the kernels' arithmetic records them anew, on purpose:
     FUSED_SE_WRITE_GOLDEN=1 pytest tests/kernels/test_golden.py
 The interpreter's arithmetic is numpy's, so digests are compared only under the triton release
-they were recorded with (the file says which).
+and the OpenBLAS kernels (numpy.matmul runs tl.dot; tests/conftest.py pins them) they were
+recorded with (the file says which).
 """
 
 from __future__ import annotations
 
+import ctypes
+import glob
 import hashlib
 import json
 import os
 from pathlib import Path
+from typing import Optional
 
+import numpy
 import pytest
 import torch
 import triton
@@ -98,8 +103,24 @@ def _run_case(case) -> dict:
     return {"launches": launched, "digests": [_digest(t) for t in (y, *grads)]}
 
 
+def blas_core() -> Optional[str]:
+    """The OpenBLAS kernel set numpy runs on (its fp32 products' order of sums), or None where
+    numpy's BLAS is not a bundled OpenBLAS."""
+    libs = os.path.join(os.path.dirname(numpy.__file__), os.pardir, "numpy.libs", "*openblas*")
+    for path in glob.glob(libs):
+        lib = ctypes.CDLL(path)  # the copy numpy loaded: the same handle
+        for name in ("scipy_openblas_get_corename64_", "scipy_openblas_get_corename", "openblas_get_corename"):
+            fn = getattr(lib, name, None)
+            if fn is not None:
+                fn.restype = ctypes.c_char_p
+                return fn().decode().strip()
+    return None
+
+
 def _recorded() -> dict:
-    return json.loads(GOLDEN.read_text()) if GOLDEN.exists() else {"triton": triton.__version__, "cases": {}}
+    if GOLDEN.exists():
+        return json.loads(GOLDEN.read_text())
+    return {"triton": triton.__version__, "blas_core": blas_core(), "cases": {}}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -114,12 +135,14 @@ def test_outputs_bitwise_as_recorded(name, monkeypatch):
     got = _run_case(case)
     recorded = _recorded()
     if WRITE:
-        recorded["triton"] = triton.__version__
+        recorded["triton"], recorded["blas_core"] = triton.__version__, blas_core()
         recorded["cases"][name] = got
         GOLDEN.write_text(json.dumps(recorded, indent=1, sort_keys=True) + "\n")
         return
     if recorded["triton"] != triton.__version__:
         pytest.skip(f"digests recorded under triton {recorded['triton']}, this is {triton.__version__}")
+    if recorded.get("blas_core") != blas_core():
+        pytest.skip(f"digests recorded on OpenBLAS's {recorded.get('blas_core')} kernels, numpy runs {blas_core()}")
     want = recorded["cases"][name]
     assert got["launches"] == want["launches"]
     assert got["digests"] == want["digests"]
