@@ -23,7 +23,7 @@ from .common import (
     sum_splits,
 )
 from .passes import hw_sum_range, scale_tile
-from .sync import check_waits, publish, spins, wait_for, workspace
+from .sync import check_waits, counts_at, flags_at, publish, spins, take_ticket, wait_for, workspace
 
 
 @triton.jit
@@ -41,7 +41,7 @@ def _se_fwd_spread_kernel(
     s_ptr,  # (B, C) acc dtype out
     a_ptr,  # (B, C) acc dtype out, written only when KEEP_A
     y_ptr,  # (B, C, HW) strided output
-    ws_ptr,  # int32, zeroed: [ticket, misses, squeezed tiles per sample, gate flag per (sample, channel block)]
+    ws_ptr,  # int32, zeroed (sync.workspace): ticket, misses; squeezed tiles per sample; gate flag per (sample, channel block)
     stride_xb, stride_xc, stride_xhw,
     stride_resb, stride_resc, stride_reshw,
     stride_yb, stride_yc, stride_yhw,
@@ -63,12 +63,13 @@ def _se_fwd_spread_kernel(
     n_squeeze = B * tiles
     n_gate = B * c_blocks
     total = n_squeeze + n_gate + B * tiles
-    done_ptr = ws_ptr + 2
-    ready_ptr = done_ptr + B
+    done_ptr = counts_at(ws_ptr)
+    ready_ptr = flags_at(ws_ptr, B)
     offs_r = tl.arange(0, BLOCK_R)
     mask_r = offs_r < R
-    ticket = tl.atomic_add(ws_ptr, 1)
+    ticket = take_ticket(ws_ptr)
     while ticket < total:
+        following = take_ticket(ws_ptr)  # in flight while this one runs
         if ticket < n_squeeze:
             pid_b = ticket // tiles
             tile = ticket - pid_b * tiles
@@ -143,7 +144,7 @@ def _se_fwd_spread_kernel(
                     offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
                     res_ptr=res_ptr + pid_b.to(tl.int64) * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
                 )  # fmt: skip
-        ticket = tl.atomic_add(ws_ptr, 1)
+        ticket = following
 
 
 def se_fwd_spread(
@@ -167,7 +168,7 @@ def se_fwd_spread(
     zsum = empty(cfg.hw_tiles, b, c, dtype=f.z.dtype, device=x.device)
     hpart = empty(cfg.tiles, b, cfg.block_r, dtype=f.z.dtype, device=x.device)
     # a count of squeezed tiles per sample and a gate flag per (sample, channel block)
-    ws = workspace(b + b * cfg.c_blocks, x.device)
+    ws = workspace(b, b * cfg.c_blocks, x.device)
     record("se_fwd_spread")
     launch(_se_fwd_spread_kernel, (cfg.programs,))(
         *f.inputs,

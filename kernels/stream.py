@@ -30,7 +30,7 @@ from .common import (
 )
 from .excite_mlp import excite_bwd_block, excite_fwd_block
 from .passes import hw_sum_range, scale_tile
-from .sync import arrive, check_waits, publish, spins, wait_for, workspace
+from .sync import arrive, check_waits, counts_at, flags_at, publish, spins, take_ticket, wait_for, workspace
 
 
 @triton.jit
@@ -69,7 +69,7 @@ def _se_fwd_stream_kernel(
     s_ptr,  # (B, C) acc dtype out
     a_ptr,  # (B, C) acc dtype out, written only when KEEP_A
     y_ptr,  # (B, C, HW) strided output
-    ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
+    ws_ptr,  # int32, zeroed (sync.workspace): ticket, misses; done count per chunk; ready flag per chunk
     stride_xb, stride_xc, stride_xhw,
     stride_resb, stride_resc, stride_reshw,
     stride_yb, stride_yc, stride_yhw,
@@ -84,12 +84,13 @@ def _se_fwd_stream_kernel(
     """The MLP form's forward as one persistent launch (see _stream_ticket): a first-pass
     ticket sums one tile of x over its HW range; the last one of a chunk runs the chunk's
     excitation; a second-pass ticket scales one tile once its chunk's gate is out."""
-    done_ptr = ws_ptr + 2
-    ready_ptr = done_ptr + num_chunks
+    done_ptr = counts_at(ws_ptr)
+    ready_ptr = flags_at(ws_ptr, num_chunks)
     tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
     total = 2 * B * tiles
-    ticket = tl.atomic_add(ws_ptr, 1)
+    ticket = take_ticket(ws_ptr)
     while ticket < total:
+        following = take_ticket(ws_ptr)  # in flight while this one runs
         second, pid_b, tile = _stream_ticket(ticket, B, LAG, tiles)
         sample = pid_b.to(tl.int64)
         pid_c = tile // hw_tiles
@@ -128,7 +129,7 @@ def _se_fwd_stream_kernel(
                     offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
                     res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
                 )  # fmt: skip
-        ticket = tl.atomic_add(ws_ptr, 1)
+        ticket = following
 
 
 @triton.jit
@@ -151,7 +152,7 @@ def _se_bwd_stream_kernel(
     dw2_ptr,  # (NUM_CHUNKS, C, R) out, when NEED_DW2
     db2_ptr,  # (NUM_CHUNKS, C) out, when NEED_DB2
     dx_ptr,  # (B, C, HW) strided out
-    ws_ptr,  # int32, zeroed: [ticket, misses, done count per chunk, ready flag per chunk]
+    ws_ptr,  # int32, zeroed (sync.workspace): ticket, misses; done count per chunk; ready flag per chunk
     stride_gb, stride_gc, stride_ghw,
     stride_xb, stride_xc, stride_xhw,
     stride_ob, stride_oc, stride_ohw,
@@ -170,12 +171,13 @@ def _se_bwd_stream_kernel(
     ticket sums g * x over one tile; the last one of a chunk runs the chunk's excitation
     backward (dz and the chunk's weight-gradient partials); a second-pass ticket writes one
     tile of dx = g * s * d + dz / HW, re-reading g (or the masked g) while it is in L2."""
-    done_ptr = ws_ptr + 2
-    ready_ptr = done_ptr + num_chunks
+    done_ptr = counts_at(ws_ptr)
+    ready_ptr = flags_at(ws_ptr, num_chunks)
     tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
     total = 2 * B * tiles
-    ticket = tl.atomic_add(ws_ptr, 1)
+    ticket = take_ticket(ws_ptr)
     while ticket < total:
+        following = take_ticket(ws_ptr)  # in flight while this one runs
         second, pid_b, tile = _stream_ticket(ticket, B, LAG, tiles)
         sample = pid_b.to(tl.int64)
         pid_c = tile // hw_tiles
@@ -231,7 +233,7 @@ def _se_bwd_stream_kernel(
                         offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
                         o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
                     )  # fmt: skip
-        ticket = tl.atomic_add(ws_ptr, 1)
+        ticket = following
 
 
 def se_fwd_stream(
@@ -254,7 +256,7 @@ def se_fwd_stream(
     f = mlp_forward(x, w1, b1, w2, b2, act, gate, d, residual, relu)
     num_chunks = hz.cdiv(b, cfg.chunk)
     zsum = empty(cfg.hw_tiles, b, c, dtype=f.z.dtype, device=x.device)
-    ws = workspace(2 * num_chunks, x.device)
+    ws = workspace(num_chunks, num_chunks, x.device)
     record("se_fwd_stream")
     launch(_se_fwd_stream_kernel, (cfg.programs,))(
         *f.inputs,
@@ -326,7 +328,7 @@ def se_bwd_stream(
     db2 = empty(num_chunks, c, dtype=dt, device=dev) if need_db2 else None
     dr = empty_like(g) if store_g else None
     dx = empty_like(x)
-    ws = workspace(2 * num_chunks, dev)
+    ws = workspace(num_chunks, num_chunks, dev)
     record("se_bwd_stream")
     launch(_se_bwd_stream_kernel, (cfg.programs,))(
         g,

@@ -1,6 +1,12 @@
 """How the persistent kernels (spread and streamed) hand work between programs: a ticket counter,
 per-chunk counts and flags in an int32 workspace, and waits that give up.
 
+The workspace's three regions each start a 128-byte line of their own (LINE int32 slots): the
+ticket counter (with the failed waits, written only when a wait gives up), the counts, the flags.
+A ticket is taken with a relaxed atomic (no fence): the counts (acq_rel) and flags (release,
+acquire) alone order the data between programs. A program takes its next ticket before it works
+on the current one, so the counter's round trip overlaps the work.
+
 A wait polls a flag at most hz.WAIT_MAX_POLLS times; a wait that gives up is counted in the
 workspace and the launch runs to its end, so a bug or a fault turns into an error, never a hang.
 Where programs run one after another (the interpreter), a wait does not poll: the order of the
@@ -22,9 +28,33 @@ from . import common
 from . import heuristics as hz
 from .common import INTERPRETED
 
-# Workspace slots before the per-chunk (or per-sample) counts and flags.
-TICKET, FAILED_WAITS, FIRST_COUNT = 0, 1, 2
+# int32 slots in a 128-byte line; the counts start the second line, the flags the line after them.
+LINE = tl.constexpr(32)
+TICKET, FAILED_WAITS, FIRST_COUNT = 0, 1, LINE.value
 CHECK_ENV = "FUSED_SE_CHECK_WAITS"
+
+
+def first_flag(counts: int) -> int:
+    """The slot of the first flag after `counts` counts: the start of a line."""
+    return FIRST_COUNT + -(-counts // LINE.value) * LINE.value
+
+
+@triton.jit
+def take_ticket(ws_ptr):
+    """The next ticket: relaxed, since the tickets order no data (the counts and flags do)."""
+    return tl.atomic_add(ws_ptr, 1, sem="relaxed")
+
+
+@triton.jit
+def counts_at(ws_ptr):
+    """The first count (see first_flag)."""
+    return ws_ptr + LINE
+
+
+@triton.jit
+def flags_at(ws_ptr, counts):
+    """The first flag after `counts` counts (see first_flag)."""
+    return ws_ptr + LINE + tl.cdiv(counts, LINE) * LINE
 
 
 @triton.jit
@@ -72,9 +102,10 @@ def spins() -> bool:
     return not INTERPRETED or SPIN_IN_INTERPRETER
 
 
-def workspace(slots: int, device: torch.device) -> torch.Tensor:
-    """The zeroed int32 workspace: the ticket counter, the failed waits, then `slots` counts and flags."""
-    return common.zeros(FIRST_COUNT + slots, dtype=torch.int32, device=device)
+def workspace(counts: int, flags: int, device: torch.device) -> torch.Tensor:
+    """The zeroed int32 workspace: the ticket counter and the failed waits, then `counts` counts,
+    then `flags` flags, each region on lines of its own."""
+    return common.zeros(first_flag(counts) + flags, dtype=torch.int32, device=device)
 
 
 def check_waits(ws: torch.Tensor, tickets: int, programs: int, kernel: str, shape: tuple[int, ...]) -> None:

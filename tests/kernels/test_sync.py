@@ -73,7 +73,7 @@ def test_a_good_order_polls_without_giving_up(streamed):
 
 def test_the_check_costs_no_sync_on_a_gpu_unless_asked(monkeypatch):
     """Off the interpreter the workspace is read only with FUSED_SE_CHECK_WAITS=1."""
-    ws = sync.workspace(2, torch.device("cpu"))
+    ws = sync.workspace(1, 1, torch.device("cpu"))
     ws[sync.FAILED_WAITS] = 3  # a launch whose waits gave up
     monkeypatch.setattr(sync, "INTERPRETED", False)
     monkeypatch.delenv(sync.CHECK_ENV, raising=False)
