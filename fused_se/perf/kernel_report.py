@@ -135,6 +135,17 @@ def sass_widths(sass: str) -> dict[str, Counter]:
     return out
 
 
+_SASS_SYNC = re.compile(r"\b(MEMBAR|CCTL\.IVALL)\b")
+
+
+def sass_fences(sass: str) -> str:
+    """Memory fences in the SASS: MEMBAR (a release's or an acq_rel atomic's, before it) and
+    CCTL.IVALL (an acquire's L1 invalidation, after it). The persistent kernels' tickets need
+    neither; their counts and flags do."""
+    c = Counter(_SASS_SYNC.findall(sass))
+    return f"{c['MEMBAR']}/{c['CCTL.IVALL']}"
+
+
 def cuobjdump_path() -> Optional[str]:
     import triton
 
@@ -230,7 +241,8 @@ def _report_here(args) -> list[dict]:
             compiled, log = compile_variant(kernel, sig, constexprs, attrs, options, target)
             res = parse_ptxas(log)
             ptx = ptx_widths(compiled.asm["ptx"])
-            sass = sass_widths(sass_of(compiled.asm["cubin"], tool)) if tool else None
+            sass_text = sass_of(compiled.asm["cubin"], tool) if tool else None
+            sass = sass_widths(sass_text) if tool else None
             smem = compiled.metadata.shared
             flags = {kernel.arg_names[k[0]] if isinstance(k, tuple) else k: v for k, v in constexprs.items()}
             rows.append(
@@ -247,6 +259,7 @@ def _report_here(args) -> list[dict]:
                     "ptx_st": _fmt_widths(ptx["st"]),
                     "sass_ld": _fmt_widths(sass["ld"]) if sass else "no cuobjdump",
                     "sass_st": _fmt_widths(sass["st"]) if sass else "no cuobjdump",
+                    "sass_fences": sass_fences(sass_text) if sass_text else "no cuobjdump",
                 }
             )
     return rows
@@ -277,7 +290,7 @@ _ARG_NAMES = ("preset", "shapes", "batch", "layouts", "dtype", "card", "l2_bytes
 def format_report(rows: list[dict]) -> str:
     head = (
         f"{'arch':>5} {'kernel':>26} {'warps':>5} {'regs':>4} {'spill st/ld':>11} {'smem':>6} {'prog/SM':>7} "
-        f"{'PTX ld':>18} {'PTX st':>14} {'SASS ld':>22} {'SASS st':>16}  constexprs"
+        f"{'PTX ld':>18} {'PTX st':>14} {'SASS ld':>22} {'SASS st':>16} {'fences':>6}  constexprs"
     )
     lines = [head, "-" * len(head)]
     for r in rows:
@@ -285,9 +298,10 @@ def format_report(rows: list[dict]) -> str:
         lines.append(
             f"{r['arch']:>5} {r['kernel']:>26} {r['num_warps']:>5} {r['registers']!s:>4} {spill:>11} "
             f"{r['shared_bytes']:>6} {r['programs_per_sm']!s:>7} {r['ptx_ld']:>18} {r['ptx_st']:>14} "
-            f"{r['sass_ld']:>22} {r['sass_st']:>16}  {r['constexprs']}"
+            f"{r['sass_ld']:>22} {r['sass_st']:>16} {r['sass_fences']:>6}  {r['constexprs']}"
         )
     lines.append("widths: bits per thread per instruction : static count of such instructions")
+    lines.append("fences: MEMBAR / CCTL.IVALL instructions in the SASS (static count)")
     lines.extend(summarize_report(rows))
     return "\n".join(lines)
 

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from fused_se.perf.kernel_report import parse_ptxas, programs_per_sm, ptx_widths, sass_widths
+from fused_se.perf.kernel_report import parse_ptxas, programs_per_sm, ptx_widths, sass_fences, sass_widths
 
 
 def test_ptx_widths_count_vector_loads_and_stores():
@@ -31,6 +31,12 @@ def test_sass_widths():
     )
     w = sass_widths(sass)
     assert w["ld"] == Counter({128: 1, 32: 1, 16: 1}) and w["st"] == Counter({64: 1})
+
+
+def test_sass_fences_count_membars_and_l1_invalidations():
+    sass = "MEMBAR.ALL.GPU ;\n ERRBAR ;\n ATOMG.E.ADD.STRONG.GPU PT, R3, [R2.64], R5 ;\n CCTL.IVALL ;\n MEMBAR.SC.GPU ;"
+    assert sass_fences(sass) == "2/1"
+    assert sass_fences("ATOMG.E.ADD.STRONG.GPU PT, R3, [R2.64], R5 ;") == "0/0"
 
 
 def test_parse_ptxas_and_occupancy():
@@ -85,6 +91,55 @@ def test_jit_specialisation_gives_the_gpus_vector_loads(tmp_path):
     a plain signature, as ahead-of-time tests used to, it does not."""
     script = tmp_path / "child.py"
     script.write_text(_CHILD)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+_TICKET_CHILD = textwrap.dedent(
+    """
+    import torch, triton, triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from fused_se.kernels import sync
+    from fused_se.perf.kernel_report import compile_variant, cuobjdump_path, jit_compile_args, sass_fences, sass_of
+
+    @triton.jit
+    def tickets(ws_ptr, out_ptr, n):
+        t = sync.take_ticket(ws_ptr)
+        while t < n:
+            following = sync.take_ticket(ws_ptr)
+            tl.store(out_ptr + t, t)
+            t = following
+
+    @triton.jit
+    def fenced(ws_ptr, out_ptr, n):
+        t = tl.atomic_add(ws_ptr, 1, sem="acq_rel")
+        while t < n:
+            tl.store(out_ptr + t, t)
+            t = tl.atomic_add(ws_ptr, 1, sem="acq_rel")
+
+    target, tool = GPUTarget("cuda", 90, 32), cuobjdump_path()
+    ws, out = torch.zeros(32, dtype=torch.int32), torch.empty(64, dtype=torch.int32)
+    got = {}
+    for kernel in (tickets, fenced):
+        compiled, _ = compile_variant(kernel, *jit_compile_args(kernel, (ws, out, 64), {"num_warps": 4}, target), target)
+        got[kernel.__name__] = sass_fences(sass_of(compiled.asm["cubin"], tool))
+    print(got)
+    assert got["tickets"] == "0/0" and got["fenced"] != "0/0", got
+    """
+)
+
+
+@pytest.mark.skipif(not _nvidia_backend(), reason="this triton has no nvidia backend to compile with")
+def test_tickets_compile_without_fences(tmp_path):
+    """The persistent kernels' tickets (relaxed atomics, the next one taken ahead) compile for
+    sm_90 with no MEMBAR and no L1 invalidation; the same loop with acq_rel tickets has them."""
+    from fused_se.perf.kernel_report import cuobjdump_path
+
+    if cuobjdump_path() is None:
+        pytest.skip("no cuobjdump (triton's bundled one or on PATH) to read the SASS with")
+    script = tmp_path / "child.py"
+    script.write_text(_TICKET_CHILD)
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     out = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
