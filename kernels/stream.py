@@ -103,7 +103,7 @@ def _se_fwd_stream_kernel(
         if second == 0:
             part = hw_sum_range(
                 x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
-                BLOCK_C, BLOCK_HW, IS_FP64,
+                BLOCK_C, BLOCK_HW, IS_FP64, X_EVICT="evict_last",  # the second pass re-reads x
             )  # fmt: skip
             tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
             b_start = ck * chunk
@@ -128,6 +128,7 @@ def _se_fwd_stream_kernel(
                     y_ptr + sample * stride_yb, stride_yc, stride_yhw,
                     offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
                     res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
+                    EVICT="evict_first",
                 )  # fmt: skip
         ticket = following
 
@@ -163,7 +164,7 @@ def _se_bwd_stream_kernel(
     B, C, R, HW, HW_TILE, hw_tiles, chunk, LAG, num_chunks, max_polls,
     HAS_B1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, NEED_DW1: tl.constexpr, NEED_DB1: tl.constexpr,
     NEED_DW2: tl.constexpr, NEED_DB2: tl.constexpr, HAS_D: tl.constexpr, RELU_MASK: tl.constexpr,
-    STORE_G: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr, WAIT: tl.constexpr,
+    STORE_G: tl.constexpr, O_EVICT: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr, WAIT: tl.constexpr,
     BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, EX_BLOCK_B: tl.constexpr, EX_BLOCK_C: tl.constexpr,
     EX_BLOCK_R: tl.constexpr,
 ):  # fmt: skip
@@ -195,6 +196,7 @@ def _se_bwd_stream_kernel(
                 o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
                 dres_ptr=dres_ptr + sample * stride_dresb, stride_dresc=stride_dresc, stride_dreshw=stride_dreshw,
                 HAS_G=True, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
+                X_EVICT="evict_first", G_EVICT="evict_last", O_EVICT=O_EVICT,  # the second pass re-reads g
             )  # fmt: skip
             if HAS_D:
                 part *= tl.load(d_ptr + pid_b)
@@ -224,7 +226,7 @@ def _se_bwd_stream_kernel(
                     scale_tile(
                         dres_ptr + sample * stride_dresb, stride_dresc, stride_dreshw,
                         dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
-                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
+                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True, EVICT="evict_first",
                     )  # fmt: skip
                 else:
                     scale_tile(
@@ -232,6 +234,7 @@ def _se_bwd_stream_kernel(
                         dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
                         offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
                         o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
+                        EVICT="evict_first",
                     )  # fmt: skip
         ticket = following
 
@@ -378,6 +381,8 @@ def se_bwd_stream(
         HAS_D=d is not None,
         RELU_MASK=relu_out is not None,
         STORE_G=store_g,
+        # the second pass re-reads the ReLU's output only where it does not read the masked g instead
+        O_EVICT="evict_first" if store_g else "evict_last",
         IS_FP64=dt == torch.float64,
         DOT_TF32=cfg.excite.dot_tf32,
         WAIT=spins(),
