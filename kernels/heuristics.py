@@ -114,7 +114,9 @@ STREAM_MIN_LAG_CHUNKS = 2  # LAG is at least two chunks: one is excited while th
 # bytes of W1 and W2 (which its excitation reads, and whose gradients it writes as partials).
 STREAM_WEIGHT_RATIO = 16
 STREAM_MAX_CHUNK = 64
-STREAM_TILE = 32768  # elements of x per ticket at most
+# Elements of x per ticket at most; and at least, where a sample holds that many: where HW is
+# short (NCHW rows of 28 x 28 and below), a ticket takes several channel blocks of the whole HW.
+STREAM_TILE = 32768
 # A stream kernel carries the streaming loops and the excitation, and ptxas, free to use 255
 # registers a thread at 8 warps, took 180-255 for it (sm_90): one 8-warp program per SM. At 16
 # warps it must fit in 128, and does with 4096-element tiles and the excitation's channel block
@@ -396,6 +398,7 @@ class StreamConfig:
     hw_tile: int  # HW positions of a ticket, a multiple of block_hw
     c_blocks: int
     hw_tiles: int
+    c_steps: int  # channel blocks of a ticket (more than one only where a ticket spans HW)
     chunk: int  # samples per excitation
     lag: int  # samples between a sample's two passes: a multiple of chunk, below B
     programs: int
@@ -405,7 +408,7 @@ class StreamConfig:
     @property
     def tiles(self) -> int:
         """Tickets per sample and pass."""
-        return self.c_blocks * self.hw_tiles
+        return cdiv(self.c_blocks, self.c_steps) * self.hw_tiles
 
 
 def stream_config(
@@ -440,13 +443,24 @@ def stream_config(
     steps = max(1, STREAM_TILE // (block_c * block_hw))
     hw_tile = min(block_hw * steps, cdiv(hw, block_hw) * block_hw)
     c_blocks, hw_tiles = cdiv(c, block_c), cdiv(hw, hw_tile)
-    programs = max(1, min(2 * b * c_blocks * hw_tiles, sms * STREAM_PROGRAMS_PER_SM))
+    c_steps = min(c_blocks, max(1, STREAM_TILE // (block_c * hw_tile)))
+    programs = max(1, min(2 * b * cdiv(c_blocks, c_steps) * hw_tiles, sms * STREAM_PROGRAMS_PER_SM))
     ex_c, ex_r = _excite_blocks(c, r, x_dtype)
     ex_c = min(ex_c, STREAM_EXCITE_BLOCK_C)
     ex_b = max(MIN_DOT, chunk)
     excite = ExciteConfig(ex_b, ex_c, ex_r, 1, _dot_tf32(x_dtype), num_warps=STREAM_NUM_WARPS)
     return StreamConfig(
-        block_c, block_hw, hw_tile, c_blocks, hw_tiles, chunk, lag, programs, excite, num_warps=STREAM_NUM_WARPS
+        block_c,
+        block_hw,
+        hw_tile,
+        c_blocks,
+        hw_tiles,
+        c_steps,
+        chunk,
+        lag,
+        programs,
+        excite,
+        num_warps=STREAM_NUM_WARPS,
     )
 
 

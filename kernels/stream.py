@@ -75,7 +75,7 @@ def _se_fwd_stream_kernel(
     stride_yb, stride_yc, stride_yhw,
     stride_w1r, stride_w1c, stride_b1,
     stride_w2c, stride_w2r, stride_b2,
-    B, C, R, HW, HW_TILE, hw_tiles, chunk, LAG, num_chunks, max_polls,
+    B, C, R, HW, HW_TILE, hw_tiles, c_steps, chunk, LAG, num_chunks, max_polls,
     HAS_B1: tl.constexpr, HAS_B2: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
     HAS_D: tl.constexpr, HAS_R: tl.constexpr, RELU: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr,
     WAIT: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr, EX_BLOCK_B: tl.constexpr,
@@ -86,26 +86,27 @@ def _se_fwd_stream_kernel(
     excitation; a second-pass ticket scales one tile once its chunk's gate is out."""
     done_ptr = counts_at(ws_ptr)
     ready_ptr = flags_at(ws_ptr, num_chunks)
-    tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
+    tiles = tl.cdiv(tl.cdiv(C, BLOCK_C), c_steps) * hw_tiles  # per sample and pass
     total = 2 * B * tiles
     ticket = take_ticket(ws_ptr)
     while ticket < total:
         following = take_ticket(ws_ptr)  # in flight while this one runs
         second, pid_b, tile = _stream_ticket(ticket, B, LAG, tiles)
         sample = pid_b.to(tl.int64)
-        pid_c = tile // hw_tiles
-        hwt = tile - pid_c * hw_tiles
-        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        group = tile // hw_tiles  # c_steps channel blocks
+        hwt = tile - group * hw_tiles
         hw_start = hwt * HW_TILE
         hw_end = tl.minimum(hw_start + HW_TILE, HW)
         ck = pid_b // chunk
         if second == 0:
-            part = hw_sum_range(
-                x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
-                BLOCK_C, BLOCK_HW, IS_FP64, X_EVICT="evict_last",  # the second pass re-reads x
-            )  # fmt: skip
-            tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
+            for step in range(0, c_steps):
+                offs_c = (group * c_steps + step) * BLOCK_C + tl.arange(0, BLOCK_C)
+                mask_c = offs_c < C
+                part = hw_sum_range(
+                    x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
+                    BLOCK_C, BLOCK_HW, IS_FP64, X_EVICT="evict_last",  # the second pass re-reads x
+                )  # fmt: skip
+                tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
             b_start = ck * chunk
             b_end = tl.minimum(b_start + chunk, B)
             if arrive(done_ptr + ck, (b_end - b_start) * tiles):
@@ -118,18 +119,21 @@ def _se_fwd_stream_kernel(
                 publish(ready_ptr + ck)
         else:
             wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
-            sv = tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0)
-            if HAS_D:
-                sv *= tl.load(d_ptr + pid_b)
-            for hw0 in range(hw_start, hw_end, BLOCK_HW):
-                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-                scale_tile(
-                    x_ptr + sample * stride_xb, stride_xc, stride_xhw,
-                    y_ptr + sample * stride_yb, stride_yc, stride_yhw,
-                    offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
-                    res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
-                    EVICT="evict_first",
-                )  # fmt: skip
+            for step in range(0, c_steps):
+                offs_c = (group * c_steps + step) * BLOCK_C + tl.arange(0, BLOCK_C)
+                mask_c = offs_c < C
+                sv = tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0)
+                if HAS_D:
+                    sv *= tl.load(d_ptr + pid_b)
+                for hw0 in range(hw_start, hw_end, BLOCK_HW):
+                    offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                    scale_tile(
+                        x_ptr + sample * stride_xb, stride_xc, stride_xhw,
+                        y_ptr + sample * stride_yb, stride_yc, stride_yhw,
+                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
+                        res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
+                        EVICT="evict_first",
+                    )  # fmt: skip
         ticket = following
 
 
@@ -161,7 +165,7 @@ def _se_bwd_stream_kernel(
     stride_dxb, stride_dxc, stride_dxhw,
     stride_w1r, stride_w1c, stride_b1,
     stride_w2c, stride_w2r,
-    B, C, R, HW, HW_TILE, hw_tiles, chunk, LAG, num_chunks, max_polls,
+    B, C, R, HW, HW_TILE, hw_tiles, c_steps, chunk, LAG, num_chunks, max_polls,
     HAS_B1: tl.constexpr, ACT: tl.constexpr, GATE: tl.constexpr, NEED_DW1: tl.constexpr, NEED_DB1: tl.constexpr,
     NEED_DW2: tl.constexpr, NEED_DB2: tl.constexpr, HAS_D: tl.constexpr, RELU_MASK: tl.constexpr,
     STORE_G: tl.constexpr, O_EVICT: tl.constexpr, IS_FP64: tl.constexpr, DOT_TF32: tl.constexpr, WAIT: tl.constexpr,
@@ -174,33 +178,34 @@ def _se_bwd_stream_kernel(
     tile of dx = g * s * d + dz / HW, re-reading g (or the masked g) while it is in L2."""
     done_ptr = counts_at(ws_ptr)
     ready_ptr = flags_at(ws_ptr, num_chunks)
-    tiles = tl.cdiv(C, BLOCK_C) * hw_tiles
+    tiles = tl.cdiv(tl.cdiv(C, BLOCK_C), c_steps) * hw_tiles  # per sample and pass
     total = 2 * B * tiles
     ticket = take_ticket(ws_ptr)
     while ticket < total:
         following = take_ticket(ws_ptr)  # in flight while this one runs
         second, pid_b, tile = _stream_ticket(ticket, B, LAG, tiles)
         sample = pid_b.to(tl.int64)
-        pid_c = tile // hw_tiles
-        hwt = tile - pid_c * hw_tiles
-        offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
+        group = tile // hw_tiles  # c_steps channel blocks
+        hwt = tile - group * hw_tiles
         hw_start = hwt * HW_TILE
         hw_end = tl.minimum(hw_start + HW_TILE, HW)
         ck = pid_b // chunk
         if second == 0:
-            part = hw_sum_range(
-                x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
-                BLOCK_C, BLOCK_HW, IS_FP64,
-                g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
-                o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
-                dres_ptr=dres_ptr + sample * stride_dresb, stride_dresc=stride_dresc, stride_dreshw=stride_dreshw,
-                HAS_G=True, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
-                X_EVICT="evict_first", G_EVICT="evict_last", O_EVICT=O_EVICT,  # the second pass re-reads g
-            )  # fmt: skip
-            if HAS_D:
-                part *= tl.load(d_ptr + pid_b)
-            tl.store(dssum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
+            for step in range(0, c_steps):
+                offs_c = (group * c_steps + step) * BLOCK_C + tl.arange(0, BLOCK_C)
+                mask_c = offs_c < C
+                part = hw_sum_range(
+                    x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
+                    BLOCK_C, BLOCK_HW, IS_FP64,
+                    g_ptr=g_ptr + sample * stride_gb, stride_gc=stride_gc, stride_ghw=stride_ghw,
+                    o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
+                    dres_ptr=dres_ptr + sample * stride_dresb, stride_dresc=stride_dresc, stride_dreshw=stride_dreshw,
+                    HAS_G=True, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
+                    X_EVICT="evict_first", G_EVICT="evict_last", O_EVICT=O_EVICT,  # the second pass re-reads g
+                )  # fmt: skip
+                if HAS_D:
+                    part *= tl.load(d_ptr + pid_b)
+                tl.store(dssum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
             b_start = ck * chunk
             b_end = tl.minimum(b_start + chunk, B)
             if arrive(done_ptr + ck, (b_end - b_start) * tiles):
@@ -215,27 +220,30 @@ def _se_bwd_stream_kernel(
                 publish(ready_ptr + ck)
         else:
             wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
-            row = pid_b.to(tl.int64) * C + offs_c
-            sv = tl.load(s_ptr + row, mask=mask_c, other=0.0)
-            if HAS_D:
-                sv *= tl.load(d_ptr + pid_b)
-            dz = tl.load(dz_ptr + row, mask=mask_c, other=0.0)
-            for hw0 in range(hw_start, hw_end, BLOCK_HW):
-                offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
-                if STORE_G:  # the masked g is in memory already: read it instead of g and o
-                    scale_tile(
-                        dres_ptr + sample * stride_dresb, stride_dresc, stride_dreshw,
-                        dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
-                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True, EVICT="evict_first",
-                    )  # fmt: skip
-                else:
-                    scale_tile(
-                        g_ptr + sample * stride_gb, stride_gc, stride_ghw,
-                        dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
-                        offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
-                        o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
-                        EVICT="evict_first",
-                    )  # fmt: skip
+            for step in range(0, c_steps):
+                offs_c = (group * c_steps + step) * BLOCK_C + tl.arange(0, BLOCK_C)
+                mask_c = offs_c < C
+                row = pid_b.to(tl.int64) * C + offs_c
+                sv = tl.load(s_ptr + row, mask=mask_c, other=0.0)
+                if HAS_D:
+                    sv *= tl.load(d_ptr + pid_b)
+                dz = tl.load(dz_ptr + row, mask=mask_c, other=0.0)
+                for hw0 in range(hw_start, hw_end, BLOCK_HW):
+                    offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
+                    if STORE_G:  # the masked g is in memory already: read it instead of g and o
+                        scale_tile(
+                            dres_ptr + sample * stride_dresb, stride_dresc, stride_dreshw,
+                            dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
+                            offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True, EVICT="evict_first",
+                        )  # fmt: skip
+                    else:
+                        scale_tile(
+                            g_ptr + sample * stride_gb, stride_gc, stride_ghw,
+                            dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
+                            offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
+                            o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
+                            EVICT="evict_first",
+                        )  # fmt: skip
         ticket = following
 
 
@@ -276,6 +284,7 @@ def se_fwd_stream(
         h * w,
         cfg.hw_tile,
         cfg.hw_tiles,
+        cfg.c_steps,
         cfg.chunk,
         cfg.lag,
         num_chunks,
@@ -367,6 +376,7 @@ def se_bwd_stream(
         hw,
         cfg.hw_tile,
         cfg.hw_tiles,
+        cfg.c_steps,
         cfg.chunk,
         cfg.lag,
         num_chunks,

@@ -95,3 +95,15 @@ def test_the_other_forms_and_unflattenable_strides_take_three_launches(monkeypat
         fused_se.effective_squeeze_excite(x, torch.randn(16, 16))
         fused_se.efficient_channel_attention(x, torch.randn(3))
     assert launched == ["squeeze", "excite_fc", "scale", "squeeze", "excite_conv", "scale"]
+
+
+@pytest.mark.parametrize(("hw", "layout"), [(3136, "nchw"), (784, "nchw"), (196, "nchw"), (784, "channels_last")])
+def test_tickets_of_a_bench_shape_hold_a_full_tile(hw, layout):
+    """At SE-ResNet-50's sizes a ticket takes STREAM_TILE elements (64 KB of bf16; 6 KB at 28 x 28
+    and 14 x 14 in NCHW when a ticket was one channel block), whatever the layout."""
+    c = 512
+    sample = c * hw * 2
+    cfg = hz.stream_config(1024, c, hw, 32, torch.bfloat16, layout == "channels_last", sample, 132, 64 * 4 * sample)
+    assert cfg is not None
+    elements = cfg.c_steps * cfg.block_c * min(cfg.hw_tile, hw)
+    assert hz.STREAM_TILE * 3 // 4 <= elements <= hz.STREAM_TILE, (cfg, elements)

@@ -127,6 +127,19 @@ def test_the_cases_cover_the_structure(monkeypatch):
         assert (want, True) in seen, want
 
 
+def test_short_rows_take_several_channel_blocks_a_ticket(device, monkeypatch):
+    """NCHW rows shorter than a ticket: each ticket sums (then scales) several channel blocks of
+    the whole HW, the last group partly past C; parity both ways."""
+    monkeypatch.setattr(hz, "STREAM_TILE", 256)
+    x = make_input((6, 40, 3, 5), torch.float32, device, "nchw") * 2
+    _stream_for(monkeypatch, x, 4, 0.05)
+    for cfg in _stream_plans(x, 4):
+        assert cfg is not None and cfg.hw_tiles == 1 and cfg.c_steps == 4
+        assert cfg.c_blocks % cfg.c_steps != 0  # 10 blocks in groups of 4
+        assert cfg.tiles == 3
+    _check(x, 4, "relu", "sigmoid", True, device)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_half_precision(dtype, layout, device, monkeypatch):
