@@ -35,6 +35,23 @@ from .common import (
 )
 from .flat import hw_sum_flat_kernel, scale_flat_kernel
 
+# L2 eviction policies of load_evict (integer codes: triton 3.6 takes no string default through
+# a nested jit function's constexpr).
+EVICT_FIRST, EVICT_LAST = 1, 2
+
+
+@triton.jit
+def load_evict(ptrs, mask, EVICT: tl.constexpr):
+    """tl.load(ptrs, mask, other=0) with L2 eviction policy EVICT: 0 the default, 1 evict_first,
+    2 evict_last."""
+    if EVICT == 2:
+        val = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
+    elif EVICT == 1:
+        val = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
+    else:
+        val = tl.load(ptrs, mask=mask, other=0.0)
+    return val
+
 
 @triton.jit
 def hw_sum_range(
@@ -45,11 +62,11 @@ def hw_sum_range(
     o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): g is zeroed where o <= 0
     dres_ptr=None, stride_dresc=0, stride_dreshw=0,  # where the masked g is written (STORE_G)
     HAS_G: tl.constexpr = False, RELU_MASK: tl.constexpr = False, STORE_G: tl.constexpr = False,
-    X_EVICT: tl.constexpr = "", G_EVICT: tl.constexpr = "", O_EVICT: tl.constexpr = "",
+    X_EVICT: tl.constexpr = 0, G_EVICT: tl.constexpr = 0, O_EVICT: tl.constexpr = 0,
 ):  # fmt: skip
     """(BLOCK_C,) sums over hw_start <= hw < hw_end of one sample's x (or g * x), channels offs_c.
-    *_EVICT: the L2 eviction policy of x's, g's and o's loads ("evict_last" for what a second pass
-    re-reads, "evict_first" for what it does not; "" the default)."""
+    *_EVICT: the L2 eviction policy of x's, g's and o's loads (load_evict's codes: EVICT_LAST for
+    what a second pass re-reads, EVICT_FIRST for what it does not, 0 the default)."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     rows_c = offs_c.to(tl.int64)[:, None]
     x_ptrs = x_ptr + rows_c * stride_xc
@@ -63,12 +80,12 @@ def hw_sum_range(
     for hw0 in range(hw_start, hw_end, BLOCK_HW):
         offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
         mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
-        val = tl.load(x_ptrs + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0, eviction_policy=X_EVICT)
+        val = load_evict(x_ptrs + offs_hw[None, :] * stride_xhw, mask, X_EVICT)
         val = val.to(acc_ty)
         if HAS_G:
-            g = tl.load(g_ptrs + offs_hw[None, :] * stride_ghw, mask=mask, other=0.0, eviction_policy=G_EVICT)
+            g = load_evict(g_ptrs + offs_hw[None, :] * stride_ghw, mask, G_EVICT)
             if RELU_MASK:  # as torch's threshold_backward on a ReLU's output: NaN outputs pass g
-                o = tl.load(o_ptrs + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0, eviction_policy=O_EVICT)
+                o = load_evict(o_ptrs + offs_hw[None, :] * stride_ohw, mask, O_EVICT)
                 g = tl.where(o <= 0, 0.0, g).to(g.dtype)
                 if STORE_G:
                     tl.store(dres_ptrs + offs_hw[None, :] * stride_dreshw, g, mask=mask)
@@ -147,20 +164,18 @@ def scale_tile(
     res_ptr=None, stride_resc=0, stride_reshw=0,  # the sample's residual, added before a ReLU (HAS_R, RELU)
     o_ptr=None, stride_oc=0, stride_ohw=0,  # a ReLU's output (RELU_MASK): x is zeroed where o <= 0 first
     HAS_T: tl.constexpr = False, HAS_R: tl.constexpr = False, RELU: tl.constexpr = False,
-    RELU_MASK: tl.constexpr = False, T_END: tl.constexpr = False, EVICT: tl.constexpr = "",
+    RELU_MASK: tl.constexpr = False, T_END: tl.constexpr = False, EVICT: tl.constexpr = 0,
 ):  # fmt: skip
     """y = x * s (+ t / HW) and the residual tail on a (BLOCK_C, BLOCK_HW) tile of one sample,
     positions below hw_end; s and t are (BLOCK_C,) in the acc dtype. EVICT: the L2 eviction
-    policy of x's and o's loads ("evict_first" where this is their last read)."""
+    policy of x's and o's loads (EVICT_FIRST where this is their last read)."""
     acc_ty = tl.float64 if IS_FP64 else tl.float32
     mask = mask_c[:, None] & (offs_hw[None, :] < hw_end)
     rows_c = offs_c.to(tl.int64)[:, None]
-    x = tl.load(x_ptr + rows_c * stride_xc + offs_hw[None, :] * stride_xhw, mask=mask, other=0.0, eviction_policy=EVICT)
+    x = load_evict(x_ptr + rows_c * stride_xc + offs_hw[None, :] * stride_xhw, mask, EVICT)
     x = x.to(acc_ty)
     if RELU_MASK:  # the backward through a ReLU epilogue, as threshold_backward on its output
-        o = tl.load(
-            o_ptr + rows_c * stride_oc + offs_hw[None, :] * stride_ohw, mask=mask, other=0.0, eviction_policy=EVICT
-        )
+        o = load_evict(o_ptr + rows_c * stride_oc + offs_hw[None, :] * stride_ohw, mask, EVICT)
         x = tl.where(o <= 0, 0.0, x)
     y = x * s[:, None]
     if HAS_T:
