@@ -37,16 +37,16 @@ from .flat import hw_sum_flat_kernel, scale_flat_kernel
 
 # L2 eviction policies of load_evict (integer codes: triton 3.6 takes no string default through
 # a nested jit function's constexpr).
-EVICT_FIRST, EVICT_LAST = 1, 2
+EVICT_FIRST, EVICT_LAST = tl.constexpr(1), tl.constexpr(2)
 
 
 @triton.jit
 def load_evict(ptrs, mask, EVICT: tl.constexpr):
     """tl.load(ptrs, mask, other=0) with L2 eviction policy EVICT: 0 the default, 1 evict_first,
     2 evict_last."""
-    if EVICT == 2:
+    if EVICT == EVICT_LAST:
         val = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_last")
-    elif EVICT == 1:
+    elif EVICT == EVICT_FIRST:
         val = tl.load(ptrs, mask=mask, other=0.0, eviction_policy="evict_first")
     else:
         val = tl.load(ptrs, mask=mask, other=0.0)

@@ -104,7 +104,7 @@ def _se_fwd_stream_kernel(
                 mask_c = offs_c < C
                 part = hw_sum_range(
                     x_ptr + sample * stride_xb, stride_xc, stride_xhw, offs_c, mask_c, hw_start, hw_end,
-                    BLOCK_C, BLOCK_HW, IS_FP64, X_EVICT=2,  # evict_last: the second pass re-reads x
+                    BLOCK_C, BLOCK_HW, IS_FP64, X_EVICT=EVICT_LAST,  # the second pass re-reads x
                 )  # fmt: skip
                 tl.store(zsum_ptr + (hwt.to(tl.int64) * B + pid_b) * C + offs_c, part, mask=mask_c)
             b_start = ck * chunk
@@ -132,7 +132,7 @@ def _se_fwd_stream_kernel(
                         y_ptr + sample * stride_yb, stride_yc, stride_yhw,
                         offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64,
                         res_ptr=res_ptr + sample * stride_resb, stride_resc=stride_resc, stride_reshw=stride_reshw, HAS_R=HAS_R, RELU=RELU,
-                        EVICT=1,  # evict_first
+                        EVICT=EVICT_FIRST,
                     )  # fmt: skip
         ticket = following
 
@@ -201,7 +201,7 @@ def _se_bwd_stream_kernel(
                     o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw,
                     dres_ptr=dres_ptr + sample * stride_dresb, stride_dresc=stride_dresc, stride_dreshw=stride_dreshw,
                     HAS_G=True, RELU_MASK=RELU_MASK, STORE_G=STORE_G,
-                    X_EVICT=1, G_EVICT=2, O_EVICT=O_EVICT,  # evict_first x, evict_last g: the second pass re-reads g
+                    X_EVICT=EVICT_FIRST, G_EVICT=EVICT_LAST, O_EVICT=O_EVICT,  # the second pass re-reads g
                 )  # fmt: skip
                 if HAS_D:
                     part *= tl.load(d_ptr + pid_b)
@@ -234,7 +234,7 @@ def _se_bwd_stream_kernel(
                         scale_tile(
                             dres_ptr + sample * stride_dresb, stride_dresc, stride_dreshw,
                             dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
-                            offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True, EVICT=1,  # evict_first
+                            offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True, EVICT=EVICT_FIRST,
                         )  # fmt: skip
                     else:
                         scale_tile(
@@ -242,7 +242,7 @@ def _se_bwd_stream_kernel(
                             dx_ptr + sample * stride_dxb, stride_dxc, stride_dxhw,
                             offs_c, mask_c, offs_hw, hw_end, sv, IS_FP64, t=dz, HW=HW, HAS_T=True,
                             o_ptr=o_ptr + sample * stride_ob, stride_oc=stride_oc, stride_ohw=stride_ohw, RELU_MASK=RELU_MASK,
-                            EVICT=1,  # evict_first
+                            EVICT=EVICT_FIRST,
                         )  # fmt: skip
         ticket = following
 
@@ -392,7 +392,7 @@ def se_bwd_stream(
         RELU_MASK=relu_out is not None,
         STORE_G=store_g,
         # the second pass re-reads the ReLU's output only where it does not read the masked g instead
-        O_EVICT=EVICT_FIRST if store_g else EVICT_LAST,
+        O_EVICT=(EVICT_FIRST if store_g else EVICT_LAST).value,
         IS_FP64=dt == torch.float64,
         DOT_TF32=cfg.excite.dot_tf32,
         WAIT=spins(),
