@@ -22,11 +22,14 @@ def _acc(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+_NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every call outside autocast
+
+
 def _exact(device: torch.device):
     """Autocast off: the excitation stays in the accumulation dtype under torch.autocast."""
     if torch.is_autocast_enabled(device.type):
         return torch.autocast(device.type, enabled=False)
-    return contextlib.nullcontext()
+    return _NO_CONTEXT
 
 
 def as_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
@@ -129,7 +132,8 @@ def squeeze_scale_bwd(
 
 
 def _gate(a: Tensor, gate: str) -> Tensor:
-    return torch.sigmoid(a) if gate == "sigmoid" else F.hardsigmoid(a)
+    """s from a new tensor a, which the sigmoid overwrites."""
+    return a.sigmoid_() if gate == "sigmoid" else F.hardsigmoid(a)
 
 
 def _gate_outputs(a: Tensor, gate: str) -> tuple[Tensor, Tensor]:
@@ -188,15 +192,19 @@ def excite_fwd(
     return (z, *_mlp(z, w1, b1, w2, b2, act, gate))
 
 
+def _pre_gate(z: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str) -> Tensor:
+    """a = W2 act(W1 z + b1) + b2 from the mean z, in z's dtype: a new tensor."""
+    dt = z.dtype
+    with _exact(z.device):
+        h = F.linear(z, as_dtype(w1, dt), _opt(b1, dt))
+        return F.linear(_act_(h, act), as_dtype(w2, dt), _opt(b2, dt))
+
+
 def _mlp(
     z: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str, gate: str
 ) -> tuple[Tensor, Tensor]:
     """(s, a) of the two FCs from the mean z, in z's dtype."""
-    dt = z.dtype
-    with _exact(z.device):
-        h = F.linear(z, as_dtype(w1, dt), _opt(b1, dt))
-        a = F.linear(_act_(h, act), as_dtype(w2, dt), _opt(b2, dt))
-    return _gate_outputs(a, gate)
+    return _gate_outputs(_pre_gate(z, w1, b1, w2, b2, act), gate)
 
 
 def squeeze_excite_fwd(
@@ -214,10 +222,36 @@ def squeeze_excite_fwd(
     """The two-FC block's forward in one call: (y, z, s, a) as squeeze_fwd, excite_fwd and
     scale_fwd give them, with no partial sums to add up. On the CPU each op costs microseconds of
     dispatch at SE's small sizes, so the hot path takes the fewest."""
-    # the sum then an in-place divide: torch's mean with a dtype runs slower on the CPU
-    z = x.sum(dim=(2, 3), dtype=_acc(x.dtype)).div_(x.shape[2] * x.shape[3])
+    z = _hw_mean(x)
     s, a = _mlp(z, w1, b1, w2, b2, act, gate)
     return scale_fwd(x, s, d, residual, relu), z, s, a
+
+
+def squeeze_excite_y(
+    x: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    act: str,
+    gate: str,
+    d: Optional[Tensor] = None,
+    residual: Optional[Tensor] = None,
+    relu: bool = False,
+) -> Tensor:
+    """squeeze_excite_fwd's y alone, the same bits, for a call that takes no gradient: nothing
+    is kept for a backward (the sigmoid's placeholder is an allocation of its own)."""
+    s = _gate(_pre_gate(_hw_mean(x), w1, b1, w2, b2, act), gate)
+    return scale_fwd(x, s, d, residual, relu)
+
+
+def _hw_mean(x: Tensor) -> Tensor:
+    """(B, C): x's mean over HW in the accumulation dtype."""
+    acc = _acc(x.dtype)
+    if acc == x.dtype:  # one op: the CPU's mean is that sum and divide
+        return x.mean((2, 3))
+    # the sum then an in-place divide: torch's mean with a dtype runs slower on the CPU
+    return x.sum(dim=(2, 3), dtype=acc).div_(x.shape[2] * x.shape[3])
 
 
 def excite_bwd(

@@ -485,9 +485,10 @@ _PLAIN_BACKWARDS = {
 }
 
 
-def _plain_function(name: str, body, setup_context, backward) -> tuple:
-    """An autograd.Function running a forward op's body, its setup_context and its backward, and the
-    body alone (for calls that need no gradient). The body is replayed per signature (kernels.replay)."""
+def _plain_function(name: str, body, setup_context, backward, cpu_y=None) -> tuple:
+    """An autograd.Function running a forward op's body, its setup_context and its backward, and
+    y alone (for calls that need no gradient; cpu_y on the CPU twins where given). The body is
+    replayed per signature (kernels.replay)."""
     # a replay binds nothing, and the CPU kernel (elsewhere) launches nothing: no wrapping to turn off
     body = replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
 
@@ -498,11 +499,39 @@ def _plain_function(name: str, body, setup_context, backward) -> tuple:
         return out
 
     fn = type(name, (torch.autograd.Function,), {"forward": staticmethod(forward), "backward": staticmethod(backward)})
-    return fn, body
+    return fn, _y_alone(body, cpu_y)
+
+
+def _y_alone(body, cpu_y=None):
+    """y of a plain call that takes no gradient: the body's first output, or on the CPU twins
+    cpu_y where given (the same bits, with nothing kept for a backward)."""
+    if cpu_y is None:
+        return lambda *args: body(*args)[0]
+
+    def run(*args):
+        return cpu_y(*args) if _impl(args[0]) is decomposed else body(*args)[0]
+
+    return run
+
+
+def _squeeze_excite_y(
+    x: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    act: str,
+    gate: str,
+    residual: Optional[Tensor] = None,
+    sample_scale: Optional[Tensor] = None,
+    out_act: str = "identity",
+) -> Tensor:
+    d = _sample_factor(sample_scale, x)
+    return decomposed.squeeze_excite_y(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
 
 
 _PLAIN = {
-    squeeze_excite: _plain_function("SqueezeExcite", _squeeze_excite, _setup_context, _backward),
+    squeeze_excite: _plain_function("SqueezeExcite", _squeeze_excite, _setup_context, _backward, _squeeze_excite_y),
     effective_squeeze_excite: _plain_function(
         "EffectiveSqueezeExcite", _effective_squeeze_excite, _setup_context_fc, _backward_fc
     ),
@@ -526,7 +555,7 @@ def run(op, *args) -> Tensor:
     and the same backward, so they give the same bits."""
     if not plain_eager(args):
         return op(*args)[0]
-    fn, body = _PLAIN[op]
+    fn, y_alone = _PLAIN[op]
     if torch.is_grad_enabled() and _any_requires_grad(args):
         return fn.apply(*args)[0]
-    return body(*args)[0]  # no gradient to take: no autograd node either
+    return y_alone(*args)  # no gradient to take: no autograd node either

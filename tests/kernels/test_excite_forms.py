@@ -196,3 +196,28 @@ def test_decomposed_two_fc_block_runs_in_one_call_each_way(tail, decomposed, mon
     dx = twins.squeeze_scale_bwd(masked, s, dz, x, d)
     for got, want in zip(ours, [y, dx, *dweights]):
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("gate", ["sigmoid", "hard_sigmoid"])
+@pytest.mark.parametrize("layout", ["channels_last", "nchw", "sliced_c"])
+def test_decomposed_inference_computes_y_alone(layout, gate, dtype, decomposed, monkeypatch):
+    """A CPU call that takes no gradient runs the two-FC block's y alone (nothing kept for a
+    backward), with the bits, dtype and memory format that the autograd call's y has."""
+    from fused_se import decomposed as twins
+
+    b, c, h, w, hidden = 3, 24, 5, 6, 5
+    w1, b1, w2, b2 = make_variant_params("mlp", c, hidden, 3, True, decomposed)
+    x = make_input((b, c, h, w), dtype, decomposed, layout) * 2
+    residual, d = torch.randn(b, c, h, w, dtype=dtype), torch.tensor([1.0, 0.0, 2.0])
+    calls = []
+    for name in ("squeeze_excite_fwd", "squeeze_excite_y"):
+        monkeypatch.setattr(twins, name, (lambda f, n: lambda *a: calls.append(n) or f(*a))(getattr(twins, name), name))
+    for tail in ({}, {"residual": residual, "out_act": "relu", "sample_scale": d}):
+        del calls[:]
+        with torch.no_grad():
+            y = fused_se.squeeze_excite(x, w1, b1, w2, b2, gate=gate, **tail)
+        want = fused_se.squeeze_excite(x, w1.requires_grad_(), b1, w2, b2, gate=gate, **tail)
+        w1.requires_grad_(False)
+        assert calls == ["squeeze_excite_y", "squeeze_excite_fwd"]
+        assert torch.equal(y, want) and y.dtype == want.dtype == x.dtype and y.stride() == want.stride()
