@@ -224,7 +224,9 @@ def _bwd_reductions(
     return hpre, dh
 
 
-@triton.jit
+# Not inlined: the streamed backward calls it once per chunk, and inlined into that kernel's
+# streaming loop (16 warps, at most 128 registers a thread) it made ptxas spill.
+@triton.jit(noinline=True)
 def excite_bwd_block(
     dssum_ptr,  # (SPLIT, B, C) partial sums of g * x over HW, contiguous
     z_ptr,  # (B, C)
@@ -270,34 +272,42 @@ def excite_bwd_block(
     if NEED_DB1:
         tl.store(db1_ptr + pid * R + offs_r, tl.sum(v, axis=0), mask=mask_r)
 
-    # Pass 2 over channels: everything that is indexed by channel.
-    for c0 in range(0, C, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask_c = offs_c < C
-        mask_bc = mask_b[:, None] & mask_c[None, :]
-        mask_cr = mask_c[:, None] & mask_r[None, :]
-        bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
-        if NEED_DW2 or NEED_DB2:
-            u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_bc, split, B * C, GATE)
+    # Then everything indexed by channel, one loop per product: a loop holds one dot's operands
+    # (h; v transposed; v) across its trips, not all three (fewer registers at the streamed
+    # backward's 16 warps: the same bytes, each loop reading what its product needs).
+    if NEED_DW2 or NEED_DB2:
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+            u = gate_bwd(dssum_ptr, s_ptr, a_ptr, bc, mask_b[:, None] & mask_c[None, :], split, B * C, GATE)
             if NEED_DB2:
                 tl.store(db2_ptr + pid * C + offs_c, tl.sum(u, axis=0), mask=mask_c)
             if NEED_DW2:
                 dw2 = dot(tl.trans(u), h, tl.zeros((BLOCK_C, BLOCK_R), dtype=acc_ty), DOT_TF32, IS_FP64)
                 cr = pid.to(tl.int64) * C * R + offs_c[:, None] * R + offs_r[None, :]
-                tl.store(dw2_ptr + cr, dw2, mask=mask_cr)
-        if NEED_DW1:
-            z = tl.load(z_ptr + bc, mask=mask_bc, other=0.0)
+                tl.store(dw2_ptr + cr, dw2, mask=mask_c[:, None] & mask_r[None, :])
+    if NEED_DW1:
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
+            bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+            z = tl.load(z_ptr + bc, mask=mask_b[:, None] & mask_c[None, :], other=0.0)
             dw1 = dot(tl.trans(v), z, tl.zeros((BLOCK_R, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
             rc = pid.to(tl.int64) * R * C + offs_r[:, None] * C + offs_c[None, :]
             tl.store(dw1_ptr + rc, dw1, mask=mask_r[:, None] & mask_c[None, :])
-        if NEED_DZ:
+    if NEED_DZ:
+        for c0 in range(0, C, BLOCK_C):
+            offs_c = c0 + tl.arange(0, BLOCK_C)
+            mask_c = offs_c < C
             w1 = tl.load(
                 w1_ptr + offs_r[:, None] * stride_w1r + offs_c[None, :] * stride_w1c,
                 mask=mask_r[:, None] & mask_c[None, :],
                 other=0.0,
             )
             dz = dot(v, w1.to(acc_ty), tl.zeros((BLOCK_B, BLOCK_C), dtype=acc_ty), DOT_TF32, IS_FP64)
-            tl.store(dz_ptr + bc, dz, mask=mask_bc)
+            bc = offs_b.to(tl.int64)[:, None] * C + offs_c[None, :]
+            tl.store(dz_ptr + bc, dz, mask=mask_b[:, None] & mask_c[None, :])
 
 
 @triton.jit

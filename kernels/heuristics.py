@@ -120,8 +120,10 @@ STREAM_TILE = 32768
 # A stream kernel carries the streaming loops and the excitation, and ptxas, free to use 255
 # registers a thread at 8 warps, took 180-255 for it (sm_90): one 8-warp program per SM. At 16
 # warps it must fit in 128, and does with 4096-element tiles and the excitation's channel block
-# at 16: no spill forward; backward, 12-84 bytes of spill in some variants and up to 180 at a
-# hidden width of 128 (over 500 at 256, hence the limit). So: one 16-warp program per SM.
+# at 16: no spill forward; backward, no spill up to a hidden width of 64 (sm_90, triton 3.6 and
+# 3.8), its excitation a function of its own (not inlined: 16-40 bytes of spill at SE-ResNet-50's
+# streamed stages when it was) with one channel loop per product; at 128, 32-272 bytes, and more
+# past it (hence the limit). So: one 16-warp program per SM.
 STREAM_BLOCK_TILE = 4096
 STREAM_NUM_WARPS = 16
 STREAM_PROGRAMS_PER_SM = 1

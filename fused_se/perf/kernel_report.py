@@ -164,15 +164,19 @@ def sass_of(cubin: bytes, tool: str) -> str:
 
 
 def parse_ptxas(log: str) -> dict:
+    """The kernel's registers, and its spills and stack frame added up over every function in
+    the log: the kernel's, and those of the functions it calls that are not inlined."""
     regs = re.search(r"Used (\d+) registers", log)
-    stores = re.search(r"(\d+) bytes spill stores", log)
-    loads = re.search(r"(\d+) bytes spill loads", log)
-    stack = re.search(r"(\d+) bytes stack frame", log)
+
+    def total(pattern: str) -> Optional[int]:
+        found = re.findall(pattern, log)
+        return sum(map(int, found)) if found else None
+
     return {
         "registers": int(regs.group(1)) if regs else None,
-        "spill_store_bytes": int(stores.group(1)) if stores else None,
-        "spill_load_bytes": int(loads.group(1)) if loads else None,
-        "stack_bytes": int(stack.group(1)) if stack else None,
+        "spill_store_bytes": total(r"(\d+) bytes spill stores"),
+        "spill_load_bytes": total(r"(\d+) bytes spill loads"),
+        "stack_bytes": total(r"(\d+) bytes stack frame"),
     }
 
 
