@@ -303,14 +303,6 @@ def strides_of(t: Optional[torch.Tensor], like: Optional[tuple[int, int, int]]) 
     return ts
 
 
-def sum_partials(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-    """(P, ...) -> (...): a plain reduction over the first axis, the same order on every run;
-    no launch at all for a single program."""
-    if t is None:
-        return None
-    return t[0] if t.shape[0] == 1 else t.sum(0)
-
-
 # Codes of the constexprs ACT and GATE.
 ACT_CODES = {"relu": 0, "silu": 1}
 
@@ -355,6 +347,51 @@ def sum_splits(ptr, offs, mask, split, stride_split):
         acc += p4
         p += 3 * stride_split
     return acc
+
+
+@triton.jit
+def _sum_partials_kernel(
+    p0, p1, p2, p3,  # (P, N_j) contiguous: the partials of up to four tensors
+    o0, o1, o2, o3,  # (N_j,) contiguous out
+    n0, n1, n2, n3,  # N_j; 0 for a tensor not passed
+    P,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """o_j = sum over k < P of p_j[k], in order: program (i, j) takes elements i * BLOCK to
+    (i + 1) * BLOCK of tensor j."""
+    j = tl.program_id(1)
+    src, dst, n = p0, o0, n0
+    if j == 1:
+        src, dst, n = p1, o1, n1
+    elif j == 2:
+        src, dst, n = p2, o2, n2
+    elif j == 3:
+        src, dst, n = p3, o3, n3
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.store(dst + offs, sum_splits(src, offs, mask, P, n), mask=mask)
+
+
+SUM_PARTIALS_BLOCK = 1024
+
+
+def sum_partials(*parts: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
+    """Each (P, ...) tensor of partials (the same P, dtype and device; None stays None) summed
+    over its first axis, in order, into a new (...) tensor: one launch for up to four of them,
+    so that a body that ends in these sums still replays (kernels.replay)."""
+    present = [t for t in parts if t is not None]
+    if not present:
+        return parts
+    assert len(parts) <= 4 and all(t.is_contiguous() and t.shape[0] == present[0].shape[0] for t in present)
+    outs = tuple(None if t is None else empty(*t.shape[1:], dtype=t.dtype, device=t.device) for t in parts)
+    pad = 4 - len(parts)  # unused slots: n = 0, any pointer
+    sizes = [0 if t is None else t[0].numel() for t in parts] + [0] * pad
+    srcs = [present[0] if t is None else t for t in parts] + [present[0]] * pad
+    dsts = [present[0] if o is None else o for o in outs] + [present[0]] * pad
+    record("sum_partials")
+    grid = (triton.cdiv(max(max(sizes), 1), SUM_PARTIALS_BLOCK), len(parts))
+    launch(_sum_partials_kernel, grid)(*srcs, *dsts, *sizes, present[0].shape[0], BLOCK=SUM_PARTIALS_BLOCK, num_warps=4)
+    return outs
 
 
 @triton.jit

@@ -87,7 +87,7 @@ def _excite_conv_bwd_kernel(
     a_ptr,  # (B, C) read only when GATE needs it
     w_ptr,  # (K,) strided
     dz_ptr,  # (B, C) out, when NEED_DZ
-    dw_ptr,  # (P, K) out: this program's share of dw, when NEED_DW
+    dw_ptr,  # (P, K) out: this program's share of dw (dw itself for one program), when NEED_DW
     db_ptr,  # (P,) out, when NEED_DB
     stride_w,
     B, C, K, split,
@@ -193,8 +193,9 @@ def excite_conv_bwd(
     p = hz.cdiv(nb, cfg.block_b)
     dt, dev = dssum.dtype, dssum.device
     dz = empty(nb, c, dtype=dt, device=dev) if need_dz else None
-    dw = empty(p, k, dtype=dt, device=dev) if need_dw else None
-    db = empty(p, 1, dtype=dt, device=dev) if need_db else None
+    lead = (p,) if p > 1 else ()  # one program writes the gradients themselves: nothing to sum
+    dw = empty(*lead, k, dtype=dt, device=dev) if need_dw else None
+    db = empty(*lead, 1, dtype=dt, device=dev) if need_db else None
     record("excite_conv_bwd")
     if p > 0 and any(need):
         launch(_excite_conv_bwd_kernel, (p,))(
@@ -223,6 +224,6 @@ def excite_conv_bwd(
             num_warps=cfg.num_warps,
         )
     if p == 0:  # an empty batch: the weight gradients are sums over nothing
-        dw = None if dw is None else torch.zeros(1, k, dtype=dt, device=dev)
-        db = None if db is None else torch.zeros(1, 1, dtype=dt, device=dev)
-    return dz, sum_partials(dw), sum_partials(db)
+        dw = None if dw is None else torch.zeros(k, dtype=dt, device=dev)
+        db = None if db is None else torch.zeros(1, dtype=dt, device=dev)
+    return (dz, *sum_partials(dw, db)) if p > 1 else (dz, dw, db)

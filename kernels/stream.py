@@ -152,7 +152,7 @@ def _se_bwd_stream_kernel(
     w2_ptr,  # (C, R)
     dssum_ptr,  # (HW_TILES, B, C) acc dtype: each tile's partial sums of g * x (times d)
     dz_ptr,  # (B, C) acc dtype
-    dw1_ptr,  # (NUM_CHUNKS, R, C) out: each chunk's share of dW1, when NEED_DW1
+    dw1_ptr,  # (NUM_CHUNKS, R, C) out: each chunk's share of dW1 (dW1 itself for one chunk), when NEED_DW1
     db1_ptr,  # (NUM_CHUNKS, R) out, when NEED_DB1
     dw2_ptr,  # (NUM_CHUNKS, C, R) out, when NEED_DW2
     db2_ptr,  # (NUM_CHUNKS, C) out, when NEED_DB2
@@ -334,10 +334,11 @@ def se_bwd_stream(
     num_chunks = hz.cdiv(b, cfg.chunk)
     dssum = empty(cfg.hw_tiles, b, c, dtype=dt, device=dev)
     dz = empty(b, c, dtype=dt, device=dev)
-    dw1 = empty(num_chunks, hidden, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = empty(num_chunks, hidden, dtype=dt, device=dev) if need_db1 else None
-    dw2 = empty(num_chunks, c, hidden, dtype=dt, device=dev) if need_dw2 else None
-    db2 = empty(num_chunks, c, dtype=dt, device=dev) if need_db2 else None
+    lead = (num_chunks,) if num_chunks > 1 else ()  # one chunk writes the gradients themselves
+    dw1 = empty(*lead, hidden, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = empty(*lead, hidden, dtype=dt, device=dev) if need_db1 else None
+    dw2 = empty(*lead, c, hidden, dtype=dt, device=dev) if need_dw2 else None
+    db2 = empty(*lead, c, dtype=dt, device=dev) if need_db2 else None
     dr = empty_like(g) if store_g else None
     dx = empty_like(x)
     ws = workspace(num_chunks, num_chunks, dev)
@@ -404,4 +405,4 @@ def se_bwd_stream(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_bwd_stream", x.shape)
-    return dx, dr, sum_partials(dw1), sum_partials(db1), sum_partials(dw2), sum_partials(db2)
+    return (dx, dr, *sum_partials(dw1, db1, dw2, db2)) if num_chunks > 1 else (dx, dr, dw1, db1, dw2, db2)

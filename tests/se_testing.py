@@ -165,6 +165,13 @@ def make_variant_params(form: str, c: int, hidden: int, k: int, bias: bool, devi
 FORM_KERNELS = {"mlp": "excite", "fc": "excite_fc", "conv": "excite_conv"}
 
 
+def excite_bwd_launches(form: str, batch: int) -> list[str]:
+    """The excitation backward's launches: the conv form's programs each take a few samples (one
+    at these tests' batches) and write partials of dw and db, which one more launch adds up."""
+    kernel = FORM_KERNELS[form] + "_bwd"
+    return [kernel, "sum_partials"] if form == "conv" and batch > 1 else [kernel]
+
+
 def run_variant(impl, x: torch.Tensor, form: str, params: list, act: str, gate: str, circular: bool = False):
     """One excitation form through `impl`: fused_se (the kernels) or fused_se.reference, which
     name their three functional forms alike."""

@@ -15,7 +15,7 @@ import pickle
 import pytest
 import timm
 import torch
-from se_testing import FORM_KERNELS, assert_within_torch_error, record_launches
+from se_testing import FORM_KERNELS, assert_within_torch_error, excite_bwd_launches, record_launches
 from timm.layers.eca import EcaModule
 from timm.layers.squeeze_excite import EffectiveSEModule
 from timm.layers.squeeze_excite import SEModule as TimmSEModule
@@ -49,7 +49,7 @@ CASES = {
 # The backward launcher of each excitation form, as the ops call it: fused_se.kernels.<name>.
 BACKWARD_LAUNCHERS = {"mlp": "excite_bwd", "fc": "excite_fc_bwd", "conv": "excite_conv_bwd"}
 
-BWD_LAUNCHES = {form: ["scale_bwd", f"{kernel}_bwd", "squeeze_scale_bwd"] for form, kernel in FORM_KERNELS.items()}
+BWD_LAUNCHES = {form: ["scale_bwd", *excite_bwd_launches(form, SHAPE[0]), "squeeze_scale_bwd"] for form in FORM_KERNELS}
 
 
 def fwd_launches(form: str) -> list[str]:

@@ -198,7 +198,7 @@ def test_cuda_graph_of_the_persistent_paths(path, monkeypatch):
     else:  # an L2 of four samples: a lag of 4 forward and 2 backward, below the batch of 6
         monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 49 * 4)
         monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.01)
-        expect = ["se_fwd_stream", "se_bwd_stream"]
+        expect = ["se_fwd_stream", "se_bwd_stream", "sum_partials"]  # chunks of one sample: six partials
     _capture_and_replay(*fused_block("se"), (6, 32, 7, 7), expect)
 
 

@@ -216,8 +216,9 @@ def test_three_pass_provider_holds_the_fused_block_to_three_launches(device, mon
     x = torch.randn(9, 32, 4, 4, device=device)
     monkeypatch.setenv("FUSED_SE_L2_BYTES", str(hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 4))
     monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.1)
+    STREAM_BWD = ["se_bwd_stream", "sum_partials"]  # chunks of one sample: their partials added up
     expect = {
-        "fused": {"fwd": ["se_fwd_stream"], "bwd": ["se_bwd_stream"], "fwd+bwd": ["se_fwd_stream", "se_bwd_stream"]},
+        "fused": {"fwd": ["se_fwd_stream"], "bwd": STREAM_BWD, "fwd+bwd": ["se_fwd_stream", *STREAM_BWD]},
         "fused-3pass": {"fwd": FORWARD_KERNELS, "bwd": BACKWARD_KERNELS, "fwd+bwd": FORWARD_KERNELS + BACKWARD_KERNELS},
     }
     label = {"fused": "triton stream", "fused-3pass": "triton three_launch"}

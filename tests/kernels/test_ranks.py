@@ -33,7 +33,7 @@ FORWARD = {
     "spread": ["se_fwd_spread"],
     "stream": ["se_fwd_stream"],
 }
-BACKWARD = {"stream": ["se_bwd_stream"]}
+BACKWARD = {"stream": ["se_bwd_stream", "sum_partials"]}
 
 
 def make_x(shape, dtype, device, layout):

@@ -160,6 +160,34 @@ def test_a_persistent_path_is_replayed_with_its_workspace_zeroed_again(plans, de
     assert all(o is None or o >= laid.zeroed_bytes for j, o in enumerate(laid.offsets) if j not in zeroed)
 
 
+def test_the_streamed_passes_replay_with_their_partial_sums_launched(plans, device, monkeypatch):
+    """Where the wait checks read nothing (a GPU's default), the streamed forward and backward
+    are replayed: the backward's weight-gradient partials of several chunks are added up by a
+    launch (sum_partials), not by torch ops, so a second call redoes the first's launches
+    without planning and gives its bits."""
+    from fused_se.kernels import heuristics as hz
+    from fused_se.kernels import stream as stream_kernels
+
+    monkeypatch.setattr(stream_kernels, "check_waits", lambda *args: None)
+    for name, value in (("STREAM_BLOCK_TILE", 64), ("STREAM_TILE", 64), ("MAX_BLOCK_HW_STREAM", 32)):
+        monkeypatch.setattr(hz, name, value)  # small tiles: several tickets a sample
+    m = fused_se.FusedSEModule(24, rd_channels=6).to(device)
+    x = torch.randn(8, 24, 4, 5, device=device).to(memory_format=torch.channels_last).requires_grad_()
+    # an L2 that holds four samples between a sample's two passes, chunks of one sample
+    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * x[0].numel() * 4)
+    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 1.0)
+    g = torch.randn_like(x)
+    with kernels.force_paths("stream"), record_launches() as names:
+        first = _fwd_bwd(m, x, g)
+        second = _fwd_bwd(m, x, g)
+    assert names == ["se_fwd_stream", "se_bwd_stream", "sum_partials"] * 2
+    assert plans == ["forward", "backward"]  # the second call planned nothing
+    progs = _programs()
+    assert len(progs) == 2 and replay.NOT_REPLAYABLE not in progs
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 def test_replay_can_be_turned_off(plans, device, monkeypatch):
     monkeypatch.setattr(replay, "ENABLED", False)
     m = fused_se.FusedSEModule(16, 4).to(device)

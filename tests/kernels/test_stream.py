@@ -33,7 +33,7 @@ from fused_se import kernels, reference
 from fused_se.kernels import INTERPRETED, plan_backward, plan_forward
 from fused_se.kernels import heuristics as hz
 
-FWD, BWD = ["se_fwd_stream"], ["se_bwd_stream"]
+FWD, BWD = ["se_fwd_stream"], ["se_bwd_stream", "sum_partials"]
 VARIANTS = [
     ("relu", "sigmoid", True),
     ("silu", "hard_sigmoid", False),

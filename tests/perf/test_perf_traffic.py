@@ -87,19 +87,25 @@ def _stream_case(layout, model_l2_factor):
     sample = SHAPE.c * SHAPE.h * SHAPE.w * 4
     trace, n = _trace("fused", layout, batch=24, l2=16 * sample)
     assert [e.name for e in trace.select("fwd") if e.kind == "triton"] == ["_se_fwd_stream_kernel"]
-    assert [e.name for e in trace.select("bwd") if e.kind == "triton"] == ["_se_bwd_stream_kernel"]
+    # the backward's second launch adds up the chunks' weight-gradient partials
+    assert [e.name for e in trace.select("bwd") if e.kind == "triton"] == [
+        "_se_bwd_stream_kernel",
+        "_sum_partials_kernel",
+    ]
     out = {}
     for phase in ("fwd", "bwd"):
-        events = trace.select(phase)
-        (kernel,) = (e for e in events if e.kind == "triton")
-        out[phase] = (kernel.requested / n, replay([kernel.accesses], model_l2_factor * 16 * sample).dram_bytes / n)
+        kernels = [e for e in trace.select(phase) if e.kind == "triton"]
+        dram = replay([e.accesses for e in kernels], model_l2_factor * 16 * sample).dram_bytes
+        out[phase] = (sum(e.requested for e in kernels) / n, dram / n)
     return out
 
 
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_streamed_passes_at_their_floor(layout):
-    """Requested: x twice and y (3N) forward; dy twice, x and dx (4N) backward. Modeled DRAM with
-    the L2 the paths were planned for: the 2N / 3N floor (measured 2.02N and 3.07N), the window
+    """Requested: x twice and y (3N) forward; dy twice, x and dx (4N) backward, and the weight
+    gradients' partials read again by the launch that adds them up. Modeled DRAM with the L2 the
+    paths were planned for: the 2N / 3N floor (measured 2.02N and 3.11N, 3.07N without the partials'
+    second read), the window
     between a sample's two passes leaving room in L2 for the outputs written in it (with half of
     L2 for the first passes' reads, it was 2.86N and 3.83N); with twice that L2, the same."""
     same = _stream_case(layout, 1)
