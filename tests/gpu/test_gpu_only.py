@@ -335,6 +335,43 @@ def test_the_spread_forward_replays_directly_with_its_workspace_zeroed_again(mon
 
 
 @cuda
+def test_the_streamed_passes_replay_directly(monkeypatch):
+    """With the wait checks off (a GPU's default), the streamed forward and backward replay: the
+    backward's weight-gradient partials are added up by a launch, not by torch ops, so calls 2 to
+    5 give the first call's bits with the planner and triton's JIT not run."""
+    from fused_se import kernels
+    from fused_se.kernels import heuristics as hz
+
+    monkeypatch.delenv("FUSED_SE_CHECK_WAITS", raising=False)
+    # an L2 of four samples: a lag of 4 forward and 2 backward, below the batch of 6
+    monkeypatch.setattr(hz, "l2_bytes", lambda device: hz.STREAM_L2_FRACTION * 4 * 32 * 49 * 4)
+    monkeypatch.setattr(hz, "STREAM_WEIGHT_RATIO", 0.01)
+    m = fused_se.FusedSEModule(32, rd_channels=8).cuda()
+    x = torch.randn(6, 32, 7, 7, device="cuda", requires_grad=True)
+    g = torch.randn_like(x)
+
+    def step():
+        y = m(x)
+        return [y, *torch.autograd.grad(y, [x, *m.parameters()], g)]
+
+    with kernels.force_paths("stream"):
+        with record_launches() as launched:
+            first = step()
+        assert launched == ["se_fwd_stream", "se_bwd_stream", "sum_partials"], launched
+        plans = []
+        with monkeypatch.context() as mp:
+            mp.setattr(kernels, "plan_forward", lambda *a: plans.append(a))
+            mp.setattr(kernels, "plan_backward", lambda *a: plans.append(a))
+            jit_runs = _count_jit_runs(mp)
+            later = [step() for _ in range(4)]
+            torch.cuda.synchronize()
+    assert plans == [] and jit_runs == []
+    for outs in later:
+        for a, b in zip(outs, first):
+            assert torch.equal(a, b)
+
+
+@cuda
 def test_cached_launches_tell_misaligned_tensors_apart(monkeypatch):
     """x one element past a 16-byte boundary compiles (and caches) its own kernels: the aligned
     x's kernels assume aligned addresses and would load the wrong elements, or fault."""
