@@ -165,11 +165,11 @@ def make_variant_params(form: str, c: int, hidden: int, k: int, bias: bool, devi
 FORM_KERNELS = {"mlp": "excite", "fc": "excite_fc", "conv": "excite_conv"}
 
 
-def excite_bwd_launches(form: str, batch: int) -> list[str]:
+def excite_bwd_launches(form: str, batch: int, weight_grads: bool = True) -> list[str]:
     """The excitation backward's launches: the conv form's programs each take a few samples (one
     at these tests' batches) and write partials of dw and db, which one more launch adds up."""
     kernel = FORM_KERNELS[form] + "_bwd"
-    return [kernel, "sum_partials"] if form == "conv" and batch > 1 else [kernel]
+    return [kernel, "sum_partials"] if form == "conv" and batch > 1 and weight_grads else [kernel]
 
 
 def run_variant(impl, x: torch.Tensor, form: str, params: list, act: str, gate: str, circular: bool = False):
