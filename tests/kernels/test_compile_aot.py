@@ -202,14 +202,15 @@ def _exercise(launches):
                 y, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate)
                 assert launches[-1][0].__name__ == "_se_fwd_stream_kernel"
                 ops.squeeze_excite_backward(y, x, z, s, a, w1, b1, w2, b2, act, gate, *grads)
-                assert launches[-1][0].__name__ == "_se_bwd_stream_kernel"
+                # then the launch that adds up the chunks' weight-gradient partials
+                assert [k.__name__ for k, *_ in launches[-2:]] == ["_se_bwd_stream_kernel", "_sum_partials_kernel"]
                 residual, d = torch.randn_like(x), torch.rand(12, dtype=dtype)
                 y, z, s, a = ops.squeeze_excite(x, w1, b1, w2, b2, act, gate, residual, d, "relu")
                 for need_dres in (True, False):
                     ops.squeeze_excite_backward(
                         y, x, z, s, a, w1, b1, w2, b2, act, gate, *grads, need_dres, d, y
                     )  # fmt: skip
-                    assert launches[-1][0].__name__ == "_se_bwd_stream_kernel"
+                    assert [k.__name__ for k, *_ in launches[-2:]] == ["_se_bwd_stream_kernel", "_sum_partials_kernel"]
     for b, chunk in ((40, 16), (200, 64)):
         x = torch.randn(b, 65, 7, 7, dtype=torch.bfloat16).to(memory_format=torch.channels_last)
         w1, w2 = torch.randn(4, 65), torch.randn(65, 4)
@@ -220,7 +221,10 @@ def _exercise(launches):
         hz.STREAM_WEIGHT_RATIO *= 2  # the backward's samples are twice the bytes (g and x)
         stream_l2(x, 4 * chunk)
         ops.squeeze_excite_backward(y, x, z, s, a, w1, None, w2, None, "relu", "sigmoid", *grads)
-        assert launches[-1][0].__name__ == "_se_bwd_stream_kernel" and launches[-1][2]["EX_BLOCK_B"] == chunk
+        assert [k.__name__ for k, *_ in launches[-2:]] == [
+            "_se_bwd_stream_kernel",
+            "_sum_partials_kernel",
+        ] and launches[-2][2]["EX_BLOCK_B"] == chunk
     hz.l2_bytes = lambda device: hz.DEFAULT_L2_BYTES
 
     # The residual tail in the scale pass (shortcut, drop-path's factor, ReLU) and its backward
