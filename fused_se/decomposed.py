@@ -139,9 +139,7 @@ def _gate(a: Tensor, gate: str) -> Tensor:
 def _gate_outputs(a: Tensor, gate: str) -> tuple[Tensor, Tensor]:
     """(s, a kept for the backward or an empty placeholder), as the kernels return them. a is a
     new tensor of the caller's: the sigmoid, whose backward needs s alone, overwrites it."""
-    if gate == "sigmoid":
-        return a.sigmoid_(), a.new_empty(0)
-    return F.hardsigmoid(a), a
+    return _gate(a, gate), (a.new_empty(0) if gate == "sigmoid" else a)
 
 
 def _gate_bwd(ds: Tensor, s: Tensor, a: Tensor, gate: str) -> Tensor:

@@ -375,12 +375,19 @@ def _sum_partials_kernel(
 SUM_PARTIALS_BLOCK = 1024
 
 
-def sum_partials(*parts: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
-    """Each (P, ...) tensor of partials (the same P, dtype and device; None stays None) summed
-    over its first axis, in order, into a new (...) tensor: one launch for up to four of them,
-    so that a body that ends in these sums still replays (kernels.replay)."""
+def partials(p: int, *shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A buffer for p programs' partials of a (*shape) result: (p, *shape), or the (*shape)
+    result itself where one program writes it (nothing to sum: see sum_partials)."""
+    return empty(*((p,) if p > 1 else ()), *shape, dtype=dtype, device=device)
+
+
+def sum_partials(p: int, *parts: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
+    """Each tensor of p programs' partials (from `partials`; None stays None) summed over its
+    first axis, in order, into a new tensor: one launch for up to four of them, so that a body
+    that ends in these sums still replays (kernels.replay). With one program, the results as
+    they are."""
     present = [t for t in parts if t is not None]
-    if not present:
+    if p <= 1 or not present:
         return parts
     assert len(parts) <= 4 and all(t.is_contiguous() and t.shape[0] == present[0].shape[0] for t in present)
     outs = tuple(None if t is None else empty(*t.shape[1:], dtype=t.dtype, device=t.device) for t in parts)

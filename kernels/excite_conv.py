@@ -26,6 +26,7 @@ from .common import (
     gate_fwd,
     keeps_gate_input,
     launch,
+    partials,
     record,
     sum_partials,
     sum_splits,
@@ -193,9 +194,8 @@ def excite_conv_bwd(
     p = hz.cdiv(nb, cfg.block_b)
     dt, dev = dssum.dtype, dssum.device
     dz = empty(nb, c, dtype=dt, device=dev) if need_dz else None
-    lead = (p,) if p > 1 else ()  # one program writes the gradients themselves: nothing to sum
-    dw = empty(*lead, k, dtype=dt, device=dev) if need_dw else None
-    db = empty(*lead, 1, dtype=dt, device=dev) if need_db else None
+    dw = partials(p, k, dtype=dt, device=dev) if need_dw else None
+    db = partials(p, 1, dtype=dt, device=dev) if need_db else None
     record("excite_conv_bwd")
     if p > 0 and any(need):
         launch(_excite_conv_bwd_kernel, (p,))(
@@ -226,4 +226,4 @@ def excite_conv_bwd(
     if p == 0:  # an empty batch: the weight gradients are sums over nothing
         dw = None if dw is None else torch.zeros(k, dtype=dt, device=dev)
         db = None if db is None else torch.zeros(1, dtype=dt, device=dev)
-    return (dz, *sum_partials(dw, db)) if p > 1 else (dz, dw, db)
+    return (dz, *sum_partials(p, dw, db))

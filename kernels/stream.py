@@ -23,6 +23,7 @@ from .common import (
     keeps_gate_input,
     launch,
     mlp_forward,
+    partials,
     record,
     strides_of,
     sum_partials,
@@ -334,11 +335,10 @@ def se_bwd_stream(
     num_chunks = hz.cdiv(b, cfg.chunk)
     dssum = empty(cfg.hw_tiles, b, c, dtype=dt, device=dev)
     dz = empty(b, c, dtype=dt, device=dev)
-    lead = (num_chunks,) if num_chunks > 1 else ()  # one chunk writes the gradients themselves
-    dw1 = empty(*lead, hidden, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = empty(*lead, hidden, dtype=dt, device=dev) if need_db1 else None
-    dw2 = empty(*lead, c, hidden, dtype=dt, device=dev) if need_dw2 else None
-    db2 = empty(*lead, c, dtype=dt, device=dev) if need_db2 else None
+    dw1 = partials(num_chunks, hidden, c, dtype=dt, device=dev) if need_dw1 else None
+    db1 = partials(num_chunks, hidden, dtype=dt, device=dev) if need_db1 else None
+    dw2 = partials(num_chunks, c, hidden, dtype=dt, device=dev) if need_dw2 else None
+    db2 = partials(num_chunks, c, dtype=dt, device=dev) if need_db2 else None
     dr = empty_like(g) if store_g else None
     dx = empty_like(x)
     ws = workspace(num_chunks, num_chunks, dev)
@@ -405,4 +405,4 @@ def se_bwd_stream(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_bwd_stream", x.shape)
-    return (dx, dr, *sum_partials(dw1, db1, dw2, db2)) if num_chunks > 1 else (dx, dr, dw1, db1, dw2, db2)
+    return (dx, dr, *sum_partials(num_chunks, dw1, db1, dw2, db2))

@@ -104,10 +104,10 @@ def _stream_case(layout, model_l2_factor):
 def test_streamed_passes_at_their_floor(layout):
     """Requested: x twice and y (3N) forward; dy twice, x and dx (4N) backward, and the weight
     gradients' partials read again by the launch that adds them up. Modeled DRAM with the L2 the
-    paths were planned for: the 2N / 3N floor (measured 2.02N and 3.11N, 3.07N without the partials'
-    second read), the window
-    between a sample's two passes leaving room in L2 for the outputs written in it (with half of
-    L2 for the first passes' reads, it was 2.86N and 3.83N); with twice that L2, the same."""
+    paths were planned for: the 2N / 3N floor (measured 2.02N and 3.11N, 3.07N without the
+    partials' second read), the window between a sample's two passes leaving room in L2 for the
+    outputs written in it (with half of L2 for the first passes' reads, it was 2.86N and 3.83N);
+    with twice that L2, the same."""
     same = _stream_case(layout, 1)
     req_f, dram_f = same["fwd"]
     req_b, dram_b = same["bwd"]
