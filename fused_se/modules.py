@@ -134,8 +134,9 @@ class FusedSEModule(nn.Module):
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
         """The functional op of this block's form, with every argument positional, and its
         arguments between x and the tail (parameters, options)."""
-        # the layers by position without Sequential's indexing (a per-call cost on small inputs)
-        fc1, _, fc2, _ = self.fc._modules.values()
+        # the layers by position, without Module.__getattr__ or Sequential's indexing (each a
+        # per-call cost on small inputs); a submodule always lives in _modules
+        fc1, _, fc2, _ = self._modules["fc"]._modules.values()
         return _squeeze_excite, (*_weight_and_bias(fc1), *_weight_and_bias(fc2), self.act, self.gate)
 
     def forward(

@@ -42,9 +42,9 @@ def _impl(x: Tensor):
     and torch.export (which run this body on fake tensors) trace the twins on the CPU.
     The device is a static fact under tracing, so the traced branch is the one that runs.
     """
-    if x.device.type == "cuda":
+    if x.is_cuda:
         return kernels
-    if x.device.type == "cpu" and _dispatch.interpreter_enabled() and not is_fake(x):
+    if x.is_cpu and _dispatch.interpreter_enabled() and not is_fake(x):
         return kernels
     return decomposed
 
@@ -458,7 +458,7 @@ def _on_real_tensors(body):
 
 def _launches_kernels(args: tuple) -> bool:
     """Whether a body called with these arguments launches the kernels (`_impl`, on real tensors)."""
-    return _dispatch.kernels_run_on(args[0].device)
+    return _dispatch.kernels_run_for(args[0])
 
 
 def _backward_op(ctx, op):

@@ -9,11 +9,12 @@ and the tests cover each side of each one.
 from __future__ import annotations
 
 import functools
-import os
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
+
+from .._env import getenv
 
 # Elements of x one program of a streaming pass (squeeze, scale) holds at a time.
 REDUCE_TILE = 2048
@@ -176,7 +177,7 @@ def _l2_override(text: str) -> int:
 
 def l2_bytes(device: torch.device) -> int:
     """The L2 size the paths are chosen for: FUSED_SE_L2_BYTES if set, else the card's."""
-    override = os.environ.get(L2_ENV)
+    override = getenv(L2_ENV)
     if override:
         return _l2_override(override)
     if device.type == "cuda":

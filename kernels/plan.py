@@ -23,7 +23,6 @@ force_paths("stream")) still plans them where they apply.
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from typing import Optional, Union
 
 import torch
 
+from .._env import getenv
 from . import heuristics as hz
 from .common import bchw_strides, is_channels_last
 
@@ -75,7 +75,7 @@ def enabled_paths() -> frozenset[str]:
     """The paths the planner may choose: force_paths' innermost block, else FUSED_SE_PATHS, else AUTO_PATHS."""
     if _forced:
         return _forced[-1]
-    return _paths_from_env(os.environ.get(PATHS_ENV, ""))
+    return _paths_from_env(getenv(PATHS_ENV) or "")
 
 
 @contextmanager

@@ -37,16 +37,16 @@ replays off (read at import).
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Optional
 
 import torch
 
+from .._env import getenv
 from . import common, plan, sync
 from . import heuristics as hz
 
 ENV = "FUSED_SE_REPLAY"
-ENABLED = os.environ.get(ENV, "1") != "0"
+ENABLED = getenv(ENV) != "0"
 
 # Bytes between the scratch buffers of a direct replay (and their alignment): past the 16 bytes
 # triton specialises a pointer on, as the caching allocator's own blocks are.
@@ -72,8 +72,8 @@ def signature(args: tuple) -> tuple:
     the planner's settings."""
     parts = [
         plan.enabled_paths(),
-        os.environ.get(hz.L2_ENV),
-        os.environ.get(sync.CHECK_ENV),
+        getenv(hz.L2_ENV),
+        getenv(sync.CHECK_ENV),
         common.POISON_OUTPUTS,
     ]
     for a in args:

@@ -17,13 +17,12 @@ The ordering proof is in docs/DESIGN.md.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch._subclasses.fake_tensor import is_fake
 
+from .._env import getenv
 from . import common
 from . import heuristics as hz
 from .common import INTERPRETED
@@ -112,7 +111,7 @@ def check_waits(ws: torch.Tensor, tickets: int, programs: int, kernel: str, shap
     """Raises where a wait gave up (or, in the interpreter, was satisfied only by luck), or where a
     ticket went untaken. Free in the interpreter (CPU tensors); on a GPU it synchronises, so it runs
     only when FUSED_SE_CHECK_WAITS=1."""
-    if not INTERPRETED and os.environ.get(CHECK_ENV, "") != "1":
+    if not INTERPRETED and getenv(CHECK_ENV) != "1":
         return
     if is_fake(ws) or torch.compiler.is_compiling() or (ws.is_cuda and torch.cuda.is_current_stream_capturing()):
         return  # nothing to read while tracing or capturing a CUDA graph: each replay's count stays in ws

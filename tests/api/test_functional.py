@@ -133,6 +133,30 @@ def test_unknown_backend_name(monkeypatch):
         fused_se.squeeze_excite(*_args("cpu"))
 
 
+def test_switches_are_read_as_os_environ_holds_them(monkeypatch):
+    """The switches' reads (fused_se._env.getenv, which skips os.environ's KeyError) see every
+    change made through os.environ, as os.environ.get does, and follow a replaced os.environ."""
+    from unittest import mock
+
+    from fused_se._env import getenv
+
+    name = "FUSED_SE_TEST_SWITCH"
+    monkeypatch.delenv(name, raising=False)
+    assert getenv(name) is None
+    monkeypatch.setenv(name, "reference")
+    assert getenv(name) == "reference" == os.environ.get(name)
+    os.environ[name] = "tr\u00efton"  # decoded as os.environ decodes it
+    assert getenv(name) == "tr\u00efton"
+    with mock.patch.dict(os.environ, {name: "auto"}):
+        assert getenv(name) == "auto"
+    assert getenv(name) == "tr\u00efton"
+    del os.environ[name]
+    assert getenv(name) is None
+    monkeypatch.setattr(os, "environ", {name: "replaced"})
+    assert getenv(name) == "replaced"
+    assert getenv("FUSED_SE_BACKEND") is None
+
+
 # ---- the module as a drop-in ------------------------------------------------------------------
 
 
