@@ -200,6 +200,17 @@ def _pre_gate(z: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optio
         return F.linear(_act_(h, act), as_dtype(w2, dt), _opt(b2, dt))
 
 
+def _pre_gate_kept(
+    z: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str
+) -> tuple[Tensor, Tensor]:
+    """(a, h): _pre_gate's a, and the hidden layer's pre-activation h = W1 z + b1 kept for the
+    backward (the activation out of place)."""
+    dt = z.dtype
+    with _exact(z):
+        h = F.linear(z, as_dtype(w1, dt), _opt(b1, dt))
+        return F.linear(_act(h, act), as_dtype(w2, dt), _opt(b2, dt)), h
+
+
 def _mlp(
     z: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optional[Tensor], act: str, gate: str
 ) -> tuple[Tensor, Tensor]:
@@ -225,6 +236,28 @@ def squeeze_excite_fwd(
     z = _hw_mean(x)
     s, a = _mlp(z, w1, b1, w2, b2, act, gate)
     return scale_fwd(x, s, d, residual, relu), z, s, a
+
+
+def squeeze_excite_fwd_kept(
+    x: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    act: str,
+    gate: str,
+    d: Optional[Tensor] = None,
+    residual: Optional[Tensor] = None,
+    relu: bool = False,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """squeeze_excite_fwd's (y, z, s, a), the same bits, and the hidden layer's pre-activation h
+    (B, hidden), which squeeze_excite_bwd then takes instead of recomputing it: on the CPU that
+    product reads all of W1 again, a weight-sized pass as long as the rest of a small batch's
+    backward passes over x."""
+    z = _hw_mean(x)
+    a, h = _pre_gate_kept(z, w1, b1, w2, b2, act)
+    s, a = _gate_outputs(a, gate)
+    return scale_fwd(x, s, d, residual, relu), z, s, a, h
 
 
 def squeeze_excite_y(
@@ -281,14 +314,17 @@ def _mlp_bwd(
     need: tuple[bool, bool, bool, bool, bool],
     act: str,
     gate: str,
+    h: Optional[Tensor] = None,
 ) -> tuple[Optional[Tensor], ...]:
-    """(dz, dw1, db1, dw2, db2) of the two FCs from ds, the gradient of s."""
+    """(dz, dw1, db1, dw2, db2) of the two FCs from ds, the gradient of s; h, the hidden layer's
+    pre-activation, recomputed where the forward did not keep it."""
     need_dz, need_dw1, need_db1, need_dw2, need_db2 = need
     dt = z.dtype
     w1_in, w2_in = w1, w2
     with _exact(z):
         w1, w2 = as_dtype(w1, dt), as_dtype(w2, dt)
-        h = F.linear(z, w1, _opt(b1, dt))  # recomputed: (B, hidden) is cheaper to redo than to keep
+        if h is None:
+            h = F.linear(z, w1, _opt(b1, dt))
         da = _gate_bwd(ds, s, a, gate)
         dw2 = da.t() @ _act(h, act) if need_dw2 else None
         db2 = da.sum(0) if need_db2 else None
@@ -317,12 +353,14 @@ def squeeze_excite_bwd(
     d: Optional[Tensor] = None,
     out: Optional[Tensor] = None,
     store_g: bool = False,
+    h: Optional[Tensor] = None,
 ) -> tuple[Optional[Tensor], ...]:
     """The two-FC block's backward in one call: (dx, dw1, db1, dw2, db2, the masked g) as
     scale_bwd, excite_bwd and squeeze_scale_bwd give them (None where not asked, the masked g only
-    with store_g), with dx's two terms in one op (one pass over g, where the add would take two)."""
+    with store_g), with dx's two terms in one op (one pass over g, where the add would take two).
+    h: the hidden pre-activation squeeze_excite_fwd_kept kept, or None to recompute it."""
     g = grad_y if out is None else torch.ops.aten.threshold_backward(grad_y, out, 0)
-    dz, dw1, db1, dw2, db2 = _mlp_bwd(_gate_grad(g, x, d), z, s, a, w1, b1, w2, need, act, gate)
+    dz, dw1, db1, dw2, db2 = _mlp_bwd(_gate_grad(g, x, d), z, s, a, w1, b1, w2, need, act, gate, h)
     dx = None
     if need[0]:
         if d is not None:

@@ -190,9 +190,12 @@ def _squeeze_excite_backward(
     need_dres: bool = False,
     sample_scale: Optional[Tensor] = None,
     out: Optional[Tensor] = None,
+    h: Optional[Tensor] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(dx, dW1, db1, dW2, db2, dresidual); a gradient that was not asked for comes back empty,
-    and so does dresidual without a ReLU epilogue (out None: it is dy itself)."""
+    and so does dresidual without a ReLU epilogue (out None: it is dy itself). h: the hidden
+    layer's pre-activation where the CPU kernel's forward kept it (plain calls), else None: the
+    backward recomputes it (the kernels always do, on chip)."""
     grad_y = _dense_grad(grad_y)
     need_db1 = need_db1 and b1 is not None
     need_db2 = need_db2 and b2 is not None
@@ -200,7 +203,7 @@ def _squeeze_excite_backward(
     need = (need_dx, need_dw1, need_db1, need_dw2, need_db2)
     if _impl(x) is decomposed:  # the CPU kernel: the three steps in one call, in the fewest ops
         dx, dw1, db1, dw2, db2, dres = decomposed.squeeze_excite_bwd(
-            grad_y, x, z, s, a, w1, b1, w2, act, gate, need, _sample_factor(sample_scale, x), out, store_g
+            grad_y, x, z, s, a, w1, b1, w2, act, gate, need, _sample_factor(sample_scale, x), out, store_g, h
         )
         return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
     plan = kernels.plan_backward(grad_y, x, w1.shape[0], out, store_g, need_dx)
@@ -225,6 +228,7 @@ def _setup_context(ctx, inputs, output) -> None:
     y, z, s, a = output
     ctx.save_for_backward(x, w1, b1, w2, b2, z, s, a, *_save_epilogue(ctx, sample_scale, out_act, y))
     ctx.act, ctx.gate = act, gate
+    ctx.hidden = None  # the plain call's CPU kernel keeps it (_plain_function)
 
 
 def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
@@ -233,7 +237,7 @@ def _backward(ctx, grad_y, grad_z, grad_s, grad_a):
     x, w1, b1, w2, b2, z, s, a, sample_scale, out = ctx.saved_tensors
     need, need_res = ctx.needs_input_grad[:5], _needs_grad(ctx, 7)
     *grads, dres = _backward_op(ctx, squeeze_excite_backward)(
-        grad_y, x, z, s, a, w1, b1, w2, b2, ctx.act, ctx.gate, *need, need_res, sample_scale, out
+        grad_y, x, z, s, a, w1, b1, w2, b2, ctx.act, ctx.gate, *need, need_res, sample_scale, out, ctx.hidden
     )
     grads = [g if n else None for g, n in zip(grads, need)]
     return (*grads, None, None, _residual_grad(ctx, grad_y, dres, need_res), None, None)
@@ -485,16 +489,24 @@ _PLAIN_BACKWARDS = {
 }
 
 
-def _plain_function(name: str, body, setup_context, backward, cpu_y=None) -> tuple:
+def _plain_function(name: str, body, setup_context, backward, cpu_y=None, cpu_kept=None) -> tuple:
     """An autograd.Function running a forward op's body, its setup_context and its backward, and
     y alone (for calls that need no gradient; cpu_y on the CPU twins where given). The body is
-    replayed per signature (kernels.replay)."""
+    replayed per signature (kernels.replay). On the CPU twins, cpu_kept where given runs instead
+    of the body: the body's outputs and one more, which the backward takes as ctx.hidden (an
+    intermediate with no autograd history: kept on ctx, it makes no reference cycle)."""
     # a replay binds nothing, and the CPU kernel (elsewhere) launches nothing: no wrapping to turn off
     body = replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
 
     def forward(ctx, *args):
-        out = body(*args)
-        setup_context(ctx, args, out)
+        if cpu_kept is not None and _impl(args[0]) is decomposed:
+            *out, kept = cpu_kept(*args)
+            out = tuple(out)
+            setup_context(ctx, args, out)
+            ctx.hidden = kept
+        else:
+            out = body(*args)
+            setup_context(ctx, args, out)
         ctx.plain = True
         return out
 
@@ -530,8 +542,26 @@ def _squeeze_excite_y(
     return decomposed.squeeze_excite_y(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
 
 
+def _squeeze_excite_kept(
+    x: Tensor,
+    w1: Tensor,
+    b1: Optional[Tensor],
+    w2: Tensor,
+    b2: Optional[Tensor],
+    act: str,
+    gate: str,
+    residual: Optional[Tensor] = None,
+    sample_scale: Optional[Tensor] = None,
+    out_act: str = "identity",
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    d = _sample_factor(sample_scale, x)
+    return decomposed.squeeze_excite_fwd_kept(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
+
+
 _PLAIN = {
-    squeeze_excite: _plain_function("SqueezeExcite", _squeeze_excite, _setup_context, _backward, _squeeze_excite_y),
+    squeeze_excite: _plain_function(
+        "SqueezeExcite", _squeeze_excite, _setup_context, _backward, _squeeze_excite_y, _squeeze_excite_kept
+    ),
     effective_squeeze_excite: _plain_function(
         "EffectiveSqueezeExcite", _effective_squeeze_excite, _setup_context_fc, _backward_fc
     ),

@@ -182,10 +182,10 @@ def test_decomposed_two_fc_block_runs_in_one_call_each_way(tail, decomposed, mon
                                        sample_scale=d)  # fmt: skip
 
     calls = []
-    for name in ("squeeze_excite_fwd", "squeeze_excite_bwd"):
+    for name in ("squeeze_excite_fwd", "squeeze_excite_fwd_kept", "squeeze_excite_bwd"):
         monkeypatch.setattr(twins, name, (lambda f, n: lambda *a: calls.append(n) or f(*a))(getattr(twins, name), name))
     ours = _run(run, x, params, g)
-    assert calls == ["squeeze_excite_fwd", "squeeze_excite_bwd"]
+    assert calls == ["squeeze_excite_fwd_kept", "squeeze_excite_bwd"]
 
     # the three steps, as the ops ran them before: squeeze, excitation, scale; and back
     w1, b1, w2, b2 = params
@@ -212,7 +212,7 @@ def test_decomposed_inference_computes_y_alone(layout, gate, dtype, decomposed, 
     x = make_input((b, c, h, w), dtype, decomposed, layout) * 2
     residual, d = torch.randn(b, c, h, w, dtype=dtype), torch.tensor([1.0, 0.0, 2.0])
     calls = []
-    for name in ("squeeze_excite_fwd", "squeeze_excite_y"):
+    for name in ("squeeze_excite_fwd_kept", "squeeze_excite_y"):
         monkeypatch.setattr(twins, name, (lambda f, n: lambda *a: calls.append(n) or f(*a))(getattr(twins, name), name))
     for tail in ({}, {"residual": residual, "out_act": "relu", "sample_scale": d}):
         del calls[:]
@@ -220,5 +220,43 @@ def test_decomposed_inference_computes_y_alone(layout, gate, dtype, decomposed, 
             y = fused_se.squeeze_excite(x, w1, b1, w2, b2, gate=gate, **tail)
         want = fused_se.squeeze_excite(x, w1.requires_grad_(), b1, w2, b2, gate=gate, **tail)
         w1.requires_grad_(False)
-        assert calls == ["squeeze_excite_y", "squeeze_excite_fwd"]
+        assert calls == ["squeeze_excite_y", "squeeze_excite_fwd_kept"]
         assert torch.equal(y, want) and y.dtype == want.dtype == x.dtype and y.stride() == want.stride()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize(("act", "gate"), [("relu", "sigmoid"), ("silu", "hard_sigmoid")])
+@pytest.mark.parametrize("tail", [False, True], ids=["plain", "relu-tail"])
+def test_decomposed_backward_takes_the_hidden_layer_its_forward_kept(tail, act, gate, dtype, decomposed, monkeypatch):
+    """A plain CPU call keeps the hidden layer's pre-activation for its backward, which then reads
+    W1 once (dz) instead of twice: no product recomputes it. The gradients are the bits of the op's
+    own backward, which recomputes it (the path torch.compile and export take)."""
+    from fused_se import decomposed as twins
+    from fused_se import ops
+
+    b, c, hw, hidden = 3, 24, 5, 5
+    w1, b1, w2, b2 = make_variant_params("mlp", c, hidden, 3, True, decomposed)
+    x = make_input((b, c, hw, hw), dtype, decomposed, "channels_last") * 2
+    residual = torch.randn_like(x) if tail else None
+    d = torch.tensor([1.0, 0.0, 2.0]) if tail else None
+    out_act = "relu" if tail else "identity"
+    g = torch.randn_like(x)
+    products = []
+    linear = twins.F.linear
+    monkeypatch.setattr(twins.F, "linear", lambda *a: products.append(a[1].shape) or linear(*a))
+    grads = {}
+    for how in ("plain", "op"):
+        xg, *leaves = (t.detach().clone().requires_grad_() for t in (x, w1, b1, w2, b2))
+        args = (xg, *leaves, act, gate, residual, d, out_act)
+        y = ops.run(ops.squeeze_excite, *args) if how == "plain" else ops.squeeze_excite(*args)[0]
+        kept = y.grad_fn.hidden
+        if how == "plain":
+            z = x.float().mean((2, 3))
+            assert kept is not None and torch.equal(kept, torch.nn.functional.linear(z, w1.float(), b1.float()))
+        else:
+            assert kept is None
+        del products[:]
+        grads[how] = torch.autograd.grad(y, [xg, *leaves], g)
+        assert products == ([] if how == "plain" else [w1.shape]), how
+    for got, want in zip(grads["plain"], grads["op"]):
+        assert torch.equal(got, want)
