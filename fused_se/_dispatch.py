@@ -43,7 +43,7 @@ def _tracing() -> bool:
     (and imports torch.onnx)."""
     return (
         torch.compiler.is_compiling()  # first: under dynamo the checks below could break the graph
-        or torch.jit.is_tracing()
+        or torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
         or torch._C._len_torch_dispatch_stack() > 0
         or torch._C._is_torch_function_mode_enabled()
     )
@@ -60,9 +60,12 @@ def backend_for(x: torch.Tensor) -> str:
     FUSED_SE_BACKEND=triton|reference forces one path; it is read on every call.
     """
     forced = getenv(BACKEND_ENV)
-    forced = "auto" if forced is None else (forced.strip().lower() or "auto")
-    if forced not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}; got {forced!r}")
+    if forced is None:  # the usual case: nothing to parse
+        forced = "auto"
+    else:
+        forced = forced.strip().lower() or "auto"
+        if forced not in BACKENDS:
+            raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}; got {forced!r}")
     if forced == "reference" or (_tracing() and torch.onnx.is_in_onnx_export()):
         return "reference"
     if kernels_run_for(x):

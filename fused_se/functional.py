@@ -85,31 +85,37 @@ def _vector_passes(t: Optional[torch.Tensor], n: int, device: torch.device) -> b
     return t is None or (
         isinstance(t, torch.Tensor)
         and t.dim() == 1
-        and t.dtype in _FLOAT_DTYPES
+        and t.dtype in _FLOAT_DTYPE_SET
         and t.shape[0] == n
         and t.device == device
     )
 
 
+# The fast pass's dtypes: a hashed lookup, not a walk of ==s (act and gate stay tuples: a
+# name may be anything, an unhashable value too, and the checks say what is wrong with it).
+_FLOAT_DTYPE_SET = frozenset(_FLOAT_DTYPES)
+
+
 def _inputs_pass(x, w1, b1, w2, b2, act, gate) -> bool:
     """Whether every check of check_inputs passes, in a few tests without a call each (they run
-    on every call); where this says no, the checks themselves run and say why."""
-    if not (isinstance(x, torch.Tensor) and isinstance(w1, torch.Tensor) and isinstance(w2, torch.Tensor)):
+    on every call); where this says no (an empty batch too), the checks themselves run and say why."""
+    tensor = torch.Tensor
+    if not (isinstance(x, tensor) and isinstance(w1, tensor) and isinstance(w2, tensor)):
         return False
-    if x.dim() not in RANKS or w1.dim() != 2 or w2.dim() != 2:
+    shape, wshape = x.shape, w1.shape
+    if len(shape) not in RANKS or len(wshape) != 2:
         return False
-    if x.dtype not in _FLOAT_DTYPES or w1.dtype not in _FLOAT_DTYPES or w2.dtype not in _FLOAT_DTYPES:
+    if x.dtype not in _FLOAT_DTYPE_SET or w1.dtype not in _FLOAT_DTYPE_SET or w2.dtype not in _FLOAT_DTYPE_SET:
         return False
-    shape = x.shape
-    r, c = w1.shape
-    if c != shape[1] or r == 0 or w2.shape != (c, r) or 0 in shape[2:]:
+    r, c = wshape
+    if c != shape[1] or r == 0 or w2.shape != (c, r) or 0 in shape:  # w2 2-D by its shape
         return False
     device = x.device
     return (
         w1.device == device
         and w2.device == device
-        and _vector_passes(b1, r, device)
-        and _vector_passes(b2, c, device)
+        and (b1 is None or _vector_passes(b1, r, device))
+        and (b2 is None or _vector_passes(b2, c, device))
         and act in reference.ACTIVATIONS
         and gate in reference.GATES
     )

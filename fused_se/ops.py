@@ -444,7 +444,7 @@ def plain_eager(args: tuple) -> bool:
     return not (
         kernels.common.tracing()
         or torch._C._is_torch_function_mode_enabled()
-        or torch.jit.is_tracing()
+        or torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
         or torch.overrides.has_torch_function(args)  # non-tensors have none
     )
 
