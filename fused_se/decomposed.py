@@ -229,31 +229,12 @@ def squeeze_excite_fwd(
     d: Optional[Tensor] = None,
     residual: Optional[Tensor] = None,
     relu: bool = False,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """The two-FC block's forward in one call: (y, z, s, a) as squeeze_fwd, excite_fwd and
-    scale_fwd give them, with no partial sums to add up. On the CPU each op costs microseconds of
-    dispatch at SE's small sizes, so the hot path takes the fewest."""
-    z = _hw_mean(x)
-    s, a = _mlp(z, w1, b1, w2, b2, act, gate)
-    return scale_fwd(x, s, d, residual, relu), z, s, a
-
-
-def squeeze_excite_fwd_kept(
-    x: Tensor,
-    w1: Tensor,
-    b1: Optional[Tensor],
-    w2: Tensor,
-    b2: Optional[Tensor],
-    act: str,
-    gate: str,
-    d: Optional[Tensor] = None,
-    residual: Optional[Tensor] = None,
-    relu: bool = False,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """squeeze_excite_fwd's (y, z, s, a), the same bits, and the hidden layer's pre-activation h
-    (B, hidden), which squeeze_excite_bwd then takes instead of recomputing it: on the CPU that
-    product reads all of W1 again, a weight-sized pass as long as the rest of a small batch's
-    backward passes over x."""
+    """The two-FC block's forward in one call: (y, z, s, a) as squeeze_fwd, excite_fwd and
+    scale_fwd give them, with no partial sums to add up, and the hidden layer's pre-activation h
+    (B, hidden), which squeeze_excite_bwd takes instead of recomputing it (on the CPU that product
+    reads all of W1 again). On the CPU each op costs microseconds of dispatch at SE's small sizes,
+    so the hot path takes the fewest."""
     z = _hw_mean(x)
     a, h = _pre_gate_kept(z, w1, b1, w2, b2, act)
     s, a = _gate_outputs(a, gate)
@@ -273,7 +254,7 @@ def squeeze_excite_y(
     relu: bool = False,
 ) -> Tensor:
     """squeeze_excite_fwd's y alone, the same bits, for a call that takes no gradient: nothing
-    is kept for a backward (the sigmoid's placeholder is an allocation of its own)."""
+    is kept for a backward (h, and the sigmoid's placeholder, each an allocation of its own)."""
     s = _gate(_pre_gate(_hw_mean(x), w1, b1, w2, b2, act), gate)
     return scale_fwd(x, s, d, residual, relu)
 
@@ -358,7 +339,7 @@ def squeeze_excite_bwd(
     """The two-FC block's backward in one call: (dx, dw1, db1, dw2, db2, the masked g) as
     scale_bwd, excite_bwd and squeeze_scale_bwd give them (None where not asked, the masked g only
     with store_g), with dx's two terms in one op (one pass over g, where the add would take two).
-    h: the hidden pre-activation squeeze_excite_fwd_kept kept, or None to recompute it."""
+    h: the hidden pre-activation squeeze_excite_fwd kept, or None to recompute it."""
     g = grad_y if out is None else torch.ops.aten.threshold_backward(grad_y, out, 0)
     dz, dw1, db1, dw2, db2 = _mlp_bwd(_gate_grad(g, x, d), z, s, a, w1, b1, w2, need, act, gate, h)
     dx = None

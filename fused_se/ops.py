@@ -156,7 +156,7 @@ def _squeeze_excite(
     """(y, z, s, a) for s = gate(W2 act(W1 z + b1) + b2)."""
     d = _sample_factor(sample_scale, x)
     if _impl(x) is decomposed:  # the CPU kernel: the three steps in one call, in the fewest ops
-        return decomposed.squeeze_excite_fwd(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
+        return decomposed.squeeze_excite_fwd(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")[:4]
     plan = kernels.plan_forward(x, w1.shape[0])
     if plan.path != "three_launch":
         return kernels.FORWARD_PATHS[plan.path](
@@ -526,41 +526,26 @@ def _y_alone(body, cpu_y=None):
     return run
 
 
-def _squeeze_excite_y(
-    x: Tensor,
-    w1: Tensor,
-    b1: Optional[Tensor],
-    w2: Tensor,
-    b2: Optional[Tensor],
-    act: str,
-    gate: str,
-    residual: Optional[Tensor] = None,
-    sample_scale: Optional[Tensor] = None,
-    out_act: str = "identity",
-) -> Tensor:
-    d = _sample_factor(sample_scale, x)
-    return decomposed.squeeze_excite_y(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
+def _on_cpu_kernel(name: str):
+    """The CPU kernel's two-FC function `name`, of (x, w1, b1, w2, b2, act, gate, d, residual,
+    relu), as a call with the op's arguments (..., residual, sample_scale, out_act); looked up on
+    each call, as the op's body looks up its own."""
 
+    def run(x, w1, b1, w2, b2, act, gate, residual=None, sample_scale=None, out_act="identity"):
+        d = _sample_factor(sample_scale, x)
+        return getattr(decomposed, name)(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
 
-def _squeeze_excite_kept(
-    x: Tensor,
-    w1: Tensor,
-    b1: Optional[Tensor],
-    w2: Tensor,
-    b2: Optional[Tensor],
-    act: str,
-    gate: str,
-    residual: Optional[Tensor] = None,
-    sample_scale: Optional[Tensor] = None,
-    out_act: str = "identity",
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    d = _sample_factor(sample_scale, x)
-    return decomposed.squeeze_excite_fwd_kept(x, w1, b1, w2, b2, act, gate, d, residual, out_act == "relu")
+    return run
 
 
 _PLAIN = {
     squeeze_excite: _plain_function(
-        "SqueezeExcite", _squeeze_excite, _setup_context, _backward, _squeeze_excite_y, _squeeze_excite_kept
+        "SqueezeExcite",
+        _squeeze_excite,
+        _setup_context,
+        _backward,
+        _on_cpu_kernel("squeeze_excite_y"),
+        _on_cpu_kernel("squeeze_excite_fwd"),
     ),
     effective_squeeze_excite: _plain_function(
         "EffectiveSqueezeExcite", _effective_squeeze_excite, _setup_context_fc, _backward_fc

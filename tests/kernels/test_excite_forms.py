@@ -182,10 +182,10 @@ def test_decomposed_two_fc_block_runs_in_one_call_each_way(tail, decomposed, mon
                                        sample_scale=d)  # fmt: skip
 
     calls = []
-    for name in ("squeeze_excite_fwd", "squeeze_excite_fwd_kept", "squeeze_excite_bwd"):
+    for name in ("squeeze_excite_fwd", "squeeze_excite_bwd"):
         monkeypatch.setattr(twins, name, (lambda f, n: lambda *a: calls.append(n) or f(*a))(getattr(twins, name), name))
     ours = _run(run, x, params, g)
-    assert calls == ["squeeze_excite_fwd_kept", "squeeze_excite_bwd"]
+    assert calls == ["squeeze_excite_fwd", "squeeze_excite_bwd"]
 
     # the three steps, as the ops ran them before: squeeze, excitation, scale; and back
     w1, b1, w2, b2 = params
@@ -212,7 +212,7 @@ def test_decomposed_inference_computes_y_alone(layout, gate, dtype, decomposed, 
     x = make_input((b, c, h, w), dtype, decomposed, layout) * 2
     residual, d = torch.randn(b, c, h, w, dtype=dtype), torch.tensor([1.0, 0.0, 2.0])
     calls = []
-    for name in ("squeeze_excite_fwd_kept", "squeeze_excite_y"):
+    for name in ("squeeze_excite_fwd", "squeeze_excite_y"):
         monkeypatch.setattr(twins, name, (lambda f, n: lambda *a: calls.append(n) or f(*a))(getattr(twins, name), name))
     for tail in ({}, {"residual": residual, "out_act": "relu", "sample_scale": d}):
         del calls[:]
@@ -220,7 +220,7 @@ def test_decomposed_inference_computes_y_alone(layout, gate, dtype, decomposed, 
             y = fused_se.squeeze_excite(x, w1, b1, w2, b2, gate=gate, **tail)
         want = fused_se.squeeze_excite(x, w1.requires_grad_(), b1, w2, b2, gate=gate, **tail)
         w1.requires_grad_(False)
-        assert calls == ["squeeze_excite_y", "squeeze_excite_fwd_kept"]
+        assert calls == ["squeeze_excite_y", "squeeze_excite_fwd"]
         assert torch.equal(y, want) and y.dtype == want.dtype == x.dtype and y.stride() == want.stride()
 
 
