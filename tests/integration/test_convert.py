@@ -28,7 +28,7 @@ MODELS = {
     "timm-efficientnet_b0": lambda: timm.create_model("efficientnet_b0"),
     "timm-mobilenetv3_small_100": lambda: timm.create_model("mobilenetv3_small_100"),
     "timm-regnety_002": lambda: timm.create_model("regnety_002"),
-    "timm-ese_vovnet19b_dw": lambda: timm.create_model("ese_vovnet19b_dw"),
+    "timm-ese_vovnet19b_slim_dw": lambda: timm.create_model("ese_vovnet19b_slim_dw"),
     "timm-ecaresnet26t": lambda: timm.create_model("ecaresnet26t"),
     "tv-mobilenet_v3_small": lambda: torchvision.models.mobilenet_v3_small(),
     "tv-efficientnet_b0": lambda: torchvision.models.efficientnet_b0(),
