@@ -499,14 +499,15 @@ def _plain_function(name: str, body, setup_context, backward, cpu_y=None, cpu_ke
     body = replayed(_on_real_tensors(body), _launches_kernels, elsewhere=body)
 
     def forward(ctx, *args):
+        kept = None
         if cpu_kept is not None and _impl(args[0]) is decomposed:
             *out, kept = cpu_kept(*args)
             out = tuple(out)
-            setup_context(ctx, args, out)
-            ctx.hidden = kept
         else:
             out = body(*args)
-            setup_context(ctx, args, out)
+        setup_context(ctx, args, out)
+        if kept is not None:
+            ctx.hidden = kept  # after setup_context, which leaves it None
         ctx.plain = True
         return out
 

@@ -392,15 +392,15 @@ def sum_partials(p: int, *parts: Optional[torch.Tensor]) -> tuple[Optional[torch
     present = [t for t in parts if t is not None]
     if p <= 1 or not present:
         return parts
-    assert len(parts) <= 4 and all(t.is_contiguous() and t.shape[0] == present[0].shape[0] for t in present)
+    assert len(parts) <= 4 and all(t.is_contiguous() and t.shape[0] == p for t in present)
     outs = tuple(None if t is None else empty(*t.shape[1:], dtype=t.dtype, device=t.device) for t in parts)
     pad = 4 - len(parts)  # unused slots: n = 0, any pointer
-    sizes = [0 if t is None else t[0].numel() for t in parts] + [0] * pad
+    sizes = [0 if t is None else t.numel() // p for t in parts] + [0] * pad
     srcs = [present[0] if t is None else t for t in parts] + [present[0]] * pad
     dsts = [present[0] if o is None else o for o in outs] + [present[0]] * pad
     record("sum_partials")
     grid = (triton.cdiv(max(max(sizes), 1), SUM_PARTIALS_BLOCK), len(parts))
-    launch(_sum_partials_kernel, grid)(*srcs, *dsts, *sizes, present[0].shape[0], BLOCK=SUM_PARTIALS_BLOCK, num_warps=4)
+    launch(_sum_partials_kernel, grid)(*srcs, *dsts, *sizes, p, BLOCK=SUM_PARTIALS_BLOCK, num_warps=4)
     return outs
 
 
