@@ -15,14 +15,21 @@ Then:
   line written back at the end;
 - minimal_bytes: 2N forward, 3N backward, 5N both (N = bytes of x): read x, write y; read dy
   and x, write dx;
-- model_time_us: dram_bytes / the card's bandwidth + launches x its launch cost; and
-  model_speedup_vs_eager, the eager row's model time over this row's.
+- model_time_us: the modeled batch's time, dram_n x its N / the card's bandwidth + launches x
+  its launch cost; and model_speedup_vs_eager, the eager row's model time over this row's.
 
-The paths are planned for the same L2 as the model replays (FUSED_SE_L2_BYTES) and the card's
-SM count. SE-ResNet-50's shapes at batch 128 take minutes per pass in the interpreter, so the
-batch and the L2 are scaled down together (--scale): bytes per N hold while x stays past L2,
-but the planner picks its paths for the scaled batch, so each row also names the paths the
-full batch would take. torch.compile has no row: Inductor has no CPU Triton kernels to count.
+SE-ResNet-50's shapes at batch 128 take minutes per pass in the interpreter, so a preset runs
+each shape at a smaller batch with the L2 scaled down by the same factor (--elements, --scale):
+bytes per N hold while x stays past L2 (or within it) as at the modeled batch. The fused
+providers run the paths the planner picks for the modeled batch (the one each phase would take
+at the full batch, on the card's L2 and SM count), not those it would pick for the batch run;
+where that path does not apply at the batch run (a streamed pass needs a lag of two chunks)
+the row names the path that ran beside the full batch's. What does not scale: the weights,
+read a few times per call whatever the batch, weigh `scale` times more per N at the batch run
+than at the modeled one (at SE-ResNet-50's 7 x 7 stage, with hidden 128, about 0.6N per read
+of both FCs' weights at batch 8 against 0.04N at 128); `--shapes 128,2048,7,7,128` runs that
+stage at its full batch in about a minute. torch.compile has no row: Inductor has no CPU
+Triton kernels to count.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Optional
 
 import torch
 
@@ -93,10 +101,11 @@ def build(provider: str, shape, dtype: torch.dtype) -> torch.nn.Module:
     return _bench.build_provider(provider, shape, torch.device("cpu"), dtype)
 
 
-def trace_call(provider: str, shape, batch: int, layout: str, dtype: torch.dtype) -> tuple[Trace, int]:
-    """One forward and backward of the provider under the Tracer: (trace, bytes of x)."""
-    from . import _bench
-
+def trace_call(
+    provider: str, shape, batch: int, layout: str, dtype: torch.dtype, paths: Optional[tuple[str, str]] = None
+) -> tuple[Trace, int]:
+    """One forward and backward of the provider under the Tracer: (trace, bytes of x). paths:
+    the (forward, backward) path a fused provider is held to (the planner's choice otherwise)."""
     module = build(provider, shape, dtype)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
@@ -104,13 +113,23 @@ def trace_call(provider: str, shape, batch: int, layout: str, dtype: torch.dtype
     grad = torch.randn_like(x)
     xg = x.detach().requires_grad_(True)
     inputs = [xg, *module.parameters()]
-    paths = _bench.three_launch_paths() if provider == "fused-3pass" else contextlib.nullcontext()
-    with paths, Tracer() as tr:
+    if provider == "fused-3pass":
+        paths = ("three_launch", "three_launch")
+    fwd_paths, bwd_paths = (_held_to(p) for p in (paths or (None, None)))
+    with Tracer() as tr:
         tr.phase("fwd")
-        y = module(xg)
+        with fwd_paths:
+            y = module(xg)
         tr.phase("bwd")
-        torch.autograd.grad(y, inputs, grad)
+        with bwd_paths:
+            torch.autograd.grad(y, inputs, grad)
     return tr.trace, x.numel() * x.element_size()
+
+
+def _held_to(path: Optional[str]) -> contextlib.AbstractContextManager:
+    from fused_se.kernels import force_paths
+
+    return contextlib.nullcontext() if path is None else force_paths(path)
 
 
 def path_name(events: list[Event], mode: str) -> str:
@@ -128,21 +147,25 @@ def path_name(events: list[Event], mode: str) -> str:
     return f"triton {fwd}" if fwd == bwd else f"triton {fwd} fwd, {bwd} bwd"
 
 
-def full_size_path(provider: str, shape, batch: int, layout: str, dtype: torch.dtype, mode: str) -> str:
-    """The paths the planner picks at the unscaled batch (nothing runs: a meta tensor)."""
+def full_size_paths(provider: str, shape, batch: int, layout: str, dtype: torch.dtype) -> Optional[tuple[str, str]]:
+    """The (forward, backward) paths the planner picks for a fused provider at the modeled batch
+    (nothing runs: a meta tensor); None for the others."""
     if provider not in FUSED:
-        return "torch"
+        return None
+    if provider == "fused-3pass":
+        return ("three_launch", "three_launch")
     from fused_se.kernels import plan
 
-    from . import _bench
-
-    names = {name: name for name in plan.PATHS}
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.empty(batch, shape.c, shape.h, shape.w, dtype=dtype, device="meta").to(memory_format=fmt)
-    paths = _bench.three_launch_paths() if provider == "fused-3pass" else contextlib.nullcontext()
-    with paths:
-        fwd = names[plan.plan_forward(x, shape.hidden).path]
-        bwd = names[plan.plan_backward(x, x, shape.hidden, None, False, True).path]
+    return plan.plan_forward(x, shape.hidden).path, plan.plan_backward(x, x, shape.hidden, None, False, True).path
+
+
+def paths_label(paths: Optional[tuple[str, str]], mode: str) -> str:
+    """A row's path column from the (forward, backward) paths: "torch" for eager's ops."""
+    if paths is None:
+        return "torch"
+    fwd, bwd = paths
     if mode == "fwd":
         return f"triton {fwd}"
     if mode == "bwd":
@@ -150,14 +173,15 @@ def full_size_path(provider: str, shape, batch: int, layout: str, dtype: torch.d
     return f"triton {fwd}" if fwd == bwd else f"triton {fwd} fwd, {bwd} bwd"
 
 
-def summarize(events: list[Event], l2_bytes: int, c: Card, x_bytes: int, mode: str) -> dict:
-    """Counted and modeled bytes of one mode's kernels."""
+def summarize(events: list[Event], l2_bytes: int, c: Card, x_bytes: int, mode: str, scale: float = 1.0) -> dict:
+    """Counted and modeled bytes of one mode's kernels; the time modeled at `scale` times the
+    batch that ran (the same bytes per N, the same launches)."""
     from . import _bench
 
     result = replay([e.accesses for e in events], l2_bytes)
     launches = len(events)
     requested = sum(e.requested for e in events)
-    time_us = result.dram_bytes / c.dram_bytes_per_s * 1e6 + launches * c.launch_us
+    time_us = result.dram_bytes * scale / c.dram_bytes_per_s * 1e6 + launches * c.launch_us
     return {
         "launches": launches,
         "kernels": " ".join(e.name for e in events),
@@ -174,8 +198,7 @@ def summarize(events: list[Event], l2_bytes: int, c: Card, x_bytes: int, mode: s
 
 def plan_runs(args) -> list[tuple]:
     """(shape, batch run, batch modeled, scale) per shape: --shapes run as given; a preset's
-    shapes at batch max(1, --elements // (C H W)) (so that each run holds about as many
-    elements, the weights no larger a share of the bytes for one stage than another), the L2
+    shapes at batch max(1, --elements // (C H W)) (each run about as long as another), the L2
     scaled by the same factor, or at batch // --scale where --scale is given."""
     from . import _bench
 
@@ -199,12 +222,12 @@ def _rows_for(task) -> list[dict]:
 
     dtype = _bench.DTYPES[args.dtype]
     l2 = max(128, int(l2_full / scale))
+    with planned_for(l2_full, c.sms):
+        full_paths = full_size_paths(provider, shape, full, layout, dtype)
     with planned_for(l2, c.sms):
-        trace, x_bytes = trace_call(provider, shape, batch, layout, dtype)
+        trace, x_bytes = trace_call(provider, shape, batch, layout, dtype, full_paths)
     rows = []
     for mode in args.modes:
-        with planned_for(l2_full, c.sms):
-            full_path = full_size_path(provider, shape, full, layout, dtype, mode)
         events = trace.select(*PHASES[mode])
         rows.append(
             {
@@ -225,11 +248,11 @@ def _rows_for(task) -> list[dict]:
                 "layout": layout,
                 "mode": mode,
                 "path": path_name(events, mode),
-                "path_at_full_batch": full_path,
+                "path_at_full_batch": paths_label(full_paths, mode),
                 "x_bytes": x_bytes,
                 "l2_bytes": l2,
                 "free_ops": " ".join(f"{k}:{v}" for k, v in sorted(trace.free_ops.items())),
-                **summarize(events, l2, c, x_bytes, mode),
+                **summarize(events, l2, c, x_bytes, mode, scale),
             }
         )
     return rows
@@ -307,8 +330,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_ELEMENTS,
         help=f"run each preset shape at batch max(1, ELEMENTS // (C H W)) with the L2 scaled by the same factor "
         f"as the batch (default {DEFAULT_ELEMENTS}: batch 1, 2, 4, 8 for SE-ResNet-50's stages); the "
-        "interpreter takes minutes per pass at batch 128. The planner picks its paths for the batch run; "
-        "each row names the paths the modeled batch would take",
+        "interpreter takes minutes per pass at batch 128. The fused providers run the paths the modeled "
+        "batch takes, and the time is the modeled batch's",
     )
     g.add_argument("--scale", type=int, help="instead: run the preset at batch // SCALE, the L2 divided by SCALE")
     g.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
@@ -366,8 +389,8 @@ def format_traffic(rows: list[dict]) -> str:
     r0 = rows[0] if rows else None
     if r0:
         lines.append(
-            f"* model, {r0['card']}: DRAM from an LRU model of L2; time = DRAM / bandwidth + launches x launch cost. "
-            "N = bytes of x; requested: counted."
+            f"* model, {r0['card']}: DRAM from an LRU model of L2; time = DRAM / bandwidth + launches x launch cost, "
+            "at the modeled batch. N = bytes of x; requested: counted."
         )
         for shape in dict.fromkeys(r["shape"] for r in rows):
             r = next(r for r in rows if r["shape"] == shape)

@@ -173,3 +173,22 @@ def test_tracer_refuses_without_the_interpreter(monkeypatch):
     monkeypatch.setattr(kernels_common, "INTERPRETED", False)
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
         Tracer()
+
+
+def test_a_scaled_run_takes_the_modeled_batchs_paths_and_time(one_launch):
+    """A preset row run at batch 1 for batch 16: the fused kernels of batch 16 (three launches; at
+    batch 1 the planner would take one launch), and the time of 16 times the bytes."""
+    import argparse
+
+    c = CARDS["h100"]
+    args = argparse.Namespace(dtype="fp32", modes=["fwd", "fwd+bwd"])
+    task = (SHAPE, 1, 16, 16.0, "nchw", "fused", args, c, c.l2_bytes)
+    with traffic.planned_for(c.l2_bytes // 16, c.sms):
+        assert traffic.full_size_paths("fused", SHAPE, 1, "nchw", torch.float32)[0] == "one_launch"
+    fwd, both = traffic._rows_for(task)
+    assert fwd["path"] == fwd["path_at_full_batch"] == "triton three_launch"
+    assert both["path"] == "triton three_launch" and both["launches"] == 8
+    assert fwd["launches"] == 3 and fwd["kernels"].split()[1] == "excite_fwd_block"
+    assert fwd["l2_bytes"] == c.l2_bytes // 16
+    dram_full = fwd["dram_bytes"] * 16
+    assert fwd["model_time_us"] == pytest.approx(dram_full / c.dram_bytes_per_s * 1e6 + 3 * c.launch_us)
