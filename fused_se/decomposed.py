@@ -363,7 +363,15 @@ def excite_fc_fwd(
 
 
 def excite_fc_bwd(
-    dssum: Tensor, z: Tensor, s: Tensor, a: Tensor, w: Tensor, x_dtype: torch.dtype, gate: str, need
+    dssum: Tensor,
+    z: Tensor,
+    s: Tensor,
+    a: Tensor,
+    w: Tensor,
+    x_dtype: torch.dtype,
+    gate: str,
+    need,
+    grad_dtypes: Optional[tuple[torch.dtype, torch.dtype]] = None,
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     need_dz, need_dw, need_db = need
     with _exact(z):
@@ -371,7 +379,14 @@ def excite_fc_bwd(
         dz = da @ as_dtype(w, z.dtype) if need_dz else None
         dw = da.t() @ z if need_dw else None
         db = da.sum(0) if need_db else None
-    return dz, dw, db
+    return (dz, *_in_dtypes((dw, db), grad_dtypes))
+
+
+def _in_dtypes(grads: tuple[Optional[Tensor], ...], dtypes: Optional[tuple[torch.dtype, ...]]) -> tuple:
+    """The weight gradients in dtypes (as the kernels store them), or as they are without."""
+    if dtypes is None:
+        return grads
+    return tuple(None if t is None else as_dtype(t, dt) for t, dt in zip(grads, dtypes))
 
 
 # ---- k-tap conv across channels ----------------------------------------------------------------
@@ -393,7 +408,15 @@ def excite_conv_fwd(
 
 
 def excite_conv_bwd(
-    dssum: Tensor, z: Tensor, s: Tensor, a: Tensor, w: Tensor, circular: bool, gate: str, need
+    dssum: Tensor,
+    z: Tensor,
+    s: Tensor,
+    a: Tensor,
+    w: Tensor,
+    circular: bool,
+    gate: str,
+    need,
+    grad_dtypes: Optional[tuple[torch.dtype, torch.dtype]] = None,
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     need_dz, need_dw, need_db = need
     nb, c = z.shape
@@ -419,4 +442,4 @@ def excite_conv_bwd(
                 dz = dz.clone()
                 dz[:, c - pad :] += dv[:, :pad]
                 dz[:, :pad] += dv[:, pad + c :]
-    return dz, dw, db
+    return (dz, *_in_dtypes((dw, db), grad_dtypes))

@@ -106,6 +106,12 @@ def _grads_out(x: Tensor, *pairs: tuple[Optional[Tensor], Optional[Tensor]]) -> 
     )
 
 
+def _grad_dtypes(w: Tensor, b: Optional[Tensor]) -> tuple[torch.dtype, torch.dtype]:
+    """The dtypes a layer's weight and bias gradients leave the kernels in: the parameters' own,
+    each rounded once as it is stored, so that no cast follows (a missing bias: the weight's)."""
+    return w.dtype, (w if b is None else b).dtype
+
+
 def _hw(x: Tensor) -> int:
     return x.shape[2] * x.shape[3]
 
@@ -211,7 +217,7 @@ def _squeeze_excite_backward(
         # x past L2: one persistent launch, whose dx pass re-reads each sample's g from L2
         dx, dres, dw1, db1, dw2, db2 = kernels.se_bwd_stream(
             grad_y, x, z, s, a, w1, b1, w2, (need_dw1, need_db1, need_dw2, need_db2), act, gate,
-            _sample_factor(sample_scale, x), out, store_g, plan.config,
+            _sample_factor(sample_scale, x), out, store_g, plan.config, _grad_dtypes(w1, b1) + _grad_dtypes(w2, b2),
         )  # fmt: skip
         return _grads_out(x, (dx, x), (dw1, w1), (db1, b1), (dw2, w2), (db2, b2), (dres, x))
     dssum, dres, d = _first_backward_pass(kernels, grad_y, x, sample_scale, out, need_dres)
@@ -290,7 +296,8 @@ def _effective_squeeze_excite_backward(
     grad_y = _dense_grad(grad_y)
     impl = _impl(x)
     dssum, dres, d = _first_backward_pass(impl, grad_y, x, sample_scale, out, need_dres)
-    dz, dw, db = impl.excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, (need_dx, need_dw, need_db and b is not None))
+    need = (need_dx, need_dw, need_db and b is not None)
+    dz, dw, db = impl.excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, need, _grad_dtypes(w, b))
     dx = _dx_pass(impl, grad_y, dres, x, s, dz, d, out) if need_dx else None
     return _grads_out(x, (dx, x), (dw, w), (db, b), (dres, x))
 
@@ -371,7 +378,7 @@ def _efficient_channel_attention_backward(
     impl = _impl(x)
     dssum, dres, d = _first_backward_pass(impl, grad_y, x, sample_scale, out, need_dres)
     need = (need_dx, need_dw, need_db and b is not None)
-    dz, dw, db = impl.excite_conv_bwd(dssum, z, s, a, w, circular, gate, need)
+    dz, dw, db = impl.excite_conv_bwd(dssum, z, s, a, w, circular, gate, need, _grad_dtypes(w, b))
     if db is not None and b is not None:
         db = db.view(b.shape)
     dx = _dx_pass(impl, grad_y, dres, x, s, dz, d, out) if need_dx else None

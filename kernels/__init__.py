@@ -15,8 +15,9 @@ same arguments and outputs, for CPU tensors):
     one_launch.py   se_fwd_one_launch(x, w1, b1, w2, b2, act, gate, d, residual, relu, cfg) -> (y, z, s, a)
     spread.py       se_fwd_spread(..., cfg) -> (y, z, s, a)
     stream.py       se_fwd_stream(..., cfg) -> (y, z, s, a)
-                    se_bwd_stream(g, x, z, s, a, w1, b1, w2, need, act, gate, d, relu_out, store_g, cfg)
-                        -> (dx, dr, dw1, db1, dw2, db2)
+                    se_bwd_stream(g, x, z, s, a, w1, b1, w2, need, act, gate, d, relu_out, store_g, cfg,
+                                  grad_dtypes) -> (dx, dr, dw1, db1, dw2, db2)
+                        (the weight gradients in grad_dtypes: the parameters')
     plan.py         plan_forward / plan_backward -> Plan(path, config): which of the MLP form's paths runs
     heuristics.py   block sizes and the thresholds behind each choice
 

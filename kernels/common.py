@@ -378,22 +378,31 @@ def _sum_partials_kernel(
 SUM_PARTIALS_BLOCK = 1024
 
 
-def partials(p: int, *shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A buffer for p programs' partials of a (*shape) result: (p, *shape), or the (*shape)
-    result itself where one program writes it (nothing to sum: see sum_partials)."""
-    return empty(*((p,) if p > 1 else ()), *shape, dtype=dtype, device=device)
+def partials(
+    p: int, *shape: int, dtype: torch.dtype, device: torch.device, out_dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """A buffer for p programs' partials of a (*shape) result: (p, *shape) in dtype, or, where one
+    program writes it, the (*shape) result itself in out_dtype (default dtype): nothing to sum
+    (see sum_partials), and the kernel's stores round to the result's dtype."""
+    if p > 1:
+        return empty(p, *shape, dtype=dtype, device=device)
+    return empty(*shape, dtype=out_dtype or dtype, device=device)
 
 
-def sum_partials(p: int, *parts: Optional[torch.Tensor]) -> tuple[Optional[torch.Tensor], ...]:
+def sum_partials(
+    p: int, *parts: Optional[torch.Tensor], dtypes: Optional[tuple[torch.dtype, ...]] = None
+) -> tuple[Optional[torch.Tensor], ...]:
     """Each tensor of p programs' partials (from `partials`; None stays None) summed over its
-    first axis, in order, into a new tensor: one launch for up to four of them, so that a body
-    that ends in these sums still replays (kernels.replay). With one program, the results as
-    they are."""
+    first axis, in order, into a new tensor of dtypes[j] (default: the partials'; the fp32 sum
+    rounded once on its store, so no cast follows): one launch for up to four of them, so that a
+    body that ends in these sums still replays (kernels.replay). With one program, the results
+    as they are (`partials` gave them their dtype)."""
     present = [t for t in parts if t is not None]
     if p <= 1 or not present:
         return parts
     assert len(parts) <= 4 and all(t.is_contiguous() and t.shape[0] == p for t in present)
-    outs = tuple(None if t is None else empty(*t.shape[1:], dtype=t.dtype, device=t.device) for t in parts)
+    dtypes = dtypes or tuple(None if t is None else t.dtype for t in parts)
+    outs = tuple(None if t is None else empty(*t.shape[1:], dtype=dt, device=t.device) for t, dt in zip(parts, dtypes))
     pad = 4 - len(parts)  # unused slots: n = 0, any pointer
     sizes = [0 if t is None else t.numel() // p for t in parts] + [0] * pad
     srcs = [present[0] if t is None else t for t in parts] + [present[0]] * pad

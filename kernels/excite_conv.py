@@ -185,17 +185,21 @@ def excite_conv_bwd(
     circular: bool,
     gate: str,
     need: tuple[bool, bool, bool],
+    grad_dtypes: Optional[tuple[torch.dtype, torch.dtype]] = None,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Conv form: (dz, dw, dbias) in the accumulation dtype; None where `need` says so."""
+    """Conv form: (dz, dw, dbias), dz in the accumulation dtype, dw and dbias in grad_dtypes
+    (default the accumulation dtype: the parameters', so that no cast follows); None where
+    `need` says so."""
     need_dz, need_dw, need_db = need
     split, nb, c = dssum.shape
     k = w.shape[0]
     cfg = hz.excite_conv_bwd_config(nb, c, k)
     p = hz.cdiv(nb, cfg.block_b)
     dt, dev = dssum.dtype, dssum.device
+    grad_dtypes = grad_dtypes or (dt, dt)
     dz = empty(nb, c, dtype=dt, device=dev) if need_dz else None
-    dw = partials(p, k, dtype=dt, device=dev) if need_dw else None
-    db = partials(p, 1, dtype=dt, device=dev) if need_db else None
+    dw = partials(p, k, dtype=dt, device=dev, out_dtype=grad_dtypes[0]) if need_dw else None
+    db = partials(p, 1, dtype=dt, device=dev, out_dtype=grad_dtypes[1]) if need_db else None
     record("excite_conv_bwd")
     if p > 0 and any(need):
         launch(_excite_conv_bwd_kernel, (p,))(
@@ -224,6 +228,6 @@ def excite_conv_bwd(
             num_warps=cfg.num_warps,
         )
     if p == 0:  # an empty batch: the weight gradients are sums over nothing
-        dw = None if dw is None else torch.zeros(k, dtype=dt, device=dev)
-        db = None if db is None else torch.zeros(1, dtype=dt, device=dev)
-    return (dz, *sum_partials(p, dw, db))
+        dw = None if dw is None else torch.zeros(k, dtype=grad_dtypes[0], device=dev)
+        db = None if db is None else torch.zeros(1, dtype=grad_dtypes[1], device=dev)
+    return (dz, *sum_partials(p, dw, db, dtypes=grad_dtypes))

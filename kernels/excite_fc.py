@@ -206,14 +206,17 @@ def excite_fc_bwd(
     x_dtype: torch.dtype,
     gate: str,
     need: tuple[bool, bool, bool],
+    grad_dtypes: Optional[tuple[torch.dtype, torch.dtype]] = None,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """FC form: (dz, dW, dbias) in the accumulation dtype; None where `need` says so."""
+    """FC form: (dz, dW, dbias), dz in the accumulation dtype, dW and dbias in grad_dtypes (default
+    the accumulation dtype: the parameters', so that no cast follows); None where `need` says so."""
     need_dz, need_dw, need_db = need
     split, nb, c = dssum.shape
     dt, dev = dssum.dtype, dssum.device
+    dw_dtype, db_dtype = grad_dtypes or (dt, dt)
     dz = empty(nb, c, dtype=dt, device=dev) if need_dz else None
-    dw = empty(c, c, dtype=dt, device=dev) if need_dw else None
-    db = empty(c, dtype=dt, device=dev) if need_db else None
+    dw = empty(c, c, dtype=dw_dtype, device=dev) if need_dw else None
+    db = empty(c, dtype=db_dtype, device=dev) if need_db else None
     record("excite_fc_bwd")
     if not any(need):
         return dz, dw, db

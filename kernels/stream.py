@@ -320,11 +320,13 @@ def se_bwd_stream(
     relu_out: Optional[torch.Tensor],
     store_g: bool,
     cfg: hz.StreamConfig,
+    grad_dtypes: Optional[tuple[torch.dtype, torch.dtype, torch.dtype, torch.dtype]] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], ...]:
     """The MLP form's backward as one persistent launch (cfg from plan.plan_backward):
     (dx, masked g or None, dW1, db1, dW2, db2), the weight gradients None where `need`
-    (dW1, db1, dW2, db2) says so. g is re-read from L2 for dx: 3N bytes instead of 4N.
-    Arguments as scale_bwd and excite_bwd take them."""
+    (dW1, db1, dW2, db2) says so, in grad_dtypes (default the accumulation dtype: the
+    parameters' dtypes, so that no cast follows). g is re-read from L2 for dx: 3N bytes
+    instead of 4N. Arguments as scale_bwd and excite_bwd take them."""
     assert g.shape == x.shape and (relu_out is None or relu_out.shape == x.shape)
     assert not store_g or relu_out is not None
     need_dw1, need_db1, need_dw2, need_db2 = need
@@ -335,10 +337,11 @@ def se_bwd_stream(
     num_chunks = hz.cdiv(b, cfg.chunk)
     dssum = empty(cfg.hw_tiles, b, c, dtype=dt, device=dev)
     dz = empty(b, c, dtype=dt, device=dev)
-    dw1 = partials(num_chunks, hidden, c, dtype=dt, device=dev) if need_dw1 else None
-    db1 = partials(num_chunks, hidden, dtype=dt, device=dev) if need_db1 else None
-    dw2 = partials(num_chunks, c, hidden, dtype=dt, device=dev) if need_dw2 else None
-    db2 = partials(num_chunks, c, dtype=dt, device=dev) if need_db2 else None
+    grad_dtypes = grad_dtypes or (dt,) * 4
+    dw1 = partials(num_chunks, hidden, c, dtype=dt, device=dev, out_dtype=grad_dtypes[0]) if need_dw1 else None
+    db1 = partials(num_chunks, hidden, dtype=dt, device=dev, out_dtype=grad_dtypes[1]) if need_db1 else None
+    dw2 = partials(num_chunks, c, hidden, dtype=dt, device=dev, out_dtype=grad_dtypes[2]) if need_dw2 else None
+    db2 = partials(num_chunks, c, dtype=dt, device=dev, out_dtype=grad_dtypes[3]) if need_db2 else None
     dr = empty_like(g) if store_g else None
     dx = empty_like(x)
     ws = workspace(num_chunks, num_chunks, dev)
@@ -405,4 +408,4 @@ def se_bwd_stream(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_bwd_stream", x.shape)
-    return (dx, dr, *sum_partials(num_chunks, dw1, db1, dw2, db2))
+    return (dx, dr, *sum_partials(num_chunks, dw1, db1, dw2, db2, dtypes=grad_dtypes))

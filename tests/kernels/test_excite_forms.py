@@ -21,6 +21,7 @@ from se_testing import (
 
 import fused_se
 from fused_se import _dispatch
+from fused_se import decomposed as torch_ops_kernel
 
 # (form, act, gate, bias, circular): every act x gate of the MLP form, both gates and paddings
 # of the others.
@@ -260,3 +261,34 @@ def test_decomposed_backward_takes_the_hidden_layer_its_forward_kept(tail, act, 
         assert products == ([] if how == "plain" else [w1.shape]), how
     for got, want in zip(grads["plain"], grads["op"]):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v[0] != "mlp"], ids=_variant_id)
+def test_16_bit_parameters_get_their_gradients_without_a_cast(variant, dtype, device, monkeypatch):
+    """A block moved to a 16-bit dtype: the FC and conv forms' excitation backward stores the
+    weight gradients in the parameters' dtype (each fp32 sum rounded once), so the op casts
+    none of them afterwards; the parity rules hold."""
+    form, act, gate, bias, circular = variant
+    b, c, h, w, hidden, k = SHAPES[0]
+    params = [None if p is None else p.to(dtype) for p in make_variant_params(form, c, hidden, k, bias, device)]
+    x = make_input((b, c, h, w), dtype, device, "channels_last") * 2
+    g = torch.randn(b, c, h, w, device=device, dtype=dtype)
+    casts = []
+    as_dtype = torch_ops_kernel.as_dtype
+    monkeypatch.setattr(torch_ops_kernel, "as_dtype", lambda t, dt: casts.append((t.dtype, dt)) or as_dtype(t, dt))
+    with record_launches() as launched:
+        ours = _run(lambda x, p: run_variant(fused_se, x, form, p, act, gate, circular), x, params, g)
+    assert FORM_KERNELS[form] + "_bwd" in launched
+    assert [t.dtype for t in ours] == [dtype] * len(ours)
+    assert not [cast for cast in casts if cast[0] != cast[1]], casts
+    monkeypatch.setattr(torch_ops_kernel, "as_dtype", as_dtype)
+    own = _run(lambda x, p: eager_variant(x, form, p, act, gate, circular), x, params, g)
+    ref64 = _run(
+        lambda x, p: eager_variant(x, form, p, act, gate, circular),
+        x.double(),
+        [p.double() if p is not None else None for p in params],
+        g.double(),
+    )
+    for name, o, t, r in zip(["y", "dx", "dw", "db"], ours, own, ref64):
+        assert_within_torch_error(name, o, t, r)

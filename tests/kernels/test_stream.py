@@ -29,7 +29,7 @@ from se_testing import (
 )
 
 import fused_se
-from fused_se import kernels, reference
+from fused_se import decomposed, kernels, reference
 from fused_se.kernels import INTERPRETED, plan_backward, plan_forward
 from fused_se.kernels import heuristics as hz
 
@@ -207,6 +207,44 @@ def test_both_paths_agree(monkeypatch, device):
     assert launched == FWD + BWD
     for a, b in zip(streamed, three):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_weight_gradients_leave_in_the_parameters_dtype(dtype, monkeypatch, device):
+    """16-bit parameters: the chunks' partials summed in fp32 and rounded once as they are
+    stored, the same bits as the fp32 gradients cast afterwards, with no cast left to the op
+    (its gradients come out of the kernels in the parameters' dtype). The interpreter truncates
+    fp32 to bf16 where a GPU's store rounds to nearest: there, within one bf16 step."""
+    x = make_input((9, 33, 4, 5), dtype, device, "channels_last") * 2
+    w1, b1, w2, b2 = (p.to(dtype) for p in make_variant_params("mlp", 33, 8, 1, True, device))
+    _stream_for(monkeypatch, x, 8, 2.0)
+    fwd_cfg, bwd_cfg = _stream_plans(x, 8)
+    assert fwd_cfg is not None and bwd_cfg is not None and hz.cdiv(9, bwd_cfg.chunk) > 1  # partials to sum
+    _, z, s, a = kernels.se_fwd_stream(x, w1, b1, w2, b2, "relu", "sigmoid", None, None, False, fwd_cfg)
+    g = torch.randn(x.shape, dtype=dtype, device=device)
+    args = (g, x, z, s, a, w1, b1, w2, (True,) * 4, "relu", "sigmoid", None, None, False, bwd_cfg)
+    wide = kernels.se_bwd_stream(*args)
+    narrow = kernels.se_bwd_stream(*args, (dtype,) * 4)
+    assert [t.dtype for t in wide[2:]] == [torch.float32] * 4
+    for name, n, w in zip(["dw1", "db1", "dw2", "db2"], narrow[2:], wide[2:]):
+        assert n.dtype == dtype, name
+        if INTERPRETED and dtype == torch.bfloat16:
+            step = 2.0 ** (torch.frexp(w)[1].float() - 8)  # bf16's spacing at |w|: 8 significant bits
+            assert ((n.float() - w).abs() < step).all(), name
+        else:
+            assert torch.equal(n, w.to(dtype)), name
+    assert torch.equal(narrow[0], wide[0])
+    # through the op: the gradients in the parameters' dtypes, none of them cast by torch
+    params = [p.requires_grad_() for p in (w1, b1, w2, b2)]
+    casts = []
+    real_as_dtype = decomposed.as_dtype
+    monkeypatch.setattr(decomposed, "as_dtype", lambda t, dt: casts.append((t.dtype, dt)) or real_as_dtype(t, dt))
+    with record_launches() as launched:
+        y = fused_se.squeeze_excite(x.requires_grad_(), *params)
+        grads = torch.autograd.grad(y, [x, *params], g)
+    assert launched == FWD + BWD
+    assert [t.dtype for t in grads] == [dtype] * 5
+    assert not [c for c in casts if c[0] != c[1]], casts
 
 
 # ---- each side of each threshold ---------------------------------------------------------------
