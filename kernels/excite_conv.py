@@ -187,9 +187,9 @@ def excite_conv_bwd(
     need: tuple[bool, bool, bool],
     grad_dtypes: Optional[tuple[torch.dtype, torch.dtype]] = None,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """Conv form: (dz, dw, dbias), dz in the accumulation dtype, dw and dbias in grad_dtypes
-    (default the accumulation dtype: the parameters', so that no cast follows); None where
-    `need` says so."""
+    """Conv form: (dz, dw, dbias), dz in the accumulation dtype, dw and dbias in grad_dtypes (the
+    op passes the parameters', so that no cast follows; default the accumulation dtype); None
+    where `need` says so."""
     need_dz, need_dw, need_db = need
     split, nb, c = dssum.shape
     k = w.shape[0]

@@ -208,8 +208,9 @@ def excite_fc_bwd(
     need: tuple[bool, bool, bool],
     grad_dtypes: Optional[tuple[torch.dtype, torch.dtype]] = None,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """FC form: (dz, dW, dbias), dz in the accumulation dtype, dW and dbias in grad_dtypes (default
-    the accumulation dtype: the parameters', so that no cast follows); None where `need` says so."""
+    """FC form: (dz, dW, dbias), dz in the accumulation dtype, dW and dbias in grad_dtypes (the op
+    passes the parameters', so that no cast follows; default the accumulation dtype); None where
+    `need` says so."""
     need_dz, need_dw, need_db = need
     split, nb, c = dssum.shape
     dt, dev = dssum.dtype, dssum.device

@@ -324,8 +324,8 @@ def se_bwd_stream(
 ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], ...]:
     """The MLP form's backward as one persistent launch (cfg from plan.plan_backward):
     (dx, masked g or None, dW1, db1, dW2, db2), the weight gradients None where `need`
-    (dW1, db1, dW2, db2) says so, in grad_dtypes (default the accumulation dtype: the
-    parameters' dtypes, so that no cast follows). g is re-read from L2 for dx: 3N bytes
+    (dW1, db1, dW2, db2) says so, in grad_dtypes (the op passes the parameters', so that no
+    cast follows; default the accumulation dtype). g is re-read from L2 for dx: 3N bytes
     instead of 4N. Arguments as scale_bwd and excite_bwd take them."""
     assert g.shape == x.shape and (relu_out is None or relu_out.shape == x.shape)
     assert not store_g or relu_out is not None
