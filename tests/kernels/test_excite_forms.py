@@ -60,6 +60,17 @@ def decomposed(monkeypatch):
     return torch.device("cpu")
 
 
+def _eager_and_fp64(variant, x, params, g):
+    """[y, dx, the parameters' gradients] of eager PyTorch in x's dtype, and in fp64."""
+    form, act, gate, _, circular = variant
+
+    def eager(x, p):
+        return eager_variant(x, form, p, act, gate, circular)
+
+    params64 = [p.double() if p is not None else None for p in params]
+    return _run(eager, x, params, g), _run(eager, x.double(), params64, g.double())
+
+
 def _check(variant, shape, dtype, layout, device, path="triton"):
     form, act, gate, bias, circular = variant
     b, c, h, w, hidden, k = shape
@@ -73,13 +84,7 @@ def _check(variant, shape, dtype, layout, device, path="triton"):
     kernel = FORM_KERNELS[form]
     expected = ["squeeze", kernel, "scale", "scale_bwd", *excite_bwd_launches(form, b), "squeeze_scale_bwd"]
     assert launched == (expected if path == "triton" else []), f"the {path} path did not run"
-    own = _run(lambda x, p: eager_variant(x, form, p, act, gate, circular), x, params, g)
-    ref64 = _run(
-        lambda x, p: eager_variant(x, form, p, act, gate, circular),
-        x.double(),
-        [p.double() if p is not None else None for p in params],
-        g.double(),
-    )
+    own, ref64 = _eager_and_fp64(variant, x, params, g)
     names = ["y", "dx"] + [f"d{i}" for i in range(len(ours) - 2)]
     assert ours[0].dtype == ours[1].dtype == dtype
     for name, o, t, r in zip(names, ours, own, ref64):
@@ -283,12 +288,6 @@ def test_16_bit_parameters_get_their_gradients_without_a_cast(variant, dtype, de
     assert [t.dtype for t in ours] == [dtype] * len(ours)
     assert not [cast for cast in casts if cast[0] != cast[1]], casts
     monkeypatch.setattr(torch_ops_kernel, "as_dtype", as_dtype)
-    own = _run(lambda x, p: eager_variant(x, form, p, act, gate, circular), x, params, g)
-    ref64 = _run(
-        lambda x, p: eager_variant(x, form, p, act, gate, circular),
-        x.double(),
-        [p.double() if p is not None else None for p in params],
-        g.double(),
-    )
+    own, ref64 = _eager_and_fp64(variant, x, params, g)
     for name, o, t, r in zip(["y", "dx", "dw", "db"], ours, own, ref64):
         assert_within_torch_error(name, o, t, r)
