@@ -392,21 +392,26 @@ def partials(
 def sum_partials(
     p: int, *parts: Optional[torch.Tensor], dtypes: Optional[tuple[torch.dtype, ...]] = None
 ) -> tuple[Optional[torch.Tensor], ...]:
-    """Each tensor of p programs' partials (from `partials`; None stays None) summed over its
-    first axis, in order, into a new tensor of dtypes[j] (default: the partials'; the fp32 sum
-    rounded once on its store, so no cast follows): one launch for up to four of them, so that a
-    body that ends in these sums still replays (kernels.replay). With one program, the results
+    """Each tensor of p programs' partials (from `partials`; None stays None, all in one dtype)
+    summed over its first axis, in order, into a new tensor: one launch for up to four of them,
+    so that a body that ends in these sums still replays (kernels.replay). The sums are stored
+    in the dtype `dtypes` asks for where the tensors' dtypes agree (each fp32 sum rounded once,
+    so no cast follows), else in the partials' dtype: the kernel picks a slot's pointers at run
+    time, and a GPU build needs one pointer type for every slot. With one program, the results
     as they are (`partials` gave them their dtype)."""
     present = [t for t in parts if t is not None]
     if p <= 1 or not present:
         return parts
     assert len(parts) <= 4 and all(t.is_contiguous() and t.shape[0] == p for t in present)
-    dtypes = dtypes or tuple(None if t is None else t.dtype for t in parts)
-    outs = tuple(None if t is None else empty(*t.shape[1:], dtype=dt, device=t.device) for t, dt in zip(parts, dtypes))
-    pad = 4 - len(parts)  # unused slots: n = 0, any pointer
+    assert len({t.dtype for t in present}) == 1
+    asked = {dt for t, dt in zip(parts, dtypes or ()) if t is not None}
+    out_dtype = asked.pop() if len(asked) == 1 else present[0].dtype
+    outs = tuple(None if t is None else empty(*t.shape[1:], dtype=out_dtype, device=t.device) for t in parts)
+    pad = 4 - len(parts)  # unused slots: n = 0, any pointer of the slots' types
+    first_out = next(o for o in outs if o is not None)
     sizes = [0 if t is None else t.numel() // p for t in parts] + [0] * pad
     srcs = [present[0] if t is None else t for t in parts] + [present[0]] * pad
-    dsts = [present[0] if o is None else o for o in outs] + [present[0]] * pad
+    dsts = [first_out if o is None else o for o in outs] + [first_out] * pad
     record("sum_partials")
     grid = (triton.cdiv(max(max(sizes), 1), SUM_PARTIALS_BLOCK), len(parts))
     launch(_sum_partials_kernel, grid)(*srcs, *dsts, *sizes, p, BLOCK=SUM_PARTIALS_BLOCK, num_warps=4)

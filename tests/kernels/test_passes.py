@@ -490,3 +490,34 @@ def test_excite_bwd_warps_by_tile_width():
     wide = hz.excite_bwd_config(16, 2048, 128, torch.bfloat16, 132)
     assert narrow.chan_block_b * narrow.block_r < hz.EXCITE_BWD_WIDE_TILE and narrow.chan_num_warps == 4
     assert wide.chan_block_b * wide.block_r >= hz.EXCITE_BWD_WIDE_TILE and wide.chan_num_warps == 8
+
+
+@pytest.mark.parametrize(
+    "asked,stored",
+    [
+        ((torch.float16, None, torch.float16, torch.float16), torch.float16),  # they agree: stored in it
+        ((torch.bfloat16, None, torch.float32, torch.bfloat16), torch.float32),  # they differ: the partials'
+        (None, torch.float32),
+    ],
+    ids=["agree", "differ", "none"],
+)
+def test_sum_partials_stores_one_dtype_for_every_slot(asked, stored, device):
+    """A GPU build of the sum needs one pointer type for all four slots (it picks a slot's at run
+    time): the dtypes asked for where they agree, else the partials' own, which the op casts."""
+    from fused_se.kernels import common
+
+    parts = [
+        torch.randn(5, 7, device=device),
+        None,
+        torch.randn(5, 3, 2, device=device),
+        torch.randn(5, 1, device=device),
+    ]
+    with record_launches() as launched:
+        outs = common.sum_partials(5, *parts, dtypes=asked)
+    assert launched == ["sum_partials"] and outs[1] is None
+    for out, part in zip(outs, parts):
+        if part is not None:
+            assert out.dtype == stored and out.shape == part.shape[1:]
+            torch.testing.assert_close(
+                out, part.sum(0).to(stored), rtol=2e-3 if stored != torch.float32 else 1e-6, atol=2e-3
+            )
