@@ -56,6 +56,7 @@ DEFAULT_PROVIDERS = ["eager", "eager-conv", "fused", "fused-3pass"]
 FUSED = ("fused", "fused-3pass")
 PHASES = {"fwd": ("fwd",), "bwd": ("bwd",), "fwd+bwd": ("fwd", "bwd")}
 FULL_BATCH = 128  # the GPU bench's batch
+THREE_LAUNCHES = ("three_launch", "three_launch")  # fused-3pass's (forward, backward) paths
 # elements of x per run of a preset shape: SE-ResNet-50's first stage at batch 1 (the default
 # preset's run, fwd and bwd of two fused and two eager providers in two layouts, within about
 # three minutes on two cores)
@@ -114,7 +115,7 @@ def trace_call(
     xg = x.detach().requires_grad_(True)
     inputs = [xg, *module.parameters()]
     if provider == "fused-3pass":
-        paths = ("three_launch", "three_launch")
+        paths = THREE_LAUNCHES
     fwd_paths, bwd_paths = (_held_to(p) for p in (paths or (None, None)))
     with Tracer() as tr:
         tr.phase("fwd")
@@ -140,11 +141,7 @@ def path_name(events: list[Event], mode: str) -> str:
     fwd = fwd or ("spread" if "_se_fwd_spread_kernel" in names else None)
     fwd = fwd or ("one_launch" if "_se_fwd_one_launch_kernel" in names else "three_launch")
     bwd = "stream" if "_se_bwd_stream_kernel" in names else "three_launch"
-    if mode == "fwd":
-        return f"triton {fwd}"
-    if mode == "bwd":
-        return f"triton {bwd}"
-    return f"triton {fwd}" if fwd == bwd else f"triton {fwd} fwd, {bwd} bwd"
+    return paths_label((fwd, bwd), mode)
 
 
 def full_size_paths(provider: str, shape, batch: int, layout: str, dtype: torch.dtype) -> Optional[tuple[str, str]]:
@@ -153,7 +150,7 @@ def full_size_paths(provider: str, shape, batch: int, layout: str, dtype: torch.
     if provider not in FUSED:
         return None
     if provider == "fused-3pass":
-        return ("three_launch", "three_launch")
+        return THREE_LAUNCHES
     from fused_se.kernels import plan
 
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
