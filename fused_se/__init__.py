@@ -1,11 +1,13 @@
 """fused_se: Squeeze-and-Excitation blocks with fused Triton kernels, forward and backward."""
 
-from . import functional, reference
+from . import _checkout, functional, reference
 from ._dispatch import backend_for
 from .conversion import ConversionReport, convert, revert
 from .functional import effective_squeeze_excite, efficient_channel_attention, squeeze_excite
 from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
 from .version import __version__
+
+_checkout.install()  # a run from a source checkout's root finds its kernels/ as fused_se.kernels
 
 __all__ = [
     "ConversionReport",

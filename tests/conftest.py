@@ -24,10 +24,10 @@ import fused_se
 
 try:
     from fused_se.kernels import common as kernels_common
-except ModuleNotFoundError as e:  # fused_se imported from the source tree, where kernels/ sits beside it
+except ModuleNotFoundError as e:  # neither an installed fused_se nor a checkout's kernels/ beside fused_se/
     raise ImportError(
         f"fused_se was imported from {fused_se.__file__}, which has no fused_se.kernels: install the package "
-        "(pip install '.[test]') and run `pytest` (not `python -m pytest`, which puts the source tree first)"
+        "(pip install '.[test]') and run `pytest` from the repository's root"
     ) from e
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
