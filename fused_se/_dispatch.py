@@ -17,11 +17,13 @@ def interpreter_enabled() -> bool:
     """True when the Triton interpreter runs the kernels on the CPU (TRITON_INTERPRET=1 when
     triton.jit defined them, which is when fused_se.kernels was first imported)."""
     global _common
-    if _common is None:
-        from .kernels import common  # triton is imported here, on first use, not by `import fused_se`
+    if _common is not None:
+        return _common.INTERPRETED
+    from .kernels import common  # triton is imported here, on first use, not by `import fused_se`
 
+    if not torch.compiler.is_compiling():  # a global stored under dynamo would be guarded on, and a module can't be
         _common = common
-    return _common.INTERPRETED
+    return common.INTERPRETED
 
 
 def kernels_run_for(x: torch.Tensor) -> bool:

@@ -13,6 +13,8 @@ from __future__ import annotations
 import os
 from typing import Optional
 
+import torch
+
 _ENVIRON = os.environ
 _DATA = getattr(_ENVIRON, "_data", None)
 _ENCODE = getattr(_ENVIRON, "encodekey", None)
@@ -24,7 +26,9 @@ _KEYS: dict[str, object] = {}  # name -> its key in _DATA
 def getenv(name: str) -> Optional[str]:
     """os.environ.get(name): the value, or None where the name is not set."""
     environ = os.environ
-    if environ is not _ENVIRON or not _STANDARD:
+    # Under torch.compile the cache of keys, which eager calls fill, would be guarded on: a name
+    # cached after the trace would recompile it.
+    if environ is not _ENVIRON or not _STANDARD or torch.compiler.is_compiling():
         return environ.get(name)
     key = _KEYS.get(name)
     if key is None:
