@@ -18,6 +18,7 @@ setup(
     description="Fused Triton kernels for Squeeze-and-Excitation blocks in PyTorch",
     long_description=(ROOT / "README.md").read_text(),
     long_description_content_type="text/markdown",
+    author="the fused_se authors",
     license="BSD-3-Clause",
     license_files=["LICENSE"],
     python_requires=">=3.10",
@@ -26,7 +27,9 @@ setup(
     packages=["fused_se", "fused_se.bench", "fused_se.kernels", "fused_se.perf"],
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
     # torch: the floor is the oldest torch CI tests (.ci/run's second stage), with the triton it brings.
-    # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it.
+    # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it; with
+    # a triton before 3.7, numpy < 2.4, which a requirement cannot say (fused_se/_requirements.py
+    # checks the pair when the interpreter is on).
     install_requires=["torch>=2.11", "triton>=3.6", "numpy"],
     # timm, torchvision, monai, transformers and speechbrain: the tests convert real models of each
     # (built with random weights, nothing downloaded); speechbrain brings torchaudio, whose releases

@@ -25,6 +25,10 @@ Everything is (B, C, HW) through strides; z, s, a and the gradients' partials ar
 accumulation dtype (acc_dtype). docs/DESIGN.md holds the math, the traffic and the ordering rules.
 """
 
+import numpy
+import triton
+
+from .._requirements import check_interpreter_numpy
 from . import heuristics, plan
 from .common import ACT_CODES, GATE_CODES, INTERPRETED, acc_dtype, bchw_strides, record_launches
 from .excite_conv import excite_conv_bwd, excite_conv_fwd
@@ -35,6 +39,8 @@ from .passes import scale_bwd, scale_fwd, squeeze_fwd, squeeze_scale_bwd
 from .plan import PATHS, Plan, force_paths, plan_backward, plan_forward
 from .spread import se_fwd_spread
 from .stream import se_bwd_stream, se_fwd_stream
+
+check_interpreter_numpy(triton.__version__, numpy.__version__, INTERPRETED)
 
 # The MLP form's forward launchers of the paths other than three_launch, by plan path.
 FORWARD_PATHS = {"one_launch": se_fwd_one_launch, "spread": se_fwd_spread, "stream": se_fwd_stream}

@@ -107,3 +107,23 @@ def test_tickets_of_a_bench_shape_hold_a_full_tile(hw, layout):
     assert cfg is not None
     elements = cfg.c_steps * cfg.block_c * min(cfg.hw_tile, hw)
     assert hz.STREAM_TILE * 3 // 4 <= elements <= hz.STREAM_TILE, (cfg, elements)
+
+
+@pytest.mark.parametrize(
+    "triton_version,numpy_version,interpreted,refused",
+    [
+        ("3.6.0", "2.4.0", True, True),
+        ("3.6.0", "2.3.5", True, False),
+        ("3.6.0", "2.4.0", False, False),  # on a GPU the interpreter is off: numpy is not its engine
+        ("3.7.0", "2.4.1", True, False),
+        ("3.8.0+git1234", "2.10.0rc1", True, False),
+    ],
+)
+def test_the_interpreters_numpy_is_checked_against_its_triton(triton_version, numpy_version, interpreted, refused):
+    from fused_se._requirements import check_interpreter_numpy
+
+    if refused:
+        with pytest.raises(ImportError, match=r"needs numpy < 2.4.*pip install 'numpy<2.4'"):
+            check_interpreter_numpy(triton_version, numpy_version, interpreted)
+    else:
+        check_interpreter_numpy(triton_version, numpy_version, interpreted)
