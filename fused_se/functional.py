@@ -76,6 +76,26 @@ def _check_devices(x: torch.Tensor, **params: Optional[torch.Tensor]) -> None:
             raise ValueError(f"{name} is on {t.device} but x is on {x.device}; all inputs must be on one device")
 
 
+# x's dtypes with which fp32 parameters may run: autocast's convention (its convolutions hand SE a
+# 16-bit x while the block's parameters stay fp32). Any other pair of dtypes is refused, as
+# nn.Linear refuses it.
+_AUTOCAST_DTYPES = frozenset((torch.float16, torch.bfloat16))
+
+
+def _dtype_pairs(x_dtype: torch.dtype, t: Optional[torch.Tensor]) -> bool:
+    """Whether a parameter t may run with an x of x_dtype: the same dtype, or fp32 with a 16-bit x."""
+    return t is None or t.dtype is x_dtype or (t.dtype is torch.float32 and x_dtype in _AUTOCAST_DTYPES)
+
+
+def _check_dtypes(x: torch.Tensor, **params: Optional[torch.Tensor]) -> None:
+    for name, t in params.items():
+        if not _dtype_pairs(x.dtype, t):
+            raise TypeError(
+                f"{name} is {t.dtype} but x is {x.dtype}: parameters must have x's dtype, or be float32 with a "
+                "float16 or bfloat16 x (autocast's convention); cast the module or x (e.g. module.to(x.dtype))"
+            )
+
+
 def _check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}; got {value!r}")
@@ -105,7 +125,8 @@ def _inputs_pass(x, w1, b1, w2, b2, act, gate) -> bool:
     shape, wshape = x.shape, w1.shape
     if len(shape) not in RANKS or len(wshape) != 2:
         return False
-    if x.dtype not in _FLOAT_DTYPE_SET or w1.dtype not in _FLOAT_DTYPE_SET or w2.dtype not in _FLOAT_DTYPE_SET:
+    dtype = x.dtype
+    if dtype not in _FLOAT_DTYPE_SET or not (_dtype_pairs(dtype, w1) and _dtype_pairs(dtype, w2)):
         return False
     r, c = wshape
     if c != shape[1] or r == 0 or w2.shape != (c, r) or 0 in shape:  # w2 2-D by its shape
@@ -114,8 +135,8 @@ def _inputs_pass(x, w1, b1, w2, b2, act, gate) -> bool:
     return (
         w1.device == device
         and w2.device == device
-        and (b1 is None or _vector_passes(b1, r, device))
-        and (b2 is None or _vector_passes(b2, c, device))
+        and (b1 is None or (_vector_passes(b1, r, device) and _dtype_pairs(dtype, b1)))
+        and (b2 is None or (_vector_passes(b2, c, device) and _dtype_pairs(dtype, b2)))
         and act in reference.ACTIVATIONS
         and gate in reference.GATES
     )
@@ -147,6 +168,7 @@ def check_inputs(
     _check_vector("b1", b1, r, "w1")
     _check_vector("b2", b2, c, "x's channels")
     _check_devices(x, w1=w1, b1=b1, w2=w2, b2=b2)
+    _check_dtypes(x, w1=w1, b1=b1, w2=w2, b2=b2)
     _check_choice("act", act, reference.ACTIVATIONS)
     _check_choice("gate", gate, reference.GATES)
 
@@ -367,6 +389,7 @@ def _effective_squeeze_excite(
         raise ValueError(f"w must have shape (C, C) = ({c}, {c}) to match x; got {tuple(w.shape)}")
     _check_vector("b", b, c, "x's channels")
     _check_devices(x, w=w, b=b)
+    _check_dtypes(x, w=w, b=b)
     _check_choice("gate", gate, reference.GATES)
     check_epilogue(x, residual, out_act, sample_scale)
     if backend_for(x) == "reference":
@@ -418,6 +441,7 @@ def _efficient_channel_attention(
         raise ValueError(f"circular padding of {(k - 1) // 2} wraps around C = {c} channels more than once")
     _check_vector("b", b, 1, "the single output channel")
     _check_devices(x, w=w, b=b)
+    _check_dtypes(x, w=w, b=b)
     if not isinstance(circular, bool):
         raise TypeError(f"circular must be a bool; got {type(circular).__name__}")
     _check_choice("gate", gate, reference.GATES)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import reference
-from .functional import _effective_squeeze_excite, _efficient_channel_attention, _squeeze_excite
+from .functional import RANKS, _dtype_pairs, _effective_squeeze_excite, _efficient_channel_attention, _squeeze_excite
 
 _ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU}
 _GATE_MODULES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
@@ -153,11 +153,37 @@ class FusedSEModule(nn.Module):
         (B, C, H, W) or (B, C, D, H, W). lengths: (B,) counts of each sequence's valid positions,
         for a (B, C, L) x and the two-FC form only."""
         op, args = self._excitation()
-        if lengths is None:
-            return op(x, *args, residual, out_act, sample_scale)
-        if self.form != "mlp":
-            raise ValueError(f"lengths is for the two-FC form only; this block's form is {self.form!r}")
-        return op(x, *args, residual, out_act, sample_scale, lengths)
+        try:  # free where nothing raises
+            if lengths is None:
+                return op(x, *args, residual, out_act, sample_scale)
+            if self.form != "mlp":
+                raise ValueError(f"lengths is for the two-FC form only; this block's form is {self.form!r}")
+            return op(x, *args, residual, out_act, sample_scale, lengths)
+        except (TypeError, ValueError) as e:
+            error = self._input_error(x)
+            if error is None:
+                raise
+            raise error from e
+
+    def _input_error(self, x: object) -> Optional[Exception]:
+        """The error of an x that does not fit this block, in the block's own terms (its channel
+        count, its parameters' dtype) rather than the functional form's arguments; None otherwise."""
+        if not isinstance(x, torch.Tensor) or x.dim() not in RANKS:  # the functional form's error says it
+            return None
+        block = f"{type(self).__name__}({self.extra_repr()})"
+        if self.channel is not None and x.shape[1] != self.channel:
+            return ValueError(
+                f"{block} was built with channel={self.channel}: x must have {self.channel} channels in dim 1; "
+                f"got shape {tuple(x.shape)}"
+            )
+        for name, p in self.named_parameters():
+            if not _dtype_pairs(x.dtype, p):
+                return TypeError(
+                    f"{block}'s parameter {name} is {p.dtype} but x is {x.dtype}: the parameters must have x's "
+                    "dtype, or be float32 with a float16 or bfloat16 x (autocast's convention); "
+                    f"cast one of them (e.g. module.to({x.dtype}))"
+                )
+        return None
 
     def describe(self) -> str:
         """One line for conversion reports: the block's sizes and choices."""

@@ -3,7 +3,7 @@ torchvision blocks they stand for, and they compute the same thing."""
 
 import pytest
 import torch
-from se_testing import FORM_KERNELS, record_launches
+from se_testing import FORM_KERNELS, make_variant_params, record_launches, run_variant
 from timm.layers.eca import CecaModule, EcaModule
 from timm.layers.squeeze_excite import EffectiveSEModule, SEModule
 from timm.models._efficientnet_blocks import SqueezeExcite as EfficientNetSE
@@ -144,3 +144,64 @@ def test_functional_errors(device):
         with pytest.raises(ValueError, match=r"b must have shape \(1,\)"):
             fused_se.efficient_channel_attention(x, torch.randn(3, device=device), torch.randn(2, device=device))
     assert launched == []
+
+
+# ---- the dtypes x and the parameters may have, and the module's own errors --------------------
+
+_FORMS = {
+    "mlp": lambda: fused_se.FusedSEModule(8, 2, bias=True),
+    "fc": lambda: fused_se.FusedEffectiveSEModule(8),
+    "conv": lambda: fused_se.FusedEcaModule(3),
+}
+
+
+@pytest.mark.parametrize(
+    "x_dtype,param_dtype",
+    [
+        (torch.float16, torch.bfloat16),
+        (torch.bfloat16, torch.float16),
+        (torch.float64, torch.float32),
+        (torch.float32, torch.float64),
+        (torch.float32, torch.bfloat16),
+        (torch.float16, torch.float64),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("form", list(_FORMS))
+def test_parameters_of_another_dtype_than_x_are_refused_as_nn_linear_refuses_them(form, x_dtype, param_dtype, device):
+    m = _FORMS[form]().to(device=device, dtype=param_dtype)
+    x = torch.randn(2, 8, 3, 3, device=device, dtype=x_dtype)
+    params = make_variant_params(form, 8, 2, 3, True, device, dtype=param_dtype)
+    with record_launches() as launched:
+        with pytest.raises(TypeError, match=rf"is {param_dtype} but x is {x_dtype}") as raised:
+            m(x)
+        assert type(m).__name__ in str(raised.value)  # the block's own terms, with the parameter's name
+        with pytest.raises(TypeError, match=rf"is {param_dtype} but x is {x_dtype}"):
+            run_variant(fused_se, x, form, params, "relu", "sigmoid")
+    assert launched == []  # refused before any kernel runs
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("form", list(_FORMS))
+def test_fp32_parameters_run_with_a_16_bit_x_as_under_autocast(form, x_dtype, device):
+    m = _FORMS[form]().to(device)
+    x = torch.randn(2, 8, 3, 3, device=device, dtype=x_dtype)
+    with record_launches() as launched:
+        y = m(x)
+    assert y.dtype == x_dtype
+    assert FORM_KERNELS[form] in launched  # the kernels ran (CUDA, or the interpreter on the CPU)
+    if form == "mlp":
+        w1, b1, w2, b2 = (p.detach() for p in m.parameters())
+        ref = fused_se.reference.squeeze_excite(x.float(), w1, b1, w2, b2)
+        torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("form", ["mlp", "fc"])
+def test_a_modules_channel_error_names_the_modules_own_argument(form, device):
+    m = _FORMS[form]().to(device)
+    with record_launches() as launched:
+        with pytest.raises(ValueError, match=r"was built with channel=8: x must have 8 channels") as raised:
+            m(torch.randn(2, 5, 3, 3, device=device))
+    assert launched == []
+    assert "w1" not in str(raised.value) and "(C, C)" not in str(raised.value)
+    assert isinstance(raised.value.__cause__, ValueError)  # the functional form's error stays in the chain
