@@ -23,7 +23,7 @@ from .common import (
     sum_splits,
 )
 from .passes import hw_sum_range, scale_tile
-from .sync import check_waits, counts_at, flags_at, publish, spins, take_ticket, wait_for, workspace
+from .sync import check_waits, counts_at, flags_at, poisoned, publish, spins, take_ticket, wait_for, workspace
 
 
 @triton.jit
@@ -98,7 +98,7 @@ def _se_fwd_spread_kernel(
             pid_c = u - pid_b * c_blocks
             offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
             mask_c = offs_c < C
-            wait_for(done_ptr + pid_b, ws_ptr + 1, max_polls, WAIT, tiles)
+            met = wait_for(done_ptr + pid_b, ws_ptr + 1, max_polls, WAIT, tiles)
             # the hidden layer, from every tile's product, in a fixed order
             h = tl.zeros((BLOCK_R,), dtype=acc_ty)
             for k in range(0, tiles):
@@ -118,7 +118,7 @@ def _se_fwd_spread_kernel(
             a = tl.sum(w2 * h[None, :], axis=1)
             if HAS_B2:
                 a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)
-            tl.store(s_ptr + row, gate_fwd(a, GATE).to(acc_ty), mask=mask_c)
+            tl.store(s_ptr + row, poisoned(gate_fwd(a, GATE).to(acc_ty), met), mask=mask_c)
             if KEEP_A:
                 tl.store(a_ptr + row, a, mask=mask_c)
             publish(ready_ptr + pid_b * c_blocks + pid_c)
@@ -132,8 +132,8 @@ def _se_fwd_spread_kernel(
             mask_c = offs_c < C
             hw_start = hwt * HW_TILE
             hw_end = tl.minimum(hw_start + HW_TILE, HW)
-            wait_for(ready_ptr + pid_b * c_blocks + pid_c, ws_ptr + 1, max_polls, WAIT)
-            sv = tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0)
+            met = wait_for(ready_ptr + pid_b * c_blocks + pid_c, ws_ptr + 1, max_polls, WAIT)
+            sv = poisoned(tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0), met)
             if HAS_D:
                 sv *= tl.load(d_ptr + pid_b)
             for hw0 in range(hw_start, hw_end, BLOCK_HW):

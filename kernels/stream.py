@@ -31,7 +31,18 @@ from .common import (
 )
 from .excite_mlp import excite_bwd_block, excite_fwd_block
 from .passes import EVICT_FIRST, EVICT_LAST, hw_sum_range, scale_tile
-from .sync import arrive, check_waits, counts_at, flags_at, publish, spins, take_ticket, wait_for, workspace
+from .sync import (
+    arrive,
+    check_waits,
+    counts_at,
+    flags_at,
+    poisoned,
+    publish,
+    spins,
+    take_ticket,
+    wait_for,
+    workspace,
+)
 
 
 @triton.jit
@@ -119,11 +130,11 @@ def _se_fwd_stream_kernel(
                 )  # fmt: skip
                 publish(ready_ptr + ck)
         else:
-            wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
+            met = wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
             for step in range(0, c_steps):
                 offs_c = (group * c_steps + step) * BLOCK_C + tl.arange(0, BLOCK_C)
                 mask_c = offs_c < C
-                sv = tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0)
+                sv = poisoned(tl.load(s_ptr + pid_b.to(tl.int64) * C + offs_c, mask=mask_c, other=0.0), met)
                 if HAS_D:
                     sv *= tl.load(d_ptr + pid_b)
                 for hw0 in range(hw_start, hw_end, BLOCK_HW):
@@ -220,15 +231,15 @@ def _se_bwd_stream_kernel(
                 )  # fmt: skip
                 publish(ready_ptr + ck)
         else:
-            wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
+            met = wait_for(ready_ptr + ck, ws_ptr + 1, max_polls, WAIT)
             for step in range(0, c_steps):
                 offs_c = (group * c_steps + step) * BLOCK_C + tl.arange(0, BLOCK_C)
                 mask_c = offs_c < C
                 row = pid_b.to(tl.int64) * C + offs_c
-                sv = tl.load(s_ptr + row, mask=mask_c, other=0.0)
+                sv = poisoned(tl.load(s_ptr + row, mask=mask_c, other=0.0), met)
                 if HAS_D:
                     sv *= tl.load(d_ptr + pid_b)
-                dz = tl.load(dz_ptr + row, mask=mask_c, other=0.0)
+                dz = poisoned(tl.load(dz_ptr + row, mask=mask_c, other=0.0), met)
                 for hw0 in range(hw_start, hw_end, BLOCK_HW):
                     offs_hw = (hw0 + tl.arange(0, BLOCK_HW)).to(tl.int64)
                     if STORE_G:  # the masked g is in memory already: read it instead of g and o

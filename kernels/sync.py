@@ -73,12 +73,14 @@ def publish(flag_ptr):
 
 @triton.jit
 def wait_for(flag_ptr, failed_ptr, max_polls, WAIT: tl.constexpr, target=1):
-    """Waits until the counter at flag_ptr reaches target, polling it at most max_polls times;
-    a wait that gives up is counted at failed_ptr and the program goes on. Deadlock-free without
-    co-residency (docs/DESIGN.md), so a wait gives up only on a bug or a fault. Where programs run
-    one after another (WAIT False: the interpreter), the order of the tickets alone must have got
-    there; a miss is counted at failed_ptr too. Triton has no portable sleep: the polls are not
-    spaced out."""
+    """Waits until the counter at flag_ptr reaches target, polling it at most max_polls times, and
+    returns whether it got there. A wait that gives up is counted at failed_ptr and the program goes
+    on, writing NaN where it would have written what the wait guarded (`poisoned`): a result that
+    cannot pass for a plausible one, whether or not the launcher reads the count. Deadlock-free
+    without co-residency (docs/DESIGN.md), so a wait gives up only on a bug or a fault. Where
+    programs run one after another (WAIT False: the interpreter), the order of the tickets alone
+    must have got there; a miss is counted at failed_ptr too. Triton has no portable sleep: the
+    polls are not spaced out."""
     if WAIT:
         seen = tl.atomic_add(flag_ptr, 0, sem="acquire")
         polls = 1
@@ -88,8 +90,16 @@ def wait_for(flag_ptr, failed_ptr, max_polls, WAIT: tl.constexpr, target=1):
         if seen < target:
             tl.atomic_add(failed_ptr, 1)
     else:
-        tl.atomic_add(failed_ptr, (tl.atomic_add(flag_ptr, 0, sem="acquire") < target).to(tl.int32))
+        seen = tl.atomic_add(flag_ptr, 0, sem="acquire")
+        tl.atomic_add(failed_ptr, (seen < target).to(tl.int32))
     tl.debug_barrier()
+    return seen >= target
+
+
+@triton.jit
+def poisoned(v, met):
+    """v where its wait was met (`wait_for`'s result), NaN where the wait gave up."""
+    return tl.where(met, v, float("nan"))
 
 
 # Where the interpreter polls too (tests of the give-up path set it): programs then spin as on a GPU.

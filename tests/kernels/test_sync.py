@@ -81,3 +81,56 @@ def test_the_check_costs_no_sync_on_a_gpu_unless_asked(monkeypatch):
     monkeypatch.setenv(sync.CHECK_ENV, "1")
     with pytest.raises(RuntimeError, match="3 waits gave up"):
         sync.check_waits(ws, 0, 0, "se_fwd_stream", (1, 2, 3, 4))
+
+
+# ---- a wait that gives up writes NaN, whether or not the launcher reads the count --------------
+
+
+@pytest.fixture
+def unchecked(monkeypatch):
+    """The launchers do not read the failed waits, as on a GPU without FUSED_SE_CHECK_WAITS, and
+    every buffer starts with plausible values (0.5) instead of the suite's NaN, as a reused
+    allocation may: what a wait guarded must come out NaN all the same."""
+    from fused_se.kernels import common, stream
+
+    monkeypatch.setattr(stream, "check_waits", lambda *args: None)
+    monkeypatch.setattr(common, "POISON_OUTPUTS", False)
+    made = common._made
+
+    def stale(out, zeroed=False):
+        if not zeroed:
+            out.fill_(0.5)
+        return made(out, zeroed)
+
+    monkeypatch.setattr(common, "_made", stale)
+
+
+def _reference_y(x, w1, w2):
+    s = torch.sigmoid(torch.relu(x.mean((2, 3)) @ w1.t()) @ w2.t())
+    return x * s[:, :, None, None]
+
+
+def test_a_forward_wait_that_gives_up_writes_nan_where_it_would_have_written_y(streamed, unchecked):
+    x, (w1, w2) = streamed, _weights()
+    bad = dataclasses.replace(planned(plan_forward(x, 2), "stream"), chunk=2, lag=0)
+    y, *_ = kernels.se_fwd_stream(x, w1, None, w2, None, "relu", "sigmoid", None, None, False, bad)
+    # LAG 0: each chunk's first sample is scaled before its second is squeezed; the second's waits are met
+    waited_in_vain = torch.tensor([b % 2 == 0 for b in range(x.shape[0])])
+    assert torch.isnan(y[waited_in_vain]).all()
+    torch.testing.assert_close(y[~waited_in_vain], _reference_y(x, w1, w2)[~waited_in_vain], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("relu_tail", [False, True], ids=["plain", "relu-tail"])
+def test_a_backward_wait_that_gives_up_writes_nan_where_it_would_have_written_dx(streamed, unchecked, relu_tail):
+    x, (w1, w2) = streamed, _weights()
+    y, z, s, a = kernels.se_fwd_stream(
+        x, w1, None, w2, None, "relu", "sigmoid", None, None, False, planned(plan_forward(x, 2), "stream")
+    )
+    relu_out = torch.relu(y) if relu_tail else None
+    bad = dataclasses.replace(planned(plan_backward(y, x, 2), "stream"), chunk=2, lag=0)
+    need = (True, False, True, False)
+    g = torch.randn_like(x)
+    dx, *_ = kernels.se_bwd_stream(g, x, z, s, a, w1, None, w2, need, "relu", "sigmoid", None, relu_out, False, bad)
+    waited_in_vain = torch.tensor([b % 2 == 0 for b in range(x.shape[0])])
+    assert torch.isnan(dx[waited_in_vain]).all()  # through the ReLU's mask too: NaN, never a plausible 0
+    assert not torch.isnan(dx[~waited_in_vain]).any()
