@@ -68,7 +68,9 @@ def _grads(fn, x, residual, params, g):
 
 def _check(form_spec, out_act, drop, dtype, x_layout, r_layout, device, path="triton"):
     form, act, gate, bias, circular = form_spec
-    params = make_variant_params(form, C, HIDDEN, K, bias, device)
+    # fp32 parameters with a 16-bit x (autocast's convention); x's own dtype otherwise
+    p_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    params = make_variant_params(form, C, HIDDEN, K, bias, device, p_dtype)
     x = make_input((B, C, H, W), dtype, device, x_layout) * 2
     residual = make_input((B, C, H, W), dtype, device, r_layout)
     g = torch.randn(B, C, H, W, dtype=dtype, device=device)
