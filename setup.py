@@ -42,6 +42,7 @@ setup(
             "monai",
             "transformers",
             "speechbrain",
+            "segmentation-models-pytorch",
             "matplotlib",
             "onnx",
             "onnxscript",

@@ -2,7 +2,7 @@
 
 convert tries it on modules its class table does not know, and only on small candidates (at most
 `MAX_MODULES` modules in all, two of them Linear or convs with a kernel of ones, and an adaptive
-average pool among its children or `mean` / `adaptive_avg_pool*d` in its forward's code), so a
+average pool among them or `mean` / `adaptive_avg_pool*d` in its forward's code), so a
 big model costs a few microseconds a module, not a trace each. A candidate's own forward is
 traced by torch.fx, every child a single op (a plain nn.Sequential traced through), and the graph
 must be, with nothing else on it:
@@ -13,13 +13,14 @@ squeeze: AdaptiveAvgPool1d/2d/3d(1), F.adaptive_avg_pool1d/2d/3d(x, 1), or x.mea
 spatial dim; FC: nn.Linear or a pointwise Conv1d/2d/3d (the kernels check them); act: relu or silu
 as a module, a function, a method, or x * sigmoid(x); gate: sigmoid or hard sigmoid, likewise.
 Ops that only reshape (view, reshape, flatten, squeeze, unsqueeze, expand, expand_as, indexing with
-None) may sit anywhere between the squeeze and the product, and the sizes they read from x
-(x.shape, x.size()) are allowed. A graph that takes a global average of its input but breaks this
-shape is a near miss: `NearMiss` says which op broke it. A module that cannot be traced, or that
-averages nothing, is no match (`NoMatch`): convert looks inside it as usual.
+None, nn.Flatten) and nn.Identity may sit anywhere between the squeeze and the product, and the
+sizes they read from x (x.shape, x.size()) are allowed. A graph that takes a global average of its input and multiplies
+its input by something, but breaks this shape, is a near miss: `NearMiss` says which op broke it.
+A module whose forward takes more than x, that cannot be traced, or whose graph lacks either of
+those two uses of x, is no match (`NoMatch`): convert looks inside it as usual.
 
-A match becomes a FusedLayersSEModule holding every child of the original under its own name, so
-the Parameters are shared and the state_dict keeps its keys. The reshapes allowed keep the
+A match becomes a FusedLayersSEModule holding the children of the original that hold parameters or
+buffers, under their own names, so the Parameters are shared and the state_dict keeps its keys. The reshapes allowed keep the
 elements' order (none transposes), so a graph that runs for any batch size computes the SE's math;
 nothing is run to check it (a forward of the original on an example took milliseconds a block on
 a CPU, more than the trace).
@@ -92,14 +93,16 @@ def is_candidate(module: nn.Module) -> bool:
     children = module._modules
     if not children or len(children) >= MAX_MODULES:
         return False
-    if not (_forward_squeezes(type(module)) or any(type(c) in _POOLS for c in children.values())):
+    squeezes = _forward_squeezes(type(module))
+    if not (squeezes or any(type(c) in _POOLS or type(c) is nn.Sequential for c in children.values())):
         return False
     fcs = 0
     for count, m in enumerate(module.modules(), 1):
         if count > MAX_MODULES:
             return False
         fcs += _is_fc(m)
-    return fcs >= 2
+        squeezes = squeezes or type(m) in _POOLS
+    return fcs >= 2 and squeezes
 
 
 # --------------------------------------------------------------------------------------
@@ -156,7 +159,10 @@ def _describe(node: object, module: nn.Module) -> str:
     return f"the attribute `{node.target}`"
 
 
-def _is_shape_op(node: fx.Node) -> bool:
+def _is_shape_op(node: fx.Node, module: nn.Module) -> bool:
+    if node.op == "call_module":  # nn.Identity (timm's bn=None), nn.Flatten in a Sequential
+        layer = module.get_submodule(node.target)
+        return type(layer) is nn.Identity or type(layer) is nn.Flatten
     if node.op == "call_method":
         return node.target in _SHAPE_METHODS
     if node.op != "call_function":
@@ -220,6 +226,10 @@ def _squeeze_rank(node: fx.Node, module: nn.Module) -> Optional[int]:
     return rank if {d % rank for d in dims} == set(range(2, rank)) else None
 
 
+def _holds_state(m: nn.Module) -> bool:
+    return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
+
+
 class _Path:
     """The walk back from the product to the squeeze, naming what breaks it."""
 
@@ -232,7 +242,7 @@ class _Path:
         return NearMiss(f"{_describe(node, self.module)} where {role} was expected ({_SHAPE})")
 
     def past_reshapes(self, node: object) -> object:
-        while isinstance(node, fx.Node) and _is_shape_op(node):
+        while isinstance(node, fx.Node) and _is_shape_op(node, self.module):
             self.nodes.add(node)
             node = node.args[0]
         return node
@@ -243,8 +253,7 @@ class _Path:
         return self.past_reshapes(_first_input(node))
 
     def holds_state(self, node: fx.Node) -> bool:
-        m = self.module.get_submodule(node.target)
-        return any(True for _ in m.parameters()) or any(True for _ in m.buffers())
+        return _holds_state(self.module.get_submodule(node.target))
 
     def gate(self, node: object) -> str:
         role = "the gate (sigmoid, hard_sigmoid)"
@@ -322,8 +331,11 @@ def match(module: nn.Module, act_of: Callable[[nn.Module], str], gate_of: Callab
     graph = _trace(module)
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     (x,) = placeholders
-    if not any(u for u in x.users if _squeeze_rank(u, module) is not None and _first_input(u) is x):
+    # an SE-like graph averages its input and multiplies it by something: else (a classifier head) no match
+    if not any(_squeeze_rank(u, module) is not None and _first_input(u) is x for u in x.users):
         raise NoMatch("no global average of the input")
+    if not any(_product_factors(u) is not None for u in x.users):
+        raise NoMatch("no product with the input")
     output = next(n for n in graph.nodes if n.op == "output")
     path = _Path(module, x, act_of, gate_of)
     product = output.args[0]
@@ -363,8 +375,11 @@ def build(
     if dict(module.named_parameters(recurse=False)) or dict(module.named_buffers(recurse=False)):
         raise NoMatch("parameters of its own")
     reduce, expand, act, gate, _ = match(module, act_of, gate_of)
+    # the children that hold state, under their own names: the state_dict keeps its keys (the others,
+    # a pool or an activation, may be named like the fused block's own attributes: act, gate)
+    children = {n: c for n, c in module.named_children() if _holds_state(c)}
     try:
-        fused = FusedLayersSEModule.from_children(dict(module.named_children()), reduce, expand, act=act, gate=gate)
+        fused = FusedLayersSEModule.from_children(children, reduce, expand, act=act, gate=gate)
     except (TypeError, ValueError) as e:
         raise NearMiss(str(e)) from None
     return fused
