@@ -452,6 +452,10 @@ def convert(
     "fused_se" logger (to stderr when logging is not configured). A module reached through
     several names is replaced once, everywhere. Blocks already fused are left as they are.
 
+    Blocks are found by class (the table above), by their inline SE (smp's EfficientNet
+    MBConvBlock: its forward is replaced, its modules kept), by the classic SE's children, and
+    else by their forward traced with torch.fx (fused_se.structural); the report names the rule.
+
     ``fuse_residual=True`` also routes the tail of timm's ResNet blocks (Bottleneck,
     BasicBlock) and of MONAI's SEBlock (its SE-ResNet bottlenecks) whose attention block is fused, ``act(drop_path(se(x)) + shortcut)``, through
     the SE's scale pass (see fused_se.tails); a block with anything else between the SE and
