@@ -244,13 +244,20 @@ class _Path:
     def past_reshapes(self, node: object) -> object:
         while isinstance(node, fx.Node) and _is_shape_op(node, self.module):
             self.nodes.add(node)
-            node = node.args[0]
+            node = _first_input(node)
         return node
 
     def step(self, node: fx.Node) -> object:
         """node's tensor input, past the reshapes between it and the op before."""
         self.nodes.add(node)
         return self.past_reshapes(_first_input(node))
+
+    def named(self, name_of: Callable[[nn.Module], str], node: fx.Node) -> str:
+        """What an activation module computes, by convert's rules; its refusal as a near miss."""
+        try:
+            return name_of(self.module.get_submodule(node.target))
+        except Exception as e:  # convert's skip: an activation the kernels do not have
+            raise NearMiss(str(e)) from None
 
     def holds_state(self, node: fx.Node) -> bool:
         return _holds_state(self.module.get_submodule(node.target))
@@ -260,7 +267,7 @@ class _Path:
         if not isinstance(node, fx.Node):
             raise self.miss(node, role)
         if node.op == "call_module" and not self.holds_state(node):
-            return self.gate_of(self.module.get_submodule(node.target))
+            return self.named(self.gate_of, node)
         name = None
         if node.op == "call_function":
             name = _GATE_FUNCTIONS.get(node.target)
@@ -278,7 +285,7 @@ class _Path:
         if node.op == "call_module":
             if self.holds_state(node):
                 raise NearMiss(f"{_describe(node, self.module)} between the two FCs ({_SHAPE})")
-            return self.act_of(self.module.get_submodule(node.target)), self.step(node)
+            return self.named(self.act_of, node), self.step(node)
         name = None
         if node.op == "call_function" and node.target in _PRODUCTS and len(node.args) == 2:
             a, b = node.args
@@ -327,8 +334,17 @@ def match(module: nn.Module, act_of: Callable[[nn.Module], str], gate_of: Callab
 
     Raises NoMatch where the forward is not an SE (or cannot be traced) and NearMiss where it takes
     a global average of its input but is not the SE the kernels run. act_of and gate_of name an
-    activation module (they raise convert's skip for one the kernels do not have)."""
+    activation module (they raise for one the kernels do not have: a near miss with their message)."""
     graph = _trace(module)
+    try:
+        return _match_graph(graph, module, act_of, gate_of)
+    except (NoMatch, NearMiss):
+        raise
+    except Exception as e:  # a graph this walk did not foresee: no match, never an error for the user
+        raise NoMatch(f"graph not understood: {type(e).__name__}: {e}") from None
+
+
+def _match_graph(graph: fx.Graph, module: nn.Module, act_of: Callable, gate_of: Callable):
     placeholders = [n for n in graph.nodes if n.op == "placeholder"]
     (x,) = placeholders
     # an SE-like graph averages its input and multiplies it by something: else (a classifier head) no match
