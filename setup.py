@@ -45,6 +45,7 @@ setup(
             "monai",
             "transformers",
             "speechbrain",
+            "segmentation-models-pytorch",
             "matplotlib",
             "onnx",
             "onnxscript",

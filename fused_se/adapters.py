@@ -16,10 +16,10 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from .functional import _squeeze_excite
-from .modules import FusedSEModule, _as_matrix, _check_pointwise_conv
+from .modules import FusedSEModule, _as_matrix, _check_pointwise_conv, traced_as_leaf
 
 
 def _matrix(layer: nn.Module) -> torch.Tensor:
@@ -84,6 +84,8 @@ class FusedLayersSEModule(FusedSEModule):
         return _squeeze_excite, (_matrix(reduce), reduce.bias, _matrix(expand), expand.bias, self.act, self.gate)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, **tail) -> torch.Tensor:
+        if isinstance(x, fx.Proxy):
+            return traced_as_leaf(self, x, (residual,), tail)
         if self.add_input:
             if residual is not None:
                 raise ValueError("this block adds its input (add_residual) and takes no other residual")
@@ -114,6 +116,8 @@ class FusedSpeechBrainSEBlock(FusedLayersSEModule):
     """
 
     def forward(self, x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if isinstance(x, fx.Proxy):
+            return traced_as_leaf(self, x, (lengths,), {})
         counts = None
         if lengths is not None:
             if not isinstance(lengths, torch.Tensor) or lengths.dim() != 1:

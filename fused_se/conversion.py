@@ -23,10 +23,19 @@ fused_se never imports timm or torchvision):
     SpeechBrain ECAPA-TDNN SEBlock           conv1.conv, conv2.conv, with relative lengths
                                                                                 -> FusedSpeechBrainSEBlock
 
+Then, for blocks the table does not name:
+
+    SE inline in a block's forward: segmentation_models_pytorch's EfficientNet MBConvBlock
+                                                                 -> a forward with the fused op (inline.py)
+    any small module whose forward computes x * gate(FC(act(FC(mean(x)))))
+                                                                 -> FusedLayersSEModule (structural.py)
+
 The fused block holds the original's own layers, so it shares their Parameter objects (optimizer
 state and tied weights keep working) and the model's state_dict keeps its keys and values. What
 cannot be fused (a norm layer between the FCs, a max-pool added to the squeeze, an activation the
-kernels do not have) stays as it is and is reported with the reason.
+kernels do not have) stays as it is and is reported with the reason. The report names the rule that
+found each block: "class" (the table), "classic" (the classic SE's children), "structure" (its
+traced forward), "inline" (an SE inside a block's forward).
 """
 
 from __future__ import annotations
@@ -38,7 +47,7 @@ from typing import Callable, Optional, Union
 
 from torch import nn
 
-from . import tails
+from . import inline, structural, tails
 from .adapters import FusedLayersSEModule, FusedSpeechBrainSEBlock
 from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
 
@@ -313,14 +322,52 @@ def _classic(module: nn.Module) -> FusedSEModule:
         raise _Skip(str(e)) from None
 
 
-def _builder(module: nn.Module) -> Optional[Callable[[nn.Module], FusedSEModule]]:
+class _NoMatch(Exception):
+    """Not an SE block after all (the structural match): convert looks inside it as usual."""
+
+
+def _structural(module: nn.Module) -> FusedSEModule:
+    try:
+        return structural.build(module, _act, _gate)
+    except structural.NoMatch as e:
+        raise _NoMatch(str(e)) from None
+    except structural.NearMiss as e:
+        raise _Skip(str(e)) from None
+
+
+def _inline(block: nn.Module) -> nn.Module:
+    """The block itself, its forward now running the fused SE in the place of its inline one."""
+    if inline.is_installed(block):
+        raise _NoMatch("already fused")
+    try:
+        se = inline.build(block, _act)
+    except inline.InlineSkip as e:
+        raise _Skip(str(e)) from None
+    if se is None:
+        raise _NoMatch("no SE in this block")
+    inline.install(block, se)
+    block.__dict__[_INLINE_DETAILS] = se.describe()
+    return block
+
+
+_INLINE_DETAILS = "_fused_se_inline"
+
+
+def _builder(module: nn.Module) -> Optional[tuple[Callable[[nn.Module], nn.Module], str]]:
+    """How to fuse the module, and the rule that says so; None where it is no SE block."""
     if isinstance(module, FusedSEModule):
         return None
+    cls = type(module)
     for module_name, class_name, build in _KNOWN:
-        cls = _imported_class(module_name, class_name)
-        if cls is not None and type(module) is cls:
-            return build
-    return _classic if _classic_shape(module) else None
+        if cls is _imported_class(module_name, class_name):
+            return build, "class"
+    if cls is inline.block_class():
+        return _inline, "inline"
+    if _classic_shape(module):
+        return _classic, "classic"
+    if structural.is_candidate(module):
+        return _structural, "structure"
+    return None
 
 
 # --------------------------------------------------------------------------------------
@@ -332,8 +379,9 @@ def _builder(module: nn.Module) -> Optional[Callable[[nn.Module], FusedSEModule]
 class Replaced:
     name: str  # the module's qualified name in the model ("" for the model itself)
     original: str  # its class
-    fused: str  # the fused block's class
+    fused: str  # the fused block's class ("inline SE" for a block whose forward now runs it)
     details: str
+    rule: str = "class"  # what found it: "class", "classic", "structure", "inline" (tails: "tail")
 
 
 @dataclass(frozen=True)
@@ -341,6 +389,7 @@ class Skipped:
     name: str
     original: str
     reason: str
+    rule: str = "class"
 
 
 @dataclass
@@ -353,13 +402,13 @@ class ConversionReport:
     tails_fused: list[Replaced] = field(default_factory=list)
     tails_skipped: list[Skipped] = field(default_factory=list)
 
-    def rows(self) -> list[tuple[str, str, str, str]]:
-        """(name, original class, outcome, details or reason) for every SE block found, then
+    def rows(self) -> list[tuple[str, str, str, str, str]]:
+        """(name, original class, rule, outcome, details or reason) for every SE block found, then
         for every residual block whose tail was considered."""
-        out = [(r.name or "<model>", r.original, f"-> {r.fused}", r.details) for r in self.replaced]
-        out += [(s.name or "<model>", s.original, "skipped", s.reason) for s in self.skipped]
-        out += [(r.name or "<model>", r.original, "tail fused", r.details) for r in self.tails_fused]
-        out += [(s.name or "<model>", s.original, "tail skipped", s.reason) for s in self.tails_skipped]
+        out = [(r.name or "<model>", r.original, r.rule, f"-> {r.fused}", r.details) for r in self.replaced]
+        out += [(s.name or "<model>", s.original, s.rule, "skipped", s.reason) for s in self.skipped]
+        out += [(r.name or "<model>", r.original, "tail", "tail fused", r.details) for r in self.tails_fused]
+        out += [(s.name or "<model>", s.original, "tail", "tail skipped", s.reason) for s in self.tails_skipped]
         return out
 
     def __str__(self) -> str:
@@ -369,11 +418,11 @@ class ConversionReport:
         rows = self.rows()
         if not rows:
             return head + " (no SE block found)"
-        table = [("module", "class", "outcome", "details"), *rows]
-        widths = [max(len(row[i]) for row in table) for i in range(3)]
+        table = [("module", "class", "rule", "outcome", "details"), *rows]
+        widths = [max(len(row[i]) for row in table) for i in range(4)]
         lines = [head]
         for row in table:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
         return "\n".join(lines)
 
 
@@ -403,6 +452,10 @@ def convert(
     "fused_se" logger (to stderr when logging is not configured). A module reached through
     several names is replaced once, everywhere. Blocks already fused are left as they are.
 
+    Blocks are found by class (the table above), by their inline SE (smp's EfficientNet
+    MBConvBlock: its forward is replaced, its modules kept), by the classic SE's children, and
+    else by their forward traced with torch.fx (fused_se.structural); the report names the rule.
+
     ``fuse_residual=True`` also routes the tail of timm's ResNet blocks (Bottleneck,
     BasicBlock) and of MONAI's SEBlock (its SE-ResNet bottlenecks) whose attention block is fused, ``act(drop_path(se(x)) + shortcut)``, through
     the SE's scale pass (see fused_se.tails); a block with anything else between the SE and
@@ -418,18 +471,29 @@ def convert(
         if _below(name, handled_names):
             continue  # inside a block already replaced or skipped
         if id(module) not in handled:
-            build = _builder(module)
-            if build is None:
+            found = _builder(module)
+            if found is None:
                 continue
+            build, rule = found
             try:
                 fused = build(module)
+            except _NoMatch:
+                continue
             except _Skip as e:
-                report.skipped.append(Skipped(name, type(module).__name__, str(e)))
+                report.skipped.append(Skipped(name, type(module).__name__, str(e), rule))
                 fused = None
             else:
-                fused.train(module.training)
-                fused.__dict__[_ORIGINAL] = module
-                report.replaced.append(Replaced(name, type(module).__name__, type(fused).__name__, fused.describe()))
+                if fused is module:  # changed in place (an inline SE): nothing to swap
+                    details = module.__dict__.pop(_INLINE_DETAILS)
+                    report.replaced.append(Replaced(name, type(module).__name__, "inline SE", details, rule))
+                    fused = None
+                else:
+                    fused.train(module.training)
+                    fused.__dict__[_ORIGINAL] = module
+                    description = fused.describe()
+                    report.replaced.append(
+                        Replaced(name, type(module).__name__, type(fused).__name__, description, rule)
+                    )
             handled[id(module)] = fused
         handled_names.add(name)
         fused = handled[id(module)]
@@ -474,6 +538,7 @@ def revert(model: nn.Module) -> nn.Module:
     _check_model(model)
     for module in model.modules():
         tails.uninstall(module)
+        inline.uninstall(module)
     for name, module in list(model.named_modules(remove_duplicate=False)):
         original = module.__dict__.get(_ORIGINAL)
         if original is None:

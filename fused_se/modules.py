@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from . import reference
 from .functional import RANKS, _dtype_pairs, _effective_squeeze_excite, _efficient_channel_attention, _squeeze_excite
@@ -41,6 +41,25 @@ def _check_name(name: str, value: object, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}; got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def refuse_script(*_) -> None:
+    """torch.jit.script's hook on a fused block (and on a block whose forward convert replaced)."""
+    raise RuntimeError(
+        "torch.jit.script cannot compile fused_se's blocks (they launch Triton kernels from Python): "
+        "call fused_se.revert(model) before scripting, or use torch.compile or torch.export"
+    )
+
+
+def traced_as_leaf(module: nn.Module, x: fx.Proxy, args: tuple, kwargs: dict) -> fx.Proxy:
+    """A fused block under an FX trace: one call_module node, as if the tracer took it for a leaf,
+    so that symbolic_trace, torchvision's create_feature_extractor and timm's FX features see the
+    block as a whole (its checks would ask the proxies for values) and the traced module calls it."""
+    tracer = x.tracer
+    path = tracer.path_of_module(module)
+    if not path:
+        raise RuntimeError("a fused SE block cannot be the root of an FX trace: trace the model that holds it")
+    return tracer.create_proxy("call_module", path, (x, *args), kwargs)
 
 
 class FusedSEModule(nn.Module):
@@ -152,6 +171,9 @@ class FusedSEModule(nn.Module):
         sample_scale[b] + residual) (see fused_se.functional.squeeze_excite). x: (B, C, L),
         (B, C, H, W) or (B, C, D, H, W). lengths: (B,) counts of each sequence's valid positions,
         for a (B, C, L) x and the two-FC form only."""
+        if isinstance(x, fx.Proxy):
+            tail = {"out_act": out_act, "sample_scale": sample_scale, "lengths": lengths}
+            return traced_as_leaf(self, x, (residual,), {k: v for k, v in tail.items() if v is not None})
         op, args = self._excitation()
         try:  # free where nothing raises
             if lengths is None:
@@ -184,6 +206,8 @@ class FusedSEModule(nn.Module):
                     f"cast one of them (e.g. module.to({x.dtype}))"
                 )
         return None
+
+    __prepare_scriptable__ = refuse_script
 
     def describe(self) -> str:
         """One line for conversion reports: the block's sizes and choices."""

@@ -23,9 +23,9 @@ import sys
 from typing import Optional
 
 import torch
-from torch import nn
+from torch import fx, nn
 
-from .modules import FusedSEModule
+from .modules import FusedSEModule, refuse_script
 
 # The modules each block's forward runs, in timm's order (timm.models.resnet).
 _BLOCK_LAYOUTS = {
@@ -117,7 +117,10 @@ def _sample_scale(drop_path: Optional[nn.Module], x: torch.Tensor) -> Optional[t
 
 
 def fused_tail_forward(block: nn.Module, x: torch.Tensor, kind: str) -> torch.Tensor:
-    """The block's forward, with its tail in the SE's scale pass."""
+    """The block's forward, with its tail in the SE's scale pass (its class's own under an FX trace,
+    where the fused SE is one node)."""
+    if isinstance(x, fx.Proxy):
+        return type(block).forward(block, x)
     if kind == _MONAI:  # as MONAI's SEBlock.forward: the projection first
         shortcut = block.project(x)
         for name in _MONAI_STEPS:
@@ -135,6 +138,7 @@ def fused_tail_forward(block: nn.Module, x: torch.Tensor, kind: str) -> torch.Te
 
 def install(block: nn.Module, kind: str) -> None:
     block.__dict__["forward"] = functools.partial(fused_tail_forward, block, kind=kind)
+    block.__dict__["__prepare_scriptable__"] = refuse_script
 
 
 def is_installed(block: nn.Module) -> bool:
@@ -145,3 +149,4 @@ def is_installed(block: nn.Module) -> bool:
 def uninstall(block: nn.Module) -> None:
     if is_installed(block):
         del block.__dict__["forward"]
+        block.__dict__.pop("__prepare_scriptable__", None)
