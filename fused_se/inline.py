@@ -17,14 +17,13 @@ code uses) before anything is installed. Under an FX trace the block runs its ow
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Callable, Optional
 
 import torch
 from torch import fx, nn
 
-from .modules import FusedConv2dSEModule, refuse_script
+from .modules import FusedConv2dSEModule, has_forward, install_forward, remove_forward
 
 _SMP_EFFICIENTNET = "segmentation_models_pytorch.encoders._efficientnet"
 _KIND = "MBConvBlock"
@@ -103,16 +102,12 @@ def fused_mbconv_forward(
 
 
 def install(block: nn.Module, se: FusedConv2dSEModule) -> None:
-    block.__dict__["forward"] = functools.partial(fused_mbconv_forward, block, se=se)
-    block.__dict__["__prepare_scriptable__"] = refuse_script
+    install_forward(block, fused_mbconv_forward, se=se)
 
 
 def is_installed(block: nn.Module) -> bool:
-    forward = block.__dict__.get("forward")
-    return isinstance(forward, functools.partial) and forward.func is fused_mbconv_forward
+    return has_forward(block, fused_mbconv_forward)
 
 
 def uninstall(block: nn.Module) -> None:
-    if is_installed(block):
-        del block.__dict__["forward"]
-        block.__dict__.pop("__prepare_scriptable__", None)
+    remove_forward(block, fused_mbconv_forward)

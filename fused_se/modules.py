@@ -10,6 +10,7 @@ the state_dict unchanged.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import torch
@@ -49,6 +50,27 @@ def refuse_script(*_) -> None:
         "torch.jit.script cannot compile fused_se's blocks (they launch Triton kernels from Python): "
         "call fused_se.revert(model) before scripting, or use torch.compile or torch.export"
     )
+
+
+def install_forward(block: nn.Module, forward: Callable, **kwargs) -> None:
+    """Gives `block` an instance forward, forward(block, ..., **kwargs), which shadows its class's
+    (convert's fused residual tails and inline SE); torch.jit.script of the block is refused with
+    `refuse_script`'s message."""
+    block.__dict__["forward"] = functools.partial(forward, block, **kwargs)
+    block.__dict__["__prepare_scriptable__"] = refuse_script
+
+
+def has_forward(block: nn.Module, forward: Callable) -> bool:
+    """Whether `install_forward` gave `block` this forward."""
+    installed = block.__dict__.get("forward")
+    return isinstance(installed, functools.partial) and installed.func is forward
+
+
+def remove_forward(block: nn.Module, forward: Callable) -> None:
+    """Undoes `install_forward(block, forward, ...)`; nothing where it was not installed."""
+    if has_forward(block, forward):
+        del block.__dict__["forward"]
+        block.__dict__.pop("__prepare_scriptable__", None)
 
 
 def traced_as_leaf(module: nn.Module, x: fx.Proxy, args: tuple, kwargs: dict) -> fx.Proxy:

@@ -18,14 +18,13 @@ MONAI's SEBlock (SEResNet, SEResNeXt, SENet154's bottlenecks, 1-D to 3-D) ends t
 
 from __future__ import annotations
 
-import functools
 import sys
 from typing import Optional
 
 import torch
 from torch import fx, nn
 
-from .modules import FusedSEModule, refuse_script
+from .modules import FusedSEModule, has_forward, install_forward, remove_forward
 
 # The modules each block's forward runs, in timm's order (timm.models.resnet).
 _BLOCK_LAYOUTS = {
@@ -137,16 +136,12 @@ def fused_tail_forward(block: nn.Module, x: torch.Tensor, kind: str) -> torch.Te
 
 
 def install(block: nn.Module, kind: str) -> None:
-    block.__dict__["forward"] = functools.partial(fused_tail_forward, block, kind=kind)
-    block.__dict__["__prepare_scriptable__"] = refuse_script
+    install_forward(block, fused_tail_forward, kind=kind)
 
 
 def is_installed(block: nn.Module) -> bool:
-    forward = block.__dict__.get("forward")
-    return isinstance(forward, functools.partial) and forward.func is fused_tail_forward
+    return has_forward(block, fused_tail_forward)
 
 
 def uninstall(block: nn.Module) -> None:
-    if is_installed(block):
-        del block.__dict__["forward"]
-        block.__dict__.pop("__prepare_scriptable__", None)
+    remove_forward(block, fused_tail_forward)

@@ -190,3 +190,33 @@ def mlp_outputs_and_grads(fn, x: torch.Tensor, params: list, g: torch.Tensor) ->
     y = fn(x, *leaves)
     wrt = [x] + [p for p in leaves if p is not None]
     return [y.detach(), *torch.autograd.grad(y, wrt, g)]
+
+
+def model_outputs_and_grads(model, inputs: tuple, *args) -> tuple:
+    """(output, {name: gradient}) of a model for a fixed cotangent: the gradients of the inputs
+    ("input 0", ...) and of every parameter by name. Drop-path and dropout draw the same masks on
+    every call; a Hugging Face output gives its last_hidden_state, a dict of features their concat."""
+    inputs = tuple(x.detach().clone().requires_grad_() for x in inputs)
+    torch.manual_seed(1234)
+    y = model(*inputs, *args)
+    if isinstance(y, dict):
+        y = torch.cat([t.flatten() for t in y.values()])
+    elif not isinstance(y, torch.Tensor):
+        y = y.last_hidden_state
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype).to(y.device)
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    grads = torch.autograd.grad(y, [*inputs, *params], g, allow_unused=True)
+    return y.detach(), dict(zip([f"input {i}" for i in range(len(inputs))] + list(names), grads))
+
+
+def assert_same_outputs_and_grads(got: tuple, want: tuple, label: str, rel: float = 1e-9) -> None:
+    """`model_outputs_and_grads` of a converted model against the original's: every gradient the
+    original has, each within rel of the original's largest magnitude (fp64: the same math)."""
+    (y, grads), (y_ref, grads_ref) = got, want
+    assert grads.keys() == grads_ref.keys()
+    for what, ours, ref in [("output", y, y_ref)] + [(k, grads[k], grads_ref[k]) for k in grads_ref]:
+        if ref is None:
+            assert ours is None, what
+            continue
+        err = (ours - ref).abs().max().item()
+        assert err <= rel * max(1.0, ref.abs().max().item()), f"{what} ({label}): error {err:.3g}"

@@ -9,7 +9,7 @@ import importlib
 
 import pytest
 import torch
-from se_testing import randomize_norms, record_launches
+from se_testing import assert_same_outputs_and_grads, model_outputs_and_grads, randomize_norms, record_launches
 from torch import nn
 
 import fused_se
@@ -47,19 +47,6 @@ def ecapa():
     return module
 
 
-def _outputs_and_grads(model: nn.Module, inputs: tuple, *args):
-    """The output and the gradients of the inputs and of every parameter (by name)."""
-    inputs = tuple(x.detach().clone().requires_grad_() for x in inputs)
-    torch.manual_seed(1234)  # the same dropout masks on both sides in train mode
-    y = model(*inputs, *args)
-    if not isinstance(y, torch.Tensor):  # a Hugging Face model's output
-        y = y.last_hidden_state
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype).to(y.device)
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    grads = torch.autograd.grad(y, [*inputs, *params], g, allow_unused=True)
-    return y.detach(), dict(zip([f"input {i}" for i in range(len(inputs))] + list(names), grads))
-
-
 def _check_converted(model: nn.Module, inputs: tuple, se_classes: tuple, *args, skipped: int = 0, **options):
     """Converts `model` (fp64) and holds it to the original; returns the report."""
     model = model.double()
@@ -85,16 +72,9 @@ def _check_converted(model: nn.Module, inputs: tuple, se_classes: tuple, *args, 
         converted.train(train)
         original.train(train)
         with record_launches() as launched:
-            y, grads = _outputs_and_grads(converted, inputs, *args)
+            got = model_outputs_and_grads(converted, inputs, *args)
         assert launched.count("squeeze") == fused_count, "a fused block did not run its kernels"
-        y_ref, grads_ref = _outputs_and_grads(original, inputs, *args)
-        assert grads.keys() == grads_ref.keys()
-        for what, got, want in [("output", y, y_ref)] + [(k, grads[k], grads_ref[k]) for k in grads_ref]:
-            if want is None:
-                assert got is None, what
-                continue
-            err = (got - want).abs().max().item()
-            assert err <= 1e-9 * max(1.0, want.abs().max().item()), f"{what} (train={train}): error {err:.3g}"
+        assert_same_outputs_and_grads(got, model_outputs_and_grads(original, inputs, *args), f"train={train}")
 
     reverted = fused_se.revert(converted)
     assert not any(tails.is_installed(m) for m in reverted.modules())

@@ -11,24 +11,13 @@ import timm
 import torch
 import torch.nn.functional as F
 import torchvision
-from se_testing import randomize_norms, record_launches
+from se_testing import assert_same_outputs_and_grads, model_outputs_and_grads, randomize_norms, record_launches
 from timm.layers.squeeze_excite import SEModule as TimmSE
 from torch import nn
 from torchvision.models.feature_extraction import create_feature_extractor
 
 import fused_se
 from fused_se import inline, tails
-
-
-def _outputs_and_grads(model: nn.Module, x: torch.Tensor):
-    x = x.detach().clone().requires_grad_()
-    torch.manual_seed(1234)  # the same drop-connect draws on both sides in train mode
-    y = model(x)
-    y = y if isinstance(y, torch.Tensor) else torch.cat([t.flatten() for t in y.values()])
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    grads = torch.autograd.grad(y, [x, *params], g, allow_unused=True)
-    return y.detach(), dict(zip(["input", *names], grads))
 
 
 def _assert_same(
@@ -41,16 +30,9 @@ def _assert_same(
         model.train(mode)
         original.train(mode)
         with record_launches() as launched:
-            y, grads = _outputs_and_grads(model, x)
+            got = model_outputs_and_grads(model, (x,))
         assert launched.count("squeeze") == launches and launched.count("excite_bwd") == backward, launched
-        y_ref, grads_ref = _outputs_and_grads(original, x)
-        assert grads.keys() == grads_ref.keys()
-        for what, got, want in [("output", y, y_ref)] + [(k, grads[k], grads_ref[k]) for k in grads_ref]:
-            if want is None:
-                assert got is None, what
-                continue
-            err = (got - want).abs().max().item()
-            assert err <= 1e-9 * max(1.0, want.abs().max().item()), f"{what} (train={mode}): error {err:.3g}"
+        assert_same_outputs_and_grads(got, model_outputs_and_grads(original, (x,)), f"train={mode}")
 
 
 # ---- SE blocks under names and layouts the class table does not know ------------------------------
@@ -361,7 +343,7 @@ def test_smp_unet_efficientnet_b0_inline_se(smp):
     for hook in hooks:
         hook.remove()
     assert not ran[0]._has_expansion and any(b._has_drop_connect for b in ran[:3])
-    _, grads = _outputs_and_grads(original, x)
+    _, grads = model_outputs_and_grads(original, (x,))
     reached = sum(grads[f"{n}._se_reduce.weight"] is not None for n in blocks)
     assert (len(ran), reached) == (5, 3)
     _assert_same(model, original, x, launches=len(ran), backward=reached)
