@@ -47,6 +47,8 @@ from typing import Optional
 
 import torch
 
+from fused_se import workloads
+
 from .cards import CARDS, Card, card
 from .l2 import replay
 from .trace import Event, Trace, Tracer
@@ -90,8 +92,6 @@ def planned_for(l2_bytes: int, sms: int) -> Iterator[None]:
 
 
 def build(provider: str, shape, dtype: torch.dtype) -> torch.nn.Module:
-    from . import _bench
-
     if provider == "classic":
         from fused_se.reference import SEModule
 
@@ -99,7 +99,7 @@ def build(provider: str, shape, dtype: torch.dtype) -> torch.nn.Module:
             raise ValueError(f"classic SEModule is ReLU/sigmoid with C // reduction hidden units; got {shape}")
         torch.manual_seed(0)
         return SEModule(shape.c, shape.c // shape.hidden).to(dtype=dtype)
-    return _bench.build_provider(provider, shape, torch.device("cpu"), dtype)
+    return workloads.build_block(provider, shape, torch.device("cpu"), dtype)
 
 
 def trace_call(
@@ -173,8 +173,6 @@ def paths_label(paths: Optional[tuple[str, str]], mode: str) -> str:
 def summarize(events: list[Event], l2_bytes: int, c: Card, x_bytes: int, mode: str, scale: float = 1.0) -> dict:
     """Counted and modeled bytes of one mode's kernels; the time modeled at `scale` times the
     batch that ran (the same bytes per N, the same launches)."""
-    from . import _bench
-
     result = replay([e.accesses for e in events], l2_bytes)
     launches = len(events)
     requested = sum(e.requested for e in events)
@@ -186,7 +184,7 @@ def summarize(events: list[Event], l2_bytes: int, c: Card, x_bytes: int, mode: s
         "dram_bytes": result.dram_bytes,
         "dram_read_bytes": result.read_bytes,
         "dram_write_bytes": result.write_bytes,
-        "minimal_bytes": _bench.MIN_TRAFFIC[mode] * x_bytes,
+        "minimal_bytes": workloads.MIN_TRAFFIC[mode] * x_bytes,
         "requested_n": requested / x_bytes,
         "dram_n": result.dram_bytes / x_bytes,
         "model_time_us": time_us,
@@ -197,13 +195,11 @@ def plan_runs(args) -> list[tuple]:
     """(shape, batch run, batch modeled, scale) per shape: --shapes run as given; a preset's
     shapes at batch max(1, --elements // (C H W)) (each run about as long as another), the L2
     scaled by the same factor, or at batch // --scale where --scale is given."""
-    from . import _bench
-
     if args.shapes:
-        return [(s, n, n, 1.0) for n, s in (_bench.parse_shape(t) for t in args.shapes)]
+        return [(s, n, n, 1.0) for n, s in (workloads.parse_shape(t) for t in args.shapes)]
     full = args.batch or FULL_BATCH
     runs = []
-    for shape in _bench.PRESETS[args.preset]:
+    for shape in workloads.PRESETS[args.preset]:
         if args.scale:
             batch = max(1, full // args.scale)
         else:
@@ -215,9 +211,7 @@ def plan_runs(args) -> list[tuple]:
 def _rows_for(task) -> list[dict]:
     """Every mode's rows of one (shape, layout, provider): one traced call, replayed per mode."""
     shape, batch, full, scale, layout, provider, args, c, l2_full = task
-    from . import _bench
-
-    dtype = _bench.DTYPES[args.dtype]
+    dtype = workloads.DTYPES[args.dtype]
     l2 = max(128, int(l2_full / scale))
     with planned_for(l2_full, c.sms):
         full_paths = full_size_paths(provider, shape, full, layout, dtype)
@@ -315,10 +309,8 @@ _ARG_NAMES = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The --traffic options (presets, shapes, layouts, modes and dtype as fused-se-bench takes them)."""
-    from . import _bench
-
     g = p.add_argument_group("traffic (--traffic): " + L2_MODEL_HELP)
-    g.add_argument("--preset", choices=sorted(_bench.PRESETS), default="seresnet50")
+    g.add_argument("--preset", choices=sorted(workloads.PRESETS), default="seresnet50")
     g.add_argument("--shapes", nargs="+", metavar="N,C,H,W[,hidden]", help="explicit shapes, run unscaled")
     g.add_argument("--batch", type=int, help=f"the preset's batch modeled (default {FULL_BATCH})")
     g.add_argument(
@@ -332,10 +324,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--scale", type=int, help="instead: run the preset at batch // SCALE, the L2 divided by SCALE")
     g.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    g.add_argument("--layouts", nargs="+", choices=_bench.LAYOUTS, default=list(_bench.LAYOUTS))
-    g.add_argument("--modes", nargs="+", choices=_bench.MODES, default=list(_bench.MODES))
+    g.add_argument("--layouts", nargs="+", choices=workloads.LAYOUTS, default=list(workloads.LAYOUTS))
+    g.add_argument("--modes", nargs="+", choices=workloads.MODES, default=list(workloads.MODES))
     g.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(DEFAULT_PROVIDERS))
-    g.add_argument("--dtype", choices=sorted(_bench.DTYPES), default="bf16", help="default bf16, as on a GPU")
+    g.add_argument("--dtype", choices=sorted(workloads.DTYPES), default="bf16", help="default bf16, as on a GPU")
     g.add_argument("--card", choices=sorted(CARDS), default="h100", help="L2, bandwidth and launch cost (cards.py)")
     g.add_argument(
         "--l2-bytes",
@@ -347,8 +339,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from . import _bench
-
     for name in ("scale", "elements", "jobs", "batch"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -358,7 +348,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error("--batch applies to a preset; with --shapes, give N in each shape")
         for s in args.shapes:
             try:
-                _bench.parse_shape(s)
+                workloads.parse_shape(s)
             except argparse.ArgumentTypeError as e:
                 p.error(f"--shapes: {e}")
     if args.l2_bytes is not None and args.l2_bytes < 128:
