@@ -10,10 +10,9 @@ from typing import Optional
 
 import torch
 
-from .e2e import run_e2e
 from .measure import CPU_TIMER_THRESHOLD, NOISY_SPREAD, default_batch, environment
 from .presets import DTYPES, LAYOUTS, MODES, PRESETS, PROVIDERS, parse_shape
-from .report import RowWriter, e2e_table, format_vs_compile, noise_note, se_table, write_plot
+from .report import RowWriter, format_vs_compile, noise_note, se_table, write_plot
 from .runner import provider_passes, run
 
 
@@ -173,8 +172,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="registers, spills and load widths of every kernel variant, compiled as the JIT would",
     )
-    p.add_argument("--e2e-batch", type=int, help=argparse.SUPPRESS)
-    p.add_argument("--e2e-size", type=int, help=argparse.SUPPRESS)
     return p  # fmt: skip
 
 
@@ -195,7 +192,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.dtype = args.dtype or ("bf16" if cuda else "fp32")
     args.warmup = args.warmup if args.warmup is not None else (25 if cuda else 20)
     args.reps = args.reps if args.reps is not None else (100 if cuda else 300)
-    for name in ("batch", "warmup", "reps", "e2e_batch", "e2e_size"):
+    for name in ("batch", "warmup", "reps"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be positive; got {value}")
@@ -217,8 +214,6 @@ def parse_args(argv=None) -> argparse.Namespace:
             p.error(f"--{name} {path}: {why}")
     if args.append and not (args.json or args.csv):
         p.error("--append adds to --json or --csv: give one")
-    if args.e2e and args.tail:
-        p.error("--tail times SE blocks; --e2e times whole models (converted with fuse_residual=True): give one")
     if args.plot:
         try:
             import matplotlib  # noqa: F401
@@ -236,6 +231,10 @@ def main(argv=None) -> int:
         from ..perf.cli import main as perf_main
 
         return perf_main(argv, prog=prog_name("fused_se.bench"))
+    if "--e2e" in argv:  # whole models: fused_se.bench.e2e's own options
+        from .e2e import main as e2e_main
+
+        return e2e_main([a for a in argv if a != "--e2e"], prog=f"{prog_name('fused_se.bench')} --e2e")
     args = parse_args(argv)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
@@ -244,22 +243,18 @@ def main(argv=None) -> int:
         f"fused-se-bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | fused_se {env['fused_se']}",
         flush=True,
     )
-    if args.e2e:
-        writer = RowWriter(e2e_table(), args.json, args.csv, args.append)
-        rows = run_e2e(args, writer)
-    else:
-        shapes = ", ".join(f"{n}x{s.label()},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list))
-        order = " ".join(p for ps in provider_passes(args.providers) for p in ps)
-        print(f"{args.dtype}, shapes (N x C x spatial, hidden) {shapes}, providers {order}", flush=True)
-        writer = RowWriter(se_table(gpu=cuda, providers=args.providers), args.json, args.csv, args.append)
-        rows = run(args, writer)
-        against = format_vs_compile(rows)
-        if against:
-            print(against)
-        if cuda and rows:
-            print(f"device-to-device copy: {rows[0]['copy_gbs']:.1f} GB/s")
-        if args.plot and rows:
-            write_plot(rows, args.plot)
+    shapes = ", ".join(f"{n}x{s.label()},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list))
+    order = " ".join(p for ps in provider_passes(args.providers) for p in ps)
+    print(f"{args.dtype}, shapes (N x C x spatial, hidden) {shapes}, providers {order}", flush=True)
+    writer = RowWriter(se_table(gpu=cuda, providers=args.providers), args.json, args.csv, args.append)
+    rows = run(args, writer)
+    against = format_vs_compile(rows)
+    if against:
+        print(against)
+    if cuda and rows:
+        print(f"device-to-device copy: {rows[0]['copy_gbs']:.1f} GB/s")
+    if args.plot and rows:
+        write_plot(rows, args.plot)
     for line in noise_note(rows):
         print(line)
     if not cuda:
