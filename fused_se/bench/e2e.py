@@ -30,6 +30,7 @@ import argparse
 import contextlib
 import copy
 import os
+import textwrap
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -477,7 +478,7 @@ def run_e2e(args: argparse.Namespace, sink=None, say: Callable[[str], None] = pr
     groups = plan_groups(args)
     for i, (_family, batch, mode, members) in enumerate(groups, 1):
         names = ", ".join(f"{m} {v}" for m, v in members)
-        say(f"[{i}/{len(groups)}] {mode}, batch {batch}: {names}"[:100])
+        say(textwrap.fill(f"[{i}/{len(groups)}] {mode}, batch {batch}: {names}", 100, subsequent_indent="    "))
         cases = [_prepare(m, v, mode, batch, args, device) for m, v in members]
         walls, issues = defaultdict(list), defaultdict(list)
         for _ in range(args.rounds):
@@ -583,7 +584,7 @@ def main(argv=None, prog: str = "python -m fused_se.bench --e2e") -> int:
     device = torch.device(args.device)
     env = environment(device)
     where = env["device"] if device.type == "cuda" else "cpu dry run (tiny inputs, no timings)"
-    print(f"{prog}: {where} | torch {env['torch']} | triton {env['triton']}"[:100], flush=True)
+    print(f"{prog}: {where}\ntorch {env['torch']} | triton {env['triton']} | fused_se {env['fused_se']}", flush=True)
     table = e2e_table()
     writer = RowWriter(table, args.json, None, args.append)
     rows = run_e2e(args, writer)
