@@ -31,6 +31,7 @@ from typing import Optional
 
 import torch
 
+from fused_se.bench.e2e import is_kernel
 from fused_se.bench.measure import copy_bandwidth_gbs, environment
 from fused_se.bench.presets import DTYPES, SERESNET50, SEShape
 from fused_se.bench.providers import build_provider, make_call
@@ -59,7 +60,7 @@ def _profile(fn, iters: int) -> tuple[dict[str, tuple[int, float]], float]:
         sync()
     kernels: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for e in prof.events():
-        if cuda and e.device_type == torch.autograd.DeviceType.CUDA:
+        if cuda and is_kernel(e):  # not a record_function range's span (Inductor's, compiled)
             t = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
         elif not cuda and (e.name.startswith("aten::") or "cpp_fused" in e.name):
             t = e.self_cpu_time_total

@@ -369,6 +369,12 @@ def _is_fused(name: str, names: frozenset) -> bool:
     return name in names or any(name.startswith(n + "_") for n in names if len(n) > 8)
 
 
+def is_kernel(e) -> bool:
+    """A device event that is work (a kernel, copy or fill), not a record_function range's span on
+    the device's timeline (the profiler lists those as CUDA events too)."""
+    return e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+
+
 def _descendants(event) -> list:
     out, todo = [], list(event.cpu_children)
     while todo:
@@ -399,7 +405,7 @@ def profile_steps(step: Callable[[], None], steps: int, device: torch.device, se
         _sync(device)
     events = prof.events()
     if cuda:
-        kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
+        kernels = [e for e in events if is_kernel(e)]
         times = [(e.name, _device_us(e, True)) for e in kernels]
     else:  # the ops that did the work: each op's own time, without its children's
         kernels = [e for e in events if e.name.startswith("aten::")]
