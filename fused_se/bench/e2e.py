@@ -456,9 +456,9 @@ def _prepare(name: str, variant: str, mode: str, batch: int, args, device: torch
         x, target = _inputs(name, batch, args, device, fmt)
         modules = dict(model.named_modules())
         case.se_modules = tuple(modules[n] for n in se_names if n in modules)
+        case.step = make_step(model, x, target, mode, amp=cuda)  # compile: after one eager step
         t0 = time.perf_counter()
-        case.step = make_step(model, x, target, mode, amp=cuda)
-        case.step()  # compiles (compile) or replays the captured graph (cudagraph)
+        case.step()  # compiles (compile), or the first replay of the captured graph (cudagraph)
         _sync(device)
         case.first_step_s = time.perf_counter() - t0
         for _ in range(args.warmup_steps - 1):
