@@ -3,60 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
-from typing import Optional
 
 import torch
 
+from ._args import HelpFormatter, Parser, check_writable, prog_name
 from .measure import CPU_TIMER_THRESHOLD, NOISY_SPREAD, default_batch, environment
 from .presets import DTYPES, LAYOUTS, MODES, PRESETS, PROVIDERS, parse_shape
 from .report import RowWriter, format_vs_compile, noise_note, se_table, write_plot
 from .runner import provider_passes, run
 
 
-def prog_name(module: str) -> str:
-    """The name the user typed: `python -m <module>` or the console script's (fused-se-bench)."""
-    base = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-    if not base or base in ("__main__.py", "-c") or base.endswith(".py"):
-        return f"python -m {module}"
-    return base
-
-
-def check_writable(path: str) -> Optional[str]:
-    """Why `path` cannot be written, or None: checked before a run, not found after it."""
-    if os.path.isdir(path):
-        return f"{path} is a folder"
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        return f"no folder {folder}"
-    if os.path.exists(path) and not os.access(path, os.W_OK):
-        return f"{path} is not writable"
-    if not os.access(folder, os.W_OK):
-        return f"folder {folder} is not writable"
-    return None
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-HELP_WIDTH = 100  # every line of --help within this many columns
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Descriptions as written; options wrapped to the terminal, at most HELP_WIDTH columns."""
-
-    def __init__(self, prog: str) -> None:
-        width = min(HELP_WIDTH, shutil.get_terminal_size().columns) - 2
-        super().__init__(prog, width=width, max_help_position=28)
-
-
 def build_parser() -> argparse.ArgumentParser:
     prog = prog_name("fused_se.bench")
-    p = _Parser(
+    p = Parser(
         prog=prog,
         usage=(
             f"{prog} [--preset NAME | --shapes SHAPE ...] [--providers P ...] [options]\n"

@@ -39,6 +39,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from ._args import HelpFormatter, Parser, check_writable
 from .measure import environment
 from .report import E2E_FIELDS, Column, RowWriter, Table, _num
 
@@ -72,15 +73,8 @@ NUM_CLASSES = 1000
 # ---- options ---------------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def build_parser(prog: str = "python -m fused_se.bench --e2e") -> argparse.ArgumentParser:
-    from .cli import HelpFormatter
-
-    p = _Parser(
+    p = Parser(
         prog=prog,
         usage=f"{prog} [--models M ...] [--modes M ...] [--batches B ...] [options]",
         description=(
@@ -148,8 +142,6 @@ def build_parser(prog: str = "python -m fused_se.bench --e2e") -> argparse.Argum
 
 
 def parse_args(argv=None, prog: str = "python -m fused_se.bench --e2e") -> argparse.Namespace:
-    from .cli import check_writable
-
     p = build_parser(prog)
     args = p.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
