@@ -199,7 +199,10 @@ if [ "$QUICK" = 0 ]; then
     "${EXTRA_BENCH_ARGS[@]}"
   stage "3b bench: --tail" 100 "${BENCH[@]}" --label stage3-tail --tail --batch "$BATCH" --dtype bf16 \
     --layouts channels_last --providers eager fused fused-3pass compile "${EXTRA_BENCH_ARGS[@]}"
-  stage "3c bench: --e2e" 100 "${BENCH[@]}" --label stage3-e2e --e2e "${EXTRA_BENCH_ARGS[@]}"
+  # whole models: ResNet-50 against SE-ResNet-50, eager only (every mode: benchmarks/gpu_e2e.sh); the e2e
+  # harness takes no timer options, so not EXTRA_BENCH
+  stage "3c bench: --e2e" 100 "${BENCH[@]}" --label stage3-e2e --e2e --models resnet50 seresnet50 --modes eager \
+    --batches 64 --rounds 3
 
   # ---- stage 4: converted models, DDP, the rest of the tests ---------------------------------------
   stage "4a converted models" 90 python "$ROOT/benchmarks/check_models.py" --json "$EXTRAS/check_models.json"

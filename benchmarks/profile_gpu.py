@@ -1,12 +1,22 @@
-"""Where the time of one SE block goes on a GPU: for each shape, provider and path, the kernels
-one call launches with their device time (torch.profiler), the sum of those, and the wall time
-per call when calls are issued back to back (the host's pace where it exceeds the device's).
+"""Where the time of one SE block goes on a GPU, on device time: for each shape, layout, mode and
+provider, the kernels one call launches with their device time (torch.profiler), the sum of those,
+and the wall time per call when calls are issued back to back (the host's pace where it exceeds the
+device's). Providers: eager (the eager SEModule), compile (torch.compile of that eager module, modes
+default and max-autotune-no-cudagraphs: Inductor's kernels listed by name and time), fused (the path
+the planner picks), fused-3pass (held to the three launches) and fused-stream (the streamed path
+allowed).
 
-    python benchmarks/profile_gpu.py [--out DIR] [--batch 128] [--dtype bf16] [--iters 20]
+    python benchmarks/profile_gpu.py --out DIR [--batch 128] [--dtype bf16] [--iters 20]
+        [--providers eager compile fused ...] [--compile-modes default max-autotune-no-cudagraphs]
+    python benchmarks/profile_gpu.py --dry-run --out DIR     the plumbing on a CPU: tiny shapes, no timings
     python benchmarks/profile_gpu.py --host     the host's cost per call and per launch, tiny input
 
-Prints a table and writes profile.json into --out. Rows where wall > device are host-bound:
-there the device waits on Python, and a kernel's speed does not show in a timer.
+Prints a line per row with its kernels and writes blocks.json into --out (a list of rows, rewritten
+after each): shape (BxCxHxW), layout, mode, provider, compile_mode, path, device_us, wall_us,
+launches, n_bytes (bytes of x), copy_gbps (a device-to-device copy measured in the same run), card,
+kernels. Rows where wall > device are host-bound: there the device waits on Python, and a kernel's
+speed does not show in a timer. Without a GPU it refuses, unless --dry-run: then every row is marked
+dry_run, its card "cpu (dry run)", and its times are the CPU ops' own, a check of the plumbing only.
 """
 
 from __future__ import annotations
@@ -17,19 +27,24 @@ import os
 import sys
 import time
 from collections import defaultdict
+from typing import Optional
 
 import torch
 
+from fused_se.bench.e2e import is_kernel
+from fused_se.bench.measure import copy_bandwidth_gbs, environment
 from fused_se.bench.presets import DTYPES, SERESNET50, SEShape
 from fused_se.bench.providers import build_provider, make_call
 from fused_se.kernels import force_paths
 
 
 def _profile(fn, iters: int) -> tuple[dict[str, tuple[int, float]], float]:
-    """{kernel name: (launches per call, device µs per call)}, and the wall µs per call."""
+    """{kernel name: (launches per call, device µs per call)}, and the wall µs per call. On a CPU (a
+    dry run) the aten ops and Inductor's CPU kernels stand for the kernels, each with its own time."""
     from torch.profiler import ProfilerActivity, profile
 
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    cuda = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
 
     for _ in range(3):
         fn()
@@ -39,16 +54,21 @@ def _profile(fn, iters: int) -> tuple[dict[str, tuple[int, float]], float]:
         fn()
     sync()
     wall = (time.perf_counter() - t0) / iters * 1e6
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for _ in range(iters):
             fn()
         sync()
     kernels: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
     for e in prof.events():
-        if e.device_type == torch.autograd.DeviceType.CUDA:
-            k = kernels[e.name[:60]]
-            k[0] += 1
-            k[1] += e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+        if cuda and is_kernel(e):  # not a record_function range's span (Inductor's, compiled)
+            t = e.device_time_total if hasattr(e, "device_time_total") else e.cuda_time_total
+        elif not cuda and (e.name.startswith("aten::") or "cpp_fused" in e.name):
+            t = e.self_cpu_time_total
+        else:
+            continue
+        k = kernels[e.name[:80]]
+        k[0] += 1
+        k[1] += t
     return {n: (c / iters, t / iters) for n, (c, t) in kernels.items()}, wall
 
 
@@ -163,19 +183,60 @@ def _host_profile(fn, label: str, iters: int = 500, top: int = 25) -> None:
     pstats.Stats(prof, stream=sys.stdout).sort_stats("tottime").print_stats(top)
 
 
+PROVIDERS = ("eager", "compile", "fused", "fused-3pass", "fused-stream")
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+FUSED_PATHS = {"fused": None, "fused-3pass": ("three_launch",), "fused-stream": ("three_launch", "stream")}
+DRY_RUN_SHAPES = "16,4,4,4;32,3,3,4"  # tiny: the plumbing, not the figures
+
+
+def _call_for(provider: str, compile_mode: Optional[str], shape: SEShape, x, grad, mode: str):
+    """The call one row profiles, and its path label."""
+    dev, dtype = x.device, x.dtype
+    if provider in ("eager", "compile"):
+        module = build_provider("eager", shape, dev, dtype)
+        if provider == "compile":
+            torch._dynamo.reset()  # each row compiles anew: no recompile limit sends it back to eager
+            module = torch.compile(module, mode=None if compile_mode == "default" else compile_mode)
+        return make_call(module, x, grad, mode), "torch" if provider == "eager" else f"inductor {compile_mode}"
+    module = build_provider("fused", shape, dev, dtype)
+    paths = FUSED_PATHS[provider]
+    if paths is None:
+        return make_call(module, x, grad, mode), "auto"
+    with force_paths(*paths):
+        call = make_call(module, x, grad, mode)
+
+    def fn():
+        with force_paths(*paths):
+            return call()
+
+    return fn, ",".join(paths)
+
+
+def _write(rows: list[dict], path: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(rows, f, indent=1)
+    os.replace(tmp, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    p.add_argument("--iters", type=int, default=20)
+    p.add_argument("--batch", type=int, help="default 128 (2 with --dry-run)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), help="default bf16 (fp32 with --dry-run)")
+    p.add_argument("--iters", type=int, help="calls per profile and per wall timing (default 20; 2 with --dry-run)")
     p.add_argument("--layouts", default="channels_last,nchw")
     p.add_argument("--modes", default="fwd,fwd+bwd")
     p.add_argument("--shapes", default="", help="C,H,W,hidden;... (default SE-ResNet-50's stages)")
-    p.add_argument("--device", default="cuda", help="cpu tries the plumbing (no device times)")
+    p.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
+    p.add_argument("--compile-modes", nargs="+", choices=COMPILE_MODES, default=list(COMPILE_MODES))
+    p.add_argument("--dry-run", action="store_true", help="on the CPU: tiny shapes, rows marked dry_run, no timings")
     p.add_argument("--host", action="store_true", help="only the host costs per call (tiny input)")
-    p.add_argument("--no-stream", action="store_true", help="leave out the streamed path (opt-in)")
+    p.add_argument("--no-stream", action="store_true", help="leave out the streamed path (fused-stream)")
     args = p.parse_args(argv)
+    if not args.dry_run and not torch.cuda.is_available():
+        p.exit(2, f"{p.prog}: error: no CUDA device here: this times kernels on a GPU (--dry-run tries the "
+                  "plumbing on the CPU, with tiny shapes and no timings)\n")  # fmt: skip
     if args.host:
         costs = host_costs()
         os.makedirs(args.out, exist_ok=True)
@@ -184,71 +245,65 @@ def main(argv=None) -> int:
                 {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "host_us": costs}, f, indent=1
             )
         return 0
-    dev = torch.device(args.device)
-    dtype = DTYPES[args.dtype]
+    dry = args.dry_run
+    dev = torch.device("cpu" if dry else "cuda")
+    dtype = DTYPES[args.dtype or ("fp32" if dry else "bf16")]
+    batch = args.batch or (2 if dry else 128)
+    iters = args.iters or (2 if dry else 20)
     shapes = SERESNET50
-    if args.shapes:
-        shapes = [SEShape(*map(int, s.split(","))) for s in args.shapes.split(";")]
-    variants = [("eager", None), ("fused", None), ("fused", "three_launch"), ("fused", "stream")]
-    if args.no_stream:
-        variants = variants[:-1]
-    rows = []
+    if args.shapes or dry:
+        shapes = [SEShape(*map(int, s.split(","))) for s in (args.shapes or DRY_RUN_SHAPES).split(";")]
+    providers = [pr for pr in args.providers if not (args.no_stream and pr == "fused-stream")]
+    variants = [(pr, m) for pr in providers for m in (args.compile_modes if pr == "compile" else [None])]
+    env = environment(dev)
+    copy_gbps = None if dry else copy_bandwidth_gbs(dev, 25, 100)
+    base = {"card": "cpu (dry run)" if dry else env["device"], "torch": env["torch"], "triton": env["triton"],
+            "fused_se": env["fused_se"], "timestamp": env["timestamp"], "dry_run": dry, "dtype": str(dtype)[6:],
+            "copy_gbps": copy_gbps}  # fmt: skip
+    print(f"{base['card']} | torch {env['torch']} | triton {env['triton']} | copy {copy_gbps or '-'} GB/s")
+    os.makedirs(args.out, exist_ok=True)
+    out = os.path.join(args.out, "blocks.json")
+    rows: list[dict] = []
     for layout in args.layouts.split(","):
         for shape in shapes:
-            x = torch.randn(args.batch, shape.c, shape.h, shape.w, device=dev, dtype=dtype)
+            x = torch.randn(batch, shape.c, shape.h, shape.w, device=dev, dtype=dtype)
             if layout == "channels_last":
                 x = x.contiguous(memory_format=torch.channels_last)
             grad = torch.randn_like(x)
             for mode in args.modes.split(","):
-                for provider, path in variants:
-                    module = build_provider(provider, shape, dev, dtype)
-                    paths = ("three_launch",) if path == "three_launch" else ("three_launch", "stream")
-                    if provider == "fused" and path is not None:
-                        with force_paths(*paths):
-                            call = make_call(module, x, grad, mode)
-
-                            def fn(call=call, paths=paths):
-                                with force_paths(*paths):
-                                    return call()
-                    else:
-                        fn = make_call(module, x, grad, mode)
+                for provider, compile_mode in variants:
+                    label = f"{layout} {shape.label()} {mode} {provider}" + (f" {compile_mode}" if compile_mode else "")
                     try:
-                        kernels, wall = _profile(fn, args.iters)
-                    except Exception as e:  # report and go on: one path's failure says something too
-                        print(f"{layout} {shape.label()} {mode} {provider}/{path}: {type(e).__name__}: {e}")
+                        fn, path = _call_for(provider, compile_mode, shape, x, grad, mode)
+                        kernels, wall = _profile(fn, iters)
+                    except Exception as e:  # report and go on: one provider's failure says something too
+                        print(f"{label}: {type(e).__name__}: {e}")
                         continue
                     device_us = sum(t for _, t in kernels.values())
                     row = {
+                        "shape": f"{batch}x{shape.c}x{shape.h}x{shape.w}",
+                        "hidden": shape.hidden,
                         "layout": layout,
-                        "shape": shape.label(),
-                        "batch": args.batch,
                         "mode": mode,
                         "provider": provider,
-                        "path": path or "auto",
-                        "wall_us": wall,
+                        "compile_mode": compile_mode,
+                        "path": path,
                         "device_us": device_us,
-                        "launches": sum(c for c, _ in kernels.values()),
-                        "kernels": kernels,
+                        "wall_us": wall,
+                        "launches": None if dry else sum(c for c, _ in kernels.values()),
+                        "n_bytes": x.numel() * x.element_size(),
+                        **base,
+                        "kernels": {n: [c, t] for n, (c, t) in kernels.items()},
                     }
                     rows.append(row)
-                    print(
-                        f"{layout:13s} {shape.label():10s} {mode:7s} {provider:6s} {path or 'auto':12s} "
-                        f"wall {wall:8.1f} us  device {device_us:8.1f} us  launches {row['launches']:.0f}"
-                    )
-                    for n, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1]):
-                        print(f"      {t:8.1f} us  x{c:.0f}  {n}")
+                    _write(rows, out)
+                    launches = "-" if row["launches"] is None else f"{row['launches']:.0f}"
+                    print(f"{label:56s} wall {wall:9.1f} us  device {device_us:9.1f} us  launches {launches}")
+                    for n, (c, t) in sorted(kernels.items(), key=lambda kv: -kv[1][1])[:12]:
+                        print(f"      {t:9.1f} us  x{c:<4.0f} {n[:70]}")
                     sys.stdout.flush()
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "profile.json"), "w") as f:
-        json.dump(
-            {
-                "device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu",
-                "torch": torch.__version__,
-                "rows": rows,
-            },
-            f,
-            indent=1,
-        )
+    if dry:
+        print("cpu dry run: the plumbing on tiny shapes; the CPU ops' own times stand for device time, no timing")
     return 0
 
 

@@ -5,7 +5,7 @@
     fused-se-bench --shapes 32,256,56,56 --dtype fp16 --json out.json --csv out.csv --plot out.png
     fused-se-bench --tail                           SE + residual add + ReLU: a ResNet block's tail
     fused-se-bench --providers fused fused-3pass    the chosen paths against the three launches
-    fused-se-bench --e2e                            training steps of whole timm models
+    fused-se-bench --e2e                            training steps of whole models (its own --help)
     python -m fused_se.bench --help
 
 Each row times one provider on one (shape, layout, mode): median and p20/p80 in ms
@@ -20,13 +20,14 @@ streamed paths off). Rows are printed and written to --json / --csv as they are 
 torch.compile providers run after the others.
 
 The traffic budgets are in docs/DESIGN.md. Modules: presets (shapes, modes, providers'
-names, traffic), providers (the timed modules and calls), measure (timer, copy bandwidth, memory,
+names, traffic; the shapes and blocks are fused_se.workloads', shared with fused_se.perf), providers (the timed modules and calls), measure (timer, copy bandwidth, memory,
 launches, environment), runner (the SE-block run), report (table, JSON, CSV, plot), e2e
 (whole-model training steps), cli (options and main).
 """
 
 from .cli import build_parser, check_writable, main, parse_args, prog_name
-from .e2e import E2E_MODELS, run_e2e
+from .e2e import MODELS as E2E_MODELS
+from .e2e import run_e2e
 from .measure import (
     CPU_TIMER_THRESHOLD,
     NOISY_SPREAD,
@@ -62,8 +63,6 @@ from .report import (
     E2E_FIELDS,
     ROW_FIELDS,
     RowWriter,
-    e2e_table,
-    format_e2e,
     format_table,
     format_vs_compile,
     read_rows,
@@ -79,7 +78,7 @@ __all__ = [
     "FUSED_TRAFFIC", "FUSED_TRAFFIC_TAIL", "LAYOUTS", "MIN_TRAFFIC", "MIN_TRAFFIC_TAIL", "MOBILENETV3", "MODES",
     "NOISY_SPREAD", "PRESETS", "PROVIDERS", "ROW_FIELDS", "SERESNET50", "EagerSE", "FusedTail", "RowWriter",
     "SEShape", "build_parser", "build_provider", "check_writable", "copy_bandwidth_gbs", "default_batch",
-    "e2e_table", "environment", "format_e2e", "format_table", "format_vs_compile", "fused_path", "kernel_launches",
+    "environment", "format_table", "format_vs_compile", "fused_path", "kernel_launches",
     "main", "make_call", "parse_args", "parse_shape", "peak_memory_mb", "prog_name", "provider_passes",
     "read_rows", "run", "run_e2e", "se_table", "spread", "three_launch_paths", "time_ms", "traffic_bytes",
     "write_csv", "write_json", "write_plot",

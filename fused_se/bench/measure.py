@@ -99,7 +99,12 @@ def kernel_launches(fn: Callable[[], object], device: torch.device) -> Optional[
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         fn()
         torch.cuda.synchronize(device)
-    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    # not the device-timeline spans of record_function ranges, which the profiler lists as CUDA events
+    return sum(
+        1
+        for e in prof.events()
+        if e.device_type == torch.autograd.DeviceType.CUDA and not getattr(e, "is_user_annotation", False)
+    )
 
 
 def default_batch(device: torch.device, shapes: list[SEShape], dtype: torch.dtype) -> int:

@@ -4,55 +4,18 @@ call each mode times; and the fused provider's path label."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Callable, Optional
 
 import torch
 from torch import nn
 
+from ..workloads import EagerSE, FusedTail, build_block, three_launch_paths
 from .presets import COMPILE_MODES, CUDA_GRAPHED, SEShape
 
-_ACTS = {"relu": nn.ReLU, "silu": nn.SiLU}
-_POINTWISE = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}  # by the map's spatial rank
-_GATES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
-
-
-class EagerSE(nn.Module):
-    """The SE block as eager code writes it: Linear FCs (SENet, MONAI), or pointwise convs (timm,
-    torchvision; SpeechBrain's Conv1d on a sequence), over the map's spatial dims whatever its rank."""
-
-    def __init__(self, shape: SEShape, conv: bool, tail: bool = False) -> None:
-        super().__init__()
-        c, r = shape.c, shape.hidden
-        self.conv, self.tail = conv, tail
-        self.spatial = tuple(range(2, 2 + len(shape.dims)))
-        if conv:
-            pointwise = _POINTWISE[len(shape.dims)]
-            self.fc1, self.fc2 = pointwise(c, r, 1), pointwise(r, c, 1)
-        else:
-            self.fc1, self.fc2 = nn.Linear(c, r), nn.Linear(r, c)
-        self.act, self.gate = _ACTS[shape.act](inplace=True), _GATES[shape.gate]()
-
-    def forward(self, x: torch.Tensor, shortcut: Optional[torch.Tensor] = None) -> torch.Tensor:
-        z = x.mean(self.spatial, keepdim=self.conv)
-        s = self.gate(self.fc2(self.act(self.fc1(z))))
-        y = x * (s if self.conv else s.view(*s.shape, *(1,) * len(self.spatial)))
-        if not self.tail:
-            return y
-        y += shortcut  # as timm's Bottleneck: in place, then an in-place ReLU
-        return torch.relu_(y)
-
-
-class FusedTail(nn.Module):
-    """The fused block with the tail in its scale pass: relu(se(x) + shortcut)."""
-
-    def __init__(self, se: nn.Module) -> None:
-        super().__init__()
-        self.se = se
-
-    def forward(self, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
-        return self.se(x, shortcut, out_act="relu")
+__all__ = [
+    "CudaGraphed", "EagerSE", "FusedTail", "build_block", "build_provider", "fused_path", "make_call",
+    "three_launch_paths",
+]  # fmt: skip
 
 
 class CudaGraphed(nn.Module):
@@ -89,37 +52,17 @@ class CudaGraphed(nn.Module):
 def build_provider(
     provider: str, shape: SEShape, device: torch.device, dtype: torch.dtype, tail: bool = False
 ) -> nn.Module:
-    from ..modules import FusedSEModule
-
     if provider in CUDA_GRAPHED:
         if device.type != "cuda" or not torch.cuda.is_available():
             raise ValueError(f"{provider} replays a CUDA graph: it needs a CUDA device")
         return CudaGraphed(build_provider(CUDA_GRAPHED[provider], shape, device, dtype, tail))
-    torch.manual_seed(0)
-    eager = EagerSE(shape, conv=False, tail=tail).to(device=device, dtype=dtype)
-    if provider == "eager":
-        return eager
-    if provider == "eager-conv":
-        return EagerSE(shape, conv=True, tail=tail).to(device=device, dtype=dtype)
     if provider in COMPILE_MODES:
+        eager = build_block("eager", shape, device, dtype, tail)
         # Every row compiles its own module: start from a clean cache, so that no recompile
         # limit sends a later row back to eager without a word.
         torch._dynamo.reset()
         return torch.compile(eager, mode=COMPILE_MODES[provider])
-    fused = FusedSEModule(shape.c, rd_channels=shape.hidden, bias=True, act=shape.act, gate=shape.gate)
-    fused.fc[0].load_state_dict(eager.fc1.state_dict())
-    fused.fc[2].load_state_dict(eager.fc2.state_dict())
-    return (FusedTail(fused) if tail else fused).to(device=device, dtype=dtype)
-
-
-@contextmanager
-def three_launch_paths() -> Iterator[None]:
-    """The fused block held to its three launches each way (the fused-3pass provider, to weigh the
-    planner's other paths against the passes they replace in the same run)."""
-    from ..kernels import force_paths
-
-    with force_paths("three_launch"):
-        yield
+    return build_block(provider, shape, device, dtype, tail)
 
 
 def _in_three_launch_paths(fn: Callable[[], object]) -> Callable[[], object]:

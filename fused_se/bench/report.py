@@ -21,9 +21,11 @@ ROW_FIELDS = [
     "speedup_vs_eager", "speedup_vs_compile", "x_bytes", "min_traffic_bytes", "own_traffic_bytes",
     "gbs_min_traffic", "gbs_own_traffic", "copy_gbs", "pct_of_copy", "peak_mem_mb", "launches",
 ]  # fmt: skip
+# --e2e rows (fused_se.bench.e2e)
 E2E_FIELDS = [
-    "device", "torch", "triton", "fused_se", "timestamp", "run", "model", "variant", "batch", "size", "path", "amp",
-    "layout", "median_ms", "p20_ms", "p80_ms", "spread", "noisy", "images_per_s", "overhead_vs_resnet50_pct",
+    "model", "variant", "mode", "batch", "size", "wall_ms", "device_ms", "host_ms", "launches", "se_device_ms",
+    "se_attribution", "compile_s", "first_step_s", "wall_ms_rounds", "images_per_s", "amp", "layout", "dry_run",
+    "card", "torch", "triton", "fused_se", "timestamp", "run", "error", "top_kernels",
 ]  # fmt: skip
 
 
@@ -124,30 +126,11 @@ def _same_case(a: dict, b: dict) -> bool:
     return all(a.get(k) == b.get(k) for k in keys)
 
 
-def e2e_table() -> Table:
-    """The --e2e table: a line per model and variant."""
-    return Table(
-        [
-            Column("model", 16, lambda r: r["model"]),
-            Column("variant", 15, lambda r: r["variant"]),
-            Column("ms/step", 9, _num("median_ms", ".2f")),
-            Column("spread", 7, lambda r: f"{100 * r['spread']:.0f}%" + ("!" if r["noisy"] else " ")),
-            Column("images/s", 9, _num("images_per_s", ".1f")),
-            Column("SE overhead vs resnet50", 24, _num("overhead_vs_resnet50_pct", "+.1f", "%")),
-        ]
-    )
-
-
 def format_table(rows: list[dict], gpu: Optional[bool] = None) -> str:
     """The whole SE-block table at once (the run prints it a line at a time)."""
     gpu = any(r["device"].split()[0] != "cpu" for r in rows) if gpu is None else gpu
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     table = se_table(gpu=gpu, providers=providers)
-    return "\n".join([table.header(), *(table.line(r) for r in rows), *noise_note(rows)])
-
-
-def format_e2e(rows: list[dict]) -> str:
-    table = e2e_table()
     return "\n".join([table.header(), *(table.line(r) for r in rows), *noise_note(rows)])
 
 

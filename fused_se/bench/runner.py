@@ -9,6 +9,7 @@ from typing import Optional, Protocol
 
 import torch
 
+from ..workloads import make_x
 from .measure import (
     NOISY_SPREAD,
     Progress,
@@ -44,16 +45,6 @@ def provider_passes(providers: list[str]) -> list[list[str]]:
 
 def _case_key(row: dict) -> tuple:
     return (row["batch"], row["C"], row["H"], row["W"], row.get("spatial"), row["hidden"], row["layout"], row["mode"])
-
-
-def make_x(shape: SEShape, n: int, layout: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """x of shape (N, C, *shape.dims): contiguous ("nchw"), or with channels varying fastest
-    ("channels_last": channels_last for a map, channels_last_3d for a volume, a (N, L, C) sequence
-    transposed)."""
-    x = torch.randn(n, shape.c, *shape.dims, device=device, dtype=dtype)
-    if layout != "channels_last":
-        return x
-    return x.movedim(1, -1).contiguous().movedim(-1, 1)
 
 
 def _speedup(row: dict, base: Optional[dict]) -> Optional[float]:

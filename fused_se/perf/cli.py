@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import sys
 
 from . import traffic
@@ -16,24 +17,43 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+HELP_WIDTH = 100  # every line of --help within this many columns
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        width = min(HELP_WIDTH, shutil.get_terminal_size().columns) - 2
+        super().__init__(prog, width=width, max_help_position=28)
+
+
+def build_parser(prog: str = "python -m fused_se.perf") -> argparse.ArgumentParser:
     p = _Parser(
-        prog="python -m fused_se.perf",
-        description="Performance without a GPU. Every time printed is a model, not a measurement of a GPU.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog=prog,
+        usage=f"{prog} --traffic | --host | --kernel-report [options]",
+        description=(
+            f"  {prog} --traffic                      SE-ResNet-50's SE shapes\n"
+            f"  {prog} --traffic --preset ecapa_tdnn --modes fwd+bwd\n"
+            f"  {prog} --traffic --shapes 2,256,L300,16 2,64,8x8x8 --layouts nchw\n"
+            f"  {prog} --host\n"
+            f"  {prog} --kernel-report --archs 90\n"
+            "\n"
+            "Performance without a GPU. Every time printed is a model, not a measurement of a GPU."
+        ),
+        formatter_class=_Help,
     )
-    what = p.add_mutually_exclusive_group(required=True)
+    what = p.add_argument_group("what (one of)").add_mutually_exclusive_group(required=True)
     what.add_argument("--traffic", action="store_true", help="bytes per call, counted; DRAM bytes and time, modeled")
     what.add_argument("--host", action="store_true", help="host microseconds per call, kernel launches stubbed out")
     what.add_argument(
         "--kernel-report", action="store_true", help="registers, spills and access widths of every kernel variant"
     )
+    out = p.add_argument_group("outputs")
+    out.add_argument("--json", metavar="FILE", help="write the rows as JSON")
+    out.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
     traffic.add_arguments(p)
     from . import host
 
     host.add_arguments(p)
-    p.add_argument("--json", metavar="FILE", help="write the rows as JSON")
-    p.add_argument("--csv", metavar="FILE", help="write the rows as CSV")
     return p
 
 
@@ -49,13 +69,14 @@ def write_rows(rows: list[dict], json_path, csv_path) -> None:
             writer.writerows(rows)
 
 
-def main(argv=None) -> int:
-    p = build_parser()
+def main(argv=None, prog: str = "python -m fused_se.perf") -> int:
+    p = build_parser(prog)
     args = p.parse_args(argv)
     if args.traffic:
         traffic.check_args(p, args)
-        rows = traffic.run_traffic(args)
-        print(traffic.format_traffic(rows))
+        printer = traffic.TablePrinter()
+        rows = traffic.run_traffic(args, printer)
+        printer.close()
     elif args.host:
         from . import host
 

@@ -123,15 +123,15 @@ def run_host(args) -> list[dict]:
 
 
 def _run_host(args) -> list[dict]:
-    from . import _bench
+    from fused_se import workloads
 
     c, hidden = args.host_channels, max(1, args.host_channels // 16)
-    shape = _bench.SEShape(c, 4, 4, hidden)
+    shape = workloads.SEShape(c, 4, 4, hidden)
     rows = []
     for mode in args.host_modes:
         torch.manual_seed(0)
         x = torch.randn(2, c, 4, 4)
-        eager = _bench.build_provider("eager", shape, torch.device("cpu"), torch.float32)
+        eager = workloads.build_block("eager", shape, torch.device("cpu"), torch.float32)
         rows.append(
             {"provider": "eager", "path": "torch (CPU, tiny tensors)", "mode": mode, "batch": 2,
              "host_us": min_us(_call(eager, x, mode), args.number, args.repeat), "launches": None}
@@ -139,7 +139,7 @@ def _run_host(args) -> list[dict]:
         for path in args.host_paths:
             batch = 12 if path == "stream" else 2
             x = torch.randn(batch, c, 4, 4)
-            fused = _bench.build_provider("fused", shape, torch.device("cpu"), torch.float32)
+            fused = workloads.build_block("fused", shape, torch.device("cpu"), torch.float32)
             with forced_path(path, batch, x[0].numel() * x.element_size()), stubbed_launches() as names:
                 fn = _call(fused, x, mode)
                 fn()

@@ -201,26 +201,27 @@ def exercise_bench_shapes(args) -> None:
     launches are recorded), planned for the card's L2 and SM count."""
     import torch
 
-    from . import _bench
+    from fused_se import workloads
+
     from .cards import card
     from .traffic import planned_for
 
     c = card(args.card)
     l2 = args.l2_bytes or c.l2_bytes
-    dtype = _bench.DTYPES[args.dtype]
+    dtype = workloads.DTYPES[args.dtype]
     if args.shapes:
-        cases = [_bench.parse_shape(s) for s in args.shapes]
+        cases = [workloads.parse_shape(s) for s in args.shapes]
     else:
-        cases = [(args.batch or 128, s) for s in _bench.PRESETS[args.preset]]
+        cases = [(args.batch or 128, s) for s in workloads.PRESETS[args.preset]]
     for n, shape in cases:
         for layout in args.layouts:
             for provider in ("fused", "fused-3pass"):
                 fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
                 with planned_for(l2, c.sms):
-                    module = _bench.build_provider(provider, shape, torch.device("cpu"), dtype)
+                    module = workloads.build_block(provider, shape, torch.device("cpu"), dtype)
                     x = torch.empty(n, shape.c, shape.h, shape.w, dtype=dtype).to(memory_format=fmt)
                     xg = x.requires_grad_(True)
-                    paths = _bench.three_launch_paths() if provider == "fused-3pass" else contextlib.nullcontext()
+                    paths = workloads.three_launch_paths() if provider == "fused-3pass" else contextlib.nullcontext()
                     with paths:
                         y = module(xg)
                         torch.autograd.grad(y, [xg, *module.parameters()], torch.empty_like(y))

@@ -41,11 +41,14 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Optional
+from typing import Callable, Optional, TextIO
 
 import torch
+
+from fused_se import workloads
 
 from .cards import CARDS, Card, card
 from .l2 import replay
@@ -90,8 +93,6 @@ def planned_for(l2_bytes: int, sms: int) -> Iterator[None]:
 
 
 def build(provider: str, shape, dtype: torch.dtype) -> torch.nn.Module:
-    from . import _bench
-
     if provider == "classic":
         from fused_se.reference import SEModule
 
@@ -99,7 +100,7 @@ def build(provider: str, shape, dtype: torch.dtype) -> torch.nn.Module:
             raise ValueError(f"classic SEModule is ReLU/sigmoid with C // reduction hidden units; got {shape}")
         torch.manual_seed(0)
         return SEModule(shape.c, shape.c // shape.hidden).to(dtype=dtype)
-    return _bench.build_provider(provider, shape, torch.device("cpu"), dtype)
+    return workloads.build_block(provider, shape, torch.device("cpu"), dtype)
 
 
 def trace_call(
@@ -108,9 +109,8 @@ def trace_call(
     """One forward and backward of the provider under the Tracer: (trace, bytes of x). paths:
     the (forward, backward) path a fused provider is held to (the planner's choice otherwise)."""
     module = build(provider, shape, dtype)
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
-    x = torch.randn(batch, shape.c, shape.h, shape.w, dtype=dtype).to(memory_format=fmt)
+    x = workloads.make_x(shape, batch, layout, torch.device("cpu"), dtype)  # (B, C, *dims), any rank
     grad = torch.randn_like(x)
     xg = x.detach().requires_grad_(True)
     inputs = [xg, *module.parameters()]
@@ -151,10 +151,11 @@ def full_size_paths(provider: str, shape, batch: int, layout: str, dtype: torch.
         return None
     if provider == "fused-3pass":
         return THREE_LAUNCHES
+    from fused_se.functional import _kernels_input
     from fused_se.kernels import plan
 
-    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
-    x = torch.empty(batch, shape.c, shape.h, shape.w, dtype=dtype, device="meta").to(memory_format=fmt)
+    # the (B, C, H, W) view the ops take, whatever the map's rank
+    x = _kernels_input(workloads.make_x(shape, batch, layout, torch.device("meta"), dtype))
     return plan.plan_forward(x, shape.hidden).path, plan.plan_backward(x, x, shape.hidden, None, False, True).path
 
 
@@ -173,8 +174,6 @@ def paths_label(paths: Optional[tuple[str, str]], mode: str) -> str:
 def summarize(events: list[Event], l2_bytes: int, c: Card, x_bytes: int, mode: str, scale: float = 1.0) -> dict:
     """Counted and modeled bytes of one mode's kernels; the time modeled at `scale` times the
     batch that ran (the same bytes per N, the same launches)."""
-    from . import _bench
-
     result = replay([e.accesses for e in events], l2_bytes)
     launches = len(events)
     requested = sum(e.requested for e in events)
@@ -186,7 +185,7 @@ def summarize(events: list[Event], l2_bytes: int, c: Card, x_bytes: int, mode: s
         "dram_bytes": result.dram_bytes,
         "dram_read_bytes": result.read_bytes,
         "dram_write_bytes": result.write_bytes,
-        "minimal_bytes": _bench.MIN_TRAFFIC[mode] * x_bytes,
+        "minimal_bytes": workloads.MIN_TRAFFIC[mode] * x_bytes,
         "requested_n": requested / x_bytes,
         "dram_n": result.dram_bytes / x_bytes,
         "model_time_us": time_us,
@@ -197,13 +196,11 @@ def plan_runs(args) -> list[tuple]:
     """(shape, batch run, batch modeled, scale) per shape: --shapes run as given; a preset's
     shapes at batch max(1, --elements // (C H W)) (each run about as long as another), the L2
     scaled by the same factor, or at batch // --scale where --scale is given."""
-    from . import _bench
-
     if args.shapes:
-        return [(s, n, n, 1.0) for n, s in (_bench.parse_shape(t) for t in args.shapes)]
+        return [(s, n, n, 1.0) for n, s in (workloads.parse_shape(t) for t in args.shapes)]
     full = args.batch or FULL_BATCH
     runs = []
-    for shape in _bench.PRESETS[args.preset]:
+    for shape in workloads.PRESETS[args.preset]:
         if args.scale:
             batch = max(1, full // args.scale)
         else:
@@ -215,9 +212,7 @@ def plan_runs(args) -> list[tuple]:
 def _rows_for(task) -> list[dict]:
     """Every mode's rows of one (shape, layout, provider): one traced call, replayed per mode."""
     shape, batch, full, scale, layout, provider, args, c, l2_full = task
-    from . import _bench
-
-    dtype = _bench.DTYPES[args.dtype]
+    dtype = workloads.DTYPES[args.dtype]
     l2 = max(128, int(l2_full / scale))
     with planned_for(l2_full, c.sms):
         full_paths = full_size_paths(provider, shape, full, layout, dtype)
@@ -231,12 +226,13 @@ def _rows_for(task) -> list[dict]:
                 "model": "LRU L2 model; times modeled, not measured",
                 "card": c.name,
                 "provider": provider,
-                "shape": f"{batch}x{shape.c}x{shape.h}x{shape.w}",
+                "shape": f"{batch}x{shape.label()}",
+                "spatial": "x".join(map(str, shape.dims)),
                 "batch": batch,
                 "batch_modeled": full,
                 "scale": scale,
                 "C": shape.c,
-                "H": shape.h,
+                "H": shape.h,  # with W: the map as the kernels see it ((L * ..., 1) for a sequence or a volume)
                 "W": shape.w,
                 "hidden": shape.hidden,
                 "act": shape.act,
@@ -255,56 +251,104 @@ def _rows_for(task) -> list[dict]:
     return rows
 
 
-def _run_here(args) -> list[dict]:
+def _card(args) -> Card:
     c = card(args.card)
     if args.bandwidth:
         c = Card(c.name, c.l2_bytes, args.bandwidth * 1e12, c.launch_us, c.sms, c.source + " (bandwidth overridden)")
+    return c
+
+
+def progress_line(i: int, total: int, shape, batch: int, full: int, scale: float, l2_full: int, tasks: int) -> str:
+    """The line printed before a shape's rows: which shape, at which batch, with which L2."""
+    run = f"batch {batch}" if scale == 1 else f"batch {batch} for {full}, L2 {l2_full / scale / 2**20:.3g} MiB"
+    return f"[{i}/{total}] {batch}x{shape.label()},{shape.hidden}: {run}; {tasks} traced calls"
+
+
+def _run_here(args, emit: Optional[Callable[[str, object], None]] = None) -> list[dict]:
+    """Every row, each handed to emit("row", row) as soon as it is counted, after an
+    emit("progress", line) per shape. The eager row of a (shape, layout) is counted first, so
+    that every other row's modeled speedup against it is known when the row is."""
+    c = _card(args)
     l2_full = args.l2_bytes or c.l2_bytes
+    providers = [p for p in PROVIDERS if p in args.providers]  # eager first
+    runs = plan_runs(args)
     tasks = [
         (shape, batch, full, scale, layout, provider, args, c, l2_full)
-        for shape, batch, full, scale in plan_runs(args)
+        for shape, batch, full, scale in runs
         for layout in args.layouts
-        for provider in args.providers
+        for provider in providers
     ]
     if args.jobs > 1 and len(tasks) > 1:
         import multiprocessing
 
-        # the slow rows (the interpreted ones) first, so that the workers finish together
-        order = sorted(range(len(tasks)), key=lambda i: tasks[i][5] not in FUSED)
-        with multiprocessing.get_context("spawn").Pool(args.jobs) as pool:
-            done = dict(zip(order, pool.map(_rows_for, [tasks[i] for i in order], chunksize=1)))
-        results = [done[i] for i in range(len(tasks))]
+        pool = multiprocessing.get_context("spawn").Pool(args.jobs)
+        results = pool.imap(_rows_for, tasks, chunksize=1)  # in order, as each is done
     else:
-        results = [_rows_for(t) for t in tasks]
-    rows = []
-    by_case: dict[tuple, list[dict]] = {}
-    for task_rows in results:
-        for r in task_rows:
-            by_case.setdefault((r["shape"], r["layout"], r["mode"]), []).append(r)
-    for case in by_case.values():
-        eager = next((r for r in case if r["provider"] == "eager"), None)
-        for r in case:
-            r["model_speedup_vs_eager"] = eager["model_time_us"] / r["model_time_us"] if eager else None
-        rows.extend(case)
+        pool = None
+        results = (_rows_for(t) for t in tasks)
+    rows: list[dict] = []
+    eager: dict[tuple, dict] = {}
+    per_shape = len(args.layouts) * len(providers)
+    try:
+        for i, task in enumerate(tasks):
+            if i % per_shape == 0 and emit is not None:
+                shape, batch, full, scale = task[:4]
+                emit("progress", progress_line(i // per_shape + 1, len(runs), shape, batch, full, scale, l2_full,
+                                               per_shape))  # fmt: skip
+            for r in next(results):
+                case = (r["shape"], r["layout"], r["mode"])
+                if r["provider"] == "eager":
+                    eager[case] = r
+                base = eager.get(case)
+                r["model_speedup_vs_eager"] = base["model_time_us"] / r["model_time_us"] if base else None
+                rows.append(r)
+                if emit is not None:
+                    emit("row", r)
+    finally:
+        if pool is not None:
+            pool.terminate()
     return rows
 
 
-def run_traffic(args: argparse.Namespace) -> list[dict]:
-    """The --traffic rows. Runs in this process where the kernels are interpreted, else in a
-    child process with TRITON_INTERPRET=1 (the kernels are defined when triton is imported)."""
+def run_traffic(args: argparse.Namespace, emit: Optional[Callable[[str, object], None]] = None) -> list[dict]:
+    """The --traffic rows, each handed to emit as it is counted (see _run_here). Runs in this
+    process where the kernels are interpreted, else in a child process with TRITON_INTERPRET=1
+    (the kernels are defined when triton is imported), which sends each row and progress line
+    back as one line of JSON as soon as it has it."""
     from fused_se.kernels import common
 
     if common.INTERPRETED:
-        return _run_here(args)
+        return _run_here(args, emit)
     with tempfile.TemporaryDirectory() as tmp:
         spec = os.path.join(tmp, "args.json")
-        out = os.path.join(tmp, "rows.json")
         with open(spec, "w") as f:
             json.dump({k: v for k, v in vars(args).items() if k in _ARG_NAMES}, f)
         env = {**os.environ, "TRITON_INTERPRET": "1"}
-        subprocess.run([sys.executable, "-m", "fused_se.perf.traffic", spec, out], env=env, check=True)
-        with open(out) as f:
-            return json.load(f)
+        cmd = [sys.executable, "-m", "fused_se.perf.traffic", spec]
+        rows = []
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, text=True, bufsize=1) as child:
+            assert child.stdout is not None
+            for line in child.stdout:
+                kind, item = _message(line)
+                if kind == "row":
+                    rows.append(item)
+                if kind == "other":
+                    sys.stdout.write(item)
+                elif emit is not None:
+                    emit(kind, item)
+        if child.returncode:
+            raise subprocess.CalledProcessError(child.returncode, cmd)
+        return rows
+
+
+_MARK = "fused_se.perf.traffic "  # the child's lines to its parent start with this
+
+
+def _message(line: str) -> tuple[str, object]:
+    if not line.startswith(_MARK):
+        return "other", line
+    message = json.loads(line[len(_MARK) :])
+    return message["kind"], message["item"]
 
 
 _ARG_NAMES = (
@@ -315,11 +359,14 @@ _ARG_NAMES = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The --traffic options (presets, shapes, layouts, modes and dtype as fused-se-bench takes them)."""
-    from . import _bench
-
-    g = p.add_argument_group("traffic (--traffic): " + L2_MODEL_HELP)
-    g.add_argument("--preset", choices=sorted(_bench.PRESETS), default="seresnet50")
-    g.add_argument("--shapes", nargs="+", metavar="N,C,H,W[,hidden]", help="explicit shapes, run unscaled")
+    g = p.add_argument_group("traffic (--traffic)", textwrap.fill(L2_MODEL_HELP, 96))
+    g.add_argument(
+        "--preset", choices=sorted(workloads.PRESETS), default="seresnet50", metavar="NAME",
+        help=f"SE placements of a network: {', '.join(sorted(workloads.PRESETS))} (default seresnet50)",
+    )  # fmt: skip
+    g.add_argument(
+        "--shapes", nargs="+", metavar="SHAPE", help=f"explicit shapes, run unscaled. SHAPE: {workloads.SHAPE_SYNTAX}"
+    )
     g.add_argument("--batch", type=int, help=f"the preset's batch modeled (default {FULL_BATCH})")
     g.add_argument(
         "--elements",
@@ -332,10 +379,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--scale", type=int, help="instead: run the preset at batch // SCALE, the L2 divided by SCALE")
     g.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
-    g.add_argument("--layouts", nargs="+", choices=_bench.LAYOUTS, default=list(_bench.LAYOUTS))
-    g.add_argument("--modes", nargs="+", choices=_bench.MODES, default=list(_bench.MODES))
-    g.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(DEFAULT_PROVIDERS))
-    g.add_argument("--dtype", choices=sorted(_bench.DTYPES), default="bf16", help="default bf16, as on a GPU")
+    g.add_argument("--layouts", nargs="+", choices=workloads.LAYOUTS, default=list(workloads.LAYOUTS))
+    g.add_argument("--modes", nargs="+", choices=workloads.MODES, default=list(workloads.MODES))
+    g.add_argument(
+        "--providers", nargs="+", choices=PROVIDERS, default=list(DEFAULT_PROVIDERS), metavar="P",
+        help=f"of {', '.join(PROVIDERS)} (default: {' '.join(DEFAULT_PROVIDERS)})",
+    )  # fmt: skip
+    g.add_argument("--dtype", choices=sorted(workloads.DTYPES), default="bf16", help="default bf16, as on a GPU")
     g.add_argument("--card", choices=sorted(CARDS), default="h100", help="L2, bandwidth and launch cost (cards.py)")
     g.add_argument(
         "--l2-bytes",
@@ -347,8 +397,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    from . import _bench
-
     for name in ("scale", "elements", "jobs", "batch"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -358,7 +406,7 @@ def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
             p.error("--batch applies to a preset; with --shapes, give N in each shape")
         for s in args.shapes:
             try:
-                _bench.parse_shape(s)
+                workloads.parse_shape(s)
             except argparse.ArgumentTypeError as e:
                 p.error(f"--shapes: {e}")
     if args.l2_bytes is not None and args.l2_bytes < 128:
@@ -369,38 +417,104 @@ def _n(v: float) -> str:
     return f"{v:.2f}N"
 
 
-def format_traffic(rows: list[dict]) -> str:
-    head = (
-        f"{'shape':>16} {'layout':>13} {'mode':>7} {'provider':>11} {'path':>26} {'launch':>6} {'requested':>9} "
-        f"{'DRAM*':>7} {'floor':>6} {'time us*':>9} {'vs eager*':>9}  {'path at full batch':<28}"
-    )
-    lines = [head, "-" * len(head)]
-    for r in rows:
-        speed = "-" if r["model_speedup_vs_eager"] is None else f"{r['model_speedup_vs_eager']:.2f}x"
-        lines.append(
-            f"{r['shape']:>16} {r['layout']:>13} {r['mode']:>7} {r['provider']:>11} {r['path']:>26} "
-            f"{r['launches']:>6} {_n(r['requested_n']):>9} {_n(r['dram_n']):>7} "
-            f"{_n(r['minimal_bytes'] / r['x_bytes']):>6} {r['model_time_us']:>9.1f} {speed:>9}  "
-            f"{r['path_at_full_batch']:<28}"
-        )
-    r0 = rows[0] if rows else None
-    if r0:
-        lines.append(
-            f"* model, {r0['card']}: DRAM from an LRU model of L2; time = DRAM / bandwidth + launches x launch cost, "
-            "at the modeled batch. N = bytes of x; requested: counted."
-        )
-        for shape in dict.fromkeys(r["shape"] for r in rows):
-            r = next(r for r in rows if r["shape"] == shape)
-            if r["scale"] != 1:
-                lines.append(
+def _short_path(label: str) -> str:
+    """A path label for the table: "torch" for eager's ops; the fused paths without "triton", a
+    forward and backward that differ as fwd/bwd."""
+    if not label.startswith("triton "):
+        return label
+    label = label.removeprefix("triton ")
+    if label.endswith(" bwd"):
+        fwd, bwd = label.removesuffix(" bwd").split(" fwd, ")
+        return f"{fwd}/{bwd}"
+    return label
+
+
+# (header, width, cell): every line of the table within TABLE_WIDTH columns
+_COLUMNS = [
+    ("layout", 13, lambda r: r["layout"]),
+    ("mode", 7, lambda r: r["mode"]),
+    ("provider", 11, lambda r: r["provider"]),
+    ("launch", 6, lambda r: str(r["launches"])),
+    ("req", 6, lambda r: _n(r["requested_n"])),
+    ("DRAM*", 6, lambda r: _n(r["dram_n"])),
+    ("us*", 8, lambda r: f"{r['model_time_us']:.1f}"),
+    ("vs eager*", 9, lambda r: "-" if r["model_speedup_vs_eager"] is None else f"{r['model_speedup_vs_eager']:.2f}x"),
+]
+TABLE_WIDTH = 100
+
+
+def _clip(line: str) -> str:
+    return line if len(line) <= TABLE_WIDTH else line[: TABLE_WIDTH - 3] + "..."
+
+
+def table_header() -> str:
+    head = " ".join(h.rjust(w) for h, w, _ in _COLUMNS) + " path"
+    return head + "\n" + "-" * min(TABLE_WIDTH, len(head) + 20)
+
+
+def table_lines(r: dict) -> list[str]:
+    """A row's line, and under it the path the modeled batch takes where the batch run took another."""
+    path = _short_path(r["path"])
+    lines = [_clip(" ".join(cell(r).rjust(w) for _, w, cell in _COLUMNS) + " " + path)]
+    full = _short_path(r["path_at_full_batch"])
+    if full != path:
+        lines.append(_clip(f"{'':13} at batch {r['batch_modeled']} the planner takes {full}"))
+    return lines
+
+
+def footnotes(rows: list[dict]) -> list[str]:
+    if not rows:
+        return []
+    lines = [
+        "req: bytes requested, counted; DRAM*: an LRU model of L2; floor: 2N fwd, 3N bwd, 5N fwd+bwd",
+        f"* model, {rows[0]['card']}: us = DRAM / bandwidth + launches x launch cost, at the modeled batch;",
+        "  N = bytes of x; path: torch (eager's ops) or the fused paths, fwd/bwd where they differ",
+    ]
+    for shape in dict.fromkeys(r["shape"] for r in rows):
+        r = next(r for r in rows if r["shape"] == shape)
+        if r["scale"] != 1:
+            lines.append(
+                _clip(
                     f"  {shape}: batch {r['batch']} for {r['batch_modeled']}, L2 {r['l2_bytes'] / 2**20:.3g} MiB "
                     f"(the card's / {r['scale']:g})"
                 )
-    return "\n".join(lines)
+            )
+    return lines
+
+
+class TablePrinter:
+    """Prints the table as the run goes: the header at once, a progress line per shape, each row
+    as soon as it is counted (flushed); the footnotes at the end."""
+
+    def __init__(self, out: Optional[TextIO] = None) -> None:
+        self.out = sys.stdout if out is None else out
+        self.rows: list[dict] = []
+        print(table_header(), file=self.out, flush=True)
+
+    def __call__(self, kind: str, item) -> None:
+        if kind == "row":
+            self.rows.append(item)
+            lines = table_lines(item)
+        else:
+            lines = [_clip(str(item))]
+        print("\n".join(lines), file=self.out, flush=True)
+
+    def close(self) -> None:
+        print("\n".join(footnotes(self.rows)), file=self.out, flush=True)
+
+
+def format_traffic(rows: list[dict]) -> str:
+    """The whole table at once (a run prints it as it goes: TablePrinter)."""
+    lines = [table_header()]
+    for r in rows:
+        lines.extend(table_lines(r))
+    return "\n".join(lines + footnotes(rows))
 
 
 if __name__ == "__main__":  # the child process of run_traffic
+
+    def _send(kind: str, item: object) -> None:
+        print(_MARK + json.dumps({"kind": kind, "item": item}), flush=True)
+
     with open(sys.argv[1]) as f:
-        ns = argparse.Namespace(**json.load(f))
-    with open(sys.argv[2], "w") as f:
-        json.dump(_run_here(ns), f)
+        _run_here(argparse.Namespace(**json.load(f)), _send)

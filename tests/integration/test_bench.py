@@ -52,7 +52,6 @@ def test_explicit_shapes():
         (["--modes", "sideways"], "invalid choice: 'sideways'"),
         (["--preset", "vgg"], "invalid choice: 'vgg'"),
         (["--device", "tpu"], "--device"),
-        (["--tail", "--e2e"], "--tail times SE blocks"),
     ],
 )
 def test_bad_arguments_give_one_line(argv, message, capsys):
@@ -154,18 +153,6 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
         table = list(csv.DictReader(f))
     assert list(table[0]) == bench.ROW_FIELDS and len(table) == len(rows)
     assert out["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def test_e2e_on_the_cpu(tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("FUSED_SE_BACKEND", "reference")  # the interpreter would take minutes here
-    path = tmp_path / "e2e.json"
-    argv = ["--device", "cpu", "--e2e", "--e2e-batch", "2", "--e2e-size", "32", "--json", str(path)]
-    assert bench.main([*argv, "--warmup", "0", "--reps", "1"]) == 0
-    rows = json.loads(path.read_text())
-    assert [(r["model"], r["variant"]) for r in rows] == bench.E2E_MODELS
-    se = [r for r in rows if r["model"] == "seresnet50"]
-    assert all(r["overhead_vs_resnet50_pct"] is not None and r["images_per_s"] > 0 for r in se)
-    assert "SE overhead vs resnet50" in capsys.readouterr().out
 
 
 def test_module_entry_point_help():
