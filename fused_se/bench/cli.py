@@ -10,7 +10,7 @@ import torch
 from ._args import HelpFormatter, Parser, check_writable, prog_name
 from .measure import CPU_TIMER_THRESHOLD, NOISY_SPREAD, default_batch, environment
 from .presets import DTYPES, LAYOUTS, MODES, PRESETS, PROVIDERS, parse_shape
-from .report import RowWriter, format_vs_compile, noise_note, se_table, write_plot
+from .report import RowWriter, device_table, format_vs_compile, legend, noise_note, se_table, write_plot
 from .runner import provider_passes, run
 
 
@@ -212,14 +212,16 @@ def main(argv=None) -> int:
     if against:
         print(against)
     if cuda and rows:
+        device = device_table()
+        print("\n".join(["", device.header(), *(device.line(r) for r in rows)]))
         print(f"device-to-device copy: {rows[0]['copy_gbs']:.1f} GB/s")
     if args.plot and rows:
         write_plot(rows, args.plot)
-    for line in noise_note(rows):
+    for line in noise_note(rows) + legend():
         print(line)
     if not cuda:
         print(
-            "note: CPU timings of the CPU paths (the fused ops run their torch-ops kernel here, or the "
+            "note: CPU timings of the CPU paths (the fused ops run their torch-ops kernel here, or the\n"
             "Triton interpreter); the speedups fused_se exists for need a CUDA GPU."
         )
     return 0

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import tempfile
+import textwrap
 from dataclasses import dataclass
 from typing import Callable, Optional, TextIO
 
@@ -58,6 +59,46 @@ def _ratio(key: str, base_noisy: Callable[[dict], bool]) -> Callable[[dict], str
     return cell
 
 
+# The printed tables' short forms (the JSON and CSV keep the full names).
+LAYOUT_SHORT = {"channels_last": "cl", "nchw": "nchw"}
+PATH_SHORT = {"three_launch": "3L", "one_launch": "1L", "spread": "spread", "stream": "stream"}
+PROVIDER_SHORT = {
+    "compile-max-autotune": "comp-maxat",
+    "fused-3pass": "fused-3L",
+    "compile-reduce-overhead": "comp-ro",
+    "eager-cudagraph": "eager-cg",
+    "fused-cudagraph": "fused-cg",
+}
+PATH_LEGEND = (
+    "lay cl: channels_last; +t: with the residual tail; comp-maxat, comp-ro: torch.compile's max-autotune"
+    "-no-cudagraphs and reduce-overhead modes; fused-3L: fused-3pass; -cg: CUDA-graph replays; path: the fused kernels' paths, "
+    "fwd/bwd where they differ (3L three launches, 1L one launch, spread, stream), or cpu (the CPU "
+    "kernel), ref (the reference), torch (eager's ops)"
+)
+
+
+def provider_short(r: dict) -> str:
+    return PROVIDER_SHORT.get(r["provider"], r["provider"])
+
+
+def mode_short(r: dict) -> str:
+    return r["mode"] + ("+t" if r.get("tail") else "")
+
+
+def layout_short(r: dict) -> str:
+    return LAYOUT_SHORT.get(r["layout"], r["layout"])
+
+
+def path_short(r: dict) -> str:
+    """A row's path in a few characters: "3L", "1L/3L", "stream", "cpu", "torch" (the row's "path"
+    field in full: "triton one_launch fwd, three_launch bwd (cuda)")."""
+    path = r["path"].rsplit(" (", 1)[0]
+    if not path.startswith("triton "):
+        return {"decomposed": "cpu", "reference": "ref"}.get(path, path)
+    names = [word for word in path[len("triton ") :].replace(",", " ").split() if word not in ("fwd", "bwd")]
+    return "/".join(PATH_SHORT.get(n, n) for n in names)
+
+
 def shape_label(r: dict) -> str:
     """N x C x the map's dims and the hidden width: 8x256x56x56,16 (8x1024x300,128 for a sequence)."""
     spatial = r.get("spatial") or f"{r['H']}x{r['W']}"
@@ -96,29 +137,40 @@ def se_table(*, gpu: bool, providers: list[str]) -> Table:
 
         return noisy
 
-    width = max(8, *(len(p) for p in providers))
+    width = max(8, *(len(PROVIDER_SHORT.get(p, p)) for p in providers))
     cols = [
-        Column("shape,hidden", 18, shape_label),
-        Column("layout", 13, lambda r: r["layout"]),
-        Column("mode", 12, lambda r: r["mode"] + ("+tail" if r.get("tail") else "")),
-        Column("provider", width, lambda r: r["provider"]),
-        Column("ms", 9, _num("median_ms", ".4f")),
-        Column("spread", 7, lambda r: f"{100 * r['spread']:.0f}%" + ("!" if r["noisy"] else " ")),
-        Column("vs eager", 9, _ratio("speedup_vs_eager", base_noisy("eager"))),
+        Column("shape,hidden", 16, shape_label),
+        Column("lay", 4, layout_short),
+        Column("mode", 9, mode_short),
+        Column("provider", width, provider_short),
+        Column("ms", 8, _num("median_ms", ".4f")),
+        Column("sprd", 5, lambda r: f"{100 * r['spread']:.0f}%" + ("!" if r["noisy"] else " ")),
+        Column("vs eager", 8, _ratio("speedup_vs_eager", base_noisy("eager"))),
     ]
     if "compile" in providers:
-        cols.append(Column("vs comp", 9, _ratio("speedup_vs_compile", base_noisy("compile"))))
-    cols.append(Column("GB/s", 7, _num("gbs_min_traffic", ".1f")))
+        cols.append(Column("vs comp", 7, _ratio("speedup_vs_compile", base_noisy("compile"))))
+    cols.append(Column("GB/s", 6, _num("gbs_min_traffic", ".1f")))
     if gpu:
-        cols += [
-            Column("%copy", 6, _num("pct_of_copy", ".1f", "%")),
-            Column("own GB/s", 8, _num("gbs_own_traffic", ".1f")),
-            Column("peak MB", 8, _num("peak_mem_mb", ".1f")),
-            Column("launch", 6, _num("launches", "d")),
-        ]
-    cols.append(Column("path", 0, lambda r: r["path"], left=True))
+        cols.append(Column("%copy", 5, _num("pct_of_copy", ".0f", "%")))
+    cols.append(Column("path", 0, path_short, left=True))
     table.columns = cols
     return table
+
+
+def device_table() -> Table:
+    """A GPU run's second table: each row's kernel launches, bandwidth against the fused kernels' own
+    traffic and peak memory (the first table holds the rest)."""
+    return Table(
+        [
+            Column("shape,hidden", 16, shape_label),
+            Column("lay", 4, layout_short),
+            Column("mode", 9, mode_short),
+            Column("provider", 10, provider_short),
+            Column("launches", 8, _num("launches", "d")),
+            Column("own GB/s", 8, _num("gbs_own_traffic", ".1f")),
+            Column("peak MB", 8, _num("peak_mem_mb", ".1f")),
+        ]
+    )
 
 
 def _same_case(a: dict, b: dict) -> bool:
@@ -131,40 +183,54 @@ def format_table(rows: list[dict], gpu: Optional[bool] = None) -> str:
     gpu = any(r["device"].split()[0] != "cpu" for r in rows) if gpu is None else gpu
     providers = list(dict.fromkeys(r["provider"] for r in rows))
     table = se_table(gpu=gpu, providers=providers)
-    return "\n".join([table.header(), *(table.line(r) for r in rows), *noise_note(rows)])
+    lines = [table.header(), *(table.line(r) for r in rows), *noise_note(rows), *legend()]
+    if gpu:
+        device = device_table()
+        lines += ["", device.header(), *(device.line(r) for r in rows)]
+    return "\n".join(lines)
+
+
+def legend() -> list[str]:
+    """The short forms' key, in lines of at most 100 columns."""
+    return textwrap.wrap(PATH_LEGEND, 100)
 
 
 def noise_note(rows: list[dict]) -> list[str]:
     if not any(r.get("noisy") for r in rows):
         return []
-    return [
-        f"! p20-p80 wider than {100 * NOISY_SPREAD:.0f}% of the median; ? a speedup from such a row: within the noise"
-    ]
+    return [f"! p20-p80 wider than {100 * NOISY_SPREAD:.0f}% of the median; ? a speedup from such a row (noise)"]
 
 
-def format_vs_compile(rows: list[dict]) -> str:
+def format_vs_compile(rows: list[dict], max_width: int = 100) -> str:
     """Each case's providers against its torch.compile row (filled in after the compile rows, which
-    are timed last)."""
+    are timed last): one table, or several side by side in provider groups where one would be
+    wider than max_width."""
     compiled = [r for r in rows if r["provider"] == "compile"]
     if not compiled:
         return ""
-    others = list(dict.fromkeys(r["provider"] for r in rows if r["provider"] != "compile"))
-    cols = [
-        Column("against torch.compile", 21, shape_label),
-        Column("layout", 13, lambda r: r["layout"]),
-        Column("mode", 12, lambda r: r["mode"] + ("+tail" if r.get("tail") else "")),
-    ]
-    for p in others:
-        cols.append(Column(p, max(9, len(p)), lambda c, p=p: c.get(p, "-")))
-    table = Table(cols)
-    lines = [table.header()]
-    for base in compiled:
-        cells = dict(base)
+    cases = [dict(base) for base in compiled]
+    for cells, base in zip(cases, compiled, strict=True):
         for r in rows:
-            if r["provider"] in others and _same_case(r, base) and r.get("speedup_vs_compile") is not None:
+            if r["provider"] != "compile" and _same_case(r, base) and r.get("speedup_vs_compile") is not None:
                 cells[r["provider"]] = f"{r['speedup_vs_compile']:.2f}x" + ("?" if r["noisy"] or base["noisy"] else "")
-        lines.append(table.line(cells))
-    return "\n".join(lines)
+    head = [
+        Column("against torch.compile", 21, shape_label),
+        Column("lay", 4, layout_short),
+        Column("mode", 9, mode_short),
+    ]
+    groups: list[list[Column]] = [[]]
+    room = max_width - sum(c.width + 1 for c in head)
+    for p in dict.fromkeys(r["provider"] for r in rows if r["provider"] != "compile"):
+        short = PROVIDER_SHORT.get(p, p)
+        column = Column(short, max(7, len(short)), lambda c, p=p: c.get(p, "-"))
+        if groups[-1] and sum(c.width + 1 for c in groups[-1]) + column.width + 1 > room:
+            groups.append([])
+        groups[-1].append(column)
+    tables = []
+    for group in groups:
+        table = Table(head + group)
+        tables.append("\n".join([table.header(), *(table.line(cells) for cells in cases)]))
+    return "\n\n".join(tables)
 
 
 # ---- files -----------------------------------------------------------------------------------

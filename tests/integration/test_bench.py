@@ -90,7 +90,7 @@ def test_tail_run_matches_the_unfused_tail(monkeypatch, capsys, tmp_path):
     path = tmp_path / "tail.json"
     argv = ["--device", "cpu", "--tail", "--shapes", "2,32,4,4", "--layouts", "channels_last", "--modes", "fwd+bwd"]
     assert bench.main([*argv, "--warmup", "0", "--reps", "2", "--json", str(path)]) == 0
-    assert "fwd+bwd+tail" in capsys.readouterr().out
+    assert "fwd+bwd+t " in capsys.readouterr().out  # the mode column: +t, the residual tail
     rows = json.loads(path.read_text())
     assert {r["provider"] for r in rows} == {"eager", "eager-conv", "fused"} and all(r["tail"] for r in rows)
     assert all(r["min_traffic_bytes"] == 8 * r["x_bytes"] for r in rows)
@@ -118,11 +118,11 @@ def test_tiny_run_end_to_end(tmp_path, capsys):
     header = next(line for line in text.splitlines() if line.lstrip().startswith("shape,hidden"))
     assert header.split() == [
         "shape,hidden",
-        "layout",
+        "lay",
         "mode",
         "provider",
         "ms",
-        "spread",
+        "sprd",
         "vs",
         "eager",
         "GB/s",
@@ -240,7 +240,8 @@ def test_rows_are_written_as_they_are_measured(tmp_path, monkeypatch, capsys):
         rows = json.loads((tmp_path / "r.json").read_text()) if seen else []
         with open(tmp_path / "r.csv") if seen else open(__file__) as f:
             table = list(csv.DictReader(f)) if seen else []
-        seen.append((len(rows), len(table), capsys.readouterr().out.count("(cpu)\n")))
+        printed = re.findall(r"^ *\d+x\d+x\S+ ", capsys.readouterr().out, re.MULTILINE)  # a row's line
+        seen.append((len(rows), len(table), len(printed)))
         return real(*a, **k)
 
     monkeypatch.setattr(runner, "time_ms", time_ms)
@@ -356,3 +357,42 @@ def test_cuda_graph_providers_time_gpu_inference_only(tmp_path):
     graphed = CudaGraphed(torch.nn.Identity())
     with pytest.raises(ValueError, match="inference only"):
         bench.make_call(graphed, torch.zeros(1), torch.zeros(1), "fwd+bwd")
+
+
+def test_every_printed_table_fits_100_columns_with_every_provider():
+    """A GPU run's widest case: every provider, a tail, a long path, a large shape and wide numbers."""
+    rows = []
+    for provider in bench.PROVIDERS:
+        fused = provider.startswith("fused")
+        path = "triton spread fwd, three_launch bwd (cuda)" if fused else "torch (cuda)"
+        rows.append(
+            {
+                "provider": provider, "path": path, "batch": 256, "C": 2048, "H": 7, "W": 7, "spatial": "7x7",
+                "hidden": 128, "layout": "channels_last", "mode": "fwd+bwd", "tail": True, "median_ms": 123.4567,
+                "spread": 1.5, "noisy": True, "speedup_vs_eager": 10.55, "speedup_vs_compile": 10.25,
+                "gbs_min_traffic": 4321.5, "pct_of_copy": 101.2, "gbs_own_traffic": 4000.0, "peak_mem_mb": 12345.6,
+                "launches": 123, "device": "NVIDIA H200",
+            }
+        )  # fmt: skip
+    text = bench.format_table(rows, gpu=True) + "\n" + bench.format_vs_compile(rows)
+    wide = [line for line in text.splitlines() if len(line) > 100]
+    assert not wide, wide
+    assert "spread/3L" in text and "fused-cg" in text and "comp-ro" in text  # the short forms, with their key
+    for provider in bench.PROVIDERS:  # every provider's speedup against compile is shown
+        if provider != "compile":
+            assert bench.report.PROVIDER_SHORT.get(provider, provider) in text
+
+
+@pytest.mark.parametrize(
+    "path,short",
+    [
+        ("triton three_launch (cuda)", "3L"),
+        ("triton one_launch fwd, three_launch bwd (cuda)", "1L/3L"),
+        ("triton stream (cuda)", "stream"),
+        ("decomposed (cpu)", "cpu"),
+        ("reference (cpu)", "ref"),
+        ("torch (cpu)", "torch"),
+    ],
+)
+def test_paths_print_short(path, short):
+    assert bench.report.path_short({"path": path}) == short
