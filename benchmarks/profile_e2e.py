@@ -44,7 +44,7 @@ def _step_for(name: str, variant: str, batch: int, size: int, device: torch.devi
     step = _training_step(model, x, target, amp=True)
     if option != "noreplay":
         return step
-    from fused_se.kernels import replay
+    from fused_se.runtime import replay
 
     def step_without_replays():
         replay.ENABLED = False

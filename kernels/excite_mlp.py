@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, launch, record
 from . import heuristics as hz
 from .common import (
     ACT_CODES,
@@ -18,13 +19,10 @@ from .common import (
     act_bwd,
     act_fwd,
     dot,
-    empty,
     excite_outputs,
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
-    launch,
-    record,
     sum_splits,
     vec_stride,
 )

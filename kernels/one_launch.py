@@ -11,14 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import launch, record
 from . import heuristics as hz
-from .common import (
-    act_fwd,
-    gate_fwd,
-    launch,
-    mlp_forward,
-    record,
-)
+from .common import act_fwd, gate_fwd, mlp_forward
 from .passes import residual_tail
 
 

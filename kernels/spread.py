@@ -12,16 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, launch, record
 from . import heuristics as hz
-from .common import (
-    act_fwd,
-    empty,
-    gate_fwd,
-    launch,
-    mlp_forward,
-    record,
-    sum_splits,
-)
+from .common import act_fwd, gate_fwd, mlp_forward, sum_splits
 from .passes import hw_sum_range, scale_tile
 from .sync import check_waits, counts_at, flags_at, publish, spins, take_ticket, wait_for, workspace
 

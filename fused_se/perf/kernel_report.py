@@ -34,11 +34,13 @@ SMEM_RESERVED_PER_BLOCK = 1024
 
 
 def record_launches():
-    """Replaces the launchers' `bind` with a recorder (nothing runs) and claims the
+    """Binds every launch to a recorder for the rest of the process (nothing runs) and claims the
     interpreter, so that the ops take the kernels' path on CPU tensors; returns the list that
     the launches (kernel, args, kwargs) go into."""
+    from contextlib import ExitStack
+
     from fused_se import _dispatch
-    from fused_se.kernels import common
+    from fused_se.runtime.launch import intercepted
 
     launches: list = []
 
@@ -52,7 +54,7 @@ def record_launches():
 
             return launch
 
-    common.bind = lambda kernel, grid: _Recorder(kernel)[grid]
+    ExitStack().enter_context(intercepted(lambda kernel, grid, inner: _Recorder(kernel)[grid]))  # never left
     _dispatch.interpreter_enabled = lambda: True
     return launches
 

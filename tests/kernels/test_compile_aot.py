@@ -61,8 +61,10 @@ def test_kernels_compile_for_gpu():
 
 
 def _record_launches():
-    """Replaces the launchers' `bind` with a recorder; returns the list of launches."""
-    from fused_se.kernels import common
+    """Binds every launch to a recorder for the rest of the process; returns the list of launches."""
+    from contextlib import ExitStack
+
+    from fused_se.runtime.launch import intercepted
 
     launches = []
 
@@ -76,7 +78,7 @@ def _record_launches():
 
             return launch
 
-    common.bind = lambda kernel, grid: _Recorder(kernel)[grid]  # every launch is bound there
+    ExitStack().enter_context(intercepted(lambda kernel, grid, inner: _Recorder(kernel)[grid]))  # never left
     # The ops take the kernels' path on CPU tensors only with the interpreter on: claim it, since
     # nothing runs here (without this the ops would run their torch-ops kernel and record nothing).
     from fused_se import _dispatch
