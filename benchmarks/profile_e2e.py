@@ -28,7 +28,7 @@ from profile_gpu import _host_profile  # a script beside this one
 
 def _step_for(name: str, variant: str, batch: int, size: int, device: torch.device, option: str = ""):
     """One training step of the model; option "noreplay": the fused blocks' bodies run on every
-    call (kernels.replay off), to see what the replays save in a whole step."""
+    call (fused_se.runtime.replay off), to see what the replays save in a whole step."""
     import timm
 
     from fused_se.bench.e2e import _training_step

@@ -5,12 +5,14 @@ reaches private APIs of torch, triton or Python.
     launch.py   launch(kernel, grid): the launch path, the launch cache, launch records, buffers
                 (empty, zeros, empty_like), and `intercepted`, the one hook for tools
     replay.py   replayed(body): a plain call's launches recorded per signature and redone
-    eager.py    plain_eager, on_real_tensors, replayed_body: the plain-eager route around the custom op
+    trace.py    tracing, plain_eager, is_fake: what may trace or intercept a call (torch only)
+    eager.py    on_real_tensors, replayed_body: the plain-eager route's bodies
     checks.py   the checks below, run at import; a failed one warns once and its public path runs
 
-Kernels call launch and the buffers; ops call eager; nothing else here is for them. Deleting the
-seam means: launch = kernel[grid], buffers = torch.empty, getenv = os.environ.get, plain_eager =
-False (the custom op always). docs/DESIGN.md ("Dispatch") says what each part saves.
+Kernels call launch and the buffers; ops (fused_se/op_spec.py) call eager and trace; nothing
+else here is for them. Deleting the seam means: launch = kernel[grid], buffers = torch.empty,
+getenv = os.environ.get, plain_eager = False (the custom op always), which is what
+FUSED_SE_PRIVATE_APIS=0 runs. docs/DESIGN.md ("Dispatch") says what each part saves.
 
 Private APIs used, checked on torch 2.14.1 / triton 3.8 and torch 2.11 / triton 3.6 (CI's second
 stack), and how each is checked at import (checks.py; tests/api/test_runtime.py):

@@ -60,7 +60,7 @@ def test_kernels_run_on_the_current_stream():
     dx_ref = torch.autograd.grad(y_ref, x_ref, g)[0]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # outside the timed window: compile, record (kernels.replay), replay once
+    with torch.cuda.stream(side):  # outside the timed window: compile, record (runtime/replay.py), replay once
         for _ in range(2):
             torch.autograd.grad(m(x), x, g)
     side.synchronize()

@@ -136,7 +136,7 @@ def test_a_persistent_path_whose_wait_check_reads_runs_its_body_every_call(plans
 
 def test_a_persistent_path_is_replayed_with_its_workspace_zeroed_again(plans, device, spread, monkeypatch):
     """Where the wait check reads nothing (a GPU's default), the spread forward is replayed: its
-    workspace (common.zeros) is zeroed again on every call, and the calls give the first's bits.
+    workspace (launch.zeros) is zeroed again on every call, and the calls give the first's bits.
     Laid out for the direct path, the workspace comes first in the scratch, in the zeroed span."""
     from fused_se.kernels import spread as spread_module
 
