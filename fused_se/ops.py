@@ -38,7 +38,8 @@ TWO_FC_ARGS = (
 
 
 def two_fc_excite_fwd(impl, zsum, x, w1, b1, w2, b2, act, gate, *lengths):
-    """s = gate(W2 act(W1 z + b1) + b2)."""
+    """s = gate(W2 act(W1 z + b1) + b2). lengths: the lengths op's last argument, which only the
+    squeeze and the dx pass read."""
     return impl.excite_fwd(zsum, hw(x), w1, b1, w2, b2, x.dtype, act, gate)
 
 
@@ -71,7 +72,7 @@ def _two_fc_whole_bwd(grad_y, x, z, s, a, need, d, out, store_g, h, w1, b1, w2, 
     return dx, *dweights, dres
 
 
-_squeeze_excite = declare(
+TWO_FC = declare(
     OpSpec(
         "squeeze_excite",
         TWO_FC_ARGS,
@@ -85,14 +86,14 @@ _squeeze_excite = declare(
         cpu_kept=lambda x, d, residual, relu, *args: decomposed.squeeze_excite_fwd(x, *args, d, residual, relu),
     )
 )
-squeeze_excite, squeeze_excite_backward = _squeeze_excite.op, _squeeze_excite.backward_op
+squeeze_excite, squeeze_excite_backward = TWO_FC.op, TWO_FC.backward_op
 
 
 def _fc_excite_bwd(impl, dssum, z, s, a, x, need, w, b, gate):
     return impl.excite_fc_bwd(dssum, z, s, a, w, x.dtype, gate, need, grad_dtypes(w, b))
 
 
-_effective_squeeze_excite = declare(
+FC = declare(
     OpSpec(
         "effective_squeeze_excite",
         (("w", "Tensor"), ("b", "Tensor?"), ("gate", "str")),
@@ -101,8 +102,7 @@ _effective_squeeze_excite = declare(
         _fc_excite_bwd,
     )
 )
-effective_squeeze_excite = _effective_squeeze_excite.op
-effective_squeeze_excite_backward = _effective_squeeze_excite.backward_op
+effective_squeeze_excite, effective_squeeze_excite_backward = FC.op, FC.backward_op
 
 
 def _conv_excite_bwd(impl, dssum, z, s, a, x, need, w, b, circular, gate):
@@ -112,7 +112,7 @@ def _conv_excite_bwd(impl, dssum, z, s, a, x, need, w, b, circular, gate):
     return dz, dw, db
 
 
-_efficient_channel_attention = declare(
+CONV = declare(
     OpSpec(
         "efficient_channel_attention",
         (("w", "Tensor"), ("b", "Tensor?"), ("circular", "bool"), ("gate", "str")),
@@ -122,5 +122,4 @@ _efficient_channel_attention = declare(
         _conv_excite_bwd,
     )
 )
-efficient_channel_attention = _efficient_channel_attention.op
-efficient_channel_attention_backward = _efficient_channel_attention.backward_op
+efficient_channel_attention, efficient_channel_attention_backward = CONV.op, CONV.backward_op

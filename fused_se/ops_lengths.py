@@ -17,7 +17,7 @@ from __future__ import annotations
 from .op_spec import OpSpec, declare
 from .ops import TWO_FC_ARGS, two_fc_excite_bwd, two_fc_excite_fwd
 
-_squeeze_excite_lengths = declare(
+TWO_FC_LENGTHS = declare(
     OpSpec(
         "squeeze_excite_lengths",
         (*TWO_FC_ARGS, ("lengths", "Tensor")),
@@ -27,5 +27,4 @@ _squeeze_excite_lengths = declare(
         lengths="lengths",
     )
 )
-squeeze_excite_lengths = _squeeze_excite_lengths.op
-squeeze_excite_lengths_backward = _squeeze_excite_lengths.backward_op
+squeeze_excite_lengths, squeeze_excite_lengths_backward = TWO_FC_LENGTHS.op, TWO_FC_LENGTHS.backward_op

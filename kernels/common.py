@@ -180,6 +180,39 @@ def act_bwd(hpre, dh, ACT: tl.constexpr):
 
 
 @triton.jit
+def act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1: tl.constexpr, ACT: tl.constexpr):
+    """act(h + b1) over the hidden units offs_r, for one sample's h (BLOCK_R,) or a batch block's
+    (BLOCK_B, BLOCK_R), with the padded units r >= R exactly 0: an Inf in z times their zero
+    weights would be NaN, and would reach every channel through the second product."""
+    if HAS_B1:
+        h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(h.dtype)
+    return tl.where(mask_r, act_fwd(h, ACT), 0.0)
+
+
+@triton.jit
+def gate_gemv(
+    h, w2_ptr, b2_ptr, s_ptr, a_ptr, offs, offs_c, mask_c, offs_r, mask_r, stride_w2c, stride_w2r, stride_b2,
+    HAS_B2: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+):  # fmt: skip
+    """s = gate(W2 h + b2) on channels offs_c of one sample (h: its hidden layer, (BLOCK_R,)), as a
+    product of vectors (the one-launch and spread forwards); stored at s_ptr + offs, with a, the
+    gate's input, at a_ptr + offs where KEEP_A. Returns s."""
+    w2 = tl.load(
+        w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r,
+        mask=mask_c[:, None] & mask_r[None, :],
+        other=0.0,
+    ).to(h.dtype)
+    a = tl.sum(w2 * h[None, :], axis=1)
+    if HAS_B2:
+        a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(h.dtype)
+    s = gate_fwd(a, GATE).to(h.dtype)
+    tl.store(s_ptr + offs, s, mask=mask_c)
+    if KEEP_A:
+        tl.store(a_ptr + offs, a, mask=mask_c)
+    return s
+
+
+@triton.jit
 def gate_fwd(a, GATE: tl.constexpr):
     if GATE == 1:  # hard sigmoid, as torch: min(max(a + 3, 0), 6) / 6, NaN stays NaN
         t = tl.maximum(a + 3.0, 0.0, propagate_nan=tl.PropagateNan.ALL)
