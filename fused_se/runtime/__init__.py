@@ -26,5 +26,6 @@ stack), and how each is checked at import (checks.py; tests/api/test_runtime.py)
 | torch._C._len_torch_dispatch_stack, _are_functorch_transforms_active, _is_torch_function_mode_enabled, _is_tracing | plain_eager, tracing | callable, and say "nothing" outside any mode | the custom op on every call; launches as if traced |
 | torch._library.triton.set_wrap_triton_enabled, is_wrap_triton_enabled | on_real_tensors, launch under tracing | turning wrapping off is seen and undone | no toggle (plain calls never trace); launches under tracing always wrapped |
 | torch._subclasses.fake_tensor.is_fake | the ops' choice of kernels vs twins | says False for a real tensor | fake = any tensor subclass |
+| Tensor._version | replays (only launches wrote a buffer or an input) | an in-place op bumps it | no replays: every plain call runs its body |
 | os.environ._data, encodekey, decodevalue | getenv | _data a dict, the codecs callable, a name read both ways agrees | os.environ.get |
 """

@@ -143,6 +143,16 @@ def fake_query() -> Optional[str]:
     return None if is_fake(torch.empty(1)) is False else "is_fake says a real tensor is fake"
 
 
+def version_counter() -> Optional[str]:
+    """Tensor._version, which replays read to tell that only launches wrote a tensor."""
+    import torch
+
+    t = torch.zeros(1)
+    before = t._version
+    t.add_(1)
+    return None if t._version == before + 1 else "an in-place op does not bump Tensor._version"
+
+
 def environ_data() -> Optional[str]:
     environ = os.environ
     data = getattr(environ, "_data", None)

@@ -42,11 +42,11 @@ from typing import Callable, Optional
 
 import torch
 
-from . import launch
+from . import checks, launch
 from .env import getenv
 
 ENV = "FUSED_SE_REPLAY"
-ENABLED = getenv(ENV) != "0"
+ENABLED = getenv(ENV) != "0" and checks.check("Tensor._version", checks.version_counter)
 
 # Bytes between the scratch buffers of a direct replay (and their alignment): past the 16 bytes
 # triton specialises a pointer on, as the caching allocator's own blocks are.

@@ -22,7 +22,7 @@ def test_every_private_api_is_as_checked_on_this_stack():
     assert checks.FALLBACKS == {}
     for probe in (checks.compiled_call, checks.trace_queries, checks.wrap_toggle, checks.fake_query):
         assert probe() is None, probe.__name__
-    assert checks.environ_data() is None
+    assert checks.environ_data() is None and checks.version_counter() is None
     assert launch.DIRECT and trace.TRACE_QUERIES
 
 
@@ -135,6 +135,7 @@ def test_every_check_failed_at_import_gives_public_paths_one_warning_each_and_th
     assert rest == "[] 0"
     assert forced_digest == digest
     names = [
+        "Tensor._version",
         "os.environ._data",
         "torch's is_fake",
         "torch's trace and mode flags",
