@@ -29,6 +29,9 @@ from torch import Tensor
 from torch.library import triton_op
 
 from . import _dispatch, decomposed, kernels
+from .kernels import plan as _plan
+from .kernels.heuristics import L2_ENV as _L2_ENV
+from .kernels.sync import CHECK_ENV as _CHECK_ENV
 from .reference import acc_dtype
 from .runtime.eager import replayed_body
 from .runtime.env import getenv
@@ -44,7 +47,7 @@ OUT_ACTS = ("identity", "relu")
 @dataclass(frozen=True)
 class OpSpec:
     """One op: `args` ((name, schema type), between x and the tail) and which of them take a
-    gradient (`grads`, with x and the residual). The steps take the args positionally, in order:
+    gradient (`grads`, the leading args; x and the residual take one too). The steps take the args positionally, in order:
         excite_fwd(impl, zsum, x, *args) -> (z, s, a)
         excite_bwd(impl, dssum, z, s, a, x, need, *args) -> (dz, d<grad>...)   need: x's and the grads'
         whole_fwd(x, d, residual, relu, *args) -> (y, z, s, a), or None for the three passes
@@ -99,7 +102,7 @@ def hw(x: Tensor) -> int:
 
 def _settings() -> tuple:
     """What a body's decisions read besides its arguments: the planner's switches (replay signatures)."""
-    return kernels.plan.enabled_paths(), getenv(kernels.heuristics.L2_ENV), getenv(kernels.sync.CHECK_ENV)
+    return _plan.enabled_paths(), getenv(_L2_ENV), getenv(_CHECK_ENV)
 
 
 def _launches_kernels(args: tuple) -> bool:
@@ -131,11 +134,16 @@ class Op:
         names, types = spec.arg_names, [t for _, t in spec.args]
         k = len(names)
         self.n_args = k
+        assert spec.grads == names[: len(spec.grads)], "the args that take a gradient lead"
         self.tensor_args = tuple(i for i, t in enumerate(types) if t.startswith("Tensor"))
         self.other_args = tuple(i for i in range(k) if i not in self.tensor_args)
-        self.grad_index = {g: 1 + names.index(g) for g in spec.grads}  # in the forward's inputs
+        # saved tensors and ctx's other args put back in order by a concatenation where they allow
+        self.tensors_first = self.tensor_args == tuple(range(len(self.tensor_args)))
+        self.n_need = 1 + len(spec.grads)  # x's and the grads' needs_input_grad
+        self.no_grads = (None,) * (k - len(spec.grads))
         self.residual_index = 1 + k
         self.lengths = None if spec.lengths is None else names.index(spec.lengths)
+        self.cpu_y, self.cpu_kept = spec.cpu_y, spec.cpu_kept
         self.hidden = spec.cpu_kept is not None
         args = ", ".join(f"{t} {n}" for n, t in spec.args)
         needs = ", ".join(f"bool need_d{n}" for n in ("x", *spec.grads))
@@ -187,7 +195,7 @@ class Op:
         args, asked, (need_dres, sample_scale, out) = rest[:k], rest[k : k + n], rest[k + n : k + n + 3]
         h = rest[-1] if self.hidden else None
         grad_y = _dense_grad(grad_y)
-        inputs = (x, *(args[i - 1] for i in self.grad_index.values()))
+        inputs = (x, *args[: self.n_need - 1])
         need = tuple(q and t is not None for q, t in zip(asked, inputs))
         store_g = need_dres and out is not None  # the ReLU tail's shortcut gradient is written out
         d = sample_factor(sample_scale, x)
@@ -216,47 +224,53 @@ class Op:
     # ---- autograd ----
 
     def setup_context(self, ctx, inputs, output) -> None:
-        x, args, (_residual, sample_scale, out_act) = inputs[0], inputs[1:-3], inputs[-3:]
+        args = inputs[1:-3]
         y, z, s, a = output
         # z, s and a are outputs only to be saved and the backward ignores their gradients: not
         # filled with zeros (three launches before every backward)
         ctx.set_materialize_grads(False)
-        ctx.relu = out_act == "relu"
-        tensors = [args[i] for i in self.tensor_args]
-        ctx.save_for_backward(x, z, s, a, sample_scale, y if ctx.relu else None, *tensors)
-        ctx.others = tuple(args[i] for i in self.other_args)
+        ctx.relu = relu = inputs[-1] == "relu"
+        if self.tensors_first:
+            n = len(self.tensor_args)
+            tensors, ctx.others = args[:n], args[n:]
+        else:
+            tensors = [args[i] for i in self.tensor_args]
+            ctx.others = tuple(args[i] for i in self.other_args)
+        ctx.save_for_backward(inputs[0], z, s, a, inputs[-2], y if relu else None, *tensors)
         ctx.hidden = None  # the plain call's CPU kernel keeps it (_plain_apply)
 
     def autograd_backward(self, ctx, grad_y, *_ignored):
         if grad_y is None:  # no gradient reached y (grads are not materialized)
             return (None,) * len(ctx.needs_input_grad)
         x, z, s, a, sample_scale, out, *tensors = ctx.saved_tensors
-        args = [None] * self.n_args
-        for i, t in zip(self.tensor_args, tensors):
-            args[i] = t
-        for i, v in zip(self.other_args, ctx.others):
-            args[i] = v
+        if self.tensors_first:
+            args = (*tensors, *ctx.others)
+        else:
+            args = [None] * self.n_args
+            for i, t in zip(self.tensor_args, tensors):
+                args[i] = t
+            for i, v in zip(self.other_args, ctx.others):
+                args[i] = v
+        # trailing inputs left at their defaults are not passed through autograd: needs_input_grad
+        # may be shorter than the schema
         needs = ctx.needs_input_grad
-        asked = [needs[i] if i < len(needs) else False for i in (0, *self.grad_index.values(), self.residual_index)]
-        *need, need_res = asked
+        need = needs[: self.n_need]
+        need_res = len(needs) > self.residual_index and needs[self.residual_index]
         plain = getattr(ctx, "plain", False) and not torch.is_grad_enabled() and plain_eager(())
         # the body itself where the forward ran plainly and no graph of the gradient is built;
         # else the op, whose own backward refuses double backward
         backward = self.plain_backward if plain else self.backward_op
         hidden = (ctx.hidden,) if self.hidden else ()
         *grads, dres = backward(grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *hidden)
-        result = [None] * (self.n_args + 4)
-        for i, grad, asked_for in zip((0, *self.grad_index.values()), grads, need):
-            result[i] = grad if asked_for else None
-        if need_res:  # without a ReLU the residual's gradient is dy itself
-            result[self.residual_index] = dres if ctx.relu else grad_y
-        return tuple(result)
+        grads = [g if n else None for g, n in zip(grads, need)]
+        # without a ReLU the residual's gradient is dy itself
+        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None)
 
     # ---- the plain route ----
 
     def _plain_apply(self, ctx, *args):
         kept = None
-        cpu_kept = self.spec.cpu_kept
+        cpu_kept = self.cpu_kept
         if cpu_kept is not None and impl_for(args[0]) is decomposed:
             *out, kept = self._on_cpu_kernel(cpu_kept, args)
             out = tuple(out)
@@ -274,8 +288,8 @@ class Op:
     def y_alone(self, args: tuple) -> Tensor:
         """y of a plain call that takes no gradient (no autograd node): the body's first output, or
         on the CPU kernel cpu_y where given (the same bits, with nothing kept for a backward)."""
-        if self.spec.cpu_y is not None and impl_for(args[0]) is decomposed:
-            return self._on_cpu_kernel(self.spec.cpu_y, args)
+        if self.cpu_y is not None and impl_for(args[0]) is decomposed:
+            return self._on_cpu_kernel(self.cpu_y, args)
         return self.plain_forward(*args)[0]
 
 

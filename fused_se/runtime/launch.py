@@ -70,14 +70,9 @@ def bind(kernel, grid):
 
 # ---- intercepting launches -------------------------------------------------------------------
 
-# The binders of the `intercepted` blocks open, innermost last; empty almost always.
+# (binder, how a launch would be bound without it) of each `intercepted` block open, innermost
+# last; empty almost always.
 _INTERCEPTS: list = []
-
-
-def _bound(kernel, grid, depth: int):
-    if depth == 0:
-        return bind(kernel, grid)
-    return _INTERCEPTS[depth - 1](kernel, grid, lambda k, g: _bound(k, g, depth - 1))
 
 
 @contextmanager
@@ -85,11 +80,19 @@ def intercepted(binder: Callable) -> Iterator[None]:
     """Within the block every launch is bound by binder(kernel, grid, inner) instead, inner being
     how it would have been bound (a tool may call it, or launch nothing). Replays launch through
     `launch` too while a binder is in place (never straight to the compiled kernels)."""
-    _INTERCEPTS.append(binder)
+    if _INTERCEPTS:
+        outer, outer_inner = _INTERCEPTS[-1]
+
+        def inner(kernel, grid):
+            return outer(kernel, grid, outer_inner)
+    else:
+        inner = bind
+    entry = (binder, inner)
+    _INTERCEPTS.append(entry)
     try:
         yield
     finally:
-        del _INTERCEPTS[next(i for i in reversed(range(len(_INTERCEPTS))) if _INTERCEPTS[i] is binder)]
+        del _INTERCEPTS[next(i for i in reversed(range(len(_INTERCEPTS))) if _INTERCEPTS[i] is entry)]
 
 
 def intercepting() -> bool:
@@ -120,7 +123,11 @@ def kernel_calls() -> Iterator[list]:
 def launch(kernel, grid):
     """kernel[grid], launched on the device of its first tensor argument's current stream,
     whichever device is current; recorded where a replay records (replay.py)."""
-    launcher = _bound(kernel, grid, len(_INTERCEPTS)) if _INTERCEPTS else bind(kernel, grid)
+    if _INTERCEPTS:
+        binder, inner = _INTERCEPTS[-1]
+        launcher = binder(kernel, grid, inner)
+    else:
+        launcher = bind(kernel, grid)
 
     def run(*args, **kwargs) -> None:
         for first in args:

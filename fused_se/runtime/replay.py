@@ -141,7 +141,7 @@ class Program:
                 continue
             t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
             slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
-        if launch.logging_launches():
+        if launch._launch_logs:  # (the list itself: a call per replay costs more than the test)
             for name in self.names:
                 launch.record(name)
         if direct:
@@ -163,7 +163,7 @@ class Program:
     def _direct(self) -> bool:
         """Whether the launches may go straight to their compiled kernels: each launch compiled
         (CUDA), nothing hooked or intercepted, the device current."""
-        if self.device is None or launch.intercepting():
+        if self.device is None or launch._INTERCEPTS:
             return False
         if launch.jit_hooked(ln.kernel for ln in self.launches):
             return False

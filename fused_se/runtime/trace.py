@@ -27,8 +27,6 @@ else:
 def tracing() -> bool:
     """Whether something may be tracing a launch: torch.compile, a dispatch mode (fake tensors,
     make_fx, export, functionalization) or a functorch transform."""
-    if not TRACE_QUERIES:
-        return True
     return (
         torch._C._len_torch_dispatch_stack() > 0
         or torch._C._are_functorch_transforms_active()
@@ -51,8 +49,6 @@ def any_trace() -> bool:
     non-strict export)."""
     if torch.compiler.is_compiling():  # first: under dynamo the checks below could break the graph
         return True
-    if not TRACE_QUERIES:
-        return True
     return (
         torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
         or torch._C._len_torch_dispatch_stack() > 0
@@ -63,7 +59,7 @@ def any_trace() -> bool:
 def plain_eager(args: tuple) -> bool:
     """Whether nothing traces, transforms or intercepts a call with these arguments: nothing that
     may trace a launch (tracing), no function mode, no jit trace, no subclass."""
-    if not TRACE_QUERIES or torch.compiler.is_compiling():  # first: under dynamo the checks below would break the graph
+    if torch.compiler.is_compiling():  # first: under dynamo the checks below would break the graph
         return False
     return not (
         tracing()
@@ -71,3 +67,15 @@ def plain_eager(args: tuple) -> bool:
         or torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
         or torch.overrides.has_torch_function(args)  # non-tensors have none
     )
+
+
+if not TRACE_QUERIES:  # the flags are not as checked: anything may trace, and the custom op runs every call
+
+    def tracing() -> bool:
+        return True
+
+    def any_trace() -> bool:
+        return True
+
+    def plain_eager(args: tuple) -> bool:
+        return False

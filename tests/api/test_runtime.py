@@ -93,9 +93,11 @@ def _forward_and_grads(device):
 
 
 def test_without_the_trace_flags_every_call_takes_the_custom_op_and_gives_the_same_bits(monkeypatch, device):
+    """What trace.py defines where its check fails (plain_eager always False), in this process."""
+    from fused_se import op_spec
+
     plain = _forward_and_grads(device)
-    monkeypatch.setattr(trace, "TRACE_QUERIES", False)
-    assert not trace.plain_eager(()) and trace.tracing()
+    monkeypatch.setattr(op_spec, "plain_eager", lambda args: False)
     through_op = _forward_and_grads(device)
     for a, b in zip(plain, through_op):
         assert torch.equal(a, b)
