@@ -24,7 +24,7 @@ setup(
     python_requires=">=3.10",
     # kernels/ is a top-level folder in the repository but must never become a top-level
     # import name (PyPI has an unrelated package called `kernels`): it installs as fused_se.kernels.
-    packages=["fused_se", "fused_se.bench", "fused_se.kernels", "fused_se.perf"],
+    packages=["fused_se", "fused_se.bench", "fused_se.kernels", "fused_se.perf", "fused_se.runtime"],
     package_dir={"fused_se": "fused_se", "fused_se.kernels": "kernels"},
     # torch: the floor is the oldest torch CI tests (.ci/run's second stage), with the triton it brings.
     # numpy: the Triton interpreter, which runs the kernels on machines without a GPU, needs it; with

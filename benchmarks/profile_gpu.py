@@ -90,9 +90,11 @@ def host_costs(rounds: int = 5) -> dict[str, float]:
     of the fused and eager blocks, on a (1, 64, 4, 4) input; each the least over `rounds` rounds
     that take every case in turn (so that a drift of the host's pace, a clock ramping up, falls
     on every case alike). "JIT launches": every launch through triton's JIT, as before
-    kernels.common.CachedLauncher."""
+    fused_se.runtime.launch's cache and replays."""
+    from contextlib import ExitStack
+
     from fused_se import kernels
-    from fused_se.kernels import common
+    from fused_se.runtime.launch import intercepted
 
     dev = torch.device("cuda")
     shape = SEShape(64, 4, 4, 4)
@@ -103,16 +105,12 @@ def host_costs(rounds: int = 5) -> dict[str, float]:
 
     def on_path(call, path=None, jit=False):
         def fn():
-            cached = common.CachedLauncher
-            if jit:
-                common.CachedLauncher = lambda kernel, grid: kernel[grid]
-            try:
-                if path is None:
-                    return call()
-                with force_paths(path):
-                    return call()
-            finally:
-                common.CachedLauncher = cached
+            with ExitStack() as stack:
+                if jit:
+                    stack.enter_context(intercepted(lambda kernel, grid, inner: kernel[grid]))
+                if path is not None:
+                    stack.enter_context(force_paths(path))
+                return call()
 
         return fn
 
@@ -145,7 +143,8 @@ def _launch_costs(x) -> dict[str, float]:
     """Triton's own host cost for one of the fused kernels: the squeeze's launch as the launcher
     makes it (kernel[grid](...)), replayed with the same arguments, and the same compiled kernel
     launched directly (no binding, no specialisation)."""
-    from fused_se.kernels import common, passes
+    from fused_se.kernels import passes
+    from fused_se.runtime import launch as common
 
     with common.kernel_calls() as calls:
         passes.squeeze_fwd(x)

@@ -2,47 +2,39 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from ._env import getenv
+from .runtime.env import getenv
+from .runtime.trace import any_trace
 
 BACKEND_ENV = "FUSED_SE_BACKEND"
 BACKENDS = ("auto", "triton", "reference")
 
 
-_common = None  # fused_se.kernels.common, once imported
+_INTERPRETED: Optional[bool] = None  # fused_se.runtime.launch.INTERPRETED, once imported
 
 
 def interpreter_enabled() -> bool:
     """True when the Triton interpreter runs the kernels on the CPU (TRITON_INTERPRET=1 when
-    triton.jit defined them, which is when fused_se.kernels was first imported)."""
-    global _common
-    if _common is not None:
-        return _common.INTERPRETED
-    from .kernels import common  # triton is imported here, on first use, not by `import fused_se`
+    triton.jit defined them, which is when fused_se.kernels was first imported). Kept once known,
+    but never stored while torch.compile traces: a global assigned in traced code breaks dynamo's
+    guards on it."""
+    global _INTERPRETED
+    if _INTERPRETED is not None:
+        return _INTERPRETED
+    from .runtime.launch import INTERPRETED  # triton is imported here, on first use, not by `import fused_se`
 
-    if not torch.compiler.is_compiling():  # a global stored under dynamo would be guarded on, and a module can't be
-        _common = common
-    return common.INTERPRETED
+    if not torch.compiler.is_compiling():
+        _INTERPRETED = INTERPRETED
+    return INTERPRETED
 
 
 def kernels_run_for(x: torch.Tensor) -> bool:
     """True where the Triton kernels run on x: CUDA, or the CPU with the interpreter on. From the
     tensor's flags (x.device.type costs a third of a microsecond on every call)."""
     return x.is_cuda or (x.is_cpu and interpreter_enabled())
-
-
-def _tracing() -> bool:
-    """Whether anything may be tracing this call, as an ONNX exporter always is: torch.jit.trace,
-    torch.compile or torch.export's dynamo, a dispatch or function mode (fake tensors, make_fx,
-    non-strict export). Only then is the exporter asked, whose check costs a plain call microseconds
-    (and imports torch.onnx)."""
-    return (
-        torch.compiler.is_compiling()  # first: under dynamo the checks below could break the graph
-        or torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
-        or torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._is_torch_function_mode_enabled()
-    )
 
 
 def backend_for(x: torch.Tensor) -> str:
@@ -62,7 +54,7 @@ def backend_for(x: torch.Tensor) -> str:
         forced = forced.strip().lower() or "auto"
         if forced not in BACKENDS:
             raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(BACKENDS)}; got {forced!r}")
-    if forced == "reference" or (_tracing() and torch.onnx.is_in_onnx_export()):
+    if forced == "reference" or (any_trace() and torch.onnx.is_in_onnx_export()):
         return "reference"
     if kernels_run_for(x):
         return "triton"

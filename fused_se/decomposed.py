@@ -15,11 +15,9 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .reference import acc_dtype
+
 Tensor = torch.Tensor
-
-
-def _acc(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 _NO_CONTEXT = contextlib.nullcontext()  # reusable: one object for every call outside autocast
@@ -66,7 +64,7 @@ def _valid(lengths: Tensor, hw: int) -> Tensor:
 def squeeze_fwd(x: Tensor, lengths: Optional[Tensor] = None) -> Tensor:
     """Sums of x over HW as one partial: (1, B, C) in the accumulation dtype. With lengths (B,),
     the sums over the first lengths[b] positions of x (B, C, HW, 1), times HW / lengths[b]."""
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     if lengths is None:
         return x.sum(dim=(2, 3), dtype=acc)[None]  # summed in acc, with no copy of x in it
     hw = x.shape[2] * x.shape[3]
@@ -86,7 +84,7 @@ def scale_bwd(
 
 def _gate_grad(g: Tensor, x: Tensor, d: Optional[Tensor]) -> Tensor:
     """(B, C): the sums over HW of g * x, times d[b]."""
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     sums = (as_dtype(g, acc) * as_dtype(x, acc)).sum(dim=(2, 3))
     return sums if d is None else sums * d[:, None]
 
@@ -261,7 +259,7 @@ def squeeze_excite_y(
 
 def _hw_mean(x: Tensor) -> Tensor:
     """(B, C): x's mean over HW in the accumulation dtype."""
-    acc = _acc(x.dtype)
+    acc = acc_dtype(x.dtype)
     if acc == x.dtype:  # one op: the CPU's mean is that sum and divide
         return x.mean((2, 3))
     # the sum then an in-place divide: torch's mean with a dtype runs slower on the CPU

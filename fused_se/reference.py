@@ -18,7 +18,9 @@ _ACT_FNS = {"relu": torch.relu, "silu": F.silu}
 _GATE_FNS = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The accumulation dtype of every path (kernels, twins, reference): z, s, a and every
+    intermediate are fp32, or fp64 for fp64 inputs (so that gradcheck sees exact math)."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -64,7 +66,7 @@ OUT_ACTS = ("identity", "relu")
 def squeeze(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torch.Tensor:
     """z: the mean of x (B, C, *spatial) over its spatial dims, (B, C) in the accumulation dtype;
     with lengths (B,) for a (B, C, L) x, over each sample's first lengths[b] positions only."""
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     spatial = tuple(range(2, x.dim()))
     if lengths is None:
         return x.to(acc).mean(dim=spatial)
@@ -80,7 +82,7 @@ def _squeeze_scale(
     sample_scale: Optional[torch.Tensor] = None,
     lengths: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    acc = _acc_dtype(x.dtype)
+    acc = acc_dtype(x.dtype)
     z = squeeze(x, lengths)
     s = excitation(z)
     if sample_scale is not None:

@@ -29,8 +29,9 @@ import numpy
 import triton
 
 from .._requirements import check_interpreter_numpy
+from ..runtime.launch import INTERPRETED, record_launches
 from . import heuristics, plan
-from .common import ACT_CODES, GATE_CODES, INTERPRETED, acc_dtype, bchw_strides, record_launches
+from .common import ACT_CODES, GATE_CODES, acc_dtype, bchw_strides
 from .excite_conv import excite_conv_bwd, excite_conv_fwd
 from .excite_fc import excite_fc_bwd, excite_fc_fwd
 from .excite_mlp import excite_bwd, excite_fwd

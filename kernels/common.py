@@ -1,279 +1,21 @@
-"""What every path shares: launching and recording kernels, output buffers, strides, dtype rules,
-and the jit helpers of the excitation's math (activation, gate, products, fixed-order sums).
+"""What every path shares: strides, dtype rules, the jit helpers of the excitation's math
+(activation, gate, products, fixed-order sums) and the MLP forwards' common arguments. Launches
+and buffers come from fused_se.runtime.launch.
 
 docs/DESIGN.md holds the math, the traffic of each path and the determinism rules.
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 import triton
 import triton.language as tl
-from torch._library.triton import is_wrap_triton_enabled
-from torch.library import wrap_triton
-from triton import knobs
 
-# When set, every buffer a kernel writes is filled with NaN first, so an element a kernel
-# forgets to write shows up in the tests.
-POISON_OUTPUTS = False
-
-
-_launch_logs: list[list[str]] = []
-
-
-@contextmanager
-def record_launches() -> Iterator[list[str]]:
-    """Collects the names of the Triton kernels launched inside the block."""
-    log: list[str] = []
-    _launch_logs.append(log)
-    try:
-        yield log
-    finally:
-        del _launch_logs[next(i for i, other in enumerate(_launch_logs) if other is log)]  # not by equality
-
-
-def record(name: str) -> None:
-    for log in _launch_logs:
-        log.append(name)
-    rec = getattr(_recordings, "rec", None)
-    if rec is not None:
-        rec.names.append(name)
-
-
-# Whether wrap_triton takes this process's kernels: asked once, at the first launch.
-_WRAP_TRITON: Optional[bool] = None
-
-
-def _wrap_triton_takes(kernel) -> bool:
-    """Whether wrap_triton takes `kernel`, and so every kernel of this process: triton.jit makes
-    them all of one kind, JIT functions, or the interpreter's functions under TRITON_INTERPRET=1.
-    torch 2.11's wrap_triton refuses the interpreter's functions, which newer torch hands back
-    unwrapped; where it refuses, the kernels launch as they are, as they do on newer torch."""
-    try:
-        wrap_triton(kernel)
-    except RuntimeError:
-        return False
-    return True
-
-
-def tracing() -> bool:
-    """Whether something may be tracing a launch: torch.compile, a dispatch mode (fake tensors,
-    make_fx, export, functionalization) or a functorch transform."""
-    return (
-        torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._are_functorch_transforms_active()
-        or torch.compiler.is_compiling()
-    )
-
-
-def bind(kernel, grid):
-    """kernel[grid], through wrap_triton where a launch may be traced and wrapping is on (so that a
-    traced graph holds the kernel; the ops' bodies turn it off where they run on real tensors, as
-    torch.library.triton_op does). Elsewhere the kernel launches directly: wrap_triton's eager
-    path, a higher-order op's dispatch, took about 0.5 ms a launch on an H200's host; on CUDA
-    tensors through `CachedLauncher`.
-    Every launch is bound here: tools that record launches instead of running them replace it."""
-    global _WRAP_TRITON
-    if _WRAP_TRITON is None:
-        _WRAP_TRITON = _wrap_triton_takes(kernel)
-    if tracing():
-        return (wrap_triton(kernel) if _WRAP_TRITON and is_wrap_triton_enabled() else kernel)[grid]
-    if INTERPRETED:
-        return kernel[grid]
-    return CachedLauncher(kernel, grid)
-
-
-# The compiled kernels CachedLauncher has launched, by kernel, grid, device and arguments.
-_COMPILED: dict = {}
-_COMPILED_MAX = 4096
-
-
-def _hooked(hook) -> bool:
-    """Whether a triton launch hook is set (a profiler's): triton's own path then runs, which calls it."""
-    return hook is not None and getattr(hook, "calls", True)
-
-
-def jit_hooked(kernels) -> bool:
-    """Whether a launch of any of these kernels must go through triton's JIT, which calls the
-    hooks: a launch hook (a profiler's) or a kernel's pre-run hooks."""
-    runtime = knobs.runtime
-    if _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook):
-        return True
-    return any(k.pre_run_hooks for k in kernels)
-
-
-def run_compiled(compiled, grid3: tuple, stream: int, params) -> None:
-    """A compiled kernel called as triton's JIT calls it: the grid's three dimensions, the raw
-    stream, every parameter in order (constexprs included, `param_tail`), no hooks."""
-    g0, g1, g2 = grid3
-    compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *params)
-
-
-def param_tail(kernel, n_args: int) -> tuple:
-    """(name, default) of each parameter of `kernel` past its first n_args: what a compiled kernel's
-    call takes after the positional arguments, a keyword argument's value or the default."""
-    return tuple((p.name, p.default) for p in kernel.params[n_args:])
-
-
-@contextmanager
-def kernel_calls() -> Iterator[list]:
-    """Within the block every launch runs as it would and is recorded: (kernel, grid, args, kwargs)."""
-    global bind
-    calls: list = []
-    inner = bind
-
-    def recording(kernel, grid):
-        launcher = inner(kernel, grid)
-
-        def run(*args, **kwargs):
-            calls.append((kernel, grid, args, kwargs))
-            return launcher(*args, **kwargs)
-
-        return run
-
-    bind = recording
-    try:
-        yield calls
-    finally:
-        bind = inner
-
-
-class CachedLauncher:
-    """kernel[grid] for CUDA tensors, without triton's per-launch binding of every argument.
-
-    Triton's JIT binds and specialises each argument on every launch, then looks the compiled
-    kernel up by the result: about 17 of the 32 us a launch of the squeeze took on an H200's host
-    (the rest is the driver's launch). Here the compiled kernel is looked up by a key at least as
-    fine as triton's own: every non-tensor argument by value (each launcher passes a parameter
-    one type only), every tensor by its dtype and whether its address is 16-byte aligned (the one
-    property of a pointer triton specialises on), with the grid and the device. A miss, a launch
-    hook (a profiler's) or the JIT's pre-run hooks take triton's own path; a miss caches what that
-    path compiled. The compiled kernel is then called as triton's JIT calls it, with every
-    parameter in order, constexprs included (`param_tail`)."""
-
-    __slots__ = ("grid", "kernel")
-
-    def __init__(self, kernel, grid):
-        self.kernel = kernel
-        self.grid = grid
-
-    def __call__(self, *args, **kwargs):
-        kernel, grid = self.kernel, self.grid
-        first = args[0]
-        device = (
-            first if isinstance(first, torch.Tensor) else next(a for a in args if isinstance(a, torch.Tensor))
-        ).device
-        if device.type != "cuda" or jit_hooked((kernel,)):
-            return kernel[grid](*args, **kwargs)
-        device = device.index
-        key = (
-            kernel,
-            grid,
-            device,
-            tuple([(a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor) else a for a in args]),
-            tuple(kwargs.items()),
-        )
-        hit = _COMPILED.get(key)
-        if hit is None:
-            compiled = kernel[grid](*args, **kwargs)
-            if hasattr(compiled, "result"):  # compiled asynchronously
-                compiled = compiled.result()
-            tail = param_tail(kernel, len(args))
-            if len(_COMPILED) >= _COMPILED_MAX:
-                _COMPILED.clear()
-            _COMPILED[key] = (compiled, tail, (*grid, 1, 1)[:3])
-            return compiled
-        compiled, tail, grid3 = hit
-        params = args + tuple([kwargs[n] if n in kwargs else d for n, d in tail]) if tail else args
-        run_compiled(compiled, grid3, torch._C._cuda_getCurrentRawStream(device), params)
-        return compiled
-
-
-# The recording (kernels.replay) this thread's launches and buffers go to, if any.
-_recordings = threading.local()
-
-
-@contextmanager
-def recording(rec) -> Iterator[None]:
-    """Within the block, this thread's launches (`launch`), buffers (`empty`, `empty_like`, `zeros`)
-    and logged names (`record`) are also appended to rec.launches, rec.allocs and rec.names
-    (kernels.replay); `not_replayable` clears rec.replayable."""
-    outer = getattr(_recordings, "rec", None)
-    _recordings.rec = rec
-    try:
-        yield
-    finally:
-        _recordings.rec = outer
-
-
-def launch(kernel, grid):
-    """kernel[grid] (through `bind`), launched on the device of its first tensor argument's current
-    stream, whichever device is current."""
-    launcher = bind(kernel, grid)
-
-    def run(*args, **kwargs) -> None:
-        for first in args:
-            if isinstance(first, torch.Tensor):
-                break
-        # the tensor's flags, not its device's fields: device.type costs a call a fifth of a microsecond
-        if not first.is_cuda or first.get_device() == torch.cuda.current_device():
-            compiled = launcher(*args, **kwargs)
-        else:
-            with torch.cuda.device(first.device):
-                compiled = launcher(*args, **kwargs)
-        rec = getattr(_recordings, "rec", None)
-        if rec is not None:
-            rec.launches.append((kernel, grid, args, kwargs, compiled))
-
-    return run
-
-
-def _made(out: torch.Tensor, zeroed: bool = False) -> torch.Tensor:
-    if POISON_OUTPUTS and not zeroed:
-        out.fill_(float("nan"))
-    rec = getattr(_recordings, "rec", None)
-    if rec is not None:
-        rec.allocs.append((out, version(out), zeroed))
-    return out
-
-
-def not_replayable() -> None:
-    """The body this thread is recording does what a replay would not redo (a check that reads a
-    buffer back): its signature runs the body on every call (kernels.replay)."""
-    rec = getattr(_recordings, "rec", None)
-    if rec is not None:
-        rec.replayable = False
-
-
-def version(t: torch.Tensor) -> Optional[int]:
-    """t's version counter (how many in-place ops wrote it), None for an inference tensor (which keeps none)."""
-    return None if t.is_inference() else t._version
-
-
-def empty(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return _made(torch.empty(shape, dtype=dtype, device=device))
-
-
-def zeros(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zeroed buffer (a persistent kernel's workspace): a replay zeroes it again on every call."""
-    return _made(torch.zeros(shape, dtype=dtype, device=device), zeroed=True)
-
-
-def empty_like(x: torch.Tensor) -> torch.Tensor:
-    # preserve_format keeps NCHW or channels_last for dense inputs and picks one of the two
-    # for anything else, so the result is always a layout the kernels take as it is.
-    return _made(torch.empty_like(x, memory_format=torch.preserve_format))
-
-
-def acc_dtype(x_dtype: torch.dtype) -> torch.dtype:
-    """dtype of z, s and every intermediate: fp32, or fp64 for fp64 inputs."""
-    return torch.float64 if x_dtype == torch.float64 else torch.float32
+from ..reference import acc_dtype
+from ..runtime.launch import INTERPRETED, empty, empty_like, launch, record  # noqa: F401  (INTERPRETED: read here by fused_se.perf)
 
 
 def bchw_strides(x: torch.Tensor) -> Optional[tuple[int, int, int]]:
@@ -394,7 +136,7 @@ def sum_partials(
 ) -> tuple[Optional[torch.Tensor], ...]:
     """Each tensor of p programs' partials (from `partials`; None stays None, all in one dtype)
     summed over its first axis, in order, into a new tensor: one launch for up to four of them,
-    so that a body that ends in these sums still replays (kernels.replay). The sums are stored
+    so that a body that ends in these sums still replays (runtime/replay.py). The sums are stored
     in the dtype `dtypes` asks for where the tensors' dtypes agree (each fp32 sum rounded once,
     so no cast follows), else in the partials' dtype: the kernel picks a slot's pointers at run
     time, and a GPU build needs one pointer type for every slot. With one program, the results
@@ -438,6 +180,39 @@ def act_bwd(hpre, dh, ACT: tl.constexpr):
 
 
 @triton.jit
+def act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1: tl.constexpr, ACT: tl.constexpr):
+    """act(h + b1) over the hidden units offs_r, for one sample's h (BLOCK_R,) or a batch block's
+    (BLOCK_B, BLOCK_R), with the padded units r >= R exactly 0: an Inf in z times their zero
+    weights would be NaN, and would reach every channel through the second product."""
+    if HAS_B1:
+        h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(h.dtype)
+    return tl.where(mask_r, act_fwd(h, ACT), 0.0)
+
+
+@triton.jit
+def gate_gemv(
+    h, w2_ptr, b2_ptr, s_ptr, a_ptr, offs, offs_c, mask_c, offs_r, mask_r, stride_w2c, stride_w2r, stride_b2,
+    HAS_B2: tl.constexpr, GATE: tl.constexpr, KEEP_A: tl.constexpr,
+):  # fmt: skip
+    """s = gate(W2 h + b2) on channels offs_c of one sample (h: its hidden layer, (BLOCK_R,)), as a
+    product of vectors (the one-launch and spread forwards); stored at s_ptr + offs, with a, the
+    gate's input, at a_ptr + offs where KEEP_A. Returns s."""
+    w2 = tl.load(
+        w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r,
+        mask=mask_c[:, None] & mask_r[None, :],
+        other=0.0,
+    ).to(h.dtype)
+    a = tl.sum(w2 * h[None, :], axis=1)
+    if HAS_B2:
+        a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(h.dtype)
+    s = gate_fwd(a, GATE).to(h.dtype)
+    tl.store(s_ptr + offs, s, mask=mask_c)
+    if KEEP_A:
+        tl.store(a_ptr + offs, a, mask=mask_c)
+    return s
+
+
+@triton.jit
 def gate_fwd(a, GATE: tl.constexpr):
     if GATE == 1:  # hard sigmoid, as torch: min(max(a + 3, 0), 6) / 6, NaN stays NaN
         t = tl.maximum(a + 3.0, 0.0, propagate_nan=tl.PropagateNan.ALL)
@@ -457,11 +232,6 @@ def gate_bwd(dssum_ptr, s_ptr, a_ptr, offs, mask, split, stride_split, GATE: tl.
     else:
         s = tl.load(s_ptr + offs, mask=mask, other=0.0)
         return ds * s * (1.0 - s)
-
-
-# True when triton.jit made the kernels above interpreter functions (TRITON_INTERPRET=1 when
-# this module was imported): they then run on CPU tensors, with numpy.
-INTERPRETED: bool = not isinstance(dot, triton.runtime.JITFunction)
 
 
 @dataclass(frozen=True)

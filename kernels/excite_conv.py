@@ -17,17 +17,15 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, launch, record
 from . import heuristics as hz
 from .common import (
     GATE_CODES,
-    empty,
     excite_outputs,
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
-    launch,
     partials,
-    record,
     sum_partials,
     sum_splits,
 )

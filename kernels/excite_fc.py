@@ -16,17 +16,15 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, launch, record
 from . import heuristics as hz
 from .common import (
     GATE_CODES,
     dot,
-    empty,
     excite_outputs,
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
-    launch,
-    record,
     sum_splits,
     vec_stride,
 )

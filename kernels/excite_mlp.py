@@ -11,20 +11,19 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, launch, record
 from . import heuristics as hz
 from .common import (
     ACT_CODES,
     GATE_CODES,
     act_bwd,
     act_fwd,
+    act_hidden,
     dot,
-    empty,
     excite_outputs,
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
-    launch,
-    record,
     sum_splits,
     vec_stride,
 )
@@ -55,15 +54,6 @@ def _hidden_range(
         ).to(acc_ty)
         h = dot(z, w1t, h, DOT_TF32, IS_FP64)
     return h
-
-
-@triton.jit
-def _act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1: tl.constexpr, ACT: tl.constexpr):
-    """act(h + b1), with the padded columns r >= R exactly 0: an Inf in z times their zero weights
-    would be NaN, and would reach every channel through the second GEMM."""
-    if HAS_B1:
-        h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(h.dtype)[None, :]
-    return tl.where(mask_r[None, :], act_fwd(h, ACT), 0.0)
 
 
 @triton.jit
@@ -130,7 +120,7 @@ def excite_fwd_block(
         zsum_ptr, w1_ptr, z_ptr, stride_w1r, stride_w1c, offs_b, mask_b, offs_r, mask_r, 0, C, B, C, split, HW,
         pid_c == 0, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C, BLOCK_R,
     )  # fmt: skip
-    h = _act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
+    h = act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
     _gate_blocks(
         h, w2_ptr, b2_ptr, s_ptr, a_ptr, stride_w2c, stride_w2r, stride_b2, offs_b, mask_b, offs_r, mask_r,
         pid_c * BLOCK_C, programs_c * BLOCK_C, C, HAS_B2, GATE, KEEP_A, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C,
@@ -190,7 +180,7 @@ def excite_gate_split(
     mask_b = offs_b < B
     mask_r = offs_r < R
     h = _sum_hidden(hpart_ptr, offs_b, mask_b, offs_r, mask_r, B, R, KS, IS_FP64)
-    h = _act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
+    h = act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
     _gate_blocks(
         h, w2_ptr, b2_ptr, s_ptr, a_ptr, stride_w2c, stride_w2r, stride_b2, offs_b, mask_b, offs_r, mask_r,
         pid_c * BLOCK_C, programs_c * BLOCK_C, C, HAS_B2, GATE, KEEP_A, IS_FP64, DOT_TF32, BLOCK_B, BLOCK_C,

@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from .._env import getenv
+from ..runtime.env import getenv
 
 # Elements of x one program of a streaming pass (squeeze, scale) holds at a time.
 REDUCE_TILE = 2048

@@ -11,14 +11,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import launch, record
 from . import heuristics as hz
-from .common import (
-    act_fwd,
-    gate_fwd,
-    launch,
-    mlp_forward,
-    record,
-)
+from .common import act_hidden, gate_gemv, mlp_forward
 from .passes import residual_tail
 
 
@@ -81,9 +76,7 @@ def _se_fwd_one_launch_kernel(
             other=0.0,
         ).to(acc_ty)
         h += tl.sum(w1 * z[None, :], axis=1)
-    if HAS_B1:
-        h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)
-    h = tl.where(mask_r, act_fwd(h, ACT), 0.0)  # padded units exactly 0, whatever z holds
+    h = act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
     if HAS_D:
         d = tl.load(d_ptr + pid_b)
 
@@ -91,18 +84,10 @@ def _se_fwd_one_launch_kernel(
     for c0 in range(0, C, BLOCK_C):
         offs_c = c0 + tl.arange(0, BLOCK_C)
         mask_c = offs_c < C
-        w2 = tl.load(
-            w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r,
-            mask=mask_c[:, None] & mask_r[None, :],
-            other=0.0,
-        ).to(acc_ty)
-        a = tl.sum(w2 * h[None, :], axis=1)
-        if HAS_B2:
-            a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)
-        s = gate_fwd(a, GATE).to(acc_ty)
-        tl.store(s_ptr + row + offs_c, s, mask=mask_c)
-        if KEEP_A:
-            tl.store(a_ptr + row + offs_c, a, mask=mask_c)
+        s = gate_gemv(
+            h, w2_ptr, b2_ptr, s_ptr, a_ptr, row + offs_c, offs_c, mask_c, offs_r, mask_r,
+            stride_w2c, stride_w2r, stride_b2, HAS_B2, GATE, KEEP_A,
+        )  # fmt: skip
         if HAS_D:
             s *= d
         for hw0 in range(0, HW, BLOCK_HW):

@@ -22,17 +22,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, empty_like, launch, record
 from . import heuristics as hz
-from .common import (
-    acc_dtype,
-    act_fwd,
-    empty,
-    empty_like,
-    is_channels_last,
-    launch,
-    record,
-    strides_of,
-)
+from .common import acc_dtype, act_fwd, is_channels_last, strides_of
 from .flat import hw_sum_flat_kernel, scale_flat_kernel
 
 # L2 eviction policies of load_evict (integer codes: triton 3.6 takes no string default through

@@ -30,7 +30,7 @@ from typing import Optional, Union
 
 import torch
 
-from .._env import getenv
+from ..runtime.env import getenv
 from . import heuristics as hz
 from .common import bchw_strides, is_channels_last
 

@@ -12,16 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, launch, record
 from . import heuristics as hz
-from .common import (
-    act_fwd,
-    empty,
-    gate_fwd,
-    launch,
-    mlp_forward,
-    record,
-    sum_splits,
-)
+from .common import act_hidden, gate_gemv, mlp_forward, sum_splits
 from .passes import hw_sum_range, scale_tile
 from .sync import check_waits, counts_at, flags_at, poisoned, publish, spins, take_ticket, wait_for, workspace
 
@@ -104,23 +97,16 @@ def _se_fwd_spread_kernel(
             for k in range(0, tiles):
                 h += tl.load(hpart_ptr + (k * B + pid_b).to(tl.int64) * BLOCK_R + offs_r)
             h = h / HW
-            if HAS_B1:
-                h += tl.load(b1_ptr + offs_r * stride_b1, mask=mask_r, other=0.0).to(acc_ty)
-            h = tl.where(mask_r, act_fwd(h, ACT), 0.0)  # padded units exactly 0, whatever z holds
+            h = act_hidden(h, b1_ptr, stride_b1, offs_r, mask_r, HAS_B1, ACT)
             row = pid_b.to(tl.int64) * C + offs_c
             zc = sum_splits(zsum_ptr, row, mask_c, hw_tiles, B * C) / HW
             tl.store(z_ptr + row, zc, mask=mask_c)
-            w2 = tl.load(
-                w2_ptr + offs_c[:, None] * stride_w2c + offs_r[None, :] * stride_w2r,
-                mask=mask_c[:, None] & mask_r[None, :],
-                other=0.0,
-            ).to(acc_ty)
-            a = tl.sum(w2 * h[None, :], axis=1)
-            if HAS_B2:
-                a += tl.load(b2_ptr + offs_c * stride_b2, mask=mask_c, other=0.0).to(acc_ty)
-            tl.store(s_ptr + row, poisoned(gate_fwd(a, GATE).to(acc_ty), met), mask=mask_c)
-            if KEEP_A:
-                tl.store(a_ptr + row, a, mask=mask_c)
+            gate_gemv(
+                h, w2_ptr, b2_ptr, s_ptr, a_ptr, row, offs_c, mask_c, offs_r, mask_r,
+                stride_w2c, stride_w2r, stride_b2, HAS_B2, GATE, KEEP_A,
+            )  # fmt: skip
+            # a gate whose wait gave up leaves s NaN (sync.poisoned), never plausible
+            tl.store(s_ptr + row, poisoned(tl.zeros((BLOCK_C,), dtype=acc_ty), met), mask=mask_c & (met == 0))
             publish(ready_ptr + pid_b * c_blocks + pid_c)
         else:
             u = ticket - n_squeeze - n_gate

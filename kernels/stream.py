@@ -14,17 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
+from ..runtime.launch import empty, empty_like, launch, record
 from . import heuristics as hz
 from .common import (
     ACT_CODES,
     GATE_CODES,
-    empty,
-    empty_like,
     keeps_gate_input,
-    launch,
     mlp_forward,
     partials,
-    record,
     strides_of,
     sum_partials,
     vec_stride,

@@ -20,12 +20,10 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from torch._subclasses.fake_tensor import is_fake
 
-from .._env import getenv
-from . import common
+from ..runtime.env import getenv
+from ..runtime.launch import INTERPRETED, is_fake, not_replayable, zeros
 from . import heuristics as hz
-from .common import INTERPRETED
 
 # int32 slots in a 128-byte line; the counts start the second line, the flags the line after them.
 LINE = tl.constexpr(32)
@@ -114,7 +112,7 @@ def spins() -> bool:
 def workspace(counts: int, flags: int, device: torch.device) -> torch.Tensor:
     """The zeroed int32 workspace: the ticket counter and the failed waits, then `counts` counts,
     then `flags` flags, each region on lines of its own."""
-    return common.zeros(first_flag(counts) + flags, dtype=torch.int32, device=device)
+    return zeros(first_flag(counts) + flags, dtype=torch.int32, device=device)
 
 
 def check_waits(ws: torch.Tensor, tickets: int, programs: int, kernel: str, shape: tuple[int, ...]) -> None:
@@ -125,7 +123,7 @@ def check_waits(ws: torch.Tensor, tickets: int, programs: int, kernel: str, shap
         return
     if is_fake(ws) or torch.compiler.is_compiling() or (ws.is_cuda and torch.cuda.is_current_stream_capturing()):
         return  # nothing to read while tracing or capturing a CUDA graph: each replay's count stays in ws
-    common.not_replayable()  # a replay would not read it: this signature runs its body every call
+    not_replayable()  # a replay would not read it: this signature runs its body every call
     taken, failed = int(ws[TICKET]), int(ws[FAILED_WAITS])
     if failed == 0 and taken == tickets + programs:
         return

@@ -23,7 +23,7 @@ import pytest
 import fused_se
 
 try:
-    from fused_se.kernels import common as kernels_common
+    from fused_se.kernels import common as kernels_common  # noqa: F401  (the installed package has it)
 except ModuleNotFoundError as e:  # neither an installed fused_se nor a checkout's kernels/ beside fused_se/
     raise ImportError(
         f"fused_se was imported from {fused_se.__file__}, which has no fused_se.kernels: install the package "
@@ -53,10 +53,10 @@ def pytest_report_header(config):
 def _poison_and_seed(monkeypatch):
     """Every buffer a kernel writes starts as NaN; every test starts from the same seed and with no
     replayed call recorded (tests change the heuristics the recordings were made under)."""
-    from fused_se.kernels import replay
+    from fused_se.runtime import launch, replay
 
     replay.clear()
-    monkeypatch.setattr(kernels_common, "POISON_OUTPUTS", True)
+    monkeypatch.setattr(launch, "POISON_OUTPUTS", True)
     monkeypatch.delenv("FUSED_SE_BACKEND", raising=False)
     monkeypatch.delenv("FUSED_SE_L2_BYTES", raising=False)
     monkeypatch.setenv("FUSED_SE_PATHS", SUITE_PATHS)

@@ -2,10 +2,10 @@
 
 Eager PyTorch runs the SE block on tiny CPU tensors of the same rank (its dispatch and
 autograd, plus a few microseconds of arithmetic on a few hundred elements). The fused block
-runs each of its paths with the kernel launches stubbed out: the launchers' `bind`
-replaced by a function that launches nothing, so the outputs are the uninitialised buffers
+runs each of its paths with the kernel launches stubbed out (fused_se.runtime.launch.intercepted:
+a binder that launches nothing), so the outputs are the uninitialised buffers
 (fine for timing). What remains is the op's Python: the checks, autograd, and from a shape's
-second call on the replay of its recorded launches (kernels.replay: the signature, the
+second call on the replay of its recorded launches (fused_se/runtime/replay.py: the signature, the
 allocations, the launches' argument lists; the paths that are not replayed plan every call). A
 real launch adds the compiled kernel's own call (and, where no replay runs, triton's binding of
 the arguments) on top.
@@ -38,27 +38,29 @@ def stubbed_launches() -> Iterator[list]:
     import os
 
     from fused_se import _dispatch
-    from fused_se.kernels import common, sync
+    from fused_se.kernels import sync
+    from fused_se.runtime.launch import intercepted
 
     names: list = []
     # id(kernel) -> its stub, made once: the stub's own cost is not the library's (and a JIT
     # function's hash is its source's digest)
     stubs: dict = {}
 
-    def stub(kernel, grid):
+    def stub(kernel, grid, inner):
         launch = stubs.get(id(kernel))
         if launch is None:
             name = kernel.__name__
             launch = stubs[id(kernel)] = lambda *args, **kwargs: names.append(name)
         return launch
 
-    saved = common.bind, _dispatch.interpreter_enabled, sync.INTERPRETED
+    saved = _dispatch.interpreter_enabled, sync.INTERPRETED
     saved_check = os.environ.pop(sync.CHECK_ENV, None)
-    common.bind, _dispatch.interpreter_enabled, sync.INTERPRETED = stub, (lambda: True), False
+    _dispatch.interpreter_enabled, sync.INTERPRETED = (lambda: True), False
     try:
-        yield names
+        with intercepted(stub):
+            yield names
     finally:
-        common.bind, _dispatch.interpreter_enabled, sync.INTERPRETED = saved
+        _dispatch.interpreter_enabled, sync.INTERPRETED = saved
         if saved_check is not None:
             os.environ[sync.CHECK_ENV] = saved_check
 

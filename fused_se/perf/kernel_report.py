@@ -33,12 +33,16 @@ SM_LIMITS = {80: (65536, 167936, 64, 32), 90: (65536, 233472, 64, 32)}
 SMEM_RESERVED_PER_BLOCK = 1024
 
 
+# the process's launches stay intercepted once recording starts (held here: a dropped stack would end it)
+_FOR_GOOD = contextlib.ExitStack()
+
+
 def record_launches():
-    """Replaces the launchers' `bind` with a recorder (nothing runs) and claims the
+    """Binds every launch to a recorder for the rest of the process (nothing runs) and claims the
     interpreter, so that the ops take the kernels' path on CPU tensors; returns the list that
     the launches (kernel, args, kwargs) go into."""
     from fused_se import _dispatch
-    from fused_se.kernels import common
+    from fused_se.runtime.launch import intercepted
 
     launches: list = []
 
@@ -52,7 +56,7 @@ def record_launches():
 
             return launch
 
-    common.bind = lambda kernel, grid: _Recorder(kernel)[grid]
+    _FOR_GOOD.enter_context(intercepted(lambda kernel, grid, inner: _Recorder(kernel)[grid]))  # never left
     _dispatch.interpreter_enabled = lambda: True
     return launches
 

@@ -134,11 +134,11 @@ def test_unknown_backend_name(monkeypatch):
 
 
 def test_switches_are_read_as_os_environ_holds_them(monkeypatch):
-    """The switches' reads (fused_se._env.getenv, which skips os.environ's KeyError) see every
+    """The switches' reads (fused_se.runtime.env.getenv, which skips os.environ's KeyError) see every
     change made through os.environ, as os.environ.get does, and follow a replaced os.environ."""
     from unittest import mock
 
-    from fused_se._env import getenv
+    from fused_se.runtime.env import getenv
 
     name = "FUSED_SE_TEST_SWITCH"
     monkeypatch.delenv(name, raising=False)

@@ -60,7 +60,7 @@ def test_kernels_run_on_the_current_stream():
     dx_ref = torch.autograd.grad(y_ref, x_ref, g)[0]
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):  # outside the timed window: compile, record (kernels.replay), replay once
+    with torch.cuda.stream(side):  # outside the timed window: compile, record (runtime/replay.py), replay once
         for _ in range(2):
             torch.autograd.grad(m(x), x, g)
     side.synchronize()
@@ -230,7 +230,7 @@ def test_spread_forward_repeats_bit_for_bit_and_matches_three_launches(c, h, r, 
 
 def _count_jit_runs(monkeypatch) -> list:
     """Counts the launches that go through triton's JIT (binding every argument) instead of a
-    compiled kernel that kernels.common.CachedLauncher has cached."""
+    compiled kernel that fused_se.runtime.launch.CachedLauncher has cached."""
     import triton
 
     calls = []
@@ -248,15 +248,15 @@ def _count_jit_runs(monkeypatch) -> list:
 def test_cached_launches_skip_the_jit_and_match_it(monkeypatch):
     """A block's second call launches every kernel from the cache of compiled kernels, without
     triton's JIT, and gives the bits of the first call (which went through the JIT)."""
-    from fused_se.kernels import common
+    from fused_se.runtime import launch as common
 
     m = fused_se.FusedSEModule(256, 16).cuda()
     x = torch.randn(4, 256, 7, 7, device="cuda", requires_grad=True)
     g = torch.randn_like(x)
-    common._COMPILED.clear()
+    common.clear_cache()
     jit_runs = _count_jit_runs(monkeypatch)
     first = [m(x), *torch.autograd.grad(m(x), [x, m.fc[0].weight], g)]
-    assert jit_runs and len(common._COMPILED) > 0
+    assert jit_runs and common.cache_size() > 0
     jit_runs.clear()
     second = [m(x), *torch.autograd.grad(m(x), [x, m.fc[0].weight], g)]
     assert jit_runs == []
@@ -268,13 +268,13 @@ def test_cached_launches_skip_the_jit_and_match_it(monkeypatch):
 
 @cuda
 def test_replayed_calls_launch_the_compiled_kernels_directly(monkeypatch):
-    """A signature's second call (kernels.replay) launches its compiled kernels without triton's
-    JIT, the launch cache or common.bind, plans nothing, and gives the first call's bits; under
+    """A signature's second call (fused_se/runtime/replay.py) launches its compiled kernels without triton's
+    JIT or the launch cache, plans nothing, and gives the first call's bits; under
     a launch hook the replay goes through the JIT, which calls the hook."""
     from triton import knobs
 
     from fused_se import kernels
-    from fused_se.kernels import common
+    from fused_se.runtime import launch as common
 
     m = fused_se.FusedSEModule(256, 16).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(8, 256, 14, 14, device="cuda").to(memory_format=torch.channels_last).requires_grad_()
@@ -314,7 +314,7 @@ def test_the_spread_forward_replays_directly_with_its_workspace_zeroed_again(mon
     and launches the compiled kernel directly: calls 2 to 5 give the first call's bits, with
     triton's JIT and the planner not run."""
     from fused_se import kernels
-    from fused_se.kernels import replay
+    from fused_se.runtime import replay
 
     m = fused_se.FusedSEModule(512, 32).cuda().to(memory_format=torch.channels_last)
     x = torch.randn(4, 512, 28, 28, device="cuda").to(memory_format=torch.channels_last)
@@ -375,20 +375,20 @@ def test_the_streamed_passes_replay_directly(monkeypatch):
 def test_cached_launches_tell_misaligned_tensors_apart(monkeypatch):
     """x one element past a 16-byte boundary compiles (and caches) its own kernels: the aligned
     x's kernels assume aligned addresses and would load the wrong elements, or fault."""
-    from fused_se.kernels import common
+    from fused_se.runtime import launch as common
 
     m = fused_se.FusedSEModule(64, 4).cuda().half()
     base = torch.randn(2 * 64 * 5 * 5 + 1, device="cuda", dtype=torch.float16)
     aligned = base[:-1].view(2, 64, 5, 5)
     shifted = base[1:].view(2, 64, 5, 5)
     assert aligned.data_ptr() % 16 == 0 and shifted.data_ptr() % 16 != 0
-    common._COMPILED.clear()
+    common.clear_cache()
     with torch.no_grad():
         m(aligned)
-        entries = len(common._COMPILED)
+        entries = common.cache_size()
         jit_runs = _count_jit_runs(monkeypatch)
         y = m(shifted)
-    assert jit_runs and len(common._COMPILED) > entries
+    assert jit_runs and common.cache_size() > entries
     w1, w2 = m.fc[0].weight, m.fc[2].weight
     torch.testing.assert_close(y, reference.squeeze_excite(shifted, w1, None, w2), rtol=2e-3, atol=2e-3)
 

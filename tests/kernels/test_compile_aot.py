@@ -17,10 +17,15 @@ import os
 import re
 import subprocess
 import sys
+from contextlib import ExitStack
 
 import pytest
 
 TARGETS = ["80", "90"]
+
+
+# the process's launches stay intercepted once recording starts (held here: a dropped stack would end it)
+_FOR_GOOD = ExitStack()
 
 
 def _can_compile_for_gpu() -> bool:
@@ -61,8 +66,8 @@ def test_kernels_compile_for_gpu():
 
 
 def _record_launches():
-    """Replaces the launchers' `bind` with a recorder; returns the list of launches."""
-    from fused_se.kernels import common
+    """Binds every launch to a recorder for the rest of the process; returns the list of launches."""
+    from fused_se.runtime.launch import intercepted
 
     launches = []
 
@@ -76,7 +81,7 @@ def _record_launches():
 
             return launch
 
-    common.bind = lambda kernel, grid: _Recorder(kernel)[grid]  # every launch is bound there
+    _FOR_GOOD.enter_context(intercepted(lambda kernel, grid, inner: _Recorder(kernel)[grid]))  # never left
     # The ops take the kernels' path on CPU tensors only with the interpreter on: claim it, since
     # nothing runs here (without this the ops would run their torch-ops kernel and record nothing).
     from fused_se import _dispatch

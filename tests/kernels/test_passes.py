@@ -99,9 +99,9 @@ def test_squeeze_scale_bwd(g_layout, x_layout, device):
 @pytest.fixture
 def kernels_launched():
     """The Triton kernels launched, in order: (kernel, grid, args, kwargs) each."""
-    from fused_se.kernels import common
+    from fused_se.runtime.launch import kernel_calls
 
-    with common.kernel_calls() as calls:
+    with kernel_calls() as calls:
         yield calls
 
 

@@ -1,4 +1,4 @@
-"""Replayed calls (kernels.replay): a signature's second call redoes the first call's allocations
+"""Replayed calls (fused_se/runtime/replay.py): a signature's second call redoes the first call's allocations
 and launches without planning again, gives the same bits in new buffers, and a call the replay
 cannot redo faithfully runs the body every time."""
 
@@ -10,7 +10,8 @@ from se_testing import record_launches
 
 import fused_se
 from fused_se import kernels, ops
-from fused_se.kernels import common, replay
+from fused_se.runtime import replay
+from fused_se.runtime.launch import kernel_calls
 
 
 @pytest.fixture
@@ -45,13 +46,13 @@ def test_second_call_replays_the_first_and_gives_its_bits(plans, device):
     m = fused_se.FusedSEModule(24, 6).to(device)
     x = torch.randn(3, 24, 5, 6, device=device, requires_grad=True)
     g = torch.randn_like(x)
-    with record_launches() as first_names, common.kernel_calls() as first_calls:
+    with record_launches() as first_names, kernel_calls() as first_calls:
         first = _fwd_bwd(m, x, g)
     assert plans == ["forward", "backward"]
     progs = _programs()
     assert len(progs) == 2 and all(isinstance(p, replay.Program) for p in progs)
     plans.clear()
-    with record_launches() as names, common.kernel_calls() as calls:
+    with record_launches() as names, kernel_calls() as calls:
         second = _fwd_bwd(m, x, g)
     assert plans == []  # nothing planned: both bodies were replayed
     assert names == first_names  # what record_launches logs is the body's
@@ -135,7 +136,7 @@ def test_a_persistent_path_whose_wait_check_reads_runs_its_body_every_call(plans
 
 def test_a_persistent_path_is_replayed_with_its_workspace_zeroed_again(plans, device, spread, monkeypatch):
     """Where the wait check reads nothing (a GPU's default), the spread forward is replayed: its
-    workspace (common.zeros) is zeroed again on every call, and the calls give the first's bits.
+    workspace (launch.zeros) is zeroed again on every call, and the calls give the first's bits.
     Laid out for the direct path, the workspace comes first in the scratch, in the zeroed span."""
     from fused_se.kernels import spread as spread_module
 

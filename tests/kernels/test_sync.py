@@ -91,18 +91,19 @@ def unchecked(monkeypatch):
     """The launchers do not read the failed waits, as on a GPU without FUSED_SE_CHECK_WAITS, and
     every buffer starts with plausible values (0.5) instead of the suite's NaN, as a reused
     allocation may: what a wait guarded must come out NaN all the same."""
-    from fused_se.kernels import common, stream
+    from fused_se.kernels import stream
+    from fused_se.runtime import launch
 
     monkeypatch.setattr(stream, "check_waits", lambda *args: None)
-    monkeypatch.setattr(common, "POISON_OUTPUTS", False)
-    made = common._made
+    monkeypatch.setattr(launch, "POISON_OUTPUTS", False)
+    made = launch._made
 
     def stale(out, zeroed=False):
         if not zeroed:
             out.fill_(0.5)
         return made(out, zeroed)
 
-    monkeypatch.setattr(common, "_made", stale)
+    monkeypatch.setattr(launch, "_made", stale)
 
 
 def _reference_y(x, w1, w2):

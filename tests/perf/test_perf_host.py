@@ -25,12 +25,13 @@ def test_each_path_runs_stubbed_and_is_timed():
 
 
 def test_stubs_are_undone():
-    from fused_se.kernels import common, sync
+    from fused_se.kernels import sync
+    from fused_se.runtime import launch
 
-    before = common.bind, sync.INTERPRETED
+    before = sync.INTERPRETED
     with host.stubbed_launches():
-        assert common.bind is not before[0]
-    assert (common.bind, sync.INTERPRETED) == before
+        assert launch.intercepting()
+    assert not launch.intercepting() and sync.INTERPRETED == before
     with pytest.raises(KeyError):
         with host.forced_path("nothing", 2, 1):
             pass

@@ -14,6 +14,7 @@ from fused_se.perf import traffic
 from fused_se.perf.cards import CARDS
 from fused_se.perf.l2 import replay
 from fused_se.perf.trace import Tracer
+from fused_se.runtime import launch
 
 pytestmark = pytest.mark.skipif(not kernels_common.INTERPRETED, reason="counts bytes through the Triton interpreter")
 
@@ -26,7 +27,7 @@ SMS = 2  # the interpreter's SM count: no HW split of the squeeze
 @pytest.fixture(autouse=True)
 def _no_poison(monkeypatch):
     # NaN-filling the outputs would add a fill kernel per buffer to the count
-    monkeypatch.setattr(kernels_common, "POISON_OUTPUTS", False)
+    monkeypatch.setattr(launch, "POISON_OUTPUTS", False)
 
 
 def _trace(provider, layout="nchw", batch=BATCH, shape=SHAPE, dtype=torch.float32, l2=L2):

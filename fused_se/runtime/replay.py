@@ -8,17 +8,18 @@ argument's value, and the settings the planner reads), never on the tensors' val
 `replayed(body)` runs the body once per signature while recording what it did, and turns that
 into a program:
 
-    allocations   each buffer common.empty / common.empty_like made: its shape, strides, dtype
-    launches      each launch through common.launch: kernel, grid, arguments (a tensor as the
+    allocations   each buffer launch.empty / launch.empty_like made: its shape, strides, dtype
+    launches      each launch through launch.launch: kernel, grid, arguments (a tensor as the
                   input or buffer it is), and the compiled kernel a CUDA launch returned
     outputs       each tensor the body returned, as an input or a buffer
-    names         what common.record logged (record_launches sees a replay as the body)
+    names         what launch.record logged (record_launches sees a replay as the body)
 
 A later call of the signature allocates the buffers and issues the launches: on CUDA straight to
-the compiled kernels (as common.CachedLauncher does on a hit, without building a key per
+the compiled kernels (as launch.CachedLauncher does on a hit, without building a key per
 launch), with the buffers the body did not return carved from one allocation and passed as
-addresses; elsewhere, or where a launch hook, a JIT pre-run hook, another current device or a tool
-that replaced common.bind is there, through common.launch.
+addresses (an int for a pointer: checks.compiled_call); elsewhere, or where a launch hook, a JIT
+pre-run hook, another current device or a tool's binder (launch.intercepted) is there, through
+launch.launch.
 
 A recording becomes a program only if the launches and the outputs hold no tensor the body made
 by other means (a view, a cast, torch.zeros), no input is passed twice, and no op other than a
@@ -26,11 +27,11 @@ launch wrote a buffer or an input (their version counters are where they were; i
 tensors keep none, and there only forward bodies run, which write nothing through torch ops).
 Otherwise the signature runs the body on every call, as before: a gradient cast to its weight's
 dtype, an empty batch (its zeroed gradients), a persistent path whose wait check reads its
-workspace back (in the interpreter, or with FUSED_SE_CHECK_WAITS=1: common.not_replayable). A
-persistent kernel's workspace is made by common.zeros and zeroed again by every replay.
+workspace back (in the interpreter, or with FUSED_SE_CHECK_WAITS=1: launch.not_replayable). A
+persistent kernel's workspace is made by launch.zeros and zeroed again by every replay.
 
-The settings in the signature: the paths the planner may take (force_paths, FUSED_SE_PATHS),
-FUSED_SE_L2_BYTES, FUSED_SE_CHECK_WAITS and common.POISON_OUTPUTS. The heuristics' constants are
+The settings in the signature: what the caller's `settings()` says (the ops: the paths the planner
+may take, FUSED_SE_L2_BYTES, FUSED_SE_CHECK_WAITS) and launch.POISON_OUTPUTS. The heuristics' constants are
 read when a signature is first seen: after changing one, call clear(). FUSED_SE_REPLAY=0 turns
 replays off (read at import).
 """
@@ -41,12 +42,11 @@ from typing import Callable, Optional
 
 import torch
 
-from .._env import getenv
-from . import common, plan, sync
-from . import heuristics as hz
+from . import checks, launch
+from .env import getenv
 
 ENV = "FUSED_SE_REPLAY"
-ENABLED = getenv(ENV) != "0"
+ENABLED = getenv(ENV) != "0" and checks.check("Tensor._version", checks.version_counter)
 
 # Bytes between the scratch buffers of a direct replay (and their alignment): past the 16 bytes
 # triton specialises a pointer on, as the caching allocator's own blocks are.
@@ -57,7 +57,6 @@ MAX_SIGNATURES = 1024
 
 NOT_REPLAYABLE = object()
 _TABLES: list[dict] = []
-_JIT_BIND = common.bind  # the library's own bind: a tool that replaces it sees every launch
 
 
 def clear() -> None:
@@ -66,16 +65,11 @@ def clear() -> None:
         table.clear()
 
 
-def signature(args: tuple) -> tuple:
+def signature(args: tuple, settings: tuple = ()) -> tuple:
     """What a body's decisions may depend on: each tensor's dtype, device, shape, strides and
     address modulo 16 (what triton specialises a pointer on), every other argument's value, and
-    the planner's settings."""
-    parts = [
-        plan.enabled_paths(),
-        getenv(hz.L2_ENV),
-        getenv(sync.CHECK_ENV),
-        common.POISON_OUTPUTS,
-    ]
+    the settings the body reads."""
+    parts = [settings, launch.POISON_OUTPUTS]
     for a in args:
         if isinstance(a, torch.Tensor):
             parts.append((a.dtype, a.device, a.shape, a.stride(), a.data_ptr() & 15))
@@ -91,9 +85,9 @@ class _Launch:
 
     def __init__(self, kernel, grid, args: list, kwargs: dict, tensors: tuple, compiled):
         self.kernel, self.grid, self.args, self.kwargs, self.tensors = kernel, grid, args, kwargs, tensors
-        self.compiled = compiled if hasattr(compiled, "run") and hasattr(compiled, "function") else None
+        self.compiled = compiled if launch.direct_call(compiled) else None
         if self.compiled is not None:  # as CachedLauncher calls it: every parameter, constexprs too
-            tail = [kwargs[n] if n in kwargs else d for n, d in common.param_tail(kernel, len(args))]
+            tail = [kwargs[n] if n in kwargs else d for n, d in launch.param_tail(kernel, len(args))]
             self.params = args + tail
             self.grid3 = (*grid, 1, 1)[:3]
 
@@ -132,12 +126,12 @@ class Program:
     def __call__(self, args: tuple):
         direct = self._direct()
         slots = list(args)
-        poison = common.POISON_OUTPUTS
+        poison = launch.POISON_OUTPUTS
         base = None
         if direct and self.scratch_bytes:
             scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=self.allocs[0][3])
             if poison:
-                scratch.fill_(255)  # NaN in every float width, as common.empty's poison
+                scratch.fill_(255)  # NaN in every float width, as launch.empty's poison
             if self.zeroed_bytes:
                 scratch[: self.zeroed_bytes].zero_()
             base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
@@ -147,48 +141,48 @@ class Program:
                 continue
             t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
             slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
-        if common._launch_logs:
+        if launch._launch_logs:  # (the list itself: a call per replay costs more than the test)
             for name in self.names:
-                common.record(name)
+                launch.record(name)
         if direct:
-            stream = torch._C._cuda_getCurrentRawStream(self.device)
+            stream = launch.raw_stream(self.device)
             for ln in self.launches:
                 params = ln.params.copy()
                 for pos, slot in ln.tensors:
                     params[pos] = slots[slot]
-                common.run_compiled(ln.compiled, ln.grid3, stream, params)
+                launch.run_compiled(ln.compiled, ln.grid3, stream, params)
         else:
             for ln in self.launches:
                 a = ln.args.copy()
                 for pos, slot in ln.tensors:
                     a[pos] = slots[slot]
-                common.launch(ln.kernel, ln.grid)(*a, **ln.kwargs)
+                launch.launch(ln.kernel, ln.grid)(*a, **ln.kwargs)
         out = [slots[i] if isinstance(i, int) else i[0] for i in self.outputs]
         return tuple(out) if self.as_tuple else out[0]
 
     def _direct(self) -> bool:
         """Whether the launches may go straight to their compiled kernels: each launch compiled
-        (CUDA), nothing hooked, the device current and common.bind the library's own."""
-        if self.device is None or common.bind is not _JIT_BIND:
+        (CUDA), nothing hooked or intercepted, the device current."""
+        if self.device is None or launch._INTERCEPTS:
             return False
-        if common.jit_hooked(ln.kernel for ln in self.launches):
+        if launch.jit_hooked(ln.kernel for ln in self.launches):
             return False
         return torch.cuda.current_device() == self.device
 
 
 class _Recording:
     def __init__(self):
-        self.replayable = True  # cleared by common.not_replayable
+        self.replayable = True  # cleared by launch.not_replayable
         self.allocs: list = []  # (tensor, its version once made, whether it was made zeroed)
         self.launches: list = []  # (kernel, grid, args, kwargs, what the launcher returned)
-        self.names: list = []  # what common.record logged, from this thread only
+        self.names: list = []  # what launch.record logged, from this thread only
 
 
 def _record(body: Callable, args: tuple):
     """(the body's result, its Program or NOT_REPLAYABLE)."""
     rec = _Recording()
-    versions = [(a, common.version(a)) for a in args if isinstance(a, torch.Tensor)]
-    with common.recording(rec):
+    versions = [(a, launch.version(a)) for a in args if isinstance(a, torch.Tensor)]
+    with launch.recording(rec):
         result = body(*args)
     return result, _program(rec, args, versions, result)
 
@@ -196,7 +190,7 @@ def _record(body: Callable, args: tuple):
 def _program(rec: _Recording, args: tuple, versions: list, result):
     if not rec.replayable:
         return NOT_REPLAYABLE
-    if any(common.version(t) != v for t, v, *_ in (*versions, *rec.allocs)):
+    if any(launch.version(t) != v for t, v, *_ in (*versions, *rec.allocs)):
         return NOT_REPLAYABLE  # something other than a launch wrote a tensor
     slot_of = {id(a): i for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
     if len(slot_of) != len(versions):
@@ -212,7 +206,7 @@ def _program(rec: _Recording, args: tuple, versions: list, result):
             if isinstance(a, torch.Tensor):
                 slot = slot_of.get(id(a))
                 if slot is None:
-                    return NOT_REPLAYABLE  # made by other means than common.empty
+                    return NOT_REPLAYABLE  # made by other means than launch.empty
                 tensors.append((pos, slot))
                 devices.add(a.device)
         template = [None if isinstance(a, torch.Tensor) else a for a in largs]
@@ -235,9 +229,15 @@ def _program(rec: _Recording, args: tuple, versions: list, result):
     return Program(allocs, launches, tuple(rec.names), outputs, as_tuple, device, len(args))
 
 
-def replayed(body: Callable, applies: Callable[[tuple], bool], elsewhere: Optional[Callable] = None) -> Callable:
+def replayed(
+    body: Callable,
+    applies: Callable[[tuple], bool],
+    elsewhere: Optional[Callable] = None,
+    settings: Callable[[], tuple] = tuple,
+) -> Callable:
     """body, replayed per signature where applies(args) (the calls that launch kernels);
-    elsewhere (default: body) runs the calls where it does not."""
+    elsewhere (default: body) runs the calls where it does not. settings(): what else the body's
+    decisions read (the planner's switches), part of the signature."""
     table: dict = {}
     _TABLES.append(table)
     elsewhere = body if elsewhere is None else elsewhere
@@ -247,7 +247,7 @@ def replayed(body: Callable, applies: Callable[[tuple], bool], elsewhere: Option
             return elsewhere(*args)
         if not ENABLED:
             return body(*args)
-        key = signature(args)
+        key = signature(args, settings())
         program = table.get(key)
         if program is None:
             result, program = _record(body, args)

@@ -1,0 +1,81 @@
+"""What may trace, transform or intercept a call, from torch's private flags (checked at import:
+checks.trace_queries, wrap_toggle, fake_query). Torch only: `import fused_se` reads these
+(_dispatch) without importing triton.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+
+from . import checks
+
+TRACE_QUERIES = checks.check("torch's trace and mode flags", checks.trace_queries)
+
+if checks.check("torch's wrap_triton toggle", checks.wrap_toggle):
+    from torch._library.triton import is_wrap_triton_enabled, set_wrap_triton_enabled
+else:
+
+    def is_wrap_triton_enabled() -> bool:
+        return True
+
+    def set_wrap_triton_enabled(enabled: bool):
+        return nullcontext()
+
+
+def tracing() -> bool:
+    """Whether something may be tracing a launch: torch.compile, a dispatch mode (fake tensors,
+    make_fx, export, functionalization) or a functorch transform."""
+    return (
+        torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
+        or torch.compiler.is_compiling()
+    )
+
+
+if checks.check("torch's is_fake", checks.fake_query):
+    from torch._subclasses.fake_tensor import is_fake
+else:
+
+    def is_fake(t: torch.Tensor) -> bool:
+        """Whether t may be a fake tensor: any tensor subclass (fake, functional) is taken as one."""
+        return type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)
+
+
+def any_trace() -> bool:
+    """Whether anything may be tracing this call, as an ONNX exporter always is: torch.jit.trace,
+    torch.compile or torch.export's dynamo, a dispatch or function mode (fake tensors, make_fx,
+    non-strict export)."""
+    if torch.compiler.is_compiling():  # first: under dynamo the checks below could break the graph
+        return True
+    return (
+        torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
+        or torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._is_torch_function_mode_enabled()
+    )
+
+
+def plain_eager(args: tuple) -> bool:
+    """Whether nothing traces, transforms or intercepts a call with these arguments: nothing that
+    may trace a launch (tracing), no function mode, no jit trace, no subclass."""
+    if torch.compiler.is_compiling():  # first: under dynamo the checks below would break the graph
+        return False
+    return not (
+        tracing()
+        or torch._C._is_torch_function_mode_enabled()
+        or torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
+        or torch.overrides.has_torch_function(args)  # non-tensors have none
+    )
+
+
+if not TRACE_QUERIES:  # the flags are not as checked: anything may trace, and the custom op runs every call
+
+    def tracing() -> bool:
+        return True
+
+    def any_trace() -> bool:
+        return True
+
+    def plain_eager(args: tuple) -> bool:
+        return False
