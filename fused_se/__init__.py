@@ -3,8 +3,13 @@
 from . import functional, reference
 from ._dispatch import backend_for
 from .conversion import ConversionReport, convert, revert
-from .functional import effective_squeeze_excite, efficient_channel_attention, squeeze_excite
-from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
+from .functional import (
+    effective_squeeze_excite,
+    efficient_channel_attention,
+    spatial_channel_squeeze_excite,
+    squeeze_excite,
+)
+from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSCSEModule, FusedSEModule
 from .version import __version__
 
 __all__ = [
@@ -12,6 +17,7 @@ __all__ = [
     "FusedConv2dSEModule",
     "FusedEcaModule",
     "FusedEffectiveSEModule",
+    "FusedSCSEModule",
     "FusedSEModule",
     "__version__",
     "backend_for",
@@ -21,5 +27,6 @@ __all__ = [
     "functional",
     "reference",
     "revert",
+    "spatial_channel_squeeze_excite",
     "squeeze_excite",
 ]
