@@ -408,17 +408,23 @@ class FusedSCSEModule(FusedSEModule):
         self.reduction = reduction
 
     @classmethod
-    def from_module(cls, module: nn.Module) -> FusedSCSEModule:
+    def from_module(
+        cls, module: nn.Module, *, act: Optional[str] = None, gate: Optional[str] = None
+    ) -> FusedSCSEModule:
         """A fused block around an existing SCSEModule's ``cSE`` and ``sSE`` Sequentials, sharing
-        their Parameters (and their modules: the state_dict keeps its keys and values)."""
+        their Parameters (and their modules: the state_dict keeps its keys and values). ``act`` and
+        ``gate`` name what cSE's activation and gate compute; by default they are read from their
+        classes (nn.ReLU or nn.SiLU; nn.Sigmoid or nn.Hardsigmoid)."""
         cse, sse = getattr(module, "cSE", None), getattr(module, "sSE", None)
         if cse is None or sse is None:
             raise TypeError(f"module must hold cSE and sSE Sequentials (an SCSEModule); got {type(module).__name__}")
         fused = cls.__new__(cls)
-        fused._init_from_layers(cse, sse)
+        fused._init_from_layers(cse, sse, act, gate)
         return fused
 
-    def _init_from_layers(self, cse: nn.Sequential, sse: nn.Sequential) -> None:
+    def _init_from_layers(
+        self, cse: nn.Sequential, sse: nn.Sequential, act_name: Optional[str] = None, gate_name: Optional[str] = None
+    ) -> None:
         # Not FusedSEModule.__init__: this block holds the two Sequentials, not a Linear fc.
         nn.Module.__init__(self)
         if not (isinstance(cse, nn.Sequential) and len(cse) == 5):
@@ -433,8 +439,10 @@ class FusedSCSEModule(FusedSEModule):
         _check_pointwise_conv("cSE.1", reduce, channels, hidden)
         _check_pointwise_conv("cSE.3", expand, hidden, channels)
         _check_pointwise_conv("sSE.0", sse[0], channels, 1)
-        act_name = _layer_name(act, {m: n for n, m in _ACT_MODULES.items()}, "cSE.2")
-        gate_name = _layer_name(gate, {m: n for n, m in _GATE_MODULES.items()}, "cSE.4")
+        if act_name is None:
+            act_name = _layer_name(act, {m: n for n, m in _ACT_MODULES.items()}, "cSE.2")
+        if gate_name is None:
+            gate_name = _layer_name(gate, {m: n for n, m in _GATE_MODULES.items()}, "cSE.4")
         _layer_name(sse[1], {nn.Sigmoid: "sigmoid"}, "sSE.1")
         self._configure(channels, hidden, act_name, gate_name)
         self.reduction = None
