@@ -3,8 +3,13 @@
 from . import _checkout, functional, reference
 from ._dispatch import backend_for
 from .conversion import ConversionReport, convert, revert
-from .functional import effective_squeeze_excite, efficient_channel_attention, squeeze_excite
-from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
+from .functional import (
+    effective_squeeze_excite,
+    efficient_channel_attention,
+    spatial_channel_squeeze_excite,
+    squeeze_excite,
+)
+from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSCSEModule, FusedSEModule
 from .version import __version__
 
 _checkout.install()  # a run from a source checkout's root finds its kernels/ as fused_se.kernels
@@ -14,6 +19,7 @@ __all__ = [
     "FusedConv2dSEModule",
     "FusedEcaModule",
     "FusedEffectiveSEModule",
+    "FusedSCSEModule",
     "FusedSEModule",
     "__version__",
     "backend_for",
@@ -23,5 +29,6 @@ __all__ = [
     "functional",
     "reference",
     "revert",
+    "spatial_channel_squeeze_excite",
     "squeeze_excite",
 ]

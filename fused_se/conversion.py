@@ -22,6 +22,8 @@ fused_se never imports timm or torchvision):
                                                                                 -> FusedConv2dSEModule
     SpeechBrain ECAPA-TDNN SEBlock           conv1.conv, conv2.conv, with relative lengths
                                                                                 -> FusedSpeechBrainSEBlock
+    segmentation_models_pytorch SCSEModule   cSE = Sequential(pool, conv, act, conv, gate), sSE = Sequential(conv, Sigmoid)
+                                                                                -> FusedSCSEModule
 
 Then, for blocks the table does not name:
 
@@ -49,7 +51,7 @@ from torch import nn
 
 from . import inline, structural, tails
 from .adapters import FusedLayersSEModule, FusedSpeechBrainSEBlock
-from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSEModule
+from .modules import FusedConv2dSEModule, FusedEcaModule, FusedEffectiveSEModule, FusedSCSEModule, FusedSEModule
 
 logger = logging.getLogger("fused_se")
 
@@ -263,6 +265,19 @@ def _speechbrain_se(module: nn.Module) -> FusedSEModule:
     )
 
 
+def _smp_scse(module: nn.Module) -> FusedSEModule:
+    """segmentation_models_pytorch's SCSEModule: x * cSE(x) + x * sSE(x), the spatial gate a
+    Conv2d(C, 1, 1) and a sigmoid."""
+    cse, sse = module.cSE, module.sSE
+    if not (isinstance(cse, nn.Sequential) and len(cse) == 5 and isinstance(sse, nn.Sequential) and len(sse) == 2):
+        raise _Skip("cSE is not (pool, conv, act, conv, gate) or sSE not (conv, gate)")
+    _global_average(cse[0])
+    act, gate = _act(cse[2]), _gate(cse[4])
+    if _activation_name(sse[1], _GATES, "spatial gate") != "sigmoid":
+        raise _Skip(f"the spatial gate {type(sse[1]).__name__} is not a sigmoid")
+    return _wrapped(lambda: FusedSCSEModule.from_module(module, act=act, gate=gate))
+
+
 _HF = "transformers.models."
 
 # (module, class, builder) of the blocks recognised by class.
@@ -294,6 +309,7 @@ _KNOWN: list[tuple[str, str, Callable[[nn.Module], FusedSEModule]]] = [
     ),
     (_HF + "qwen2_5_omni.modeling_qwen2_5_omni", "SqueezeExcitationBlock", _ecapa_se),
     ("speechbrain.lobes.models.ECAPA_TDNN", "SEBlock", _speechbrain_se),
+    ("segmentation_models_pytorch.base.modules", "SCSEModule", _smp_scse),
 ]
 
 

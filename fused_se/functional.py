@@ -12,11 +12,11 @@ from ._dispatch import backend_for
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
-_IMPORTED: Optional[tuple] = None  # (kernels, ops, ops_lengths) once imported outside tracing
+_IMPORTED: Optional[tuple] = None  # (kernels, ops, ops_lengths, ops_scse) once imported outside tracing
 
 
 def _fused_modules() -> tuple:
-    """fused_se.kernels, fused_se.ops and fused_se.ops_lengths. Imported on first use, not at the
+    """fused_se.kernels, fused_se.ops, fused_se.ops_lengths and fused_se.ops_scse. Imported on first use, not at the
     top: importing fused_se must not import triton, so that TRITON_INTERPRET can still be set
     after `import fused_se` (the demo does). Kept here after that, since an import statement costs
     every call microseconds; not while torch.compile traces, which would split its graph at the
@@ -24,9 +24,9 @@ def _fused_modules() -> tuple:
     global _IMPORTED
     if _IMPORTED is not None:
         return _IMPORTED
-    from . import kernels, ops, ops_lengths
+    from . import kernels, ops, ops_lengths, ops_scse
 
-    modules = (kernels, ops, ops_lengths)
+    modules = (kernels, ops, ops_lengths, ops_scse)
     if not torch.compiler.is_compiling():
         _IMPORTED = modules
     return modules
@@ -344,7 +344,7 @@ def _squeeze_excite(
     if backend_for(x) == "reference":
         tail = {"residual": residual, "out_act": out_act, "sample_scale": sample_scale}
         return reference.squeeze_excite(x, w1, b1, w2, b2, act=act, gate=gate, lengths=lengths, **tail)
-    _, ops, ops_lengths = _fused_modules()
+    _, ops, ops_lengths, _ = _fused_modules()
     # every argument positionally, in the ops' order: keywords cost each call its parsing
     tail4 = (_kernels_input(residual), sample_scale, out_act)
     if lengths is not None:
@@ -452,3 +452,64 @@ def _efficient_channel_attention(
     ops = _fused_modules()[1]
     tail4 = (_kernels_input(residual), sample_scale, out_act)
     return _output(ops.run(ops.efficient_channel_attention, _kernels_input(x), w, b, circular, gate, *tail4), x)
+
+
+def spatial_channel_squeeze_excite(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    ws: torch.Tensor,
+    bs: Optional[torch.Tensor] = None,
+    *,
+    act: str = "relu",
+    gate: str = "sigmoid",
+) -> torch.Tensor:
+    """scSE, concurrent spatial and channel squeeze-and-excitation (segmentation_models_pytorch's
+    SCSEModule), fused: y = x * (s_c[b, c] + s_s[b, hw]) with
+
+        s_c = gate(W2 act(W1 mean(x) + b1) + b2)      the channel gate, as squeeze_excite's
+        s_s = sigmoid(sum_c ws[c] x[b, c, hw] + bs)   the spatial gate: a 1x1 conv to one channel
+
+    Args:
+        x: (B, C, L), (B, C, H, W) or (B, C, D, H, W), in any layout whose spatial dims flatten into
+            one strided axis (others are copied once).
+        w1, b1, w2, b2: the channel gate's layers as nn.Linear stores them ((hidden, C), (hidden,),
+            (C, hidden), (C,)); the biases may be None.
+        ws, bs: the spatial gate's 1x1 conv, its weight as (C,) and its bias as (1,) or None.
+        act: "relu" or "silu"; gate: the channel gate, "sigmoid" or "hard_sigmoid".
+    Parameters have x's dtype, or are fp32 with a 16-bit x. Everything is summed in fp32 (fp64
+    for fp64 x).
+
+    Returns:
+        y, in x's shape, dtype and memory format; differentiable in x and every parameter.
+    Two passes over x forward (3N bytes), two over g and x backward (5N); docs/DESIGN.md, "scSE".
+    """
+    return _spatial_channel_squeeze_excite(x, w1, b1, w2, b2, ws, bs, act, gate)
+
+
+def _spatial_channel_squeeze_excite(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    ws: torch.Tensor,
+    bs: Optional[torch.Tensor],
+    act: str,
+    gate: str,
+) -> torch.Tensor:
+    """spatial_channel_squeeze_excite with every argument positional (the module's call)."""
+    check_inputs(x, w1, b1, w2, b2, act, gate)
+    c = x.shape[1]
+    _check_tensor("ws", ws, 1, "(C,)")
+    if ws.shape[0] != c:
+        raise ValueError(f"ws must have shape (C,) = ({c},) to match x's channels; got {tuple(ws.shape)}")
+    _check_vector("bs", bs, 1, "the spatial gate's single output channel")
+    _check_devices(x, ws=ws, bs=bs)
+    _check_dtypes(x, w1=w1, b1=b1, w2=w2, b2=b2, ws=ws, bs=bs)
+    if backend_for(x) == "reference":
+        return reference.spatial_channel_squeeze_excite(x, w1, b1, w2, b2, ws, bs, act=act, gate=gate)
+    ops_scse = _fused_modules()[3]
+    return _output(ops_scse.scse(_kernels_input(x), w1, b1, w2, b2, ws, bs, act, gate)[0], x)

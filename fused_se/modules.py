@@ -17,7 +17,14 @@ import torch
 from torch import fx, nn
 
 from . import reference
-from .functional import RANKS, _dtype_pairs, _effective_squeeze_excite, _efficient_channel_attention, _squeeze_excite
+from .functional import (
+    RANKS,
+    _dtype_pairs,
+    _effective_squeeze_excite,
+    _efficient_channel_attention,
+    _spatial_channel_squeeze_excite,
+    _squeeze_excite,
+)
 
 _ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU}
 _GATE_MODULES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
@@ -428,3 +435,112 @@ class FusedEcaModule(FusedSEModule):
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, circular={self.circular}, gate={self.gate}"
+
+
+_GLOBAL_POOLS = (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)
+
+
+def _layer_name(module: nn.Module, names: dict[type, str], role: str) -> str:
+    name = names.get(type(module))
+    if name is None:
+        raise ValueError(f"{role} must be one of {', '.join(c.__name__ for c in names)}; got {type(module).__name__}")
+    return name
+
+
+class FusedSCSEModule(FusedSEModule):
+    """scSE, concurrent spatial and channel squeeze-and-excitation, fused: the drop-in for
+    segmentation_models_pytorch's SCSEModule(in_channels, reduction=16),
+
+        cSE = Sequential(AdaptiveAvgPool2d(1), Conv2d(C, C // r, 1), ReLU(inplace=True),
+                         Conv2d(C // r, C, 1), Sigmoid())
+        sSE = Sequential(Conv2d(C, 1, 1), Sigmoid())
+        forward(x) = x * cSE(x) + x * sSE(x)
+
+    with the same layers, so state_dicts (``cSE.1.weight``, ``cSE.1.bias``, ``cSE.3.weight``,
+    ``cSE.3.bias``, ``sSE.0.weight``, ``sSE.0.bias``) load both ways. The Sequentials are kept as
+    the containers of the parameters; forward does not call them. ``act`` ("relu" or "silu") and
+    ``gate`` ("sigmoid" or "hard_sigmoid") are the channel gate's; the spatial gate is a sigmoid.
+    ``from_module`` makes one around an existing SCSEModule's layers (shared Parameters).
+    x: (B, C, L), (B, C, H, W) or (B, C, D, H, W) (fused_se.functional.spatial_channel_squeeze_excite).
+    """
+
+    form = "scse"
+
+    def __init__(self, channel: int, reduction: int = 16, *, act: str = "relu", gate: str = "sigmoid") -> None:
+        channel = _check_int("channel", channel, 1)
+        hidden = channel // _check_int("reduction", reduction, 1, channel)
+        act = _check_name("act", act, reference.ACTIVATIONS)
+        gate = _check_name("gate", gate, reference.GATES)
+        cse = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(channel, hidden, 1),
+            _ACT_MODULES[act](inplace=True),
+            nn.Conv2d(hidden, channel, 1),
+            _GATE_MODULES[gate](),
+        )
+        self._init_from_layers(cse, nn.Sequential(nn.Conv2d(channel, 1, 1), nn.Sigmoid()))
+        self.reduction = reduction
+
+    @classmethod
+    def from_module(
+        cls, module: nn.Module, *, act: Optional[str] = None, gate: Optional[str] = None
+    ) -> FusedSCSEModule:
+        """A fused block around an existing SCSEModule's ``cSE`` and ``sSE`` Sequentials, sharing
+        their Parameters (and their modules: the state_dict keeps its keys and values). ``act`` and
+        ``gate`` name what cSE's activation and gate compute; by default they are read from their
+        classes (nn.ReLU or nn.SiLU; nn.Sigmoid or nn.Hardsigmoid)."""
+        cse, sse = getattr(module, "cSE", None), getattr(module, "sSE", None)
+        if cse is None or sse is None:
+            raise TypeError(f"module must hold cSE and sSE Sequentials (an SCSEModule); got {type(module).__name__}")
+        fused = cls.__new__(cls)
+        fused._init_from_layers(cse, sse, act, gate)
+        return fused
+
+    def _init_from_layers(
+        self, cse: nn.Sequential, sse: nn.Sequential, act_name: Optional[str] = None, gate_name: Optional[str] = None
+    ) -> None:
+        # Not FusedSEModule.__init__: this block holds the two Sequentials, not a Linear fc.
+        nn.Module.__init__(self)
+        if not (isinstance(cse, nn.Sequential) and len(cse) == 5):
+            raise TypeError("cSE must be an nn.Sequential of five modules (pool, conv, act, conv, gate)")
+        if not (isinstance(sse, nn.Sequential) and len(sse) == 2):
+            raise TypeError("sSE must be an nn.Sequential of two modules (conv, sigmoid)")
+        pool, reduce, act, expand, gate = cse
+        size = getattr(pool, "output_size", None)
+        if not (isinstance(pool, _GLOBAL_POOLS) and (size == 1 or (isinstance(size, tuple) and set(size) == {1}))):
+            raise ValueError(f"cSE.0 must be a global average pool (AdaptiveAvgPool2d(1)); got {pool!r}")
+        channels, hidden = getattr(reduce, "in_channels", None), getattr(reduce, "out_channels", None)
+        _check_pointwise_conv("cSE.1", reduce, channels, hidden)
+        _check_pointwise_conv("cSE.3", expand, hidden, channels)
+        _check_pointwise_conv("sSE.0", sse[0], channels, 1)
+        if act_name is None:
+            act_name = _layer_name(act, {m: n for n, m in _ACT_MODULES.items()}, "cSE.2")
+        if gate_name is None:
+            gate_name = _layer_name(gate, {m: n for n, m in _GATE_MODULES.items()}, "cSE.4")
+        _layer_name(sse[1], {nn.Sigmoid: "sigmoid"}, "sSE.1")
+        self._configure(channels, hidden, act_name, gate_name)
+        self.reduction = None
+        self.cSE = cse
+        self.sSE = sse
+
+    def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
+        _, reduce, _, expand, _ = self._modules["cSE"]._modules.values()
+        spatial = self._modules["sSE"]._modules["0"]
+        params = (_as_matrix(reduce.weight), reduce.bias, _as_matrix(expand.weight), expand.bias)
+        return _spatial_channel_squeeze_excite, (*params, spatial.weight.reshape(-1), spatial.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """x * (cSE(x) + sSE(x)), fused. x: (B, C, L), (B, C, H, W) or (B, C, D, H, W)."""
+        if isinstance(x, fx.Proxy):
+            return traced_as_leaf(self, x, (), {})
+        op, args = self._excitation()
+        try:  # free where nothing raises
+            return op(x, *args, self.act, self.gate)
+        except (TypeError, ValueError) as e:
+            error = self._input_error(x)
+            if error is None:
+                raise
+            raise error from e
+
+    def describe(self) -> str:
+        return super().describe() + " + spatial gate"

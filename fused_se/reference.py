@@ -146,6 +146,49 @@ def efficient_channel_attention(
     return _squeeze_scale(x, lambda z: excite_conv(z, w, b, circular, gate), residual, out_act, sample_scale)
 
 
+def spatial_channel_squeeze_excite(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: Optional[torch.Tensor],
+    w2: torch.Tensor,
+    b2: Optional[torch.Tensor],
+    ws: torch.Tensor,
+    bs: Optional[torch.Tensor] = None,
+    *,
+    act: str = "relu",
+    gate: str = "sigmoid",
+) -> torch.Tensor:
+    """scSE: y = x * (gate(W2 act(W1 mean(x) + b1) + b2)[b, c] + sigmoid(sum_c ws[c] x + bs)[b, hw]),
+    by autograd, in the accumulation dtype; x of any rank 3 to 5, ws (C,), bs (1,) or None."""
+    acc = acc_dtype(x.dtype)
+    xa = x.to(acc)
+    s = excite(squeeze(x), w1, b1, w2, b2, act, gate)
+    q = torch.einsum("bc...,c->b...", xa, ws.to(acc))
+    if bs is not None:
+        q = q + bs.to(acc).reshape(())
+    y = xa * (s.view(*s.shape, *(1,) * (x.dim() - 2)) + torch.sigmoid(q).unsqueeze(1))
+    return y.to(x.dtype)
+
+
+class SCSEModule(torch.nn.Module):
+    """scSE in nn layers, as segmentation_models_pytorch writes it (eager PyTorch): the module
+    FusedSCSEModule replaces, with the same state_dict keys."""
+
+    def __init__(self, in_channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.cSE = torch.nn.Sequential(
+            torch.nn.AdaptiveAvgPool2d(1),
+            torch.nn.Conv2d(in_channels, in_channels // reduction, 1),
+            torch.nn.ReLU(inplace=True),
+            torch.nn.Conv2d(in_channels // reduction, in_channels, 1),
+            torch.nn.Sigmoid(),
+        )
+        self.sSE = torch.nn.Sequential(torch.nn.Conv2d(in_channels, 1, 1), torch.nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.cSE(x) + x * self.sSE(x)
+
+
 class SEModule(torch.nn.Module):
     """The classic SE block in nn layers (eager PyTorch): the module FusedSEModule replaces."""
 

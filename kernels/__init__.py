@@ -18,6 +18,10 @@ same arguments and outputs, for CPU tensors):
                     se_bwd_stream(g, x, z, s, a, w1, b1, w2, need, act, gate, d, relu_out, store_g, cfg,
                                   grad_dtypes) -> (dx, dr, dw1, db1, dw2, db2)
                         (the weight gradients in grad_dtypes: the parameters')
+    scse.py         scse_squeeze_fwd(x, ws) -> (zsum, q)                scSE's passes around the
+                    scse_scale_fwd(x, s, q, bs) -> y                    MLP excitation
+                    scse_reduce_bwd(g, x, q, bs) -> (dssum, dq)
+                    scse_dx_bwd(g, x, s, dz, q, bs, dq, ws, need_dx, need_dws) -> (dx, dws)
     plan.py         plan_forward / plan_backward -> Plan(path, config): which of the MLP form's paths runs
     heuristics.py   block sizes and the thresholds behind each choice
 
@@ -38,6 +42,7 @@ from .excite_mlp import excite_bwd, excite_fwd
 from .one_launch import se_fwd_one_launch
 from .passes import scale_bwd, scale_fwd, squeeze_fwd, squeeze_scale_bwd
 from .plan import PATHS, Plan, force_paths, plan_backward, plan_forward
+from .scse import scse_dx_bwd, scse_reduce_bwd, scse_scale_fwd, scse_squeeze_fwd
 from .spread import se_fwd_spread
 from .stream import se_bwd_stream, se_fwd_stream
 
@@ -69,6 +74,10 @@ __all__ = [
     "record_launches",
     "scale_bwd",
     "scale_fwd",
+    "scse_dx_bwd",
+    "scse_reduce_bwd",
+    "scse_scale_fwd",
+    "scse_squeeze_fwd",
     "se_bwd_stream",
     "se_fwd_one_launch",
     "se_fwd_spread",

@@ -296,6 +296,38 @@ def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> Red
 MAX_GRID_Y = 65535
 
 
+# scSE (kernels/scse.py): a program takes one sample's tile of HW positions across every channel
+# (the spatial gate sums over C), SCSE_TILE elements a step, the contiguous axis the long side of
+# the tile. HW tiles halve, down to SCSE_MIN_BLOCK_HW, while fewer than
+# SPLIT_BELOW_PROGRAMS_PER_SM programs per SM would run: each HW tile writes one (B, C) row of
+# fp32 partial sums, so the floor bounds those rows at 4 / (16 * element size) of N.
+SCSE_TILE = 4096
+SCSE_MIN_BLOCK_HW = 16
+
+
+@dataclass(frozen=True)
+class ScseConfig:
+    block_c: int
+    block_hw: int
+    num_warps: int
+
+
+def scse_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> ScseConfig:
+    """The tiles of both scSE passes, forward and backward (the same tiling: the partial sums of
+    the first pass and the programs of the second are indexed alike)."""
+    if channels_last:
+        block_c = min(next_pow2(c), MAX_BLOCK_C_STREAM)
+        block_hw = min(next_pow2(hw), max(SCSE_MIN_BLOCK_HW, SCSE_TILE // block_c))
+    else:
+        block_hw = min(next_pow2(hw), MAX_BLOCK_HW_STREAM)
+        block_c = min(next_pow2(c), max(1, SCSE_TILE // block_hw))
+    while block_hw > SCSE_MIN_BLOCK_HW and b * cdiv(hw, block_hw) < SPLIT_BELOW_PROGRAMS_PER_SM * sms:
+        block_hw //= 2
+    if not channels_last:
+        block_c = min(next_pow2(c), max(1, SCSE_TILE // block_hw))
+    return ScseConfig(block_c, block_hw, num_warps=4 if block_c * block_hw <= 2048 else 8)
+
+
 def flat_rows(hw: int) -> bool:
     """Whether NCHW rows of hw elements take the flat passes (see FLAT_MAX_HW)."""
     return FLAT_MIN_HW <= hw <= FLAT_MAX_HW

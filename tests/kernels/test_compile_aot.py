@@ -269,6 +269,38 @@ def _exercise(launches):
                     y, x, z, s, a, w1, None, w2, None, "relu", "sigmoid", n, True, True, False, True, False
                 )
 
+    _exercise_scse()
+
+
+def _exercise_scse():
+    """scSE's passes (kernels/scse.py): every dtype, both layouts, the tiles of both (a 128-channel
+    channels_last tile, a 1024-position NCHW one), with and without the spatial gate's bias, fp32
+    parameters with a 16-bit x, and each backward gradient pattern."""
+    import torch
+
+    from fused_se import kernels
+
+    for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
+        for shape, layout in (
+            ((3, 65, 7, 7), "nchw"),
+            ((3, 65, 7, 7), "channels_last"),
+            ((2, 256, 16, 16), "channels_last"),
+            ((2, 16, 64, 64), "nchw"),
+        ):
+            x = torch.randn(shape, dtype=dtype)
+            if layout == "channels_last":
+                x = x.to(memory_format=torch.channels_last)
+            b, c = shape[:2]
+            pdt = torch.float32 if dtype in (torch.float16, torch.bfloat16) and shape[1] == 65 else dtype
+            acc = kernels.acc_dtype(dtype)
+            ws, s, dz = torch.randn(c, dtype=pdt), torch.rand(b, c, dtype=acc), torch.randn(b, c, dtype=acc)
+            for bs in (torch.randn(1, dtype=pdt), None):
+                _, q = kernels.scse_squeeze_fwd(x, ws)
+                kernels.scse_scale_fwd(x, s, q, bs)
+                _, dq = kernels.scse_reduce_bwd(x, x, q, bs)
+                for need in ((True, True), (True, False), (False, True)):
+                    kernels.scse_dx_bwd(x, x, s, dz, q, bs, dq, ws, *need)
+
 
 def _main(arch: str) -> int:
     import triton
