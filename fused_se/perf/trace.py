@@ -121,6 +121,17 @@ def _storage_key(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
+def _op_body(name: str):
+    """The Python body of the fused_se op `name` (a triton_op), from the module that declares it."""
+    from fused_se import ops, ops_scse
+
+    for module in (ops, ops_scse):
+        op = getattr(module, name, None)
+        if op is not None:
+            return op._init_fn
+    raise LookupError(f"no fused_se op {name!r} in fused_se.ops or fused_se.ops_scse")
+
+
 class _Mode(TorchDispatchMode):
     def __init__(self, tracer: Tracer) -> None:
         super().__init__()
@@ -132,9 +143,7 @@ class _Mode(TorchDispatchMode):
         if tr._in_launch:
             return func(*args, **kwargs)
         if func.namespace == "fused_se":
-            from fused_se import ops
-
-            body = getattr(ops, func._opname)._init_fn
+            body = _op_body(func._opname)
             with self:
                 return body(*args, **kwargs)
         name = func.overloadpacket.__name__
