@@ -78,7 +78,7 @@ def check(label: str, dtype: torch.dtype, layout: str, batch: int, size: int, de
     names = ["output", "grad of input"] + [f"grad of SE parameter {i}" for i in range(len(ref) - 2)]
     worst = {"name": None, "ratio": 0.0}
     failures = []
-    for name, o, e, r in zip(names, ours, own, ref):
+    for name, o, e, r in zip(names, ours, own, ref, strict=True):
         bound = 2 * _err(e, r) + 0.01 * max(1e-6, r.abs().max().item())
         err = _err(o, r)
         if err / bound > worst["ratio"]:

@@ -17,9 +17,10 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 # SE-ResNet-50's SE placements (C, H, W, hidden), as fused-se-bench's seresnet50 preset
 SERESNET50 = [(256, 56, 56, 16), (512, 28, 28, 32), (1024, 14, 14, 64), (2048, 7, 7, 128)]

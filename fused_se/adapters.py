@@ -13,7 +13,8 @@ fused_se.modules cover the layouts of timm and torchvision; these cover the rest
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import fx, nn

@@ -44,8 +44,9 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Optional, Union
 
 from torch import nn
 
@@ -438,7 +439,7 @@ class ConversionReport:
         widths = [max(len(row[i]) for row in table) for i in range(4)]
         lines = [head]
         for row in table:
-            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths)) + "  " + row[4])
+            lines.append("  ".join(cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)) + "  " + row[4])
         return "\n".join(lines)
 
 

@@ -384,7 +384,7 @@ def _in_dtypes(grads: tuple[Optional[Tensor], ...], dtypes: Optional[tuple[torch
     """The weight gradients in dtypes (as the kernels store them), or as they are without."""
     if dtypes is None:
         return grads
-    return tuple(None if t is None else as_dtype(t, dt) for t, dt in zip(grads, dtypes))
+    return tuple(None if t is None else as_dtype(t, dt) for t, dt in zip(grads, dtypes, strict=True))
 
 
 # ---- k-tap conv across channels ----------------------------------------------------------------

@@ -49,7 +49,7 @@ def _parse(argv):
 def parity(ours: list[torch.Tensor], eager: list[torch.Tensor], ref: list[torch.Tensor]) -> list[tuple]:
     """Per tensor: (fused error, eager error, allowed, passed), errors as max |a - ref|."""
     out = []
-    for a, e, r in zip(ours, eager, ref):
+    for a, e, r in zip(ours, eager, ref, strict=True):
         err_a = (a.double() - r).abs().max().item()
         err_e = (e.double() - r).abs().max().item()
         allowed = max(PARITY_FACTOR * err_e, PARITY_FLOOR)
@@ -119,7 +119,7 @@ def main(argv=None) -> int:
     print(f"fused forward + backward ran {len(launched)} Triton kernels: {ran} ({elapsed:.2f} s)")
     print(f"{'tensor':<12}{'fused vs fp64':>16}{'eager vs fp64':>16}{'allowed':>12}")
     results = parity(ours, eager, ref)
-    for name, (err_a, err_e, allowed, passed) in zip(["y", "grad x", "grad fc.0", "grad fc.2"], results):
+    for name, (err_a, err_e, allowed, passed) in zip(["y", "grad x", "grad fc.0", "grad fc.2"], results, strict=True):
         print(f"{name:<12}{err_a:>16.3e}{err_e:>16.3e}{allowed:>12.3e}{'' if passed else '  FAILED'}")
     ok = all(passed for *_, passed in results)
     rule = f"fused error within {PARITY_FACTOR:g}x eager's own, or {PARITY_FLOOR:g}"

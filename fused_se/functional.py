@@ -231,7 +231,7 @@ def _flat_spatial_stride(x: torch.Tensor) -> Optional[int]:
     (size-1 dims are free)."""
     stride = None
     expected = None
-    for size, st in reversed(list(zip(x.shape[2:], x.stride()[2:]))):
+    for size, st in reversed(list(zip(x.shape[2:], x.stride()[2:], strict=True))):
         if size == 1:
             continue
         if expected is not None and st != expected:

@@ -18,7 +18,8 @@ code uses) before anything is installed. Under an FX trace the block runs its ow
 from __future__ import annotations
 
 import sys
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import fx, nn

@@ -11,7 +11,8 @@ the state_dict unchanged.
 from __future__ import annotations
 
 import functools
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import fx, nn

@@ -21,8 +21,9 @@ gives the excitation's two steps, and may take a whole forward or backward over 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -196,7 +197,7 @@ class Op:
         h = rest[-1] if self.hidden else None
         grad_y = _dense_grad(grad_y)
         inputs = (x, *args[: self.n_need - 1])
-        need = tuple(q and t is not None for q, t in zip(asked, inputs))
+        need = tuple(q and t is not None for q, t in zip(asked, inputs, strict=True))
         store_g = need_dres and out is not None  # the ReLU tail's shortcut gradient is written out
         d = sample_factor(sample_scale, x)
         done = None
@@ -215,7 +216,7 @@ class Op:
             empty(0, dtype=x.dtype, device=x.device)
             if t is None or like is None
             else decomposed.as_dtype(t, like.dtype)
-            for t, like in zip(done, (*inputs, x))
+            for t, like in zip(done, (*inputs, x), strict=True)
         )
 
     def _lengths(self, args: tuple) -> Optional[Tensor]:
@@ -247,9 +248,9 @@ class Op:
             args = (*tensors, *ctx.others)
         else:
             args = [None] * self.n_args
-            for i, t in zip(self.tensor_args, tensors):
+            for i, t in zip(self.tensor_args, tensors, strict=True):
                 args[i] = t
-            for i, v in zip(self.other_args, ctx.others):
+            for i, v in zip(self.other_args, ctx.others, strict=True):
                 args[i] = v
         # trailing inputs left at their defaults are not passed through autograd: needs_input_grad
         # may be shorter than the schema
@@ -262,7 +263,7 @@ class Op:
         backward = self.plain_backward if plain else self.backward_op
         hidden = (ctx.hidden,) if self.hidden else ()
         *grads, dres = backward(grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *hidden)
-        grads = [g if n else None for g, n in zip(grads, need)]
+        grads = [g if n else None for g, n in zip(grads, need, strict=True)]
         # without a ReLU the residual's gradient is dy itself
         return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None)
 

@@ -52,7 +52,7 @@ def _backward(
     """Every gradient of GRADS in its input's dtype; an empty tensor where not asked for (or the
     input is None)."""
     inputs = (x, w1, b1, w2, b2, ws, bs)
-    need = tuple(n and t is not None for n, t in zip(need, inputs))
+    need = tuple(n and t is not None for n, t in zip(need, inputs, strict=True))
     need_dx, need_dw1, need_db1, need_dw2, need_db2, need_dws, need_dbs = need
     grad_y = _dense_grad(grad_y)
     impl = impl_for(x)
@@ -63,7 +63,7 @@ def _backward(
     dbs: Optional[Tensor] = dq.sum().reshape(bs.shape) if need_dbs else None
     return tuple(
         empty(0, dtype=x.dtype, device=x.device) if t is None else decomposed.as_dtype(t, like.dtype)
-        for t, like in zip((dx, dw1, db1, dw2, db2, dws, dbs), inputs)
+        for t, like in zip((dx, dw1, db1, dw2, db2, dws, dbs), inputs, strict=True)
     )
 
 
@@ -91,7 +91,7 @@ def _autograd_backward(ctx, grad_y, *_ignored):
         return (None,) * 9
     need = ctx.needs_input_grad[: len(GRADS)]
     grads = scse_backward(grad_y, *ctx.saved_tensors, ctx.act, ctx.gate, *need)
-    return (*(g if n else None for g, n in zip(grads, need)), None, None)
+    return (*(g if n else None for g, n in zip(grads, need, strict=True)), None, None)
 
 
 scse.register_autograd(_autograd_backward, setup_context=_setup_context)

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import inspect
 import operator
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 import torch.nn.functional as F

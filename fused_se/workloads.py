@@ -140,12 +140,15 @@ def parse_shape(text: str) -> tuple[int, SEShape]:
                     f"shape must be {SHAPE_SYNTAX}; got {text!r}: SPATIAL {spatial!r} has {len(items)} dims"
                 )
             dims = tuple(_positive("the size", d, text) for d in items)
-        n, c = (_positive(name, v, text) for name, v in zip(("N", "C"), parts[:2]))
+        n, c = (_positive(name, v, text) for name, v in zip(("N", "C"), parts[:2], strict=True))
         hidden = _positive("hidden", parts[3], text) if len(parts) == 4 else max(1, c // 16)
         return n, SEShape.of(c, dims, hidden)
     if grouped or len(parts) not in (4, 5):
         raise argparse.ArgumentTypeError(f"shape must be {SHAPE_SYNTAX}; got {text!r}")
-    n, c, h, w, *rest = (_positive(name, v, text) for name, v in zip(("N", "C", "H", "W", "hidden"), parts))
+    n, c, h, w, *rest = (
+        _positive(name, v, text)
+        for name, v in zip(("N", "C", "H", "W", "hidden"), parts, strict=False)  # hidden optional
+    )
     hidden = rest[0] if rest else max(1, c // 16)
     return n, SEShape(c, h, w, hidden)
 

@@ -146,7 +146,7 @@ def sum_partials(
         return parts
     assert len(parts) <= 4 and all(t.is_contiguous() and t.shape[0] == p for t in present)
     assert len({t.dtype for t in present}) == 1
-    asked = {dt for t, dt in zip(parts, dtypes or ()) if t is not None}
+    asked = {dt for t, dt in zip(parts, dtypes or (), strict=False) if t is not None}  # dtypes may be None
     out_dtype = asked.pop() if len(asked) == 1 else present[0].dtype
     outs = tuple(None if t is None else empty(*t.shape[1:], dtype=out_dtype, device=t.device) for t in parts)
     pad = 4 - len(parts)  # unused slots: n = 0, any pointer of the slots' types

@@ -203,7 +203,7 @@ def main(argv=None) -> int:
         f"fused-se-bench on {env['device']} | torch {env['torch']} | triton {env['triton']} | fused_se {env['fused_se']}",
         flush=True,
     )
-    shapes = ", ".join(f"{n}x{s.label()},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list))
+    shapes = ", ".join(f"{n}x{s.label()},{s.hidden}" for n, s in zip(args.batch_list, args.shape_list, strict=True))
     order = " ".join(p for ps in provider_passes(args.providers) for p in ps)
     print(f"{args.dtype}, shapes (N x C x spatial, hidden) {shapes}, providers {order}", flush=True)
     writer = RowWriter(se_table(gpu=cuda, providers=args.providers), args.json, args.csv, args.append)

@@ -33,8 +33,9 @@ import os
 import textwrap
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
@@ -557,7 +558,7 @@ def write_plot(rows: list[dict], path: str) -> None:
         raise ValueError("no measured rows to plot")
     batches = sorted({r["batch"] for r in rows})
     fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 5), squeeze=False)
-    for ax, batch in zip(axes[0], batches):
+    for ax, batch in zip(axes[0], batches, strict=True):
         sel = [r for r in rows if r["batch"] == batch]
         labels = list(dict.fromkeys(f"{r['model']}\n{r['variant']}" for r in sel))
         modes = [m for m in MODES if any(r["mode"] == m for r in sel)]

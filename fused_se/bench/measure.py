@@ -7,7 +7,8 @@ import datetime
 import platform
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 

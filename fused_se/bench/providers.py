@@ -4,7 +4,8 @@ call each mode times; and the fused provider's path label."""
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import nn
@@ -42,7 +43,7 @@ class CudaGraphed(nn.Module):
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):
                 self.static_out = self.inner(*self.static_in)
-        for buf, t in zip(self.static_in, (x, *extra)):
+        for buf, t in zip(self.static_in, (x, *extra), strict=True):
             if t.data_ptr() != buf.data_ptr():
                 buf.copy_(t)
         self.graph.replay()

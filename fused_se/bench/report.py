@@ -11,8 +11,9 @@ import os
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, TextIO
+from typing import Optional, TextIO
 
 from .measure import NOISY_SPREAD
 

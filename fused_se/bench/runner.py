@@ -59,7 +59,10 @@ def run(args: argparse.Namespace, sink: Optional[RowSink] = None) -> list[dict]:
     env["run"] = getattr(args, "label", None)
     copy_gbs = copy_bandwidth_gbs(device, args.warmup, args.reps) if device.type == "cuda" else None
     cases = [
-        (s, n, lay, m) for s, n in zip(args.shape_list, args.batch_list) for lay in args.layouts for m in args.modes
+        (s, n, lay, m)
+        for s, n in zip(args.shape_list, args.batch_list, strict=True)
+        for lay in args.layouts
+        for m in args.modes
     ]
     passes = provider_passes(args.providers)
     progress = Progress(len(cases) * len(args.providers))

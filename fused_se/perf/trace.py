@@ -103,8 +103,8 @@ def _tensor_span(t: torch.Tensor, base: int) -> tuple[int, int]:
     if t.numel() == 0:
         return 0, 0
     es = t.element_size()
-    lo = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s < 0)
-    hi = sum((n - 1) * s for n, s in zip(t.shape, t.stride()) if s > 0)
+    lo = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s < 0)
+    hi = sum((n - 1) * s for n, s in zip(t.shape, t.stride(), strict=True) if s > 0)
     first = base + t.storage_offset() * es
     return first + lo * es, first + (hi + 1) * es
 

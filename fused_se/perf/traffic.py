@@ -42,9 +42,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Optional, TextIO
+from typing import Optional, TextIO
 
 import torch
 

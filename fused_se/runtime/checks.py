@@ -13,8 +13,9 @@ import inspect
 import os
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Optional
 
 # name -> why its public path runs instead (for tests and bug reports)
 FALLBACKS: dict[str, str] = {}

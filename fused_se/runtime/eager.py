@@ -7,7 +7,7 @@ kernels take on a GPU.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from .replay import replayed
 from .trace import set_wrap_triton_enabled

@@ -16,9 +16,9 @@ A launch is bound three ways (`bind`):
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import triton

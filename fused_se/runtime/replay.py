@@ -38,7 +38,8 @@ replays off (read at import).
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 
@@ -118,7 +119,7 @@ class Program:
                 if z != zeroed or device is None or first_alloc_slot + j in returned:
                     continue
                 self.offsets[j] = self.scratch_bytes
-                span = 0 if 0 in shape else 1 + sum((n - 1) * st for n, st in zip(shape, stride))
+                span = 0 if 0 in shape else 1 + sum((n - 1) * st for n, st in zip(shape, stride, strict=True))
                 self.scratch_bytes += -(-span * dtype.itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
             if zeroed:
                 self.zeroed_bytes = self.scratch_bytes
@@ -135,7 +136,7 @@ class Program:
             if self.zeroed_bytes:
                 scratch[: self.zeroed_bytes].zero_()
             base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
-        for (shape, stride, dtype, device, zeroed), offset in zip(self.allocs, self.offsets):
+        for (shape, stride, dtype, device, zeroed), offset in zip(self.allocs, self.offsets, strict=True):
             if base is not None and offset is not None:
                 slots.append(base + offset)
                 continue

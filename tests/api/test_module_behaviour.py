@@ -111,7 +111,7 @@ def test_deepcopy_is_independent(case):
     clone = copy.deepcopy(fused)
     assert type(clone) is type(fused) and repr(clone) == repr(fused)
     assert [n for n, _ in clone.named_parameters()] == [n for n, _ in fused.named_parameters()]
-    for p, q in zip(fused.parameters(), clone.parameters()):
+    for p, q in zip(fused.parameters(), clone.parameters(), strict=True):
         assert q is not p and q.data_ptr() != p.data_ptr()
         assert torch.equal(q, p)
     x, g = torch.randn(SHAPE), torch.randn(SHAPE)
@@ -120,7 +120,7 @@ def test_deepcopy_is_independent(case):
         y_clone, dx_clone, grads_clone = forward_and_grads(clone, x, g)
     assert launched == 2 * (fwd_launches(form) + BWD_LAUNCHES[form])
     assert torch.equal(y_clone, y) and torch.equal(dx_clone, dx)
-    for dp, dq in zip(grads, grads_clone):
+    for dp, dq in zip(grads, grads_clone, strict=True):
         assert torch.equal(dq, dp)
     # Changing the copy leaves the original alone.
     with torch.no_grad():
@@ -141,7 +141,7 @@ def test_pickle_round_trip(case):
         fused.act,
         fused.gate,
     )
-    for (n, p), (m, q) in zip(fused.named_parameters(), loaded.named_parameters()):
+    for (n, p), (m, q) in zip(fused.named_parameters(), loaded.named_parameters(), strict=True):
         assert m == n and torch.equal(q, p) and q.requires_grad
     x = torch.randn(SHAPE)
     with record_launches() as launched:
@@ -229,7 +229,7 @@ def test_to_float64(case):
     assert y.dtype == dx.dtype == torch.float64
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dx, dx_ref, rtol=1e-12, atol=1e-12)
-    for dp, dp_ref in zip(grads, grads_ref):
+    for dp, dp_ref in zip(grads, grads_ref, strict=True):
         assert dp.dtype == torch.float64
         torch.testing.assert_close(dp, dp_ref, rtol=1e-12, atol=1e-12)
 
@@ -254,7 +254,7 @@ def test_half_and_bfloat16(case, method):
     assert_within_torch_error("y", y, y_own, y64)
     assert_within_torch_error("dx", dx, dx_own, dx64)
     names = [n for n, _ in fused.named_parameters()]
-    for name, dp, dp_own, dp64 in zip(names, grads, grads_own, grads64):
+    for name, dp, dp_own, dp64 in zip(names, grads, grads_own, grads64, strict=True):
         assert dp.dtype == dtype, name
         assert_within_torch_error(name, dp, dp_own, dp64)
 
@@ -392,7 +392,7 @@ def test_train_and_eval_give_the_same_result(case):
     assert launched == 2 * (fwd_launches(form) + BWD_LAUNCHES[form])
     assert not fused.training and not any(m.training for m in fused.modules())
     assert torch.equal(y_eval, y_train) and torch.equal(dx_eval, dx_train)
-    for a, b in zip(grads_train, grads_eval):
+    for a, b in zip(grads_train, grads_eval, strict=True):
         assert torch.equal(a, b)
 
 
@@ -414,7 +414,7 @@ def test_parameters_of_a_converted_model_are_the_originals():
     convert_checked(model)
     after = list(model.named_parameters())
     assert [n for n, _ in after] == [n for n, _ in before]
-    assert all(p is q for (_, p), (_, q) in zip(after, before))
+    assert all(p is q for (_, p), (_, q) in zip(after, before, strict=True))
 
 
 @pytest.mark.parametrize("case", list(CASES))
