@@ -123,7 +123,8 @@ def cases(draw):
 def _run(fn, x, params, residual, grads, g):
     x = x.detach().clone().requires_grad_(grads[0])
     leaves = [
-        p.detach().clone().requires_grad_(n) if p is not None else None for p, n in zip(params, grads[1:5], strict=False)
+        p.detach().clone().requires_grad_(n) if p is not None else None
+        for p, n in zip(params, grads[1:5], strict=False)
     ]
     if residual is not None:
         residual = residual.detach().clone().requires_grad_(grads[5])
