@@ -170,15 +170,22 @@ def _grid(x: torch.Tensor, cfg: hz.ScseConfig) -> int:
     return x.shape[0] * hz.cdiv(x.shape[2] * x.shape[3], cfg.block_hw)
 
 
+def _reduced(x: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first pass's two outputs, in the accumulation dtype: a (SPLIT, B, C) row of partial sums
+    over each HW tile, and a (B, HW) value per position (the reduction over C)."""
+    b, c, h, w = x.shape
+    acc = acc_dtype(x.dtype)
+    sums = empty(hz.cdiv(h * w, cfg.block_hw), b, c, dtype=acc, device=x.device)
+    return sums, empty(b, h * w, dtype=acc, device=x.device)
+
+
 def scse_squeeze_fwd(x: torch.Tensor, ws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(zsum, q): the partial sums of x over HW tiles, (SPLIT, B, C), which excite_fwd adds up into
     z, and q[b, hw] = sum_c ws[c] x[b, c, hw], (B, HW); both in the accumulation dtype. ws: (C,)."""
     b, c, h, w = x.shape
     hw = h * w
     cfg = _config(x)
-    acc = acc_dtype(x.dtype)
-    zsum = empty(hz.cdiv(hw, cfg.block_hw), b, c, dtype=acc, device=x.device)
-    q = empty(b, hw, dtype=acc, device=x.device)
+    zsum, q = _reduced(x, cfg)
     record("scse_squeeze")
     if x.numel():
         xs = strides_of(x, None)
@@ -216,9 +223,7 @@ def scse_reduce_bwd(
     b, c, h, w = x.shape
     hw = h * w
     cfg = _config(x)
-    acc = acc_dtype(x.dtype)
-    dssum = empty(hz.cdiv(hw, cfg.block_hw), b, c, dtype=acc, device=x.device)
-    dq = empty(b, hw, dtype=acc, device=x.device)
+    dssum, dq = _reduced(x, cfg)
     record("scse_reduce_bwd")
     if x.numel():
         launch(_scse_squeeze_kernel, (_grid(x, cfg),))(
