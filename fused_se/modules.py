@@ -26,6 +26,7 @@ from .functional import (
     _spatial_channel_squeeze_excite,
     _squeeze_excite,
 )
+from .runtime.modules import children, own_parameters
 
 _ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU}
 _GATE_MODULES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
@@ -184,8 +185,8 @@ class FusedSEModule(nn.Module):
         """The functional op of this block's form, with every argument positional, and its
         arguments between x and the tail (parameters, options)."""
         # the layers by position, without Module.__getattr__ or Sequential's indexing (each a
-        # per-call cost on small inputs); a submodule always lives in _modules
-        fc1, _, fc2, _ = self._modules["fc"]._modules.values()
+        # per-call cost on small inputs)
+        fc1, _, fc2, _ = children(children(self)["fc"]).values()
         return _squeeze_excite, (*_weight_and_bias(fc1), *_weight_and_bias(fc2), self.act, self.gate)
 
     def forward(
@@ -253,7 +254,7 @@ def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, Optional[torch.Ten
     Module.__getattr__ (microseconds a call on small inputs). A subclass, a parametrized layer
     (whose class parametrize replaces), may compute them: it is asked."""
     if type(layer) is nn.Linear:
-        params = layer._parameters
+        params = own_parameters(layer)
         weight = params.get("weight")
         if weight is not None:
             return weight, params.get("bias")
@@ -525,8 +526,9 @@ class FusedSCSEModule(FusedSEModule):
         self.sSE = sse
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
-        _, reduce, _, expand, _ = self._modules["cSE"]._modules.values()
-        spatial = self._modules["sSE"]._modules["0"]
+        own = children(self)
+        _, reduce, _, expand, _ = children(own["cSE"]).values()
+        spatial = children(own["sSE"])["0"]
         params = (_as_matrix(reduce.weight), reduce.bias, _as_matrix(expand.weight), expand.bias)
         return _spatial_channel_squeeze_excite, (*params, spatial.weight.reshape(-1), spatial.bias)
 

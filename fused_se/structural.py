@@ -91,7 +91,7 @@ def _is_fc(m: nn.Module) -> bool:
 
 def is_candidate(module: nn.Module) -> bool:
     """A small module with two FCs and a pooling child or a mean in its forward: worth a trace."""
-    children = module._modules
+    children = dict(module.named_children())
     if not children or len(children) >= MAX_MODULES:
         return False
     squeezes = _forward_squeezes(type(module))

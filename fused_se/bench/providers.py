@@ -61,7 +61,7 @@ def build_provider(
         eager = build_block("eager", shape, device, dtype, tail)
         # Every row compiles its own module: start from a clean cache, so that no recompile
         # limit sends a later row back to eager without a word.
-        torch._dynamo.reset()
+        torch.compiler.reset()
         return torch.compile(eager, mode=COMPILE_MODES[provider])
     return build_block(provider, shape, device, dtype, tail)
 

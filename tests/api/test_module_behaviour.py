@@ -177,14 +177,14 @@ def test_state_dict_round_trip(case):
 
     # Into a fresh fused block and into a fresh eager block, strictly: no key missing or left over.
     fresh_fused, fresh_eager = make_fused(), make_eager()
-    assert not any(fresh_fused.load_state_dict(fused.state_dict(), strict=False))
-    assert not any(fresh_eager.load_state_dict(fused.state_dict(), strict=False))
+    assert not any(fresh_fused.load_state_dict(fused.state_dict(), strict=True))
+    assert not any(fresh_eager.load_state_dict(fused.state_dict(), strict=True))
     assert torch.equal(fresh_fused(x), y)
     torch.testing.assert_close(fresh_eager(x), y, rtol=1e-5, atol=1e-6)
 
     # And back: the eager block's state_dict into a fresh fused block.
     back = make_fused()
-    assert not any(back.load_state_dict(fresh_eager.state_dict(), strict=False))
+    assert not any(back.load_state_dict(fresh_eager.state_dict(), strict=True))
     assert torch.equal(back(x), y)
 
 
@@ -193,9 +193,9 @@ def test_state_dict_strict_loading_rejects_other_layouts():
     state_dict, and the classic block does not take an extra bias."""
     with_bias = fused_se.FusedSEModule(16, 4, bias=True)
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*fc\.0\.bias"):
-        with_bias.load_state_dict(reference.SEModule(16, 4).state_dict(), strict=False)
+        with_bias.load_state_dict(reference.SEModule(16, 4).state_dict(), strict=True)
     with pytest.raises(RuntimeError, match=r"Unexpected key\(s\).*fc\.0\.bias"):
-        reference.SEModule(16, 4).load_state_dict(with_bias.state_dict(), strict=False)
+        reference.SEModule(16, 4).load_state_dict(with_bias.state_dict(), strict=True)
 
 
 def test_state_dict_of_a_converted_model_loads_both_ways(mobilenet):
@@ -203,9 +203,9 @@ def test_state_dict_of_a_converted_model_loads_both_ways(mobilenet):
     into a converted one; both compute the same output."""
     mobilenet, x, y_mobilenet = mobilenet
     eager = timm.create_model("mobilenetv3_small_050", pretrained=False).eval()
-    assert not any(eager.load_state_dict(mobilenet.state_dict(), strict=False))
+    assert not any(eager.load_state_dict(mobilenet.state_dict(), strict=True))
     converted = convert_checked(timm.create_model("mobilenetv3_small_050", pretrained=False).eval())
-    assert not any(converted.load_state_dict(eager.state_dict(), strict=False))
+    assert not any(converted.load_state_dict(eager.state_dict(), strict=True))
     with record_launches() as launched:
         y = converted(x)
     assert len(launched) == 3 * len(fused_blocks(converted))

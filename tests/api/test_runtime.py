@@ -138,6 +138,7 @@ def test_every_check_failed_at_import_gives_public_paths_one_warning_each_and_th
     assert forced_digest == digest
     names = [
         "Tensor._version",
+        "nn.Module._modules and _parameters",
         "os.environ._data",
         "torch's is_fake",
         "torch's trace and mode flags",
