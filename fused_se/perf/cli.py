@@ -80,8 +80,12 @@ def main(argv=None, prog: str = "python -m fused_se.perf") -> int:
     elif args.host:
         from . import host
 
-        rows = host.run_host(args)
-        print(host.format_host(rows))
+        if args.model:
+            rows = host.run_models(args)
+            print(host.format_models(rows))
+        else:
+            rows = host.run_host(args)
+            print(host.format_host(rows))
     else:
         from . import kernel_report
 

@@ -14,6 +14,7 @@ The minimum over repeats, in microseconds per call.
 
 from __future__ import annotations
 
+import copy
 import timeit
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -159,8 +160,105 @@ def _run_host(args) -> list[dict]:
     return rows
 
 
+# ---- a converted model's SE blocks --------------------------------------------------------------
+
+MODEL_SIZE = 32  # the tiny CPU input's height and width
+
+
+def _se_inputs(model, size: int) -> dict[str, tuple]:
+    """The input shape of every SE block convert finds in `model`, by the block's name, from one
+    forward of the eager model on a (1, 3, size, size) input."""
+    import fused_se
+
+    probe = fused_se.convert(copy.deepcopy(model))
+    names = [n for n, m in probe.named_modules() if isinstance(m, fused_se.FusedSEModule)]
+    shapes: dict[str, tuple] = {}
+
+    def keep(name: str):
+        def hook(module, args) -> None:  # returns None: the block's input unchanged
+            shapes.setdefault(name, tuple(args[0].shape))
+
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(keep(n)) for n in names]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.randn(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def model_rows(name: str, number: int, repeat: int, size: int = MODEL_SIZE) -> list[dict]:
+    """Host microseconds of forward+backward per SE block class of timm model `name`: the eager block
+    against the block convert puts in its place (fused kernels' launches stubbed), and a row for the
+    step's SE blocks (each block at its class's cost). Each class is timed at its narrowest block in
+    the model on a (1, C, 1, 1) input, where eager's arithmetic is least (a GPU runs it as kernels):
+    what is left is dispatch, autograd and Python on both sides. The rest of a training step is the
+    same on both sides, so the step's difference is the blocks'."""
+    import timm
+
+    import fused_se
+
+    torch.manual_seed(0)
+    eager_model = timm.create_model(name, pretrained=False)
+    shapes = _se_inputs(eager_model, size)
+    fused_model = fused_se.convert(copy.deepcopy(eager_model)).train()
+    eager_model.train()
+    by_class: dict[tuple, list] = {}  # (eager class, fused class) -> [(C, block name), ...]
+    for block, shape in shapes.items():
+        key = (type(eager_model.get_submodule(block)).__name__, type(fused_model.get_submodule(block)).__name__)
+        by_class.setdefault(key, []).append((shape[1], block))
+    rows = []
+    for (eager_name, fused_name), blocks in by_class.items():
+        c, block = min(blocks)
+        x = torch.randn(1, c, 1, 1)
+        eager_us = min_us(_call(eager_model.get_submodule(block), x, "fwd+bwd"), number, repeat)
+        with stubbed_launches():
+            fused_us = min_us(_call(fused_model.get_submodule(block), x, "fwd+bwd"), number, repeat)
+        rows.append({"model": name, "block": eager_name, "fused": fused_name, "shape": f"{c}x1x1",
+                     "blocks": len(blocks), "eager_us": eager_us, "fused_us": fused_us})  # fmt: skip
+    step_eager = sum(r["eager_us"] * r["blocks"] for r in rows)
+    step_fused = sum(r["fused_us"] * r["blocks"] for r in rows)
+    rows.append({"model": name, "block": "the step's SE blocks", "fused": "", "shape": "",
+                 "blocks": sum(r["blocks"] for r in rows), "eager_us": step_eager, "fused_us": step_fused})  # fmt: skip
+    return rows
+
+
+def run_models(args) -> list[dict]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [row for name in args.model for row in model_rows(name, args.number, args.repeat)]
+    finally:
+        torch.set_num_threads(threads)
+
+
+def format_models(rows: list[dict]) -> str:
+    head = (
+        f"{'model':<15} {'eager block':<20} {'fused as':<20} {'C x map':>9} {'n':>3} {'eager us':>9} {'fused':>8} "
+        f"{'ratio':>6}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['model'][:15]:<15} {r['block'][:20]:<20} {r['fused'][:20]:<20} {r['shape']:>9} {r['blocks']:>3} "
+            f"{r['eager_us']:>9.1f} {r['fused_us']:>8.1f} {r['fused_us'] / r['eager_us']:>5.2f}x"
+        )
+    lines.append("host us per forward+backward of a block at its class's narrowest C on a 1x1 map (fused: launches")
+    lines.append("stubbed), minimum over repeats, one thread of this machine's CPU; the step's row: each SE block")
+    lines.append("of the model once, at its class's cost")
+    return "\n".join(lines)
+
+
 def add_arguments(p) -> None:
     g = p.add_argument_group("host (--host)")
+    g.add_argument(
+        "--model", nargs="+", metavar="NAME",
+        help="instead of the one block: each SE block of these timm models against what convert puts in "
+        "its place, and the step's SE blocks (e.g. seresnet50 efficientnet_b0)",
+    )  # fmt: skip
     g.add_argument("--host-paths", nargs="+", choices=PATHS, default=list(PATHS))
     g.add_argument("--host-modes", nargs="+", choices=MODES, default=list(MODES))
     g.add_argument("--host-channels", type=int, default=32, help="C of the tiny tensors (default 32, 4x4 maps)")

@@ -35,3 +35,30 @@ def test_stubs_are_undone():
     with pytest.raises(KeyError):
         with host.forced_path("nothing", 2, 1):
             pass
+
+
+def test_a_models_se_blocks_are_timed_against_what_convert_puts_in_their_place(monkeypatch):
+    """--host --model: a row per SE block class (eager against its fused replacement, launches stubbed)
+    and the step's row, which counts every SE block of the model."""
+    pytest.importorskip("timm")
+    import timm
+
+    import fused_se
+
+    stubbed = []
+    real = host.stubbed_launches
+
+    def recording():
+        stubbed.append(True)
+        return real()
+
+    monkeypatch.setattr(host, "stubbed_launches", recording)
+    rows = host.model_rows("seresnet18", number=1, repeat=1)
+    blocks, step = rows[:-1], rows[-1]
+    assert [(r["block"], r["fused"], r["shape"]) for r in blocks] == [("SEModule", "FusedConv2dSEModule", "64x1x1")]
+    converted = fused_se.convert(timm.create_model("seresnet18", pretrained=False))
+    count = sum(isinstance(m, fused_se.FusedSEModule) for m in converted.modules())
+    assert blocks[0]["blocks"] == step["blocks"] == count == 8
+    assert step["eager_us"] == 8 * blocks[0]["eager_us"] and step["fused_us"] == 8 * blocks[0]["fused_us"]
+    assert stubbed == [True]  # the fused block ran with its launches stubbed
+    assert all(len(line) <= 100 for line in host.format_models(rows).splitlines())
