@@ -35,6 +35,9 @@ class SEShape:
     act: str = "relu"
     gate: str = "sigmoid"
     spatial: Optional[tuple[int, ...]] = None
+    # scSE (segmentation_models_pytorch's SCSEModule): the channel gate and a spatial gate, a 1x1
+    # conv from C channels to one and a sigmoid, summed: y = x * (s_c[b, c] + s_s[b, hw])
+    spatial_gate: bool = False
 
     @classmethod
     def of(cls, c: int, dims: tuple[int, ...], hidden: int, act: str = "relu", gate: str = "sigmoid") -> SEShape:
@@ -81,12 +84,31 @@ SERESNET50_3D = [SEShape.of(c, (s, s, s), c // 16) for c, s in [(256, 24), (512,
 # ECAPA-TDNN (SpeechBrain's, the speaker-verification model): the SE of its three SE-Res2Net blocks,
 # bottleneck 128, over T = 300 frames (3 s at 100 frames/s), with C = 1024 and the lighter C = 512.
 ECAPA_TDNN = [SEShape.of(c, (300,), 128) for c in (1024, 512)]
+# segmentation_models_pytorch's Unet decoder with decoder_attention_type="scse" at a 256x256 input,
+# decoder channels (256, 128, 64, 32, 16), reduction 16: each decoder block's scSE on its input (the
+# upsampled map and the skip, concatenated) and on its output; the last block has no skip, and its
+# first scSE never runs.
+UNET_SCSE = [
+    SEShape(c, h, h, r, spatial_gate=True)
+    for c, h, r in [
+        (768, 16, 48),
+        (256, 16, 16),
+        (384, 32, 24),
+        (128, 32, 8),
+        (192, 64, 12),
+        (64, 64, 4),
+        (128, 128, 8),
+        (32, 128, 2),
+        (16, 256, 1),
+    ]
+]
 PRESETS = {
     "seresnet50": SERESNET50,
     "efficientnet_b0": EFFICIENTNET_B0,
     "mobilenetv3": MOBILENETV3,
     "seresnet50_3d": SERESNET50_3D,
     "ecapa_tdnn": ECAPA_TDNN,
+    "unet_scse": UNET_SCSE,
 }
 
 MODES = ("fwd", "bwd", "fwd+bwd")
@@ -100,6 +122,9 @@ FUSED_TRAFFIC = {"fwd": 3, "bwd": 4, "fwd+bwd": 7}
 # (4N + 2N).
 MIN_TRAFFIC_TAIL = {"fwd": 3, "bwd": 5, "fwd+bwd": 8}
 FUSED_TRAFFIC_TAIL = {"fwd": 4, "bwd": 6, "fwd+bwd": 10}
+# scSE: its floor is SE's (the spatial gate needs no pass of its own); the fused passes read x twice
+# forward and g and x twice backward, plus O(N / C) for the spatial gate's (B, HW) values.
+FUSED_TRAFFIC_SCSE = {"fwd": 3, "bwd": 5, "fwd+bwd": 8}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("nchw", "channels_last")
 
@@ -194,6 +219,28 @@ class EagerSE(nn.Module):
         return torch.relu_(y)
 
 
+class EagerSCSE(nn.Module):
+    """scSE as segmentation_models_pytorch writes it (its SCSEModule, with this shape's hidden width,
+    activation and gate): x * cSE(x) + x * sSE(x), on an image map."""
+
+    def __init__(self, shape: SEShape) -> None:
+        super().__init__()
+        if len(shape.dims) != 2:
+            raise ValueError(f"the scSE workload is for image maps (H, W); got spatial dims {shape.dims}")
+        c, r = shape.c, shape.hidden
+        self.cSE = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(c, r, 1),
+            _ACTS[shape.act](inplace=True),
+            nn.Conv2d(r, c, 1),
+            _GATES[shape.gate](),
+        )
+        self.sSE = nn.Sequential(nn.Conv2d(c, 1, 1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.cSE(x) + x * self.sSE(x)
+
+
 class FusedTail(nn.Module):
     """The fused block with the tail in its scale pass: relu(se(x) + shortcut)."""
 
@@ -212,12 +259,20 @@ def build_block(kind: str, shape: SEShape, device: torch.device, dtype: torch.dt
     """The SE block of one kind for a shape: eager with Linear FCs ("eager") or pointwise convs
     ("eager-conv"), or the fused block ("fused"; "fused-3pass" is the same module, which the caller
     holds to three launches with three_launch_paths) with the eager block's weights. With tail, the
-    block takes a shortcut and ends with relu(se(x) + shortcut)."""
+    block takes a shortcut and ends with relu(se(x) + shortcut). A shape with a spatial gate builds
+    scSE: smp's SCSEModule ("eager", "eager-conv") or FusedSCSEModule around its layers."""
     from .modules import FusedSEModule
 
     if kind not in BLOCKS:
         raise ValueError(f"block must be one of {', '.join(BLOCKS)}; got {kind!r}")
     torch.manual_seed(0)
+    if shape.spatial_gate:  # scSE: eager as smp writes it (1x1 convs), fused around its layers
+        if tail:
+            raise ValueError("the residual tail is fused for SE blocks, not for scSE")
+        from .modules import FusedSCSEModule
+
+        eager_scse = EagerSCSE(shape).to(device=device, dtype=dtype)
+        return eager_scse if kind.startswith("eager") else FusedSCSEModule.from_module(eager_scse)
     eager = EagerSE(shape, conv=False, tail=tail).to(device=device, dtype=dtype)
     if kind == "eager":
         return eager

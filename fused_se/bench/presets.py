@@ -11,6 +11,7 @@ from ..workloads import (
     ECAPA_TDNN,
     EFFICIENTNET_B0,
     FUSED_TRAFFIC,
+    FUSED_TRAFFIC_SCSE,
     FUSED_TRAFFIC_TAIL,
     LAYOUTS,
     MIN_TRAFFIC,
@@ -46,8 +47,13 @@ COMPILE_MODES = {
 }
 
 
-def traffic_bytes(mode: str, x_bytes: int, provider: str, tail: bool = False) -> tuple[int, Optional[int]]:
-    """(minimal traffic, the provider's own traffic or None where it is not known) in bytes."""
+def traffic_bytes(
+    mode: str, x_bytes: int, provider: str, tail: bool = False, scse: bool = False
+) -> tuple[int, Optional[int]]:
+    """(minimal traffic, the provider's own traffic or None where it is not known) in bytes; scse:
+    the block has scSE's spatial gate too."""
     minimal, fused = (MIN_TRAFFIC_TAIL, FUSED_TRAFFIC_TAIL) if tail else (MIN_TRAFFIC, FUSED_TRAFFIC)
+    if scse:
+        fused = FUSED_TRAFFIC_SCSE
     own = fused[mode] * x_bytes if provider in FUSED else None
     return minimal[mode] * x_bytes, own

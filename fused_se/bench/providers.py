@@ -126,6 +126,8 @@ def fused_path(x: torch.Tensor, shape: SEShape, mode: str = "fwd", tail: bool = 
     backend = backend_for(x)
     if backend != "triton":
         return backend
+    if shape.spatial_gate:
+        return "triton scse"  # scSE's own two passes each way: no planner
     from ..functional import _kernels_input
     from ..kernels import plan_backward, plan_forward
 

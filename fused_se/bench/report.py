@@ -62,7 +62,7 @@ def _ratio(key: str, base_noisy: Callable[[dict], bool]) -> Callable[[dict], str
 
 # The printed tables' short forms (the JSON and CSV keep the full names).
 LAYOUT_SHORT = {"channels_last": "cl", "nchw": "nchw"}
-PATH_SHORT = {"three_launch": "3L", "one_launch": "1L", "spread": "spread", "stream": "stream"}
+PATH_SHORT = {"three_launch": "3L", "one_launch": "1L", "spread": "spread", "stream": "stream", "scse": "scse"}
 PROVIDER_SHORT = {
     "compile-max-autotune": "comp-maxat",
     "fused-3pass": "fused-3L",

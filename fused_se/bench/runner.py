@@ -115,7 +115,7 @@ def measure_row(
     call = make_call(module, x, grad, mode, shortcut, three_pass)
     median, p20, p80 = time_ms(call, device, args.warmup, args.reps)
     x_bytes = x.numel() * x.element_size()
-    minimal, own = traffic_bytes(mode, x_bytes, provider, args.tail)
+    minimal, own = traffic_bytes(mode, x_bytes, provider, args.tail, shape.spatial_gate)
     # Which code ran: the fused provider's kernels (and which paths), its torch-ops kernel or
     # the reference, or torch's own.
     path = "torch"

@@ -137,6 +137,8 @@ def path_name(events: list[Event], mode: str) -> str:
     names = {e.name for e in events if e.kind == "triton"}
     if not names:
         return "torch"
+    if "_scse_squeeze_kernel" in names:
+        return "triton scse"
     fwd = "stream" if "_se_fwd_stream_kernel" in names else None
     fwd = fwd or ("spread" if "_se_fwd_spread_kernel" in names else None)
     fwd = fwd or ("one_launch" if "_se_fwd_one_launch_kernel" in names else "three_launch")
@@ -149,7 +151,7 @@ def full_size_paths(provider: str, shape, batch: int, layout: str, dtype: torch.
     (nothing runs: a meta tensor); None for the others."""
     if provider not in FUSED:
         return None
-    if provider == "fused-3pass":
+    if provider == "fused-3pass" or shape.spatial_gate:  # scSE has its own passes and no planner
         return THREE_LAUNCHES
     from fused_se.functional import _kernels_input
     from fused_se.kernels import plan
@@ -241,7 +243,8 @@ def _rows_for(task) -> list[dict]:
                 "layout": layout,
                 "mode": mode,
                 "path": path_name(events, mode),
-                "path_at_full_batch": paths_label(full_paths, mode),
+                # scSE has no planner: the same passes at any batch
+                "path_at_full_batch": path_name(events, mode) if shape.spatial_gate else paths_label(full_paths, mode),
                 "x_bytes": x_bytes,
                 "l2_bytes": l2,
                 "free_ops": " ".join(f"{k}:{v}" for k, v in sorted(trace.free_ops.items())),

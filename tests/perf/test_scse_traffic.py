@@ -62,3 +62,34 @@ def test_scse_moves_3n_forward_and_5n_backward(layout):
     assert 2 * n <= dx.read <= 2.1 * n and n <= dx.written <= 1.05 * n
     backward = sum(e.requested for e in trace.select("bwd"))
     assert backward <= (5 + 12 / C) * n
+
+
+def test_the_unet_scse_preset_counts_fused_scse_against_smps_eager_block():
+    """--traffic on the unet_scse preset: eager is smp's SCSEModule (its ops), fused the scSE passes."""
+    from fused_se import workloads
+    from fused_se.perf import traffic
+
+    shape = workloads.UNET_SCSE[3]  # 128 x 32 x 32, the smallest map but one: quick in the interpreter
+    assert shape.spatial_gate and workloads.PRESETS["unet_scse"][3] is shape
+    rows = {}
+    for provider in ("eager", "fused"):
+        trace, n = traffic.trace_call(provider, shape, 1, "channels_last", torch.float32)
+        events = trace.select(*traffic.PHASES["fwd"])
+        rows[provider] = (traffic.path_name(events, "fwd"), sum(e.requested for e in events) / n)
+    assert rows["fused"][0] == "triton scse" and rows["eager"][0] == "torch"
+    assert rows["fused"][1] <= 3.3  # two passes over x, y written, O(N / C) for q and the partial sums
+    assert rows["eager"][1] >= 2 * rows["fused"][1]  # smp's ops: about 9N
+
+
+def test_the_scse_workload_builds_smps_block_and_the_fused_one_with_its_weights():
+    from fused_se import workloads
+
+    shape = workloads.SEShape(16, 4, 4, 4, spatial_gate=True)
+    eager = workloads.build_block("eager", shape, torch.device("cpu"), torch.float64)
+    fused = workloads.build_block("fused", shape, torch.device("cpu"), torch.float64)
+    assert isinstance(fused, fused_se.FusedSCSEModule)
+    assert fused.state_dict().keys() == eager.state_dict().keys()
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), eager(x))
+    with pytest.raises(ValueError, match="not for scSE"):
+        workloads.build_block("fused", shape, torch.device("cpu"), torch.float64, tail=True)
