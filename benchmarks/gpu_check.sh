@@ -199,6 +199,9 @@ if [ "$QUICK" = 0 ]; then
     "${EXTRA_BENCH_ARGS[@]}"
   stage "3b bench: --tail" 100 "${BENCH[@]}" --label stage3-tail --tail --batch "$BATCH" --dtype bf16 \
     --layouts channels_last --providers eager fused fused-3pass compile "${EXTRA_BENCH_ARGS[@]}"
+  # scSE on segmentation_models_pytorch's Unet decoder shapes: smp's block, fused, torch.compile of smp's
+  stage "3d bench: scSE" 90 "${BENCH[@]}" --label stage3-scse --preset unet_scse --batch 16 --dtype bf16 \
+    --layouts channels_last --providers eager fused compile "${EXTRA_BENCH_ARGS[@]}"
   # whole models: ResNet-50 against SE-ResNet-50, eager only (every mode: benchmarks/gpu_e2e.sh); the e2e
   # harness takes no timer options, so not EXTRA_BENCH
   stage "3c bench: --e2e" 100 "${BENCH[@]}" --label stage3-e2e --e2e --models resnet50 seresnet50 --modes eager \
