@@ -21,6 +21,7 @@ gives the excitation's two steps, and may take a whole forward or backward over 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -150,17 +151,30 @@ class Op:
         needs = ", ".join(f"bool need_d{n}" for n in ("x", *spec.grads))
         hidden = ", Tensor? h=None" if self.hidden else ""
         outs = ", ".join(["Tensor"] * (2 + len(spec.grads)))
+        # The schemas, also as the bodies' Python signatures: torch 2.11's triton_op infers the schema
+        # from the function and drops the one it is given.
+        tail = [("residual", "Tensor?", None), ("sample_scale", "Tensor?", None), ("out_act", "str", "identity")]
+        forward_params = [("x", "Tensor", REQUIRED), *((n, t, REQUIRED) for n, t in spec.args), *tail]
         self.op = triton_op(
             f"fused_se::{spec.name}",
             mutates_args=(),
             schema=f"(Tensor x, {args}, {TAIL_SCHEMA}) -> (Tensor, Tensor, Tensor, Tensor)",
-        )(self.forward)
+        )(typed_body(self.forward, forward_params, 4))
+        backward_params = [
+            *((n, "Tensor", REQUIRED) for n in ("grad_y", "x", "z", "s", "a")),
+            *((n, t, REQUIRED) for n, t in spec.args),
+            *((f"need_d{n}", "bool", REQUIRED) for n in ("x", *spec.grads)),
+            ("need_dres", "bool", False),
+            ("sample_scale", "Tensor?", None),
+            ("out", "Tensor?", None),
+            *([("h", "Tensor?", None)] if self.hidden else []),
+        ]
         self.backward_op = triton_op(
             f"fused_se::{spec.name}_backward",
             mutates_args=(),
             schema=f"(Tensor grad_y, Tensor x, Tensor z, Tensor s, Tensor a, {args}, {needs}, bool need_dres=False, "
             f"Tensor? sample_scale=None, Tensor? out=None{hidden}) -> ({outs})",
-        )(self.backward)
+        )(typed_body(self.backward, backward_params, 2 + len(spec.grads)))
         self.op.register_autograd(self.autograd_backward, setup_context=self.setup_context)
         self.backward_op.register_autograd(_no_double_backward, setup_context=_nothing_saved)
         self.plain_backward = replayed_body(self.backward, _launches_kernels, _settings)
@@ -301,6 +315,26 @@ def _dense_grad(grad_y: Tensor) -> Tensor:
 
 
 _OPS: dict = {}  # custom op -> its Op
+
+
+REQUIRED = inspect.Parameter.empty
+_SCHEMA_TYPES = {"Tensor": Tensor, "Tensor?": Optional[Tensor], "str": str, "bool": bool, "int": int, "float": float}
+
+
+def typed_body(body: Callable, params: list[tuple[str, str, object]], outputs: int) -> Callable:
+    """body(*args) with a signature that says its schema: (name, schema type, default) per
+    parameter (`REQUIRED`: none), and `outputs` Tensors returned."""
+
+    def typed(*args, **kwargs):
+        return body(*args, *kwargs.values())  # the schema's order: keywords only ever trail
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    typed.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, kind, annotation=_SCHEMA_TYPES[t], default=d) for n, t, d in params],
+        return_annotation=tuple[(Tensor,) * outputs],
+    )
+    typed.__name__ = typed.__qualname__ = body.__name__
+    return typed
 
 
 def declare(spec: OpSpec) -> Op:

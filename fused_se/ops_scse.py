@@ -27,10 +27,14 @@ from torch import Tensor
 from torch.library import triton_op
 
 from . import decomposed
-from .op_spec import _dense_grad, _no_double_backward, _nothing_saved, hw, impl_for
+from .op_spec import REQUIRED, _dense_grad, _no_double_backward, _nothing_saved, hw, impl_for, typed_body
 from .runtime.launch import empty
 
-ARGS = "Tensor w1, Tensor? b1, Tensor w2, Tensor? b2, Tensor ws, Tensor? bs, str act, str gate"
+SCHEMA_ARGS = (
+    ("w1", "Tensor"), ("b1", "Tensor?"), ("w2", "Tensor"), ("b2", "Tensor?"), ("ws", "Tensor"), ("bs", "Tensor?"),
+    ("act", "str"), ("gate", "str"),
+)  # fmt: skip
+ARGS = ", ".join(f"{t} {n}" for n, t in SCHEMA_ARGS)
 GRADS = ("x", "w1", "b1", "w2", "b2", "ws", "bs")
 
 
@@ -43,7 +47,7 @@ def _forward(x: Tensor, w1, b1, w2, b2, ws, bs, act: str, gate: str) -> tuple[Te
 
 scse = triton_op(
     "fused_se::scse", mutates_args=(), schema=f"(Tensor x, {ARGS}) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"
-)(_forward)
+)(typed_body(_forward, [("x", "Tensor", REQUIRED), *((n, t, REQUIRED) for n, t in SCHEMA_ARGS)], 5))
 
 
 def _backward(
@@ -75,7 +79,17 @@ scse_backward = triton_op(
     + ") -> ("
     + ", ".join(["Tensor"] * len(GRADS))
     + ")",
-)(_backward)
+)(
+    typed_body(
+        _backward,
+        [
+            *((n, "Tensor", REQUIRED) for n in ("grad_y", "x", "z", "s", "a", "q")),
+            *((n, t, REQUIRED) for n, t in SCHEMA_ARGS),
+            *((f"need_d{g}", "bool", REQUIRED) for g in GRADS),
+        ],
+        len(GRADS),
+    )
+)
 
 
 def _setup_context(ctx, inputs, output) -> None:
