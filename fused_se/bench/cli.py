@@ -7,7 +7,7 @@ import sys
 
 import torch
 
-from ._args import HelpFormatter, Parser, check_writable, prog_name
+from .._cli import HelpFormatter, Parser, check_writable, prog_name
 from .measure import CPU_TIMER_THRESHOLD, NOISY_SPREAD, default_batch, environment
 from .presets import DTYPES, LAYOUTS, MODES, PRESETS, PROVIDERS, parse_shape
 from .report import RowWriter, device_table, format_vs_compile, legend, noise_note, se_table, write_plot

@@ -40,7 +40,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ._args import HelpFormatter, Parser, check_writable
+from .._cli import HelpFormatter, Parser, check_writable
 from .measure import environment
 from .report import E2E_FIELDS, Column, RowWriter, Table, _num
 

@@ -6,28 +6,14 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
 import sys
 
+from .._cli import HelpFormatter, Parser
 from . import traffic
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, not the usage block
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-HELP_WIDTH = 100  # every line of --help within this many columns
-
-
-class _Help(argparse.RawDescriptionHelpFormatter):
-    def __init__(self, prog: str) -> None:
-        width = min(HELP_WIDTH, shutil.get_terminal_size().columns) - 2
-        super().__init__(prog, width=width, max_help_position=28)
-
-
 def build_parser(prog: str = "python -m fused_se.perf") -> argparse.ArgumentParser:
-    p = _Parser(
+    p = Parser(
         prog=prog,
         usage=f"{prog} --traffic | --host | --kernel-report [options]",
         description=(
@@ -39,7 +25,7 @@ def build_parser(prog: str = "python -m fused_se.perf") -> argparse.ArgumentPars
             "\n"
             "Performance without a GPU. Every time printed is a model, not a measurement of a GPU."
         ),
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
     )
     what = p.add_argument_group("what (one of)").add_mutually_exclusive_group(required=True)
     what.add_argument("--traffic", action="store_true", help="bytes per call, counted; DRAM bytes and time, modeled")

@@ -1,6 +1,6 @@
-"""What the command lines share (fused-se-bench and its --e2e): the name the user typed, the check
-that an output can be written, a parser whose errors are one line, and a help formatter within
-100 columns."""
+"""What the command lines share (fused-se-bench, its --e2e and python -m fused_se.perf): the name
+the user typed, the check that an output can be written, a parser whose errors are one line, and a
+help formatter within 100 columns."""
 
 from __future__ import annotations
 
