@@ -499,8 +499,14 @@ def _spatial_channel_squeeze_excite(
     bs: Optional[torch.Tensor],
     act: str,
     gate: str,
+    residual: Optional[torch.Tensor] = None,
+    out_act: str = "identity",
+    sample_scale: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """spatial_channel_squeeze_excite with every argument positional (the module's call)."""
+    """spatial_channel_squeeze_excite with every argument positional (the module's call, which passes
+    the residual tail's arguments too: scSE has no fused tail, so anything but their defaults is refused)."""
+    if residual is not None or out_act != "identity" or sample_scale is not None:
+        raise ValueError("scSE has no fused residual tail: residual, out_act and sample_scale are for SE blocks")
     check_inputs(x, w1, b1, w2, b2, act, gate)
     c = x.shape[1]
     _check_tensor("ws", ws, 1, "(C,)")

@@ -530,20 +530,8 @@ class FusedSCSEModule(FusedSEModule):
         _, reduce, _, expand, _ = children(own["cSE"]).values()
         spatial = children(own["sSE"])["0"]
         params = (_as_matrix(reduce.weight), reduce.bias, _as_matrix(expand.weight), expand.bias)
-        return _spatial_channel_squeeze_excite, (*params, spatial.weight.reshape(-1), spatial.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """x * (cSE(x) + sSE(x)), fused. x: (B, C, L), (B, C, H, W) or (B, C, D, H, W)."""
-        if isinstance(x, fx.Proxy):
-            return traced_as_leaf(self, x, (), {})
-        op, args = self._excitation()
-        try:  # free where nothing raises
-            return op(x, *args, self.act, self.gate)
-        except (TypeError, ValueError) as e:
-            error = self._input_error(x)
-            if error is None:
-                raise
-            raise error from e
+        # FusedSEModule.forward calls it with the residual tail's arguments, which scSE refuses but the defaults
+        return _spatial_channel_squeeze_excite, (*params, spatial.weight.reshape(-1), spatial.bias, self.act, self.gate)
 
     def describe(self) -> str:
         return super().describe() + " + spatial gate"

@@ -244,3 +244,14 @@ def test_scse_compile_fullgraph(device):
     ours = [y, *torch.autograd.grad(y, [x, *module.parameters()], g)]
     for o, e in zip(ours, eager, strict=False):
         torch.testing.assert_close(o, e, rtol=1e-4, atol=1e-5)
+
+
+def test_the_module_refuses_a_residual_tail_before_any_kernel_runs(device):
+    m = fused_se.FusedSCSEModule(8, 2).to(device)
+    x = torch.randn(2, 8, 3, 3, device=device)
+    with record_launches() as launched:
+        with pytest.raises(ValueError, match="no fused residual tail"):
+            m(x, torch.randn_like(x), out_act="relu")
+        with pytest.raises(ValueError, match="two-FC form only"):
+            m(torch.randn(2, 8, 5, device=device), lengths=torch.tensor([5, 3], device=device))
+    assert launched == []
