@@ -363,11 +363,7 @@ def _inline(block: nn.Module) -> nn.Module:
     if se is None:
         raise _NoMatch("no SE in this block")
     inline.install(block, se)
-    block.__dict__[_INLINE_DETAILS] = se.describe()
     return block
-
-
-_INLINE_DETAILS = "_fused_se_inline"
 
 
 def _builder(module: nn.Module) -> Optional[tuple[Callable[[nn.Module], nn.Module], str]]:
@@ -501,7 +497,7 @@ def convert(
                 fused = None
             else:
                 if fused is module:  # changed in place (an inline SE): nothing to swap
-                    details = module.__dict__.pop(_INLINE_DETAILS)
+                    details = inline.se_of(module).describe()
                     report.replaced.append(Replaced(name, type(module).__name__, "inline SE", details, rule))
                     fused = None
                 else:

@@ -110,5 +110,10 @@ def is_installed(block: nn.Module) -> bool:
     return has_forward(block, fused_mbconv_forward)
 
 
+def se_of(block: nn.Module) -> FusedConv2dSEModule:
+    """The fused SE the installed forward runs."""
+    return block.__dict__["forward"].keywords["se"]
+
+
 def uninstall(block: nn.Module) -> None:
     remove_forward(block, fused_mbconv_forward)
