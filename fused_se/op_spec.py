@@ -38,6 +38,7 @@ from .reference import acc_dtype
 from .runtime.eager import replayed_body
 from .runtime.env import getenv
 from .runtime.launch import empty
+from .runtime.replay import derived
 from .runtime.trace import is_fake, plain_eager
 
 TAIL = ("residual", "sample_scale", "out_act")
@@ -274,9 +275,15 @@ class Op:
         plain = getattr(ctx, "plain", False) and not torch.is_grad_enabled() and plain_eager(())
         # the body itself where the forward ran plainly and no graph of the gradient is built;
         # else the op, whose own backward refuses double backward
-        backward = self.plain_backward if plain else self.backward_op
         hidden = (ctx.hidden,) if self.hidden else ()
-        *grads, dres = backward(grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *hidden)
+        bwd_args = (grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *hidden)
+        if plain:
+            key = ctx.replay_key  # the forward's: it fixes every saved input and output's signature
+            if key is not None:
+                key = derived(key, (grad_y, *need, need_res), _settings())
+            *grads, dres = self.plain_backward.keyed(bwd_args, key)[0]
+        else:
+            *grads, dres = self.backward_op(*bwd_args)
         grads = [g if n else None for g, n in zip(grads, need, strict=True)]
         # without a ReLU the residual's gradient is dy itself
         return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None)
@@ -289,9 +296,11 @@ class Op:
         if cpu_kept is not None and impl_for(args[0]) is decomposed:
             *out, kept = self._on_cpu_kernel(cpu_kept, args)
             out = tuple(out)
+            key = None
         else:
-            out = self.plain_forward(*args)
+            out, key = self.plain_forward.keyed(args)
         self.setup_context(ctx, args, out)
+        ctx.replay_key = key
         ctx.hidden = kept
         ctx.plain = True
         return out

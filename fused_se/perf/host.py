@@ -2,8 +2,8 @@
 
 Eager PyTorch runs the SE block on tiny CPU tensors of the same rank (its dispatch and
 autograd, plus a few microseconds of arithmetic on a few hundred elements). The fused block
-runs each of its paths with the kernel launches stubbed out (fused_se.runtime.launch.intercepted:
-a binder that launches nothing), so the outputs are the uninitialised buffers
+runs each of its paths with the kernel launches stubbed out (fused_se.runtime.launch.stubbed:
+a stand-in for each compiled kernel, whose call does nothing), so the outputs are the uninitialised buffers
 (fine for timing). What remains is the op's Python: the checks, autograd, and from a shape's
 second call on the replay of its recorded launches (fused_se/runtime/replay.py: the signature, the
 allocations, the launches' argument lists; the paths that are not replayed plan every call). A
@@ -33,32 +33,21 @@ KERNEL_OF = {
 
 @contextmanager
 def stubbed_launches() -> Iterator[list]:
-    """Launches record their kernel's name and run nothing; the ops take the kernels' path on
+    """Launches log their kernel's name and run nothing (fused_se.runtime.launch.stubbed: replays
+    call the stand-ins as they call compiled kernels on a GPU); the ops take the kernels' path on
     CPU tensors (as with the interpreter on, but without it), and the persistent kernels' check
     of their workspace (which nothing filled) is off, as it is on a GPU by default."""
     import os
 
     from fused_se import _dispatch
     from fused_se.kernels import sync
-    from fused_se.runtime.launch import intercepted
-
-    names: list = []
-    # id(kernel) -> its stub, made once: the stub's own cost is not the library's (and a JIT
-    # function's hash is its source's digest)
-    stubs: dict = {}
-
-    def stub(kernel, grid, inner):
-        launch = stubs.get(id(kernel))
-        if launch is None:
-            name = kernel.__name__
-            launch = stubs[id(kernel)] = lambda *args, **kwargs: names.append(name)
-        return launch
+    from fused_se.runtime.launch import stubbed
 
     saved = _dispatch.interpreter_enabled, sync.INTERPRETED
     saved_check = os.environ.pop(sync.CHECK_ENV, None)
     _dispatch.interpreter_enabled, sync.INTERPRETED = (lambda: True), False
     try:
-        with intercepted(stub):
+        with stubbed() as names:
             yield names
     finally:
         _dispatch.interpreter_enabled, sync.INTERPRETED = saved

@@ -61,6 +61,8 @@ POISON_OUTPUTS = False
 
 def bind(kernel, grid):
     """kernel[grid] as this call should launch it (the module's docstring)."""
+    if _STUBS:
+        return _StubLauncher(kernel)
     if tracing():
         return (wrap_triton(kernel) if WRAP_TRITON and is_wrap_triton_enabled() else kernel)[grid]
     if INTERPRETED or not DIRECT:
@@ -115,6 +117,61 @@ def kernel_calls() -> Iterator[list]:
 
     with intercepted(recording):
         yield calls
+
+
+# ---- stubbed launches (host time) ------------------------------------------------------------
+
+# The name logs of the `stubbed` blocks open, innermost last; empty almost always.
+_STUBS: list[list[str]] = []
+
+
+class _StubCompiled:
+    """What a stubbed launch returns in place of a compiled kernel: its call (run_compiled's
+    arguments) logs the kernel's name and runs nothing."""
+
+    __slots__ = ("function", "name", "packed_metadata")
+
+    def __init__(self, name: str):
+        self.name, self.function, self.packed_metadata = name, None, None
+
+    def run(self, *args) -> None:
+        if _STUBS:
+            _STUBS[-1].append(self.name)
+
+
+class _StubLauncher:
+    """A stubbed launch: logs the kernel's name; returns the stand-in where a replay could call it
+    directly (a JIT kernel, whose parameter list param_tail reads; not the interpreter's)."""
+
+    __slots__ = ("compiled", "direct")
+
+    def __init__(self, kernel):
+        self.compiled = _StubCompiled(kernel.__name__)
+        self.direct = hasattr(kernel, "params")
+
+    def __call__(self, *args, **kwargs) -> Optional[_StubCompiled]:
+        self.compiled.run()
+        return self.compiled if self.direct else None
+
+
+@contextmanager
+def stubbed() -> Iterator[list[str]]:
+    """Within the block no kernel is compiled or run, on any device: each launch logs its kernel's
+    name (the list yielded) and returns a stand-in for the compiled kernel, which replays call as
+    they call compiled kernels on a GPU (replay.py's direct path: scratch carved from one buffer,
+    no binding). Every other step of a call runs as it would: what remains is the host's share
+    (fused_se.perf --host). Outputs are left uninitialised. A replay recorded here replays only
+    here (stubbing is part of its signature)."""
+    log: list[str] = []
+    _STUBS.append(log)
+    try:
+        yield log
+    finally:
+        del _STUBS[next(i for i, other in enumerate(_STUBS) if other is log)]
+
+
+def stubbing() -> bool:
+    return bool(_STUBS)
 
 
 # ---- launching -------------------------------------------------------------------------------

@@ -57,6 +57,9 @@ SCRATCH_ALIGN = 256
 MAX_SIGNATURES = 1024
 
 NOT_REPLAYABLE = object()
+# A Program's device when its launches were stubbed (launch.stubbed) on a device without compiled
+# kernels: it replays straight to the stand-ins, as a CUDA program to its kernels.
+STUB_DEVICE = -1
 _TABLES: list[dict] = []
 
 
@@ -70,7 +73,7 @@ def signature(args: tuple, settings: tuple = ()) -> tuple:
     """What a body's decisions may depend on: each tensor's dtype, device, shape, strides and
     address modulo 16 (what triton specialises a pointer on), every other argument's value, and
     the settings the body reads."""
-    parts = [settings, launch.POISON_OUTPUTS]
+    parts = [settings, launch.POISON_OUTPUTS, bool(launch._STUBS)]
     for a in args:
         if isinstance(a, torch.Tensor):
             parts.append((a.dtype, a.device, a.shape, a.stride(), a.data_ptr() & 15))
@@ -103,7 +106,7 @@ class Program:
     their own."""
 
     __slots__ = (
-        "allocs", "as_tuple", "device", "first", "launches", "names", "offsets", "outputs", "scratch_bytes",
+        "allocs", "as_tuple", "device", "first", "fixed", "launches", "names", "offsets", "outputs", "scratch_bytes",
         "zeroed_bytes",
     )  # fmt: skip
 
@@ -113,6 +116,12 @@ class Program:
         self.first = first_alloc_slot  # slots: the arguments, then the buffers
         returned = {i for i in outputs if isinstance(i, int)}
         self.offsets = [None] * len(allocs)
+        # an empty output (a gradient not asked for) made once: it holds nothing a caller could see
+        self.fixed = [
+            torch.empty_strided(shape, stride, dtype=dtype, device=dev) if 0 in shape and first_alloc_slot + j in returned
+            else None
+            for j, (shape, stride, dtype, dev, _) in enumerate(allocs)
+        ]  # fmt: skip
         self.scratch_bytes = self.zeroed_bytes = 0
         for zeroed in (True, False):  # the zeroed scratch first, so that one fill zeroes it all
             for j, (shape, stride, dtype, _, z) in enumerate(allocs):
@@ -125,47 +134,73 @@ class Program:
                 self.zeroed_bytes = self.scratch_bytes
 
     def __call__(self, args: tuple):
-        direct = self._direct()
+        if self._direct():
+            return self._call_direct(args)
+        slots = list(args)
+        poison = launch.POISON_OUTPUTS
+        for (shape, stride, dtype, device, zeroed), fixed in zip(self.allocs, self.fixed, strict=True):
+            if fixed is not None:
+                slots.append(fixed)
+                continue
+            t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+            slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
+        self._log()
+        for ln in self.launches:
+            a = ln.args.copy()
+            for pos, slot in ln.tensors:
+                a[pos] = slots[slot]
+            launch.launch(ln.kernel, ln.grid)(*a, **ln.kwargs)
+        return self._outputs(slots)
+
+    def _call_direct(self, args: tuple):
         slots = list(args)
         poison = launch.POISON_OUTPUTS
         base = None
-        if direct and self.scratch_bytes:
+        if self.scratch_bytes:
             scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=self.allocs[0][3])
             if poison:
                 scratch.fill_(255)  # NaN in every float width, as launch.empty's poison
             if self.zeroed_bytes:
                 scratch[: self.zeroed_bytes].zero_()
             base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
-        for (shape, stride, dtype, device, zeroed), offset in zip(self.allocs, self.offsets, strict=True):
-            if base is not None and offset is not None:
+        for (shape, stride, dtype, device, zeroed), offset, fixed in zip(
+            self.allocs, self.offsets, self.fixed, strict=True
+        ):
+            if offset is not None and base is not None:
                 slots.append(base + offset)
-                continue
-            t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-            slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
+            elif fixed is not None:
+                slots.append(fixed)
+            else:
+                t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+                slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
+        self._log()
+        stream = 0 if self.device == STUB_DEVICE else launch.raw_stream(self.device)
+        run = launch.run_compiled
+        for ln in self.launches:
+            params = ln.params.copy()
+            for pos, slot in ln.tensors:
+                params[pos] = slots[slot]
+            run(ln.compiled, ln.grid3, stream, params)
+        return self._outputs(slots)
+
+    def _log(self) -> None:
         if launch._launch_logs:  # (the list itself: a call per replay costs more than the test)
             for name in self.names:
                 launch.record(name)
-        if direct:
-            stream = launch.raw_stream(self.device)
-            for ln in self.launches:
-                params = ln.params.copy()
-                for pos, slot in ln.tensors:
-                    params[pos] = slots[slot]
-                launch.run_compiled(ln.compiled, ln.grid3, stream, params)
-        else:
-            for ln in self.launches:
-                a = ln.args.copy()
-                for pos, slot in ln.tensors:
-                    a[pos] = slots[slot]
-                launch.launch(ln.kernel, ln.grid)(*a, **ln.kwargs)
-        out = [slots[i] if isinstance(i, int) else i[0] for i in self.outputs]
-        return tuple(out) if self.as_tuple else out[0]
+
+    def _outputs(self, slots: list):
+        if self.as_tuple:
+            return tuple([slots[i] if isinstance(i, int) else i[0] for i in self.outputs])
+        i = self.outputs[0]
+        return slots[i] if isinstance(i, int) else i[0]
 
     def _direct(self) -> bool:
         """Whether the launches may go straight to their compiled kernels: each launch compiled
         (CUDA), nothing hooked or intercepted, the device current."""
         if self.device is None or launch._INTERCEPTS:
             return False
+        if self.device == STUB_DEVICE:
+            return bool(launch._STUBS)
         if launch.jit_hooked(ln.kernel for ln in self.launches):
             return False
         return torch.cuda.current_device() == self.device
@@ -226,8 +261,58 @@ def _program(rec: _Recording, args: tuple, versions: list, result):
     device = None
     if len(devices) == 1 and all(ln.compiled is not None for ln in launches):
         (dev,) = devices
-        device = dev.index if dev.type == "cuda" else None
+        device = dev.index if dev.type == "cuda" else STUB_DEVICE if launch._STUBS else None
     return Program(allocs, launches, tuple(rec.names), outputs, as_tuple, device, len(args))
+
+
+class Replayed:
+    """body, replayed per signature where applies(args) (the calls that launch kernels);
+    elsewhere (default: body) runs the calls where it does not. settings(): what else the body's
+    decisions read (the planner's switches), part of the signature."""
+
+    def __init__(
+        self,
+        body: Callable,
+        applies: Callable[[tuple], bool],
+        elsewhere: Optional[Callable] = None,
+        settings: Callable[[], tuple] = tuple,
+    ):
+        self.__wrapped__ = body
+        self.applies, self.settings = applies, settings
+        self.elsewhere = body if elsewhere is None else elsewhere
+        self.table: dict = {}  # signature -> Program, or NOT_REPLAYABLE (for tests and tools)
+        _TABLES.append(self.table)
+
+    def __call__(self, *args):
+        return self.keyed(args)[0]
+
+    def keyed(self, args: tuple, key: Optional[tuple] = None) -> tuple:
+        """(the body's result, the key it was replayed or recorded under, or None where it ran as a
+        plain call). key: a key that determines this call's signature, given instead of it (`derived`)."""
+        if not self.applies(args):
+            return self.elsewhere(*args), None
+        if not ENABLED:
+            return self.__wrapped__(*args), None
+        if key is None:
+            key = signature(args, self.settings())
+        table = self.table
+        program = table.get(key)
+        if program is None:
+            result, program = _record(self.__wrapped__, args)
+            if len(table) >= MAX_SIGNATURES:
+                table.clear()
+            table[key] = program
+            return result, (None if program is NOT_REPLAYABLE else key)
+        if program is NOT_REPLAYABLE:
+            return self.__wrapped__(*args), None
+        return program(args), key
+
+
+def derived(key: tuple, args: tuple, settings: tuple = ()) -> tuple:
+    """A key for a call whose other arguments the call under `key` determined (a backward's saved
+    inputs and the forward's outputs; a returned key is one whose outputs a Program makes):
+    signature of the new arguments alone."""
+    return key, signature(args, settings)
 
 
 def replayed(
@@ -235,31 +320,6 @@ def replayed(
     applies: Callable[[tuple], bool],
     elsewhere: Optional[Callable] = None,
     settings: Callable[[], tuple] = tuple,
-) -> Callable:
-    """body, replayed per signature where applies(args) (the calls that launch kernels);
-    elsewhere (default: body) runs the calls where it does not. settings(): what else the body's
-    decisions read (the planner's switches), part of the signature."""
-    table: dict = {}
-    _TABLES.append(table)
-    elsewhere = body if elsewhere is None else elsewhere
-
-    def run(*args):
-        if not applies(args):
-            return elsewhere(*args)
-        if not ENABLED:
-            return body(*args)
-        key = signature(args, settings())
-        program = table.get(key)
-        if program is None:
-            result, program = _record(body, args)
-            if len(table) >= MAX_SIGNATURES:
-                table.clear()
-            table[key] = program
-            return result
-        if program is NOT_REPLAYABLE:
-            return body(*args)
-        return program(args)
-
-    run.__wrapped__ = body
-    run.table = table  # signature -> Program, or NOT_REPLAYABLE (for tests and tools)
-    return run
+) -> Replayed:
+    """body, replayed per signature where applies(args) (`Replayed`)."""
+    return Replayed(body, applies, elsewhere, settings)

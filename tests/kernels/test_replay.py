@@ -271,3 +271,51 @@ def test_residual_tail_and_lengths_replay_with_their_extra_outputs(plans, device
         for a, b in zip(first, second, strict=False):
             assert torch.equal(a, b)
     assert sum(isinstance(p, replay.Program) for p in _programs()) == 4  # both ops' forward and backward
+
+
+def test_the_backward_replays_under_a_key_derived_from_its_forwards(plans, device):
+    """The plain backward's signature is the forward's key and the gradient's own: its saved inputs
+    and the forward's outputs are what that key fixed. A gradient in another layout is a new
+    signature, recorded anew, and gives the same values."""
+    m = fused_se.FusedSEModule(24, 6).to(device)
+    x = torch.randn(3, 24, 5, 6, device=device, requires_grad=True)
+    g = torch.randn_like(x)
+    first = _fwd_bwd(m, x, g)
+    second = _fwd_bwd(m, x, g)
+    assert plans == ["forward", "backward"]
+    fwd_keys = list(ops.TWO_FC.plain_forward.table)
+    (bwd_key,) = ops.TWO_FC.plain_backward.table
+    assert len(bwd_key) == 2 and bwd_key[0] in fwd_keys  # (the forward's key, the gradient's signature)
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+    third = _fwd_bwd(m, x, g.to(memory_format=torch.channels_last))
+    assert plans == ["forward", "backward", "backward"] and len(ops.TWO_FC.plain_backward.table) == 2
+    for a, b in zip(first, third, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_a_backward_whose_forward_ran_its_body_takes_a_whole_signature(plans, device, spread):
+    """In the interpreter the spread forward runs its body every call (its wait check reads): no
+    key fixes what the backward is given, which then takes the signature of all its arguments."""
+    m = fused_se.FusedSEModule(16, 2).to(device)
+    x = torch.randn(8, 16, 3, 3, device=device, requires_grad=True)
+    with kernels.force_paths("spread"):
+        first = _fwd_bwd(m, x, torch.ones_like(x))
+        second = _fwd_bwd(m, x, torch.ones_like(x))
+    assert list(ops.TWO_FC.plain_forward.table.values()) == [replay.NOT_REPLAYABLE]
+    (bwd_key,) = ops.TWO_FC.plain_backward.table
+    assert len(bwd_key) > 2 and plans.count("backward") == 1
+    for a, b in zip(first, second, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_empty_outputs_are_made_once_per_program(device):
+    """A gradient not asked for comes back as an empty tensor: a program makes it once, not per call."""
+    m = fused_se.FusedSEModule(24, 6).to(device)
+    x = torch.randn(3, 24, 5, 6, device=device, requires_grad=True)
+    for _ in range(2):
+        _fwd_bwd(m, x, torch.ones_like(x))
+    (bwd,) = ops.TWO_FC.plain_backward.table.values()
+    empties = [(j, f) for j, f in enumerate(bwd.fixed) if f is not None]
+    assert empties and all(f.numel() == 0 and 0 in bwd.allocs[j][0] for j, f in empties)
+    assert all(f is None for j, f in enumerate(bwd.fixed) if 0 not in bwd.allocs[j][0])

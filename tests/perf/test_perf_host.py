@@ -30,8 +30,8 @@ def test_stubs_are_undone():
 
     before = sync.INTERPRETED
     with host.stubbed_launches():
-        assert launch.intercepting()
-    assert not launch.intercepting() and sync.INTERPRETED == before
+        assert launch.stubbing()
+    assert not launch.stubbing() and sync.INTERPRETED == before
     with pytest.raises(KeyError):
         with host.forced_path("nothing", 2, 1):
             pass
@@ -62,3 +62,41 @@ def test_a_models_se_blocks_are_timed_against_what_convert_puts_in_their_place(m
     assert step["eager_us"] == 8 * blocks[0]["eager_us"] and step["fused_us"] == 8 * blocks[0]["fused_us"]
     assert stubbed == [True]  # the fused block ran with its launches stubbed
     assert all(len(line) <= 100 for line in host.format_models(rows).splitlines())
+
+
+_STUBBED_REPLAY = """
+import torch, fused_se
+from fused_se import ops
+from fused_se.perf.host import stubbed_launches
+from fused_se.runtime import replay
+from fused_se.runtime.launch import INTERPRETED, kernel_calls, stubbing
+
+assert not INTERPRETED  # triton.jit's kernels, whose parameter lists a direct replay reads
+m = fused_se.FusedSEModule(32, 4)
+x = torch.randn(2, 32, 4, 4, requires_grad=True)
+logs = []
+with stubbed_launches() as names:
+    for _ in range(3):
+        torch.autograd.grad(m(x), [x, *m.parameters()], torch.ones_like(x))
+        logs.append(list(names))
+        names.clear()
+programs = [p for t in (ops.TWO_FC.plain_forward.table, ops.TWO_FC.plain_backward.table) for p in t.values()]
+assert len(programs) == 2 and all(p.device == replay.STUB_DEVICE for p in programs), programs
+assert logs[0] == logs[1] == logs[2] and len(logs[0]) >= 4, logs  # every launch logged, replays too
+assert all(k[2] is True for k in ops.TWO_FC.plain_forward.table)  # stubbing is part of the signature
+assert not stubbing()
+print("ok")
+"""
+
+
+def test_stubbed_replays_call_the_stand_ins_as_compiled_kernels():
+    """Without the interpreter (as --host runs), a stubbed call's replays go the direct path, as
+    on a GPU: the programs' device is the stub's, every launch is logged on every call, and a
+    program recorded stubbed is never replayed unstubbed (its signature says so)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _STUBBED_REPLAY], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
