@@ -20,12 +20,7 @@ import torch
 from torch import fx, nn
 
 from .functional import _squeeze_excite
-from .modules import FusedSEModule, _as_matrix, _check_pointwise_conv, traced_as_leaf
-
-
-def _matrix(layer: nn.Module) -> torch.Tensor:
-    """A layer's weight as the (out, in) matrix the functional form takes."""
-    return layer.weight if isinstance(layer, nn.Linear) else _as_matrix(layer.weight)
+from .modules import FusedSEModule, _check_pointwise_conv, _matrix_and_bias, descendant, traced_as_leaf
 
 
 def _check_layer(name: str, layer: nn.Module, in_features: Optional[int], out_features: Optional[int]) -> None:
@@ -77,12 +72,13 @@ class FusedLayersSEModule(FusedSEModule):
         module._configure(channels, hidden, act, gate)
         module.reduction = None
         module._paths = (reduce, expand)
+        module._parts = (tuple(reduce.split(".")), tuple(expand.split(".")))
         module.add_input = add_input
         return module
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
-        reduce, expand = (self.get_submodule(p) for p in self._paths)
-        return _squeeze_excite, (_matrix(reduce), reduce.bias, _matrix(expand), expand.bias, self.act, self.gate)
+        reduce, expand = (descendant(self, parts) for parts in self._parts)
+        return _squeeze_excite, (*_matrix_and_bias(reduce), *_matrix_and_bias(expand), self.act, self.gate)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, **tail) -> torch.Tensor:
         if isinstance(x, fx.Proxy):

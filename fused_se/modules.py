@@ -249,16 +249,35 @@ class FusedSEModule(nn.Module):
         return f"channel={self.channel}{reduction}, hidden={self.hidden}, act={self.act}, gate={self.gate}"
 
 
+# The layer classes whose weight and bias are plain Parameters (a parametrized layer's class is a
+# subclass that parametrize makes, which computes them).
+_PLAIN_LAYERS = frozenset((nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
+
+
 def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """layer.weight and layer.bias; read from a plain nn.Linear's parameters without
+    """layer.weight and layer.bias; read from a plain nn.Linear's or nn.ConvNd's parameters without
     Module.__getattr__ (microseconds a call on small inputs). A subclass, a parametrized layer
     (whose class parametrize replaces), may compute them: it is asked."""
-    if type(layer) is nn.Linear:
+    if type(layer) in _PLAIN_LAYERS:
         params = own_parameters(layer)
         weight = params.get("weight")
         if weight is not None:
             return weight, params.get("bias")
     return layer.weight, layer.bias
+
+
+def _matrix_and_bias(layer: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """A linear or pointwise conv layer's weight as the (out, in) matrix the functional form takes, and its bias."""
+    weight, bias = _weight_and_bias(layer)
+    return (weight if weight.dim() == 2 else _as_matrix(weight)), bias
+
+
+def descendant(module: nn.Module, parts: tuple[str, ...]) -> nn.Module:
+    """module.get_submodule(".".join(parts)) through the children's dicts (runtime.modules): a
+    fused block's per-call lookup of its layers."""
+    for part in parts:
+        module = children(module)[part]
+    return module
 
 
 def _as_matrix(w: torch.Tensor) -> torch.Tensor:
@@ -342,9 +361,8 @@ class FusedConv2dSEModule(FusedSEModule):
         setattr(self, names[1], expand)
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
-        reduce, expand = getattr(self, self._names[0]), getattr(self, self._names[1])
-        params = (_as_matrix(reduce.weight), reduce.bias, _as_matrix(expand.weight), expand.bias)
-        return _squeeze_excite, (*params, self.act, self.gate)
+        own, (reduce, expand) = children(self), self._names
+        return _squeeze_excite, (*_matrix_and_bias(own[reduce]), *_matrix_and_bias(own[expand]), self.act, self.gate)
 
 
 class FusedEffectiveSEModule(FusedSEModule):
@@ -374,7 +392,7 @@ class FusedEffectiveSEModule(FusedSEModule):
         self.fc = fc
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
-        return _effective_squeeze_excite, (_as_matrix(self.fc.weight), self.fc.bias, self.gate)
+        return _effective_squeeze_excite, (*_matrix_and_bias(children(self)["fc"]), self.gate)
 
     def describe(self) -> str:
         return f"C={self.channel} gate={self.gate}"
@@ -529,9 +547,10 @@ class FusedSCSEModule(FusedSEModule):
         own = children(self)
         _, reduce, _, expand, _ = children(own["cSE"]).values()
         spatial = children(own["sSE"])["0"]
-        params = (_as_matrix(reduce.weight), reduce.bias, _as_matrix(expand.weight), expand.bias)
+        params = (*_matrix_and_bias(reduce), *_matrix_and_bias(expand))
+        ws, bs = _weight_and_bias(spatial)
         # FusedSEModule.forward calls it with the residual tail's arguments, which scSE refuses but the defaults
-        return _spatial_channel_squeeze_excite, (*params, spatial.weight.reshape(-1), spatial.bias, self.act, self.gate)
+        return _spatial_channel_squeeze_excite, (*params, ws.reshape(-1), bs, self.act, self.gate)
 
     def describe(self) -> str:
         return super().describe() + " + spatial gate"
