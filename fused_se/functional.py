@@ -125,8 +125,10 @@ def _inputs_pass(x, w1, b1, w2, b2, act, gate) -> bool:
     shape, wshape = x.shape, w1.shape
     if len(shape) not in RANKS or len(wshape) != 2:
         return False
-    dtype = x.dtype
-    if dtype not in _FLOAT_DTYPE_SET or not (_dtype_pairs(dtype, w1) and _dtype_pairs(dtype, w2)):
+    dtype, wdtype = x.dtype, w1.dtype
+    if dtype not in _FLOAT_DTYPE_SET or w2.dtype is not wdtype:
+        return False
+    if wdtype is not dtype and not (wdtype is torch.float32 and dtype in _AUTOCAST_DTYPES):  # _dtype_pairs
         return False
     r, c = wshape
     if c != shape[1] or r == 0 or w2.shape != (c, r) or 0 in shape:  # w2 2-D by its shape
