@@ -127,6 +127,27 @@ def test_scse_scale_reads_x_once_where_every_channel_fits(shape, layout, dtype, 
     _close("y", y, decomposed.scse_scale_fwd(x.double(), s.double(), ws.double(), bs.double()), dtype)
 
 
+@pytest.mark.parametrize(
+    "shape,layout",
+    [((2, 128, 7, 9), "channels_last"), ((2, 80, 10, 10), "nchw")],
+    ids=["cl-two-tiles-a-span", "nchw-two-channel-blocks-two-spans"],
+)
+def test_scse_dx_bwd_spans_and_channel_blocks(shape, layout, device):
+    """The dx pass's programs: a channel block and a span of tiles each, the last of either partial."""
+    _, c, h, w = shape
+    cfg = hz.scse_dx_config(c, h * w, layout == "channels_last")
+    spans = hz.cdiv(h * w, cfg.span)
+    assert (cfg.span > cfg.block_hw) if layout == "channels_last" else (cfg.block_c < c and spans > 1), cfg
+    x, g, ws, bs, s, dz = _inputs(shape, torch.float32, layout, device)
+    _, ss, dq, _ = kernels.scse_reduce_bwd(g, x, ws, bs)
+    dx, dws = kernels.scse_dx_bwd(g, x, s, dz, ss, dq, ws, True, True)
+    dx64, dws64 = decomposed.scse_dx_bwd(
+        g.double(), x.double(), s.double(), dz.double(), ss.double(), dq.double(), ws.double(), True, True
+    )
+    _close("dx", dx, dx64, torch.float32)
+    _close("dws", dws, dws64, torch.float32)
+
+
 def test_scse_scale_config_tiles():
     """Every channel a tile of up to SCSE_TILE elements (more only where the narrowest tile is), at
     least 32 bytes of each NCHW row, a program's span SCSE_SPAN positions or one tile."""

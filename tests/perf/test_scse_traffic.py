@@ -101,7 +101,7 @@ def test_the_unet_scse_preset_counts_fused_scse_against_smps_eager_block():
         events = trace.select(*traffic.PHASES["fwd"])
         rows[provider] = (traffic.path_name(events, "fwd"), sum(e.requested for e in events) / n)
     assert rows["fused"][0] == "triton scse" and rows["eager"][0] == "torch"
-    assert rows["fused"][1] <= 3.3  # two passes over x, y written, the weights and O(B C)
+    assert rows["fused"][1] <= 3.1  # two passes over x, y written, the weights and O(B C): 3.07N
     assert rows["eager"][1] >= 2 * rows["fused"][1]  # smp's ops: about 9N
 
 
