@@ -446,32 +446,39 @@ def excite_conv_bwd(
 # ---- scSE: the spatial gate's passes (the channel gate is excite_fwd / excite_bwd) --------------
 
 
-def _spatial_gate(q: Tensor, bs: Optional[Tensor], like: Tensor) -> Tensor:
-    """sigmoid(q + bs) as (B, 1, H, W), to broadcast over channels."""
-    if bs is not None:
-        q = q + as_dtype(bs, q.dtype)
-    return torch.sigmoid(q).view(like.shape[0], 1, like.shape[2], like.shape[3])
-
-
-def scse_squeeze_fwd(x: Tensor, ws: Tensor) -> tuple[Tensor, Tensor]:
-    """(sums of x over HW as one partial, (1, B, C); q = sum_c ws[c] x, (B, HW)), in the accumulation dtype."""
+def _spatial_gate(x: Tensor, ws: Tensor, bs: Optional[Tensor]) -> Tensor:
+    """s_s = sigmoid(sum_c ws[c] x + bs), (B, HW), in the accumulation dtype."""
     acc = acc_dtype(x.dtype)
-    q = torch.einsum("bchw,c->bhw", as_dtype(x, acc), as_dtype(ws, acc))
-    return x.sum(dim=(2, 3), dtype=acc)[None], q.reshape(x.shape[0], -1)
+    q = torch.einsum("bchw,c->bhw", as_dtype(x, acc), as_dtype(ws, acc)).reshape(x.shape[0], -1)
+    if bs is not None:
+        q = q + as_dtype(bs, acc)
+    return torch.sigmoid(q)
 
 
-def scse_scale_fwd(x: Tensor, s: Tensor, q: Tensor, bs: Optional[Tensor]) -> Tensor:
-    """y = x * (s[b, c] + sigmoid(q[b, hw] + bs)) in x's dtype and memory format."""
-    y = as_dtype(x, s.dtype) * (_bc(s) + _spatial_gate(q, bs, x))
+def _per_position(t: Tensor, like: Tensor) -> Tensor:
+    """(B, HW) as (B, 1, H, W), to broadcast over channels."""
+    return t.view(like.shape[0], 1, like.shape[2], like.shape[3])
+
+
+def scse_squeeze_fwd(x: Tensor) -> Tensor:
+    """The sums of x over HW as one partial, (1, B, C), in the accumulation dtype."""
+    return x.sum(dim=(2, 3), dtype=acc_dtype(x.dtype))[None]
+
+
+def scse_scale_fwd(x: Tensor, s: Tensor, ws: Tensor, bs: Optional[Tensor]) -> Tensor:
+    """y = x * (s[b, c] + sigmoid(sum_c ws[c] x + bs)) in x's dtype and memory format."""
+    y = as_dtype(x, s.dtype) * (_bc(s) + _per_position(_spatial_gate(x, ws, bs), x))
     return _like(y, x)
 
 
-def scse_reduce_bwd(g: Tensor, x: Tensor, q: Tensor, bs: Optional[Tensor]) -> tuple[Tensor, Tensor]:
-    """(sums over HW of g * x, (1, B, C); dq = (sum_c g x) s_s (1 - s_s), (B, HW))."""
+def scse_reduce_bwd(g: Tensor, x: Tensor, ws: Tensor, bs: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(sums over HW of g * x, (1, B, C); s_s, (B, HW); dq = (sum_c g x) s_s (1 - s_s), (B, HW);
+    db_s = sum dq as one share, (1,))."""
     acc = acc_dtype(x.dtype)
     gx = as_dtype(g, acc) * as_dtype(x, acc)
-    ss = _spatial_gate(q, bs, x).reshape(q.shape)
-    return gx.sum(dim=(2, 3))[None], torch.ops.aten.sigmoid_backward(gx.sum(1).reshape(q.shape), ss)
+    ss = _spatial_gate(x, ws, bs)
+    dq = torch.ops.aten.sigmoid_backward(gx.sum(1).reshape(ss.shape), ss)
+    return gx.sum(dim=(2, 3))[None], ss, dq, dq.sum().reshape(1)
 
 
 def scse_dx_bwd(
@@ -479,8 +486,7 @@ def scse_dx_bwd(
     x: Tensor,
     s: Tensor,
     dz: Optional[Tensor],
-    q: Tensor,
-    bs: Optional[Tensor],
+    ss: Tensor,
     dq: Tensor,
     ws: Tensor,
     need_dx: bool,
@@ -488,11 +494,11 @@ def scse_dx_bwd(
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """(dx = g (s + s_s) + dz / HW + dq ws, in x's dtype and memory format; dws = sum dq x)."""
     acc = s.dtype
-    dq4 = dq.view(x.shape[0], 1, x.shape[2], x.shape[3])
+    dq4 = _per_position(dq, x)
     dx = dws = None
     if need_dx:
         hw = x.shape[2] * x.shape[3]
-        dx = as_dtype(g, acc) * (_bc(s) + _spatial_gate(q, bs, x))
+        dx = as_dtype(g, acc) * (_bc(s) + _per_position(ss, x))
         dx += _bc(dz / hw)
         dx += dq4 * as_dtype(ws, acc).view(1, -1, 1, 1)
         dx = _like(dx, x)

@@ -123,7 +123,8 @@ FUSED_TRAFFIC = {"fwd": 3, "bwd": 4, "fwd+bwd": 7}
 MIN_TRAFFIC_TAIL = {"fwd": 3, "bwd": 5, "fwd+bwd": 8}
 FUSED_TRAFFIC_TAIL = {"fwd": 4, "bwd": 6, "fwd+bwd": 10}
 # scSE: its floor is SE's (the spatial gate needs no pass of its own); the fused passes read x twice
-# forward and g and x twice backward, plus O(N / C) for the spatial gate's (B, HW) values.
+# forward (no (B, HW) values: the scale pass sums the spatial gate's input for its own tile) and g
+# and x twice backward, plus O(N / C) there for the spatial gate's (B, HW) values and dq.
 FUSED_TRAFFIC_SCSE = {"fwd": 3, "bwd": 5, "fwd+bwd": 8}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LAYOUTS = ("nchw", "channels_last")

@@ -18,10 +18,10 @@ same arguments and outputs, for CPU tensors):
                     se_bwd_stream(g, x, z, s, a, w1, b1, w2, need, act, gate, d, relu_out, store_g, cfg,
                                   grad_dtypes) -> (dx, dr, dw1, db1, dw2, db2)
                         (the weight gradients in grad_dtypes: the parameters')
-    scse.py         scse_squeeze_fwd(x, ws) -> (zsum, q)                scSE's passes around the
-                    scse_scale_fwd(x, s, q, bs) -> y                    MLP excitation
-                    scse_reduce_bwd(g, x, q, bs) -> (dssum, dq)
-                    scse_dx_bwd(g, x, s, dz, q, bs, dq, ws, need_dx, need_dws) -> (dx, dws)
+    scse.py         scse_squeeze_fwd(x) -> zsum                         scSE's passes around the
+                    scse_scale_fwd(x, s, ws, bs) -> y                   MLP excitation
+                    scse_reduce_bwd(g, x, ws, bs) -> (dssum, ss, dq, dbs)
+                    scse_dx_bwd(g, x, s, dz, ss, dq, ws, need_dx, need_dws) -> (dx, dws)
     plan.py         plan_forward / plan_backward -> Plan(path, config): which of the MLP form's paths runs
     heuristics.py   block sizes and the thresholds behind each choice
 

@@ -296,13 +296,35 @@ def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> Red
 MAX_GRID_Y = 65535
 
 
-# scSE (kernels/scse.py): a program takes one sample's tile of HW positions across every channel
-# (the spatial gate sums over C), SCSE_TILE elements a step, the contiguous axis the long side of
-# the tile. HW tiles halve, down to SCSE_MIN_BLOCK_HW, while fewer than
-# SPLIT_BELOW_PROGRAMS_PER_SM programs per SM would run: each HW tile writes one (B, C) row of
+# scSE (kernels/scse.py). The backward's first pass: a program takes one sample's tile of HW
+# positions across every channel (the spatial gate sums over C), SCSE_TILE elements a step, the
+# contiguous axis the long side of the tile. HW tiles halve, down to SCSE_MIN_BLOCK_HW, while fewer
+# than SPLIT_BELOW_PROGRAMS_PER_SM programs per SM would run: each HW tile writes one (B, C) row of
 # fp32 partial sums, so the floor bounds those rows at 4 / (16 * element size) of N.
 SCSE_TILE = 4096
 SCSE_MIN_BLOCK_HW = 16
+# The forward's scale pass holds every channel of its tile at once (x read once: q, then y, from
+# the same registers) where the narrowest tile the layout allows (one position in channels_last;
+# SECTOR_BYTES of each channel's row in NCHW) has at most SCSE_SCALE_MAX_TILE elements (16 warps,
+# 32 a thread, from 8192; half as many in fp64, where 16384 spilled 424 bytes on sm_90); past it,
+# two sweeps over channel blocks, and x read twice.
+# The forward's scale and the backward's dx pass load their per-channel values once a program (s_c
+# and w_s; s_c, dz, w_s and dw_s's share) and take SCSE_SPAN positions at least, a tile at a time:
+# a few values a channel per 64 positions (a tile of every channel is 4 positions deep at C = 768,
+# where one tile a program would read s_c and w_s once per 4 positions, 3 / 4 of N in bf16).
+SCSE_SCALE_MAX_TILE = 16384
+SCSE_SPAN = 64
+SECTOR_BYTES = 32
+# The dx pass's programs each take a channel block (s_s and dq are read once per block): in NCHW
+# 64 channels, whose rows stay SCSE_TILE / 64 positions long, where SE's NCHW tiles (rows up to
+# 1024 positions, 4 channels) would read s_s and dq once per 4 channels.
+SCSE_DX_NCHW_BLOCK_C = 64
+# The forward's squeeze is SE's kernel with HW splits of at least SCSE_MIN_SPLIT_HW positions,
+# so that its (SPLIT, B, C) fp32 partial sums stay within 4 / (128 * element size) of N. To keep
+# SPLIT_BELOW_PROGRAMS_PER_SM programs per SM, channels_last tiles narrow to SECTOR_BYTES of
+# channels a position first (SE's 128-channel tiles, 16 positions deep, would split a 32 x 32 map
+# 64 ways at batch 1 on an H100: rows of N / 8 in bf16).
+SCSE_MIN_SPLIT_HW = 128
 
 
 @dataclass(frozen=True)
@@ -312,9 +334,23 @@ class ScseConfig:
     num_warps: int
 
 
+@dataclass(frozen=True)
+class ScseSpanConfig:
+    """A tile a step over a program's span of positions."""
+
+    block_c: int
+    block_hw: int
+    span: int  # positions a program, a multiple of block_hw
+    num_warps: int
+
+
+@dataclass(frozen=True)
+class ScseScaleConfig(ScseSpanConfig):
+    one_sweep: bool  # block_c covers every channel: x is read once
+
+
 def scse_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> ScseConfig:
-    """The tiles of both scSE passes, forward and backward (the same tiling: the partial sums of
-    the first pass and the programs of the second are indexed alike)."""
+    """The tiles of scSE's backward first pass."""
     if channels_last:
         block_c = min(next_pow2(c), MAX_BLOCK_C_STREAM)
         block_hw = min(next_pow2(hw), max(SCSE_MIN_BLOCK_HW, SCSE_TILE // block_c))
@@ -326,6 +362,55 @@ def scse_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> ScseC
     if not channels_last:
         block_c = min(next_pow2(c), max(1, SCSE_TILE // block_hw))
     return ScseConfig(block_c, block_hw, num_warps=4 if block_c * block_hw <= 2048 else 8)
+
+
+def scse_scale_config(c: int, hw: int, channels_last: bool, elem_bytes: int) -> ScseScaleConfig:
+    """The forward's scale pass: tiles of every channel (one_sweep), SCSE_TILE elements (more only
+    where the layout's narrowest tile is), a program's span SCSE_SPAN positions or one tile;
+    else two sweeps over channel blocks of SCSE_SPAN positions, a tile a program."""
+    min_hw = min(next_pow2(hw), 1 if channels_last else max(1, SECTOR_BYTES // elem_bytes))
+    block_c = next_pow2(c)
+    one_sweep = block_c * min_hw <= SCSE_SCALE_MAX_TILE // (2 if elem_bytes == 8 else 1)
+    if one_sweep:
+        block_hw = min(next_pow2(hw), MAX_BLOCK_HW_STREAM, max(min_hw, SCSE_TILE // block_c))
+        span = max(block_hw, SCSE_SPAN)
+    else:
+        block_hw = span = min(next_pow2(hw), SCSE_SPAN)
+        block_c = max(1, SCSE_TILE // block_hw)
+    tile = block_c * block_hw
+    return ScseScaleConfig(block_c, block_hw, span, 4 if tile <= 2048 else 8 if tile <= 8192 else 16, one_sweep)
+
+
+def scse_dx_config(c: int, hw: int, channels_last: bool) -> ScseSpanConfig:
+    """The backward's dx pass: SCSE_TILE-element tiles of a channel block (up to
+    MAX_BLOCK_C_STREAM channels in channels_last, SCSE_DX_NCHW_BLOCK_C in NCHW), SCSE_SPAN
+    positions a program or one tile."""
+    block_c = min(next_pow2(c), MAX_BLOCK_C_STREAM if channels_last else SCSE_DX_NCHW_BLOCK_C)
+    block_hw = min(next_pow2(hw), max(1, SCSE_TILE // block_c))
+    tile = block_c * block_hw
+    return ScseSpanConfig(block_c, block_hw, max(block_hw, SCSE_SPAN), num_warps=4 if tile <= 2048 else 8)
+
+
+def scse_squeeze_config(b: int, c: int, hw: int, channels_last: bool, elem_bytes: int, sms: int) -> ReduceConfig:
+    """The forward's squeeze (SE's kernel, passes._hw_sum_kernel): SE's tiles and split rule, the
+    splits at least SCSE_MIN_SPLIT_HW positions long, channels_last tiles narrowed (down to
+    SECTOR_BYTES a position) while even the most such splits would leave too few programs."""
+    target = SPLIT_BELOW_PROGRAMS_PER_SM * sms
+    most_splits = max(1, hw // SCSE_MIN_SPLIT_HW)
+    block_c, block_hw = _stream_tile(channels_last, c, hw, REDUCE_TILE)
+    if channels_last:
+        narrowest = min(block_c, max(1, SECTOR_BYTES // elem_bytes))
+        while block_c > narrowest and b * cdiv(c, block_c) * most_splits < target:
+            block_c //= 2
+        block_hw = min(next_pow2(hw), max(1, REDUCE_TILE // block_c))
+    programs = b * cdiv(c, block_c)
+    hw_blocks = cdiv(hw, block_hw)
+    split = 1
+    if programs < target:
+        split = min(hw_blocks, MAX_HW_SPLIT, most_splits, cdiv(target, max(programs, 1)))
+    hw_per_split = cdiv(hw_blocks, split) * block_hw
+    split = cdiv(hw, hw_per_split)  # no empty splits
+    return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
 
 
 def flat_rows(hw: int) -> bool:

@@ -247,17 +247,19 @@ def flat_stride(x: torch.Tensor, *others: Optional[torch.Tensor]) -> Optional[in
     return xs[0]
 
 
-def _hw_sum(
+def hw_sum(
     x: torch.Tensor,
     g: Optional[torch.Tensor] = None,
     relu_out: Optional[torch.Tensor] = None,
     d: Optional[torch.Tensor] = None,
     store_g: bool = False,
     lengths: Optional[torch.Tensor] = None,
+    cfg: Optional[hz.ReduceConfig] = None,
 ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     """Partial sums over HW of x, or of g * x; with relu_out, g is first zeroed where
     relu_out <= 0 (and, with store_g, written out: returned second); with d, sample b's sums
-    are times d[b]; with lengths, over hw < lengths[b] only, times HW / lengths[b]."""
+    are times d[b]; with lengths, over hw < lengths[b] only, times HW / lengths[b]. cfg: the
+    tiled kernel's tiles and splits (heuristics.reduce_config's by default)."""
     b, c, h, w = x.shape
     hw = h * w
     xs = strides_of(x, None)
@@ -276,7 +278,7 @@ def _hw_sum(
                 WINDOW=fcfg.window, num_warps=fcfg.num_warps,
             )  # fmt: skip
         return out, dr
-    cfg = hz.reduce_config(b, c, hw, is_channels_last(xs), hz.sm_count(x.device))
+    cfg = cfg or hz.reduce_config(b, c, hw, is_channels_last(xs), hz.sm_count(x.device))
     out = empty(cfg.split, b, c, dtype=acc_dtype(x.dtype), device=x.device)
     if out.numel() == 0:
         return out, dr
@@ -316,7 +318,7 @@ def squeeze_fwd(x: torch.Tensor, lengths: Optional[torch.Tensor] = None) -> torc
     lengths: (B,) int, contiguous, each in 1..HW, or None: the sums over hw < lengths[b] only,
     times HW / lengths[b] (so that excite_fwd's divide by HW gives the mean over those positions)."""
     record("squeeze")
-    return _hw_sum(x, lengths=lengths)[0]
+    return hw_sum(x, lengths=lengths)[0]
 
 
 def scale_bwd(
@@ -336,7 +338,7 @@ def scale_bwd(
     assert g.shape == x.shape and (relu_out is None or relu_out.shape == x.shape)
     assert not store_g or relu_out is not None
     record("scale_bwd")
-    return _hw_sum(x, g, relu_out, d, store_g)
+    return hw_sum(x, g, relu_out, d, store_g)
 
 
 def _scale(

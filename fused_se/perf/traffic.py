@@ -137,7 +137,7 @@ def path_name(events: list[Event], mode: str) -> str:
     names = {e.name for e in events if e.kind == "triton"}
     if not names:
         return "torch"
-    if "_scse_squeeze_kernel" in names:
+    if "_scse_scale_kernel" in names or "_scse_reduce_bwd_kernel" in names:
         return "triton scse"
     fwd = "stream" if "_se_fwd_stream_kernel" in names else None
     fwd = fwd or ("spread" if "_se_fwd_spread_kernel" in names else None)

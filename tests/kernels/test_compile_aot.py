@@ -274,8 +274,10 @@ def _exercise(launches):
 
 def _exercise_scse():
     """scSE's passes (kernels/scse.py): every dtype, both layouts, the tiles of both (a 128-channel
-    channels_last tile, a 1024-position NCHW one), with and without the spatial gate's bias, fp32
-    parameters with a 16-bit x, and each backward gradient pattern."""
+    channels_last tile, a 1024-position NCHW one), the forward's scale over every channel at once
+    (up to 16 warps: 768 channels of 32-byte NCHW rows) and in two sweeps (2049 channels in NCHW),
+    with and without the spatial gate's bias, fp32 parameters with a 16-bit x, and each backward
+    gradient pattern."""
     import torch
 
     from fused_se import kernels
@@ -286,6 +288,8 @@ def _exercise_scse():
             ((3, 65, 7, 7), "channels_last"),
             ((2, 256, 16, 16), "channels_last"),
             ((2, 16, 64, 64), "nchw"),
+            ((1, 768, 16, 16), "nchw"),
+            ((1, 2049, 4, 4), "nchw"),
         ):
             x = torch.randn(shape, dtype=dtype)
             if layout == "channels_last":
@@ -295,11 +299,11 @@ def _exercise_scse():
             acc = kernels.acc_dtype(dtype)
             ws, s, dz = torch.randn(c, dtype=pdt), torch.rand(b, c, dtype=acc), torch.randn(b, c, dtype=acc)
             for bs in (torch.randn(1, dtype=pdt), None):
-                _, q = kernels.scse_squeeze_fwd(x, ws)
-                kernels.scse_scale_fwd(x, s, q, bs)
-                _, dq = kernels.scse_reduce_bwd(x, x, q, bs)
+                kernels.scse_squeeze_fwd(x)
+                kernels.scse_scale_fwd(x, s, ws, bs)
+                _, ss, dq, _ = kernels.scse_reduce_bwd(x, x, ws, bs)
                 for need in ((True, True), (True, False), (False, True)):
-                    kernels.scse_dx_bwd(x, x, s, dz, q, bs, dq, ws, *need)
+                    kernels.scse_dx_bwd(x, x, s, dz, ss, dq, ws, *need)
 
 
 def _main(arch: str) -> int:
