@@ -26,7 +26,7 @@ class Empty(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g, *_):
-        x, z, s, a, d, out, w1, b1, w2, b2 = ctx.saved_tensors
+        x, _z, _s, _a, _d, _out, w1, b1, w2, b2 = ctx.saved_tensors
         grads = (torch.empty_like(x), torch.empty_like(w1), torch.empty_like(b1), torch.empty_like(w2))
         return (*grads, torch.empty_like(b2), None, None, None, None, None)
 
@@ -50,7 +50,10 @@ model = timm.create_model("seresnet50", pretrained=False).train()
 eager = model.layer1[0].se
 fused = fused_se.convert(timm.create_model("seresnet50", pretrained=False)).train().layer1[0].se
 x = torch.randn(1, 256, 1, 1)
-rows = [("eager SEModule", us(_call(eager, x, "fwd+bwd"))), ("empty Function, same interface", us(_call(EmptyBlock(eager), x, "fwd+bwd")))]
+rows = [
+    ("eager SEModule", us(_call(eager, x, "fwd+bwd"))),
+    ("empty Function, same interface", us(_call(EmptyBlock(eager), x, "fwd+bwd"))),
+]
 with stubbed_launches():
     rows.append((f"{type(fused).__name__} (launches stubbed)", us(_call(fused, x, "fwd+bwd"))))
 for name, t in rows:
