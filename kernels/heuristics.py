@@ -282,11 +282,17 @@ def _stream_tile(channels_last: bool, c: int, hw: int, tile: int) -> tuple[int, 
 
 def reduce_config(b: int, c: int, hw: int, channels_last: bool, sms: int) -> ReduceConfig:
     block_c, block_hw = _stream_tile(channels_last, c, hw, REDUCE_TILE)
+    return _split_reduce(b, c, hw, block_c, block_hw, sms, MAX_HW_SPLIT)
+
+
+def _split_reduce(b: int, c: int, hw: int, block_c: int, block_hw: int, sms: int, max_split: int) -> ReduceConfig:
+    """The reduction's tiles split over HW, up to max_split ways, while fewer than
+    SPLIT_BELOW_PROGRAMS_PER_SM programs per SM would run."""
     programs = b * cdiv(c, block_c)
     hw_blocks = cdiv(hw, block_hw)
     split = 1
     if programs < SPLIT_BELOW_PROGRAMS_PER_SM * sms:
-        split = min(hw_blocks, MAX_HW_SPLIT, cdiv(SPLIT_BELOW_PROGRAMS_PER_SM * sms, max(programs, 1)))
+        split = min(hw_blocks, max_split, cdiv(SPLIT_BELOW_PROGRAMS_PER_SM * sms, max(programs, 1)))
     hw_per_split = cdiv(hw_blocks, split) * block_hw
     split = cdiv(hw, hw_per_split)  # no empty splits
     return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
@@ -403,14 +409,7 @@ def scse_squeeze_config(b: int, c: int, hw: int, channels_last: bool, elem_bytes
         while block_c > narrowest and b * cdiv(c, block_c) * most_splits < target:
             block_c //= 2
         block_hw = min(next_pow2(hw), max(1, REDUCE_TILE // block_c))
-    programs = b * cdiv(c, block_c)
-    hw_blocks = cdiv(hw, block_hw)
-    split = 1
-    if programs < target:
-        split = min(hw_blocks, MAX_HW_SPLIT, most_splits, cdiv(target, max(programs, 1)))
-    hw_per_split = cdiv(hw_blocks, split) * block_hw
-    split = cdiv(hw, hw_per_split)  # no empty splits
-    return ReduceConfig(block_c, block_hw, split, hw_per_split, num_warps=4 if block_c * block_hw <= 1024 else 8)
+    return _split_reduce(b, c, hw, block_c, block_hw, sms, min(MAX_HW_SPLIT, most_splits))
 
 
 def flat_rows(hw: int) -> bool:
