@@ -4,7 +4,7 @@ reaches private APIs of torch, triton or Python.
     env.py      getenv: the switches' reads (FUSED_SE_*) without os.environ.get's KeyError
     launch.py   launch(kernel, grid): the launch path, the launch cache, launch records, buffers
                 (empty, zeros, empty_like), and `intercepted`, the one hook for tools
-    replay.py   replayed(body): a plain call's launches recorded per signature and redone
+    replay.py   Replayed(body): a plain call's launches recorded per signature and redone
     trace.py    tracing, plain_eager, is_fake: what may trace or intercept a call (torch only)
     eager.py    on_real_tensors, replayed_body: the plain-eager route's bodies
     modules.py  children, own_parameters: a block's layers and weights without Module.__getattr__

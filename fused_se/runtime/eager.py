@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .replay import Replayed, replayed
+from .replay import Replayed
 from .trace import set_wrap_triton_enabled
 
 
@@ -27,4 +27,4 @@ def on_real_tensors(body: Callable) -> Callable:
 def replayed_body(body: Callable, launches: Callable[[tuple], bool], settings: Callable[[], tuple]) -> Replayed:
     """An op's body as plain calls run it: replayed per signature (replay.py) where it launches
     kernels, with wrap_triton off; elsewhere (the CPU twins, which launch nothing) as it is."""
-    return replayed(on_real_tensors(body), launches, elsewhere=body, settings=settings)
+    return Replayed(on_real_tensors(body), launches, elsewhere=body, settings=settings)

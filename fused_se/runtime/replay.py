@@ -5,7 +5,7 @@ An op body spends most of its host time deciding: checks, the planner, the block
 launcher's argument list, triton's binding of every argument. All of it depends on the call's
 signature alone (each tensor's shape, strides, dtype, device and 16-byte alignment, every other
 argument's value, and the settings the planner reads), never on the tensors' values. So
-`replayed(body)` runs the body once per signature while recording what it did, and turns that
+`Replayed(body)` runs the body once per signature while recording what it did, and turns that
 into a program:
 
     allocations   each buffer launch.empty / launch.empty_like made: its shape, strides, dtype
@@ -136,14 +136,7 @@ class Program:
     def __call__(self, args: tuple):
         if self._direct():
             return self._call_direct(args)
-        slots = list(args)
-        poison = launch.POISON_OUTPUTS
-        for (shape, stride, dtype, device, zeroed), fixed in zip(self.allocs, self.fixed, strict=True):
-            if fixed is not None:
-                slots.append(fixed)
-                continue
-            t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
-            slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
+        slots = self._slots(args, None)
         self._log()
         for ln in self.launches:
             a = ln.args.copy()
@@ -153,16 +146,30 @@ class Program:
         return self._outputs(slots)
 
     def _call_direct(self, args: tuple):
-        slots = list(args)
-        poison = launch.POISON_OUTPUTS
         base = None
         if self.scratch_bytes:
             scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=self.allocs[0][3])
-            if poison:
+            if launch.POISON_OUTPUTS:
                 scratch.fill_(255)  # NaN in every float width, as launch.empty's poison
             if self.zeroed_bytes:
                 scratch[: self.zeroed_bytes].zero_()
             base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
+        slots = self._slots(args, base)
+        self._log()
+        stream = 0 if self.device == STUB_DEVICE else launch.raw_stream(self.device)
+        run = launch.run_compiled
+        for ln in self.launches:
+            params = ln.params.copy()
+            for pos, slot in ln.tensors:
+                params[pos] = slots[slot]
+            run(ln.compiled, ln.grid3, stream, params)
+        return self._outputs(slots)
+
+    def _slots(self, args: tuple, base: Optional[int]) -> list:
+        """The arguments, then each buffer: an address in the scratch at `base` (the direct path),
+        the empty output made once, or a new tensor."""
+        slots = list(args)
+        poison = launch.POISON_OUTPUTS
         for (shape, stride, dtype, device, zeroed), offset, fixed in zip(
             self.allocs, self.offsets, self.fixed, strict=True
         ):
@@ -173,15 +180,7 @@ class Program:
             else:
                 t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
                 slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
-        self._log()
-        stream = 0 if self.device == STUB_DEVICE else launch.raw_stream(self.device)
-        run = launch.run_compiled
-        for ln in self.launches:
-            params = ln.params.copy()
-            for pos, slot in ln.tensors:
-                params[pos] = slots[slot]
-            run(ln.compiled, ln.grid3, stream, params)
-        return self._outputs(slots)
+        return slots
 
     def _log(self) -> None:
         if launch._launch_logs:  # (the list itself: a call per replay costs more than the test)
@@ -313,13 +312,3 @@ def derived(key: tuple, args: tuple, settings: tuple = ()) -> tuple:
     inputs and the forward's outputs; a returned key is one whose outputs a Program makes):
     signature of the new arguments alone."""
     return key, signature(args, settings)
-
-
-def replayed(
-    body: Callable,
-    applies: Callable[[tuple], bool],
-    elsewhere: Optional[Callable] = None,
-    settings: Callable[[], tuple] = tuple,
-) -> Replayed:
-    """body, replayed per signature where applies(args) (`Replayed`)."""
-    return Replayed(body, applies, elsewhere, settings)
