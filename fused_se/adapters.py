@@ -71,10 +71,14 @@ class FusedLayersSEModule(FusedSEModule):
         _check_layer(expand, expand_layer, hidden, channels)
         module._configure(channels, hidden, act, gate)
         module.reduction = None
-        module._paths = (reduce, expand)
-        module._parts = (tuple(reduce.split(".")), tuple(expand.split(".")))
+        module._parts = (tuple(reduce.split(".")), tuple(expand.split(".")))  # split once, not per call
         module.add_input = add_input
         return module
+
+    @property
+    def _paths(self) -> tuple[str, str]:
+        """The two layers' paths below the block, as from_children took them."""
+        return tuple(".".join(parts) for parts in self._parts)
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
         reduce, expand = (descendant(self, parts) for parts in self._parts)
