@@ -20,7 +20,7 @@ import torch
 from torch import fx, nn
 
 from .functional import _squeeze_excite
-from .modules import FusedSEModule, _check_pointwise_conv, _matrix_and_bias, descendant, traced_as_leaf
+from .modules import FusedSEModule, _check_pointwise_conv, _weight_and_bias, descendant, traced_as_leaf
 
 
 def _check_layer(name: str, layer: nn.Module, in_features: Optional[int], out_features: Optional[int]) -> None:
@@ -82,7 +82,7 @@ class FusedLayersSEModule(FusedSEModule):
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
         reduce, expand = (descendant(self, parts) for parts in self._parts)
-        return _squeeze_excite, (*_matrix_and_bias(reduce), *_matrix_and_bias(expand), self.act, self.gate)
+        return _squeeze_excite, (*_weight_and_bias(reduce), *_weight_and_bias(expand), self.act, self.gate)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, **tail) -> torch.Tensor:
         if isinstance(x, fx.Proxy):

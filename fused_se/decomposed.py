@@ -42,6 +42,23 @@ def _opt(t: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     return None if t is None else as_dtype(t, dtype)
 
 
+def _matrix(w: Tensor, dtype: torch.dtype) -> Tensor:
+    """A weight matrix, (O, I) or a pointwise conv's (O, I, 1, ...) weight, as (O, I) in dtype."""
+    return as_dtype(w if w.dim() == 2 else w.flatten(1), dtype)
+
+
+def _as_weight(t: Optional[Tensor], w: Tensor, dtype: Optional[torch.dtype] = None) -> Optional[Tensor]:
+    """An (O, I) weight gradient in dtype (default w's), w's shape and, where w is contiguous, w's
+    strides (a channels_last conv's weight differs only on its size-1 dims, which DDP's buckets
+    compare too), as the kernels write it."""
+    if t is None:
+        return None
+    t = as_dtype(t, w.dtype if dtype is None else dtype)
+    if w.dim() == 2:
+        return t
+    return t.as_strided(w.shape, w.stride()) if w.is_contiguous() else t.view(w.shape)
+
+
 def _bc(t: Tensor) -> Tensor:
     """(B, C) as (B, C, 1, 1), to broadcast over HW (a view: cheaper to dispatch than indexing)."""
     return t.view(t.shape[0], t.shape[1], 1, 1)
@@ -194,8 +211,8 @@ def _pre_gate(z: Tensor, w1: Tensor, b1: Optional[Tensor], w2: Tensor, b2: Optio
     """a = W2 act(W1 z + b1) + b2 from the mean z, in z's dtype: a new tensor."""
     dt = z.dtype
     with _exact(z):
-        h = F.linear(z, as_dtype(w1, dt), _opt(b1, dt))
-        return F.linear(_act_(h, act), as_dtype(w2, dt), _opt(b2, dt))
+        h = F.linear(z, _matrix(w1, dt), _opt(b1, dt))
+        return F.linear(_act_(h, act), _matrix(w2, dt), _opt(b2, dt))
 
 
 def _pre_gate_kept(
@@ -205,8 +222,8 @@ def _pre_gate_kept(
     backward (the activation out of place)."""
     dt = z.dtype
     with _exact(z):
-        h = F.linear(z, as_dtype(w1, dt), _opt(b1, dt))
-        return F.linear(_act(h, act), as_dtype(w2, dt), _opt(b2, dt)), h
+        h = F.linear(z, _matrix(w1, dt), _opt(b1, dt))
+        return F.linear(_act(h, act), _matrix(w2, dt), _opt(b2, dt)), h
 
 
 def _mlp(
@@ -301,7 +318,7 @@ def _mlp_bwd(
     dt = z.dtype
     w1_in, w2_in = w1, w2
     with _exact(z):
-        w1, w2 = as_dtype(w1, dt), as_dtype(w2, dt)
+        w1, w2 = _matrix(w1, dt), _matrix(w2, dt)
         if h is None:
             h = F.linear(z, w1, _opt(b1, dt))
         da = _gate_bwd(ds, s, a, gate)
@@ -312,7 +329,8 @@ def _mlp_bwd(
         db1 = dh.sum(0) if need_db1 else None
         dz = dh @ w1 if need_dz else None
     # in the weights' dtypes, as the kernels write them
-    dw1, dw2, db2 = (None if t is None else as_dtype(t, w.dtype) for t, w in ((dw1, w1_in), (dw2, w2_in), (db2, w2_in)))
+    dw1, dw2 = _as_weight(dw1, w1_in), _as_weight(dw2, w2_in)
+    db2 = None if db2 is None else as_dtype(db2, w2_in.dtype)
     db1 = None if db1 is None else as_dtype(db1, w1_in.dtype if b1 is None else b1.dtype)
     return dz, dw1, db1, dw2, db2
 
@@ -356,7 +374,7 @@ def excite_fc_fwd(
 ) -> tuple[Tensor, Tensor, Tensor]:
     z = _mean(zsum, hw)
     with _exact(z):
-        a = F.linear(z, as_dtype(w, z.dtype), _opt(b, z.dtype))
+        a = F.linear(z, _matrix(w, z.dtype), _opt(b, z.dtype))
     return (z, *_gate_outputs(a, gate))
 
 
@@ -374,10 +392,11 @@ def excite_fc_bwd(
     need_dz, need_dw, need_db = need
     with _exact(z):
         da = _gate_bwd(_partials_sum(dssum), s, a, gate)
-        dz = da @ as_dtype(w, z.dtype) if need_dz else None
+        dz = da @ _matrix(w, z.dtype) if need_dz else None
         dw = da.t() @ z if need_dw else None
         db = da.sum(0) if need_db else None
-    return (dz, *_in_dtypes((dw, db), grad_dtypes))
+    dw_dtype, db_dtype = grad_dtypes or (z.dtype, z.dtype)
+    return dz, _as_weight(dw, w, dw_dtype), _opt(db, db_dtype)
 
 
 def _in_dtypes(grads: tuple[Optional[Tensor], ...], dtypes: Optional[tuple[torch.dtype, ...]]) -> tuple:

@@ -41,6 +41,21 @@ def _check_tensor(name: str, t: object, ndim: int, shape_doc: str) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
 
 
+def _check_matrix(name: str, t: object, rows: str, cols: str) -> None:
+    """A weight matrix: (rows, cols) as nn.Linear holds it, or a pointwise conv's (rows, cols, 1, ...)
+    weight as it is (the kernels read its first two strides; no view a call)."""
+    shape_doc = f"({rows}, {cols})"
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape_doc}; got {type(t).__name__}")
+    if t.dim() < 2 or any(n != 1 for n in t.shape[2:]):
+        raise ValueError(
+            f"{name} must have shape {shape_doc}, or ({rows}, {cols}, 1, ...) (a pointwise conv's weight); "
+            f"got shape {tuple(t.shape)}"
+        )
+    if t.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
+
+
 # The ranks x may have: (B, C, L), (B, C, H, W), (B, C, D, H, W).
 RANKS = (3, 4, 5)
 _X_SHAPES = "(B, C, L), (B, C, H, W) or (B, C, D, H, W)"
@@ -122,16 +137,19 @@ def _inputs_pass(x, w1, b1, w2, b2, act, gate) -> bool:
     tensor = torch.Tensor
     if not (isinstance(x, tensor) and isinstance(w1, tensor) and isinstance(w2, tensor)):
         return False
-    shape, wshape = x.shape, w1.shape
-    if len(shape) not in RANKS or len(wshape) != 2:
+    shape, wshape, w2shape = x.shape, w1.shape, w2.shape
+    if len(shape) not in RANKS or len(wshape) < 2 or len(w2shape) < 2:
         return False
     dtype, wdtype = x.dtype, w1.dtype
     if dtype not in _FLOAT_DTYPE_SET or w2.dtype is not wdtype:
         return False
     if wdtype is not dtype and not (wdtype is torch.float32 and dtype in _AUTOCAST_DTYPES):  # _dtype_pairs
         return False
-    r, c = wshape
-    if c != shape[1] or r == 0 or w2.shape != (c, r) or 0 in shape:  # w2 2-D by its shape
+    r, c = wshape[0], wshape[1]
+    if c != shape[1] or r == 0 or w2shape[0] != c or w2shape[1] != r or 0 in shape:
+        return False
+    # a pointwise conv's weight: every dim past the first two of size 1 (r * c > 0 here)
+    if (len(wshape) > 2 and w1.numel() != r * c) or (len(w2shape) > 2 and w2.numel() != r * c):
         return False
     device = x.device
     return (
@@ -158,14 +176,14 @@ def check_inputs(
         return
     _check_x(x)
     c = x.shape[1]
-    _check_tensor("w1", w1, 2, "(hidden, C)")
+    _check_matrix("w1", w1, "hidden", "C")
     r = w1.shape[0]
     if w1.shape[1] != c:
         raise ValueError(f"w1 must have shape (hidden, C) with C = x.shape[1] = {c}; got {tuple(w1.shape)}")
     if r == 0:
         raise ValueError("w1 must have at least one row (hidden width >= 1); got shape (0, C)")
-    _check_tensor("w2", w2, 2, "(C, hidden)")
-    if tuple(w2.shape) != (c, r):
+    _check_matrix("w2", w2, "C", "hidden")
+    if tuple(w2.shape[:2]) != (c, r):
         raise ValueError(f"w2 must have shape (C, hidden) = ({c}, {r}) to match x and w1; got {tuple(w2.shape)}")
     _check_vector("b1", b1, r, "w1")
     _check_vector("b2", b2, c, "x's channels")
@@ -306,8 +324,9 @@ def squeeze_excite(
 
     x: (B, C, L), (B, C, H, W) or (B, C, D, H, W), in any layout whose spatial dims flatten into
     one strided axis (contiguous, channels_last, channels_last_3d, a channel slice; others are
-    copied once); w1: (hidden, C) and w2: (C, hidden) as nn.Linear stores them (any hidden >= 1);
-    b1 and b2 may be None. act: "relu" or "silu"; gate: "sigmoid" or "hard_sigmoid" (torch's
+    copied once); w1: (hidden, C) and w2: (C, hidden) as nn.Linear stores them (any hidden >= 1),
+    or pointwise convs' weights as they are ((hidden, C, 1, ...), (C, hidden, 1, ...)): their
+    gradients come back in the weights' shapes; b1 and b2 may be None. act: "relu" or "silu"; gate: "sigmoid" or "hard_sigmoid" (torch's
     hardsigmoid). The squeeze and the excitation run in fp32 whatever x's dtype; y has x's
     shape, dtype and memory format. Differentiable in x, the weights and the biases.
 
@@ -368,7 +387,7 @@ def effective_squeeze_excite(
 ) -> torch.Tensor:
     """y = x * gate(W mean(x) + b), fused: the effective SE block (ESE) of VoVNet.
 
-    w: (C, C) (a 1x1 conv's weight viewed as 2-D); b: (C,) or None. As squeeze_excite otherwise
+    w: (C, C), or a 1x1 conv's (C, C, 1, ...) weight as it is; b: (C,) or None. As squeeze_excite otherwise
     (ranks, layouts, the residual tail), without lengths.
     """
     return _effective_squeeze_excite(x, w, b, gate, residual, out_act, sample_scale)
@@ -386,8 +405,8 @@ def _effective_squeeze_excite(
     """effective_squeeze_excite with every argument positional (the modules' call)."""
     _check_x(x)
     c = x.shape[1]
-    _check_tensor("w", w, 2, "(C, C)")
-    if tuple(w.shape) != (c, c):
+    _check_matrix("w", w, "C", "C")
+    if tuple(w.shape[:2]) != (c, c):
         raise ValueError(f"w must have shape (C, C) = ({c}, {c}) to match x; got {tuple(w.shape)}")
     _check_vector("b", b, c, "x's channels")
     _check_devices(x, w=w, b=b)
@@ -478,7 +497,8 @@ def spatial_channel_squeeze_excite(
         x: (B, C, L), (B, C, H, W) or (B, C, D, H, W), in any layout whose spatial dims flatten into
             one strided axis (others are copied once).
         w1, b1, w2, b2: the channel gate's layers as nn.Linear stores them ((hidden, C), (hidden,),
-            (C, hidden), (C,)); the biases may be None.
+            (C, hidden), (C,)), the weights also as pointwise convs' ((hidden, C, 1, ...)); the
+            biases may be None.
         ws, bs: the spatial gate's 1x1 conv, its weight as (C,) and its bias as (1,) or None.
         act: "relu" or "silu"; gate: the channel gate, "sigmoid" or "hard_sigmoid".
     Parameters have x's dtype, or are fp32 with a 16-bit x. Everything is summed in fp32 (fp64

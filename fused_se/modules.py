@@ -266,24 +266,12 @@ def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, Optional[torch.Ten
     return layer.weight, layer.bias
 
 
-def _matrix_and_bias(layer: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """A linear or pointwise conv layer's weight as the (out, in) matrix the functional form takes, and its bias."""
-    weight, bias = _weight_and_bias(layer)
-    return (weight if weight.dim() == 2 else _as_matrix(weight)), bias
-
-
 def descendant(module: nn.Module, parts: tuple[str, ...]) -> nn.Module:
     """module.get_submodule(".".join(parts)) through the children's dicts (runtime.modules): a
     fused block's per-call lookup of its layers."""
     for part in parts:
         module = children(module)[part]
     return module
-
-
-def _as_matrix(w: torch.Tensor) -> torch.Tensor:
-    """A pointwise conv's (O, I, 1, ...) weight as the (O, I) matrix, through a view whose gradient
-    comes back in w's own strides (channels_last too, as DDP's gradient buckets expect)."""
-    return w.movedim(1, -1).flatten(1) if w.dim() > 2 and w.stride(-1) != 1 else w.flatten(1)
 
 
 _POINTWISE_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -312,7 +300,8 @@ class FusedConv2dSEModule(FusedSEModule):
 
     ``names`` are the attributes of the two layers: ("fc1", "fc2") for timm's SEModule and
     torchvision, ("conv_reduce", "conv_expand") for timm's EfficientNet blocks. Their weights
-    keep the conv shapes ((hidden, C, 1, 1), (C, hidden, 1, 1)); the kernels see them as 2-D views.
+    keep the conv shapes ((hidden, C, 1, 1), (C, hidden, 1, 1)), which the kernels take as they are
+    (their first two strides: no view of a parameter, an autograd node, a call).
     """
 
     def __init__(
@@ -362,7 +351,7 @@ class FusedConv2dSEModule(FusedSEModule):
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
         own, (reduce, expand) = children(self), self._names
-        return _squeeze_excite, (*_matrix_and_bias(own[reduce]), *_matrix_and_bias(own[expand]), self.act, self.gate)
+        return _squeeze_excite, (*_weight_and_bias(own[reduce]), *_weight_and_bias(own[expand]), self.act, self.gate)
 
 
 class FusedEffectiveSEModule(FusedSEModule):
@@ -392,7 +381,7 @@ class FusedEffectiveSEModule(FusedSEModule):
         self.fc = fc
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
-        return _effective_squeeze_excite, (*_matrix_and_bias(children(self)["fc"]), self.gate)
+        return _effective_squeeze_excite, (*_weight_and_bias(children(self)["fc"]), self.gate)
 
     def describe(self) -> str:
         return f"C={self.channel} gate={self.gate}"
@@ -547,7 +536,7 @@ class FusedSCSEModule(FusedSEModule):
         own = children(self)
         _, reduce, _, expand, _ = children(own["cSE"]).values()
         spatial = children(own["sSE"])["0"]
-        params = (*_matrix_and_bias(reduce), *_matrix_and_bias(expand))
+        params = (*_weight_and_bias(reduce), *_weight_and_bias(expand))
         ws, bs = _weight_and_bias(spatial)
         # FusedSEModule.forward calls it with the residual tail's arguments, which scSE refuses but the defaults
         return _spatial_channel_squeeze_excite, (*params, ws.reshape(-1), bs, self.act, self.gate)

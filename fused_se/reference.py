@@ -28,6 +28,15 @@ def _opt(t: Optional[torch.Tensor], dtype: torch.dtype) -> Optional[torch.Tensor
     return None if t is None else t.to(dtype)
 
 
+def _matrix(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A weight matrix, (O, I) or a pointwise conv's (O, I, 1, ...) weight, as (O, I) in dtype,
+    through a view whose gradient comes back in w's own strides (channels_last too, as DDP's
+    gradient buckets expect)."""
+    if w.dim() > 2:
+        w = w.movedim(1, -1).flatten(1) if w.stride(-1) != 1 else w.flatten(1)
+    return w.to(dtype)
+
+
 def excite(
     z: torch.Tensor,
     w1: torch.Tensor,
@@ -38,13 +47,13 @@ def excite(
     gate: str = "sigmoid",
 ) -> torch.Tensor:
     """s = gate(W2 act(W1 z + b1) + b2) for z of shape (B, C), in z's dtype."""
-    h = _ACT_FNS[act](F.linear(z, w1.to(z.dtype), _opt(b1, z.dtype)))
-    return _GATE_FNS[gate](F.linear(h, w2.to(z.dtype), _opt(b2, z.dtype)))
+    h = _ACT_FNS[act](F.linear(z, _matrix(w1, z.dtype), _opt(b1, z.dtype)))
+    return _GATE_FNS[gate](F.linear(h, _matrix(w2, z.dtype), _opt(b2, z.dtype)))
 
 
 def excite_fc(z: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], gate: str = "hard_sigmoid") -> torch.Tensor:
-    """FC form (effective SE): s = gate(W z + b), W of shape (C, C)."""
-    return _GATE_FNS[gate](F.linear(z, w.to(z.dtype), _opt(b, z.dtype)))
+    """FC form (effective SE): s = gate(W z + b), W of shape (C, C) (or (C, C, 1, ...))."""
+    return _GATE_FNS[gate](F.linear(z, _matrix(w, z.dtype), _opt(b, z.dtype)))
 
 
 def excite_conv(

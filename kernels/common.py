@@ -120,19 +120,49 @@ def _sum_partials_kernel(
 SUM_PARTIALS_BLOCK = 1024
 
 
+def matrix_strides(w: torch.Tensor) -> tuple[int, int]:
+    """The (row, column) strides of a weight matrix: (O, I) as nn.Linear holds it, or a pointwise
+    conv's (O, I, 1, ...) weight as it is (no view: a view of a parameter is an autograd node a
+    call, forward and backward)."""
+    return w.stride(0), w.stride(1)
+
+
+def weight_grad(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A buffer for the gradient of a weight matrix w (`matrix_strides`), in w's shape, which the
+    kernels write row-major over its first two dims: w's own strides where w is contiguous (a
+    channels_last conv's weight too, whose strides differ only on its size-1 dims, which DDP's
+    gradient buckets compare as well), contiguous otherwise."""
+    if w.is_contiguous():
+        return empty_like(w, dtype)
+    return empty(*w.shape, dtype=dtype, device=w.device)
+
+
 def partials(
-    p: int, *shape: int, dtype: torch.dtype, device: torch.device, out_dtype: Optional[torch.dtype] = None
+    p: int,
+    *shape: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    out_dtype: Optional[torch.dtype] = None,
+    like: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
     """A buffer for p programs' partials of a (*shape) result: (p, *shape) in dtype, or, where one
     program writes it, the (*shape) result itself in out_dtype (default dtype): nothing to sum
-    (see sum_partials), and the kernel's stores round to the result's dtype."""
+    (see sum_partials), and the kernel's stores round to the result's dtype. like: the weight
+    matrix whose gradient this is (shape from it; the result as weight_grad makes it)."""
+    if like is not None:
+        shape = tuple(like.shape)
     if p > 1:
         return empty(p, *shape, dtype=dtype, device=device)
+    if like is not None:
+        return weight_grad(like, out_dtype or dtype)
     return empty(*shape, dtype=out_dtype or dtype, device=device)
 
 
 def sum_partials(
-    p: int, *parts: Optional[torch.Tensor], dtypes: Optional[tuple[torch.dtype, ...]] = None
+    p: int,
+    *parts: Optional[torch.Tensor],
+    dtypes: Optional[tuple[torch.dtype, ...]] = None,
+    likes: tuple[Optional[torch.Tensor], ...] = (),
 ) -> tuple[Optional[torch.Tensor], ...]:
     """Each tensor of p programs' partials (from `partials`; None stays None, all in one dtype)
     summed over its first axis, in order, into a new tensor: one launch for up to four of them,
@@ -140,7 +170,8 @@ def sum_partials(
     in the dtype `dtypes` asks for where the tensors' dtypes agree (each fp32 sum rounded once,
     so no cast follows), else in the partials' dtype: the kernel picks a slot's pointers at run
     time, and a GPU build needs one pointer type for every slot. With one program, the results
-    as they are (`partials` gave them their dtype)."""
+    as they are (`partials` gave them their dtype). likes: per part, the weight matrix whose
+    gradient it is (its sum made by weight_grad), or None."""
     present = [t for t in parts if t is not None]
     if p <= 1 or not present:
         return parts
@@ -148,7 +179,12 @@ def sum_partials(
     assert len({t.dtype for t in present}) == 1
     asked = {dt for t, dt in zip(parts, dtypes or (), strict=False) if t is not None}  # dtypes may be None
     out_dtype = asked.pop() if len(asked) == 1 else present[0].dtype
-    outs = tuple(None if t is None else empty(*t.shape[1:], dtype=out_dtype, device=t.device) for t in parts)
+    likes = (*likes, *(None,) * (len(parts) - len(likes)))
+    outs = tuple(
+        None if t is None else empty(*t.shape[1:], dtype=out_dtype, device=t.device) if w is None
+        else weight_grad(w, out_dtype)
+        for t, w in zip(parts, likes, strict=True)
+    )  # fmt: skip
     pad = 4 - len(parts)  # unused slots: n = 0, any pointer of the slots' types
     first_out = next(o for o in outs if o is not None)
     sizes = [0 if t is None else t.numel() // p for t in parts] + [0] * pad
@@ -289,9 +325,9 @@ def mlp_forward(
         *xs,
         *strides_of(residual, xs),
         *strides_of(y, None),
-        *w1.stride(),
+        *matrix_strides(w1),
         vec_stride(b1),
-        *w2.stride(),
+        *matrix_strides(w2),
         vec_stride(b2),
     )
     flags = {

@@ -25,8 +25,10 @@ from .common import (
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
+    matrix_strides,
     sum_splits,
     vec_stride,
+    weight_grad,
 )
 
 
@@ -176,7 +178,7 @@ def excite_fc_fwd(
         z,
         s,
         a if keeps_gate_input(gate) else s,
-        *w.stride(),
+        *matrix_strides(w),
         vec_stride(b),
         nb,
         c,
@@ -214,7 +216,7 @@ def excite_fc_bwd(
     dt, dev = dssum.dtype, dssum.device
     dw_dtype, db_dtype = grad_dtypes or (dt, dt)
     dz = empty(nb, c, dtype=dt, device=dev) if need_dz else None
-    dw = empty(c, c, dtype=dw_dtype, device=dev) if need_dw else None
+    dw = weight_grad(w, dw_dtype) if need_dw else None
     db = empty(c, dtype=db_dtype, device=dev) if need_db else None
     record("excite_fc_bwd")
     if not any(need):
@@ -232,7 +234,7 @@ def excite_fc_bwd(
         dssum if dz is None else dz,
         dssum if dw is None else dw,
         dssum if db is None else db,
-        *w.stride(),
+        *matrix_strides(w),
         nb,
         c,
         split,

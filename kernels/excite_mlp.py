@@ -24,8 +24,10 @@ from .common import (
     gate_bwd,
     gate_fwd,
     keeps_gate_input,
+    matrix_strides,
     sum_splits,
     vec_stride,
+    weight_grad,
 )
 
 
@@ -473,11 +475,11 @@ def excite_fwd(
         blocks = {"BLOCK_B": cfg.block_b, "BLOCK_C": cfg.block_c, "BLOCK_R": cfg.block_r}
         batch_blocks = hz.cdiv(b, cfg.block_b)
         launch(excite_hidden_split, (batch_blocks, cfg.ks))(
-            zsum, w1, z, hpart, *w1.stride(), b, c, hidden, split, hw, cfg.ck,
+            zsum, w1, z, hpart, *matrix_strides(w1), b, c, hidden, split, hw, cfg.ck,
             IS_FP64=flags["IS_FP64"], DOT_TF32=cfg.dot_tf32, **blocks, num_warps=cfg.num_warps,
         )  # fmt: skip
         launch(excite_gate_split, (batch_blocks, cfg.programs_c))(
-            hpart, b1_arg, w2, b2_arg, s, a_arg, vec_stride(b1), *w2.stride(), vec_stride(b2),
+            hpart, b1_arg, w2, b2_arg, s, a_arg, vec_stride(b1), *matrix_strides(w2), vec_stride(b2),
             b, c, hidden, cfg.ks, cfg.programs_c, **flags, DOT_TF32=cfg.dot_tf32, **blocks, num_warps=cfg.num_warps,
         )  # fmt: skip
         return z, s, a
@@ -485,7 +487,7 @@ def excite_fwd(
     grid = (hz.cdiv(b, cfg.block_b), cfg.programs_c)
     launch(excite_fwd_block, grid)(
         zsum, w1, b1_arg, w2, b2_arg, z, s, a_arg,
-        *w1.stride(), vec_stride(b1), *w2.stride(), vec_stride(b2),
+        *matrix_strides(w1), vec_stride(b1), *matrix_strides(w2), vec_stride(b2),
         0, b, b, c, hidden, split, hw, 0, cfg.programs_c,
         **flags, DOT_TF32=cfg.dot_tf32, BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r, GRID=True,
         num_warps=cfg.num_warps,
@@ -521,9 +523,9 @@ def excite_bwd(
     dt, dev = dssum.dtype, dssum.device
     cfg = hz.excite_bwd_config(b, c, hidden, x_dtype, hz.sm_count(dev))
     dz = empty(b, c, dtype=dt, device=dev) if need_dz else None
-    dw1 = empty(hidden, c, dtype=w1.dtype, device=dev) if need_dw1 else None
+    dw1 = weight_grad(w1, w1.dtype) if need_dw1 else None
     db1 = empty(hidden, dtype=w1.dtype if b1 is None else b1.dtype, device=dev) if need_db1 else None
-    dw2 = empty(c, hidden, dtype=w2.dtype, device=dev) if need_dw2 else None
+    dw2 = weight_grad(w2, w2.dtype) if need_dw2 else None
     db2 = empty(c, dtype=w2.dtype, device=dev) if need_db2 else None
     record("excite_bwd")
     if not any(need):
@@ -536,7 +538,7 @@ def excite_bwd(
     hpart = empty(cfg.ks, b, hidden, dtype=dt, device=dev)
     dhpart = empty(cfg.ks, b, hidden, dtype=dt, device=dev)
     launch(excite_bwd_split, (batch_blocks, cfg.ks))(
-        dssum, z, s, a_arg, w1, w2, hpart, dhpart, *w1.stride(), *w2.stride(), b, c, hidden, split, cfg.ck,
+        dssum, z, s, a_arg, w1, w2, hpart, dhpart, *matrix_strides(w1), *matrix_strides(w2), b, c, hidden, split, cfg.ck,
         GATE=GATE_CODES[gate], IS_FP64=is_fp64, DOT_TF32=cfg.dot_tf32,
         BLOCK_B=cfg.block_b, BLOCK_C=cfg.block_c, BLOCK_R=cfg.block_r, num_warps=cfg.num_warps,
     )  # fmt: skip
@@ -551,7 +553,7 @@ def excite_bwd(
         dssum, z, s, a_arg, h, v, w1,
         dssum if dz is None else dz, dssum if dw1 is None else dw1, dssum if db1 is None else db1,
         dssum if dw2 is None else dw2, dssum if db2 is None else db2,
-        *w1.stride(), b, c, hidden, split,
+        *matrix_strides(w1), b, c, hidden, split,
         GATE=GATE_CODES[gate], NEED_DZ=need_dz, NEED_DW1=need_dw1, NEED_DB1=need_db1, NEED_DW2=need_dw2,
         NEED_DB2=need_db2, IS_FP64=is_fp64, DOT_TF32=cfg.dot_tf32,
         BLOCK_B=cfg.chan_block_b, BLOCK_C=cfg.chan_block_c, BLOCK_R=cfg.block_r, num_warps=cfg.chan_num_warps,

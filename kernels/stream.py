@@ -20,6 +20,7 @@ from .common import (
     ACT_CODES,
     GATE_CODES,
     keeps_gate_input,
+    matrix_strides,
     mlp_forward,
     partials,
     strides_of,
@@ -346,9 +347,9 @@ def se_bwd_stream(
     dssum = empty(cfg.hw_tiles, b, c, dtype=dt, device=dev)
     dz = empty(b, c, dtype=dt, device=dev)
     grad_dtypes = grad_dtypes or (dt,) * 4
-    dw1 = partials(num_chunks, hidden, c, dtype=dt, device=dev, out_dtype=grad_dtypes[0]) if need_dw1 else None
+    dw1 = partials(num_chunks, dtype=dt, device=dev, out_dtype=grad_dtypes[0], like=w1) if need_dw1 else None
     db1 = partials(num_chunks, hidden, dtype=dt, device=dev, out_dtype=grad_dtypes[1]) if need_db1 else None
-    dw2 = partials(num_chunks, c, hidden, dtype=dt, device=dev, out_dtype=grad_dtypes[2]) if need_dw2 else None
+    dw2 = partials(num_chunks, dtype=dt, device=dev, out_dtype=grad_dtypes[2], like=w2) if need_dw2 else None
     db2 = partials(num_chunks, c, dtype=dt, device=dev, out_dtype=grad_dtypes[3]) if need_db2 else None
     dr = empty_like(g) if store_g else None
     dx = empty_like(x)
@@ -379,9 +380,9 @@ def se_bwd_stream(
         *strides_of(relu_out, xs),
         *strides_of(dr, xs),
         *strides_of(dx, None),
-        *w1.stride(),
+        *matrix_strides(w1),
         vec_stride(b1),
-        *w2.stride(),
+        *matrix_strides(w2),
         b,
         c,
         hidden,
@@ -416,4 +417,4 @@ def se_bwd_stream(
         num_warps=cfg.num_warps,
     )
     check_waits(ws, 2 * b * cfg.tiles, cfg.programs, "se_bwd_stream", x.shape)
-    return (dx, dr, *sum_partials(num_chunks, dw1, db1, dw2, db2, dtypes=grad_dtypes))
+    return (dx, dr, *sum_partials(num_chunks, dw1, db1, dw2, db2, dtypes=grad_dtypes, likes=(w1, None, w2)))

@@ -378,7 +378,7 @@ def zeros(*shape: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor
     return _made(torch.zeros(shape, dtype=dtype, device=device), zeroed=True)
 
 
-def empty_like(x: torch.Tensor) -> torch.Tensor:
+def empty_like(x: torch.Tensor, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
     # preserve_format keeps NCHW or channels_last for dense inputs and picks one of the two
     # for anything else, so the result is always a layout the kernels take as it is.
-    return _made(torch.empty_like(x, memory_format=torch.preserve_format))
+    return _made(torch.empty_like(x, dtype=dtype, memory_format=torch.preserve_format))
