@@ -291,7 +291,9 @@ class Op:
 
     # ---- the plain route ----
 
-    def _plain_apply(self, ctx, *args):
+    def _plain_apply(self, ctx, *args) -> Tensor:
+        """y: the plain Function's only output (z, s and a are saved, not returned: an output costs
+        autograd a wrapper, a version check and a place in the node's inputs on every call)."""
         kept = None
         cpu_kept = self.cpu_kept
         if cpu_kept is not None and not _launches_kernels(args):  # the CPU kernel
@@ -304,7 +306,7 @@ class Op:
         ctx.replay_key = key
         ctx.hidden = kept
         ctx.plain = True
-        return out
+        return out[0]
 
     def _on_cpu_kernel(self, fn, args: tuple):
         x, args, (residual, sample_scale, out_act) = args[0], args[1:-3], args[-3:]
@@ -368,5 +370,5 @@ def run(op, *args) -> Tensor:
         return op(*args)[0]
     declared = _OPS[op]
     if torch.is_grad_enabled() and _any_requires_grad(args):
-        return declared.plain.apply(*args)[0]
+        return declared.plain.apply(*args)
     return declared.y_alone(args)  # no gradient to take: no autograd node either
