@@ -359,6 +359,14 @@ def _squeeze_excite(
 ) -> torch.Tensor:
     """squeeze_excite with every argument positional (the modules' call: keywords cost each call
     their parsing)."""
+    if residual is None and sample_scale is None and lengths is None:
+        # the plain block: a call whose arguments the op has already run with (ops.known_call; a
+        # 4-D x in a layout the kernels take as it is) is neither checked nor signed again
+        ops = _fused_modules()[1]
+        args = (x, w1, b1, w2, b2, act, gate, None, None, out_act)
+        key = ops.known_call(ops.squeeze_excite, args)
+        if key is not None and backend_for(x) != "reference":
+            return ops.run_known(ops.squeeze_excite, args, key)
     check_inputs(x, w1, b1, w2, b2, act, gate)
     check_epilogue(x, residual, out_act, sample_scale)
     check_lengths(x, lengths)

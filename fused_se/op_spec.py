@@ -38,7 +38,7 @@ from .reference import acc_dtype
 from .runtime.eager import replayed_body
 from .runtime.env import getenv
 from .runtime.launch import empty
-from .runtime.replay import derived
+from .runtime.replay import derived, signature
 from .runtime.trace import is_fake, plain_eager
 
 TAIL = ("residual", "sample_scale", "out_act")
@@ -286,14 +286,17 @@ class Op:
         else:
             *grads, dres = self.backward_op(*bwd_args)
         grads = [g if n else None for g, n in zip(grads, need, strict=True)]
-        # without a ReLU the residual's gradient is dy itself
-        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None)
+        # without a ReLU the residual's gradient is dy itself; the last None: the plain Function's
+        # key argument (autograd drops trailing Nones past a node's inputs)
+        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None, None)
 
     # ---- the plain route ----
 
     def _plain_apply(self, ctx, *args) -> Tensor:
         """y: the plain Function's only output (z, s and a are saved, not returned: an output costs
-        autograd a wrapper, a version check and a place in the node's inputs on every call)."""
+        autograd a wrapper, a version check and a place in the node's inputs on every call). The
+        last argument: the call's replay key where the caller has it (`known_call`), else None."""
+        *args, key = args
         kept = None
         cpu_kept = self.cpu_kept
         if cpu_kept is not None and not _launches_kernels(args):  # the CPU kernel
@@ -301,7 +304,7 @@ class Op:
             out = tuple(out)
             key = None
         else:
-            out, key = self.plain_forward.keyed(args)
+            out, key = self.plain_forward.keyed(args, key)
         self.setup_context(ctx, args, out)
         ctx.replay_key = key
         ctx.hidden = kept
@@ -312,12 +315,12 @@ class Op:
         x, args, (residual, sample_scale, out_act) = args[0], args[1:-3], args[-3:]
         return fn(x, sample_factor(sample_scale, x), residual, out_act == "relu", *args)
 
-    def y_alone(self, args: tuple) -> Tensor:
+    def y_alone(self, args: tuple, key: Optional[tuple] = None) -> Tensor:
         """y of a plain call that takes no gradient (no autograd node): the body's first output, or
         on the CPU kernel cpu_y where given (the same bits, with nothing kept for a backward)."""
         if self.cpu_y is not None and not _launches_kernels(args):  # the CPU kernel
             return self._on_cpu_kernel(self.cpu_y, args)
-        return self.plain_forward(*args)[0]
+        return self.plain_forward.keyed(args, key)[0][0]
 
 
 def _dense_grad(grad_y: Tensor) -> Tensor:
@@ -368,7 +371,32 @@ def run(op, *args) -> Tensor:
     body and the same backward, so they give the same bits."""
     if not plain_eager(args):
         return op(*args)[0]
-    declared = _OPS[op]
+    return _run_plain(_OPS[op], args, None)
+
+
+def _run_plain(declared: Op, args: tuple, key: Optional[tuple]) -> Tensor:
     if torch.is_grad_enabled() and _any_requires_grad(args):
-        return declared.plain.apply(*args)
-    return declared.y_alone(args)  # no gradient to take: no autograd node either
+        return declared.plain.apply(*args, key)
+    return declared.y_alone(args, key)  # no gradient to take: no autograd node either
+
+
+def known_call(op, args: tuple) -> Optional[tuple]:
+    """The replay key of a plain call of a forward op with these arguments (every argument of its
+    schema, positionally, as `run` takes them) where a call of the same key has already run, else
+    None. Such a call's arguments passed the checks the functional forms make before `run`, and
+    those checks read nothing the key does not hold (each tensor's dtype, device and shape, every
+    other argument's value), so a caller may skip them and hand the key to `run_known`: the
+    signature is not taken twice either."""
+    if not plain_eager(args):
+        return None
+    table = _OPS[op].plain_forward.table
+    try:
+        key = signature(args, _settings())
+        return key if key in table else None
+    except TypeError:  # an unhashable argument: the checks say what is wrong with it
+        return None
+
+
+def run_known(op, args: tuple, key: tuple) -> Tensor:
+    """run(op, *args) for a call `known_call` gave `key` for (plain eager execution, checked)."""
+    return _run_plain(_OPS[op], args, key)

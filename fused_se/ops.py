@@ -24,7 +24,17 @@ reads that gradient. With a ReLU, the output is saved as well (its mask).
 from __future__ import annotations
 
 from . import decomposed, kernels
-from .op_spec import OUT_ACTS, OpSpec, declare, grad_dtypes, hw, impl_for, run  # noqa: F401  (run: the entry point)
+from .op_spec import (  # noqa: F401  (run, known_call, run_known: the entry points)
+    OUT_ACTS,
+    OpSpec,
+    declare,
+    grad_dtypes,
+    hw,
+    impl_for,
+    known_call,
+    run,
+    run_known,
+)
 from .runtime.trace import plain_eager  # noqa: F401  (asked by tests and tools)
 
 TWO_FC_ARGS = (

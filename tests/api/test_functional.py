@@ -48,10 +48,45 @@ def _bad_cases(device):
 
 
 @pytest.mark.parametrize("case", list(_bad_cases("cpu")))
-def test_bad_input_raises_before_any_kernel(case, device):
+@pytest.mark.parametrize("after", ["first", "after_good_calls"])
+def test_bad_input_raises_before_any_kernel(case, after, device):
+    """Also after good calls have run (and been recorded for replay, with and without a gradient):
+    a call whose replay key a checked call recorded skips the checks (ops.known_call), and no bad
+    input has such a key."""
     args, exc, match = _bad_cases(device)[case]
+    if after == "after_good_calls":
+        x, w1, _, w2, _ = _args(device)
+        for grad in (False, True):
+            with torch.set_grad_enabled(grad):
+                fused_se.squeeze_excite(x, w1.requires_grad_(grad), None, w2, None)
+                fused_se.squeeze_excite(x, w1, None, w2, None)
     with record_launches() as launched, pytest.raises(exc, match=match):
         fused_se.squeeze_excite(*args)
+    assert launched == []
+
+
+def test_a_call_with_a_recorded_key_skips_the_checks_and_gives_the_same_bits(device, monkeypatch):
+    from fused_se import functional
+
+    x, w1, _, w2, _ = _args(device)
+    x.requires_grad_(True)
+    w1.requires_grad_(True)
+    checked = []
+    check = functional.check_inputs
+    monkeypatch.setattr(functional, "check_inputs", lambda *a: checked.append(1) or check(*a))
+    ys = []
+    for _ in range(3):
+        with record_launches() as launched:
+            y = fused_se.squeeze_excite(x, w1, None, w2, None)
+            grads = torch.autograd.grad(y.sum(), [x, w1])
+        assert launched == FORWARD_KERNELS + BACKWARD_KERNELS
+        ys.append((y, *grads))
+    assert checked == [1], "checked once: the first call, whose key the op recorded"
+    assert all(torch.equal(a, b) for got in ys for a, b in zip(got, ys[0], strict=True))
+    # the same signature under the reference backend takes the reference
+    monkeypatch.setenv("FUSED_SE_BACKEND", "reference")
+    with record_launches() as launched:
+        fused_se.squeeze_excite(x, w1, None, w2, None)
     assert launched == []
 
 
