@@ -418,7 +418,7 @@ def excite_conv_fwd(
     zsum: Tensor, hw: int, w: Tensor, b: Optional[Tensor], circular: bool, gate: str
 ) -> tuple[Tensor, Tensor, Tensor]:
     z = _mean(zsum, hw)
-    pad = (w.shape[0] - 1) // 2
+    pad = (w.shape[-1] - 1) // 2
     with _exact(z):
         a = F.conv1d(_conv_input(z, pad, circular), as_dtype(w, z.dtype).view(1, 1, -1), _opt(b, z.dtype))[:, 0, :]
     return (z, *_gate_outputs(a, gate))
@@ -437,7 +437,7 @@ def excite_conv_bwd(
 ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
     need_dz, need_dw, need_db = need
     nb, c = z.shape
-    k = w.shape[0]
+    k = w.shape[-1]
     pad = (k - 1) // 2
     with _exact(z):
         da = _gate_bwd(_partials_sum(dssum), s, a, gate)
@@ -446,9 +446,9 @@ def excite_conv_bwd(
         if not need_dw:
             dw = None
         elif nb == 0:  # a sum over an empty batch
-            dw = z.new_zeros(k)
+            dw = z.new_zeros(w.shape)
         else:
-            dw = F.conv1d(v.transpose(0, 1), da[None]).reshape(k)
+            dw = F.conv1d(v.transpose(0, 1), da[None]).reshape(w.shape)
         db = da.sum().reshape(1) if need_db else None
         dz = None
         if need_dz:

@@ -344,6 +344,20 @@ def squeeze_excite(
     return _squeeze_excite(x, w1, b1, w2, b2, act, gate, residual, out_act, sample_scale, lengths)
 
 
+def _known_call(name: str, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
+    """y of the plain block (no residual tail, no lengths) where the op `name` has already run with
+    arguments of this replay key (ops.known_call: they passed the checks, which read nothing the key
+    does not hold; x is then 4-D, in a layout the kernels take as it is): neither checked nor signed
+    again. None otherwise, and under the reference backend."""
+    ops = _fused_modules()[1]
+    op = getattr(ops, name)
+    args = (x, *args)
+    key = ops.known_call(op, args)
+    if key is None or backend_for(x) == "reference":
+        return None
+    return ops.run_known(op, args, key)
+
+
 def _squeeze_excite(
     x: torch.Tensor,
     w1: torch.Tensor,
@@ -360,13 +374,9 @@ def _squeeze_excite(
     """squeeze_excite with every argument positional (the modules' call: keywords cost each call
     their parsing)."""
     if residual is None and sample_scale is None and lengths is None:
-        # the plain block: a call whose arguments the op has already run with (ops.known_call; a
-        # 4-D x in a layout the kernels take as it is) is neither checked nor signed again
-        ops = _fused_modules()[1]
-        args = (x, w1, b1, w2, b2, act, gate, None, None, out_act)
-        key = ops.known_call(ops.squeeze_excite, args)
-        if key is not None and backend_for(x) != "reference":
-            return ops.run_known(ops.squeeze_excite, args, key)
+        y = _known_call("squeeze_excite", x, (w1, b1, w2, b2, act, gate, None, None, out_act))
+        if y is not None:
+            return y
     check_inputs(x, w1, b1, w2, b2, act, gate)
     check_epilogue(x, residual, out_act, sample_scale)
     check_lengths(x, lengths)
@@ -411,6 +421,10 @@ def _effective_squeeze_excite(
     sample_scale: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """effective_squeeze_excite with every argument positional (the modules' call)."""
+    if residual is None and sample_scale is None:
+        y = _known_call("effective_squeeze_excite", x, (w, b, gate, None, None, out_act))
+        if y is not None:
+            return y
     _check_x(x)
     c = x.shape[1]
     _check_matrix("w", w, "C", "C")
@@ -443,7 +457,8 @@ def efficient_channel_attention(
     """y = x * gate(conv1d(mean(x), w) + b) across channels, fused: ECA, or CECA if circular.
 
     w: (K,) with K odd, the taps of a Conv1d(1, 1, K) with padding (K - 1) // 2, zero or
-    circular; b: (1,) or None. As squeeze_excite otherwise (ranks, layouts, the residual tail),
+    circular, or that conv's (1, 1, K) weight as it is (its gradient comes back in that shape);
+    b: (1,) or None. As squeeze_excite otherwise (ranks, layouts, the residual tail),
     without lengths.
     """
     return _efficient_channel_attention(x, w, b, circular, gate, residual, out_act, sample_scale)
@@ -460,10 +475,18 @@ def _efficient_channel_attention(
     sample_scale: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """efficient_channel_attention with every argument positional (the modules' call)."""
+    if (
+        residual is None and sample_scale is None and type(circular) is bool
+    ):  # (1 == True: a key would not tell them apart)
+        y = _known_call("efficient_channel_attention", x, (w, b, circular, gate, None, None, out_act))
+        if y is not None:
+            return y
     _check_x(x)
     c = x.shape[1]
-    _check_tensor("w", w, 1, "(K,)")
-    k = w.shape[0]
+    if not isinstance(w, torch.Tensor) or w.dim() < 1 or any(n != 1 for n in w.shape[:-1]):
+        _check_tensor("w", w, 1, "(K,), or a Conv1d(1, 1, K)'s (1, 1, K) weight")
+    _check_tensor("w", w, w.dim(), "(K,)")  # its dtype
+    k = w.shape[-1]
     if k % 2 == 0:
         raise ValueError(f"w must have an odd number of taps K (padding (K - 1) // 2 on each side); got K = {k}")
     if circular and (k - 1) // 2 > c:

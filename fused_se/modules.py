@@ -437,7 +437,7 @@ class FusedEcaModule(FusedSEModule):
         return self.conv.kernel_size[0]
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
-        return _efficient_channel_attention, (self.conv.weight.view(-1), self.conv.bias, self.circular, self.gate)
+        return _efficient_channel_attention, (*_weight_and_bias(children(self)["conv"]), self.circular, self.gate)
 
     def describe(self) -> str:
         return f"k={self.kernel_size} {'circular' if self.circular else 'zero padding'} gate={self.gate}"

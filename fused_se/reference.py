@@ -59,8 +59,9 @@ def excite_fc(z: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], gate:
 def excite_conv(
     z: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], circular: bool = False, gate: str = "sigmoid"
 ) -> torch.Tensor:
-    """Conv form (ECA, CECA): s = gate(conv1d over channels of z with the K taps w, + b), K odd."""
-    pad = (w.shape[0] - 1) // 2
+    """Conv form (ECA, CECA): s = gate(conv1d over channels of z with the K taps w, + b), K odd; w
+    (K,) or a Conv1d(1, 1, K)'s (1, 1, K) weight."""
+    pad = (w.shape[-1] - 1) // 2
     v = z[:, None, :]
     if circular:
         v = F.pad(v, (pad, pad), mode="circular")

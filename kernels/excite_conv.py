@@ -156,10 +156,10 @@ def excite_conv_fwd(
         z,
         s,
         a if keeps_gate_input(gate) else s,
-        w.stride(0),
+        w.stride(-1),
         nb,
         c,
-        w.shape[0],
+        w.shape[-1],
         split,
         hw,
         HAS_B=b is not None,
@@ -190,13 +190,13 @@ def excite_conv_bwd(
     where `need` says so."""
     need_dz, need_dw, need_db = need
     split, nb, c = dssum.shape
-    k = w.shape[0]
+    k = w.shape[-1]  # the taps: (K,), or a Conv1d(1, 1, K)'s weight as it is
     cfg = hz.excite_conv_bwd_config(nb, c, k)
     p = hz.cdiv(nb, cfg.block_b)
     dt, dev = dssum.dtype, dssum.device
     grad_dtypes = grad_dtypes or (dt, dt)
     dz = empty(nb, c, dtype=dt, device=dev) if need_dz else None
-    dw = partials(p, k, dtype=dt, device=dev, out_dtype=grad_dtypes[0]) if need_dw else None
+    dw = partials(p, *w.shape, dtype=dt, device=dev, out_dtype=grad_dtypes[0]) if need_dw else None
     db = partials(p, 1, dtype=dt, device=dev, out_dtype=grad_dtypes[1]) if need_db else None
     record("excite_conv_bwd")
     if p > 0 and any(need):
@@ -209,7 +209,7 @@ def excite_conv_bwd(
             dssum if dz is None else dz,
             dssum if dw is None else dw,
             dssum if db is None else db,
-            w.stride(0),
+            w.stride(-1),
             nb,
             c,
             k,
@@ -226,6 +226,6 @@ def excite_conv_bwd(
             num_warps=cfg.num_warps,
         )
     if p == 0:  # an empty batch: the weight gradients are sums over nothing
-        dw = None if dw is None else torch.zeros(k, dtype=grad_dtypes[0], device=dev)
+        dw = None if dw is None else torch.zeros(w.shape, dtype=grad_dtypes[0], device=dev)
         db = None if db is None else torch.zeros(1, dtype=grad_dtypes[1], device=dev)
     return (dz, *sum_partials(p, dw, db, dtypes=grad_dtypes))

@@ -1,7 +1,8 @@
-"""Pointwise convs' weights as they are: the functional forms take an (O, I, 1, ...) weight as the
-(O, I) matrix it holds, on every path, and hand its gradient back in the weight's own shape and
-strides (channels_last too, as DDP's gradient buckets expect); the conv blocks pass their weights
-without a view (an autograd node, forward and backward, on every call)."""
+"""Conv layers' weights as they are: the functional forms take a pointwise conv's (O, I, 1, ...)
+weight as the (O, I) matrix it holds, on every path, and hand its gradient back in the weight's own
+shape and strides (channels_last too, as DDP's gradient buckets expect), and ECA's Conv1d(1, 1, K)
+weight as its K taps; the conv blocks pass their weights without a view (an autograd node, forward
+and backward, on every call)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,26 @@ def test_effective_se_takes_a_conv_weight(weights, device):
         assert torch.equal(got.reshape(want.shape), want)
 
 
+@pytest.mark.parametrize("path", ["three_launch", "decomposed", "reference"])
+@pytest.mark.parametrize("circular", [False, True])
+def test_eca_takes_a_conv1d_weight(path, circular, device, monkeypatch):
+    x = torch.randn(3, C, 4, 4, device=device)
+    w, b = torch.randn(1, 1, 5, device=device), torch.randn(1, device=device)
+    g = torch.randn_like(x)
+    _take(path, x, monkeypatch)
+
+    def fn(x, w, b):
+        return fused_se.efficient_channel_attention(x, w, b, circular=circular)
+
+    y, grads, _, launched = _run(fn, x, [w, b], g)
+    assert ("excite_conv_bwd" in launched) == (path == "three_launch"), launched
+    y2, grads2, _, _ = _run(fn, x, [w.view(-1), b], g)
+    assert torch.equal(y, y2)
+    assert grads[1].shape == w.shape
+    for got, want in zip(grads, grads2, strict=True):
+        assert torch.equal(got.reshape(want.shape), want)
+
+
 def _graph_nodes(y: torch.Tensor) -> set[str]:
     seen, todo = set(), [y.grad_fn]
     while todo:
@@ -129,8 +150,9 @@ def _graph_nodes(y: torch.Tensor) -> set[str]:
     [
         lambda: fused_se.FusedConv2dSEModule(C, HIDDEN),
         lambda: fused_se.FusedEffectiveSEModule(C),
+        lambda: fused_se.FusedEcaModule(5, bias=True),
     ],
-    ids=["conv2d_se", "effective_se"],
+    ids=["conv2d_se", "effective_se", "eca"],
 )
 def test_conv_blocks_add_no_view_to_the_graph(make, device):
     """The block's autograd graph is its op and the parameters' accumulators: no view node a call,
