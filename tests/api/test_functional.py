@@ -273,3 +273,21 @@ def test_other_layouts_are_copied_once_into_a_native_one(make, channels_last, de
     assert launched == FORWARD_KERNELS
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     torch.testing.assert_close(y, fused_se.reference.squeeze_excite(*args), rtol=1e-5, atol=1e-6)
+
+
+def test_ese_and_eca_check_a_bad_call_after_good_ones(device):
+    """The known-key route of the other forms: what a recorded key cannot tell apart (an int 1 for
+    circular=True, equal and of equal hash) is still checked."""
+    x = torch.randn(2, 16, 3, 3, device=device)
+    w_fc, w_taps = torch.randn(16, 16, 1, 1, device=device), torch.randn(1, 1, 3, device=device)
+    for _ in range(2):
+        fused_se.effective_squeeze_excite(x, w_fc)
+        fused_se.efficient_channel_attention(x, w_taps, circular=True)
+    with record_launches() as launched:
+        with pytest.raises(TypeError, match=r"w is torch\.float64 but x is torch\.float32"):
+            fused_se.effective_squeeze_excite(x, w_fc.double())
+        with pytest.raises(TypeError, match="circular must be a bool"):
+            fused_se.efficient_channel_attention(x, w_taps, circular=1)
+        with pytest.raises(ValueError, match="odd number of taps"):
+            fused_se.efficient_channel_attention(x, torch.randn(1, 1, 4, device=device), circular=True)
+    assert launched == []
