@@ -64,6 +64,15 @@ def test_a_models_se_blocks_are_timed_against_what_convert_puts_in_their_place(m
     assert all(len(line) <= 100 for line in host.format_models(rows).splitlines())
 
 
+def test_alternating_rounds_time_every_call_in_turn():
+    """--host --model times the eager and the fused block in alternating rounds, so that a change in
+    the machine's speed during the run reaches both."""
+    order = []
+    times = host.alternating_min_us([lambda: order.append("a"), lambda: order.append("b")], number=2, repeat=3)
+    assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3  # a warm-up call each, then rounds of `number` calls
+    assert len(times) == 2 and all(t > 0 for t in times)
+
+
 _STUBBED_REPLAY = """
 import torch, fused_se
 from fused_se import ops
