@@ -344,11 +344,17 @@ def squeeze_excite(
     return _squeeze_excite(x, w1, b1, w2, b2, act, gate, residual, out_act, sample_scale, lengths)
 
 
+def _keyed_factor(sample_scale: Optional[torch.Tensor]) -> bool:
+    """Whether a replay key holds everything check_epilogue reads of sample_scale: not what it
+    reads of one that requires a gradient (refused while grad mode is on)."""
+    return sample_scale is None or (type(sample_scale) is torch.Tensor and not sample_scale.requires_grad)
+
+
 def _known_call(name: str, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
-    """y of the plain block (no residual tail, no lengths) where the op `name` has already run with
-    arguments of this replay key (ops.known_call: they passed the checks, which read nothing the key
-    does not hold; x is then 4-D, in a layout the kernels take as it is): neither checked nor signed
-    again. None otherwise, and under the reference backend."""
+    """y where the op `name` has already run with arguments of this replay key (ops.known_call:
+    they passed the checks, which read nothing the key does not hold; x and a residual are then 4-D,
+    in layouts the kernels take as they are): neither checked nor signed again. None otherwise, and
+    under the reference backend."""
     ops = _fused_modules()[1]
     op = getattr(ops, name)
     args = (x, *args)
@@ -373,8 +379,8 @@ def _squeeze_excite(
 ) -> torch.Tensor:
     """squeeze_excite with every argument positional (the modules' call: keywords cost each call
     their parsing)."""
-    if residual is None and sample_scale is None and lengths is None:
-        y = _known_call("squeeze_excite", x, (w1, b1, w2, b2, act, gate, None, None, out_act))
+    if lengths is None and _keyed_factor(sample_scale):
+        y = _known_call("squeeze_excite", x, (w1, b1, w2, b2, act, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
     check_inputs(x, w1, b1, w2, b2, act, gate)
@@ -421,8 +427,8 @@ def _effective_squeeze_excite(
     sample_scale: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """effective_squeeze_excite with every argument positional (the modules' call)."""
-    if residual is None and sample_scale is None:
-        y = _known_call("effective_squeeze_excite", x, (w, b, gate, None, None, out_act))
+    if _keyed_factor(sample_scale):
+        y = _known_call("effective_squeeze_excite", x, (w, b, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
     _check_x(x)
@@ -475,10 +481,8 @@ def _efficient_channel_attention(
     sample_scale: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """efficient_channel_attention with every argument positional (the modules' call)."""
-    if (
-        residual is None and sample_scale is None and type(circular) is bool
-    ):  # (1 == True: a key would not tell them apart)
-        y = _known_call("efficient_channel_attention", x, (w, b, circular, gate, None, None, out_act))
+    if _keyed_factor(sample_scale) and type(circular) is bool:  # (1 == True: a key would not tell them apart)
+        y = _known_call("efficient_channel_attention", x, (w, b, circular, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
     _check_x(x)

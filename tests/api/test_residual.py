@@ -210,8 +210,22 @@ def test_relu_tail_backward_writes_only_the_gradients(shortcut_grad, allocated, 
         ({"residual": torch.randn(2, 8, 3, 3, device="meta")}, ValueError, "residual is on meta"),
     ],
 )
-def test_epilogue_errors(kwargs, error, match):
+@pytest.mark.parametrize("after", ["first", "after_good_calls"])
+def test_epilogue_errors(kwargs, error, match, after):
+    """Also after good tails of the same shapes have run and been recorded (a recorded key skips
+    the checks: ops.known_call; no bad tail has such a key)."""
     x = torch.randn(2, 8, 3, 3)
+    if after == "after_good_calls":
+        tails = [
+            {"residual": torch.randn(2, 8, 3, 3), "out_act": "relu"},
+            {"residual": torch.randn(2, 8, 3, 3), "sample_scale": torch.ones(2)},
+            {"sample_scale": torch.ones(2)},
+        ]
+        for tail in tails:
+            for grad in (False, True):
+                w1 = torch.randn(2, 8, requires_grad=grad)
+                for _ in range(2):
+                    fused_se.squeeze_excite(x, w1, None, torch.randn(8, 2), **tail)
     with record_launches() as launched, pytest.raises(error, match=match):
         fused_se.squeeze_excite(x, torch.randn(2, 8), None, torch.randn(8, 2), **kwargs)
     assert launched == []
