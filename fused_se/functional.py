@@ -351,17 +351,12 @@ def _keyed_factor(sample_scale: Optional[torch.Tensor]) -> bool:
 
 
 def _known_call(name: str, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
-    """y where the op `name` has already run with arguments of this replay key (ops.known_call:
+    """y where the op `name` has already run with arguments of this replay key (ops.run_if_known:
     they passed the checks, which read nothing the key does not hold; x and a residual are then 4-D,
     in layouts the kernels take as they are): neither checked nor signed again. None otherwise, and
     under the reference backend."""
     ops = _fused_modules()[1]
-    op = getattr(ops, name)
-    args = (x, *args)
-    key = ops.known_call(op, args)
-    if key is None or backend_for(x) == "reference":
-        return None
-    return ops.run_known(op, args, key)
+    return ops.run_if_known(getattr(ops, name), (x, *args))
 
 
 def _squeeze_excite(

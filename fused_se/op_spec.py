@@ -185,7 +185,7 @@ class Op:
         self.plain = type(
             "".join(p.title() for p in spec.name.split("_")),
             (torch.autograd.Function,),
-            {"forward": staticmethod(self._plain_apply), "backward": staticmethod(self.autograd_backward)},
+            {"forward": staticmethod(self._plain_apply), "backward": staticmethod(self._plain_backward)},
         )
 
     # ---- the bodies (the custom ops' and the plain route's) ----
@@ -286,16 +286,18 @@ class Op:
         else:
             *grads, dres = self.backward_op(*bwd_args)
         grads = [g if n else None for g, n in zip(grads, need, strict=True)]
-        # without a ReLU the residual's gradient is dy itself; the last None: the plain Function's
-        # key argument (autograd drops trailing Nones past a node's inputs)
-        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None, None)
+        # without a ReLU the residual's gradient is dy itself
+        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None)
 
     # ---- the plain route ----
+
+    def _plain_backward(self, ctx, grad_y):
+        return (*self.autograd_backward(ctx, grad_y), None)  # and the key argument's
 
     def _plain_apply(self, ctx, *args) -> Tensor:
         """y: the plain Function's only output (z, s and a are saved, not returned: an output costs
         autograd a wrapper, a version check and a place in the node's inputs on every call). The
-        last argument: the call's replay key where the caller has it (`known_call`), else None."""
+        last argument: the call's replay key where the caller has it (`run_if_known`), else None."""
         *args, key = args
         kept = None
         cpu_kept = self.cpu_kept
@@ -380,23 +382,22 @@ def _run_plain(declared: Op, args: tuple, key: Optional[tuple]) -> Tensor:
     return declared.y_alone(args, key)  # no gradient to take: no autograd node either
 
 
-def known_call(op, args: tuple) -> Optional[tuple]:
-    """The replay key of a plain call of a forward op with these arguments (every argument of its
-    schema, positionally, as `run` takes them) where a call of the same key has already run, else
-    None. Such a call's arguments passed the checks the functional forms make before `run`, and
-    those checks read nothing the key does not hold (each tensor's dtype, device and shape, every
-    other argument's value), so a caller may skip them and hand the key to `run_known`: the
-    signature is not taken twice either."""
+def run_if_known(op, args: tuple) -> Optional[Tensor]:
+    """run(op, *args) for a plain call (every argument of the op's schema, positionally) whose
+    replay key a call has already run with, else None (and None under the reference backend). Such
+    a call's arguments passed the checks the functional forms make before `run`, and those checks
+    read nothing the key does not hold (each tensor's dtype, device and shape, every other
+    argument's value): a caller whose checks are of that kind may skip them where this runs the
+    call. The key goes down to the replay, which does not sign the call again."""
     if not plain_eager(args):
         return None
-    table = _OPS[op].plain_forward.table
+    declared = _OPS[op]
     try:
         key = signature(args, _settings())
-        return key if key in table else None
+        if key not in declared.plain_forward.table:
+            return None
     except TypeError:  # an unhashable argument: the checks say what is wrong with it
         return None
-
-
-def run_known(op, args: tuple, key: tuple) -> Tensor:
-    """run(op, *args) for a call `known_call` gave `key` for (plain eager execution, checked)."""
-    return _run_plain(_OPS[op], args, key)
+    if _dispatch.backend_for(args[0]) == "reference":
+        return None
+    return _run_plain(declared, args, key)

@@ -24,16 +24,15 @@ reads that gradient. With a ReLU, the output is saved as well (its mask).
 from __future__ import annotations
 
 from . import decomposed, kernels
-from .op_spec import (  # noqa: F401  (run, known_call, run_known: the entry points)
+from .op_spec import (  # noqa: F401  (run, run_if_known: the entry points)
     OUT_ACTS,
     OpSpec,
     declare,
     grad_dtypes,
     hw,
     impl_for,
-    known_call,
     run,
-    run_known,
+    run_if_known,
 )
 from .runtime.trace import plain_eager  # noqa: F401  (asked by tests and tools)
 

@@ -51,7 +51,7 @@ def _bad_cases(device):
 @pytest.mark.parametrize("after", ["first", "after_good_calls"])
 def test_bad_input_raises_before_any_kernel(case, after, device):
     """Also after good calls have run (and been recorded for replay, with and without a gradient):
-    a call whose replay key a checked call recorded skips the checks (ops.known_call), and no bad
+    a call whose replay key a checked call recorded skips the checks (ops.run_if_known), and no bad
     input has such a key."""
     args, exc, match = _bad_cases(device)[case]
     if after == "after_good_calls":

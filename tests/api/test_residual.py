@@ -213,7 +213,7 @@ def test_relu_tail_backward_writes_only_the_gradients(shortcut_grad, allocated, 
 @pytest.mark.parametrize("after", ["first", "after_good_calls"])
 def test_epilogue_errors(kwargs, error, match, after):
     """Also after good tails of the same shapes have run and been recorded (a recorded key skips
-    the checks: ops.known_call; no bad tail has such a key)."""
+    the checks: ops.run_if_known; no bad tail has such a key)."""
     x = torch.randn(2, 8, 3, 3)
     if after == "after_good_calls":
         tails = [
