@@ -468,7 +468,7 @@ def excite_conv_bwd(
 def _spatial_gate(x: Tensor, ws: Tensor, bs: Optional[Tensor]) -> Tensor:
     """s_s = sigmoid(sum_c ws[c] x + bs), (B, HW), in the accumulation dtype."""
     acc = acc_dtype(x.dtype)
-    q = torch.einsum("bchw,c->bhw", as_dtype(x, acc), as_dtype(ws, acc)).reshape(x.shape[0], -1)
+    q = torch.einsum("bchw,c->bhw", as_dtype(x, acc), as_dtype(ws.reshape(-1), acc)).reshape(x.shape[0], -1)
     if bs is not None:
         q = q + as_dtype(bs, acc)
     return torch.sigmoid(q)
@@ -511,7 +511,8 @@ def scse_dx_bwd(
     need_dx: bool,
     need_dws: bool,
 ) -> tuple[Optional[Tensor], Optional[Tensor]]:
-    """(dx = g (s + s_s) + dz / HW + dq ws, in x's dtype and memory format; dws = sum dq x)."""
+    """(dx = g (s + s_s) + dz / HW + dq ws, in x's dtype and memory format; dws = sum dq x, in ws's
+    shape and dtype)."""
     acc = s.dtype
     dq4 = _per_position(dq, x)
     dx = dws = None
@@ -519,8 +520,14 @@ def scse_dx_bwd(
         hw = x.shape[2] * x.shape[3]
         dx = as_dtype(g, acc) * (_bc(s) + _per_position(ss, x))
         dx += _bc(dz / hw)
-        dx += dq4 * as_dtype(ws, acc).view(1, -1, 1, 1)
+        dx += dq4 * as_dtype(ws, acc).reshape(1, -1, 1, 1)
         dx = _like(dx, x)
     if need_dws:
         dws = (as_dtype(x, acc) * dq4).sum(dim=(0, 2, 3))
+        dws = _as_weight(dws[None], ws, ws.dtype) if ws.dim() > 1 else as_dtype(dws, ws.dtype)
     return dx, dws
+
+
+def scse_db_s(shares: Tensor, bs: Tensor) -> Tensor:
+    """db_s, (1,) in bs's dtype, from scse_reduce_bwd's one share."""
+    return as_dtype(shares, bs.dtype)

@@ -350,13 +350,13 @@ def _keyed_factor(sample_scale: Optional[torch.Tensor]) -> bool:
     return sample_scale is None or (type(sample_scale) is torch.Tensor and not sample_scale.requires_grad)
 
 
-def _known_call(name: str, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
-    """y where the op `name` has already run with arguments of this replay key (ops.run_if_known:
-    they passed the checks, which read nothing the key does not hold; x and a residual are then 4-D,
-    in layouts the kernels take as they are): neither checked nor signed again. None otherwise, and
-    under the reference backend."""
-    ops = _fused_modules()[1]
-    return ops.run_if_known(getattr(ops, name), (x, *args))
+def _known_call(op_name: str, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
+    """y where the op (fused_se.ops.<op_name>, or ops_scse's "scse") has already run with arguments of
+    this replay key (ops.run_if_known: they passed the checks, which read nothing the key does not
+    hold; x and a residual are then 4-D, in layouts the kernels take as they are): neither checked
+    nor signed again. None otherwise, and under the reference backend."""
+    _, ops, _, ops_scse = _fused_modules()
+    return ops.run_if_known(getattr(ops_scse if op_name == "scse" else ops, op_name), (x, *args))
 
 
 def _squeeze_excite(
@@ -529,7 +529,8 @@ def spatial_channel_squeeze_excite(
         w1, b1, w2, b2: the channel gate's layers as nn.Linear stores them ((hidden, C), (hidden,),
             (C, hidden), (C,)), the weights also as pointwise convs' ((hidden, C, 1, ...)); the
             biases may be None.
-        ws, bs: the spatial gate's 1x1 conv, its weight as (C,) and its bias as (1,) or None.
+        ws, bs: the spatial gate's 1x1 conv, its weight as (C,) or as the conv holds it, (1, C, 1, 1)
+            (its gradient comes back in that shape), and its bias as (1,) or None.
         act: "relu" or "silu"; gate: the channel gate, "sigmoid" or "hard_sigmoid".
     Parameters have x's dtype, or are fp32 with a 16-bit x. Everything is summed in fp32 (fp64
     for fp64 x).
@@ -559,15 +560,27 @@ def _spatial_channel_squeeze_excite(
     the residual tail's arguments too: scSE has no fused tail, so anything but their defaults is refused)."""
     if residual is not None or out_act != "identity" or sample_scale is not None:
         raise ValueError("scSE has no fused residual tail: residual, out_act and sample_scale are for SE blocks")
+    y = _known_call("scse", x, (w1, b1, w2, b2, ws, bs, act, gate, None, None, "identity"))
+    if y is not None:
+        return y
     check_inputs(x, w1, b1, w2, b2, act, gate)
     c = x.shape[1]
-    _check_tensor("ws", ws, 1, "(C,)")
-    if ws.shape[0] != c:
-        raise ValueError(f"ws must have shape (C,) = ({c},) to match x's channels; got {tuple(ws.shape)}")
+    if not (isinstance(ws, torch.Tensor) and ws.dim() > 1):
+        _check_tensor("ws", ws, 1, "(C,)")
+    elif ws.shape[0] != 1 or any(n != 1 for n in ws.shape[2:]):
+        raise ValueError(f"ws must be 1-D, (C,), or the sSE conv's (1, C, 1, ...) weight; got shape {tuple(ws.shape)}")
+    else:
+        _check_tensor("ws", ws, ws.dim(), "(1, C, 1, ...)")  # its dtype
+    if ws.shape[ws.dim() > 1] != c:
+        raise ValueError(
+            f"ws must have shape (C,) = ({c},), or (1, {c}, 1, ...), to match x's channels; got {tuple(ws.shape)}"
+        )
     _check_vector("bs", bs, 1, "the spatial gate's single output channel")
     _check_devices(x, ws=ws, bs=bs)
     _check_dtypes(x, w1=w1, b1=b1, w2=w2, b2=b2, ws=ws, bs=bs)
     if backend_for(x) == "reference":
         return reference.spatial_channel_squeeze_excite(x, w1, b1, w2, b2, ws, bs, act=act, gate=gate)
-    ops_scse = _fused_modules()[3]
-    return _output(ops_scse.scse(_kernels_input(x), w1, b1, w2, b2, ws, bs, act, gate)[0], x)
+    _, ops, _, ops_scse = _fused_modules()
+    return _output(
+        ops.run(ops_scse.scse, _kernels_input(x), w1, b1, w2, b2, ws, bs, act, gate, None, None, "identity"), x
+    )

@@ -539,7 +539,7 @@ class FusedSCSEModule(FusedSEModule):
         params = (*_weight_and_bias(reduce), *_weight_and_bias(expand))
         ws, bs = _weight_and_bias(spatial)
         # FusedSEModule.forward calls it with the residual tail's arguments, which scSE refuses but the defaults
-        return _spatial_channel_squeeze_excite, (*params, ws.reshape(-1), bs, self.act, self.gate)
+        return _spatial_channel_squeeze_excite, (*params, ws, bs, self.act, self.gate)
 
     def describe(self) -> str:
         return super().describe() + " + spatial gate"

@@ -57,13 +57,14 @@ class OpSpec:
         whole_bwd(grad_y, x, z, s, a, need, d, out, store_g, h, *args) -> (dx, d<grad>..., dres), or None
     `lengths`: the arg the squeeze and the dx pass take as each sample's count of valid positions.
     `cpu_y`, `cpu_kept` (x, d, residual, relu, *args): on the CPU kernel, y alone for a call that
-    takes no gradient, and the forward's outputs plus the hidden layer the backward takes as h."""
+    takes no gradient, and the forward's outputs plus the hidden layer the backward takes as h.
+    An op whose whole steps always answer (scSE, whose passes are its own) gives no excitation steps."""
 
     name: str
     args: tuple[tuple[str, str], ...]
     grads: tuple[str, ...]
-    excite_fwd: Callable
-    excite_bwd: Callable
+    excite_fwd: Optional[Callable] = None
+    excite_bwd: Optional[Callable] = None
     whole_fwd: Optional[Callable] = None
     whole_bwd: Optional[Callable] = None
     lengths: Optional[str] = None
@@ -139,6 +140,8 @@ class Op:
         k = len(names)
         self.n_args = k
         assert spec.grads == names[: len(spec.grads)], "the args that take a gradient lead"
+        assert (spec.excite_fwd is None) == (spec.excite_bwd is None), "both excitation steps, or neither"
+        assert spec.excite_fwd is not None or (spec.whole_fwd and spec.whole_bwd), "whole steps where no excitation"
         self.tensor_args = tuple(i for i, t in enumerate(types) if t.startswith("Tensor"))
         self.other_args = tuple(i for i in range(k) if i not in self.tensor_args)
         # saved tensors and ctx's other args put back in order by a concatenation where they allow

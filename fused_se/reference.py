@@ -169,11 +169,12 @@ def spatial_channel_squeeze_excite(
     gate: str = "sigmoid",
 ) -> torch.Tensor:
     """scSE: y = x * (gate(W2 act(W1 mean(x) + b1) + b2)[b, c] + sigmoid(sum_c ws[c] x + bs)[b, hw]),
-    by autograd, in the accumulation dtype; x of any rank 3 to 5, ws (C,), bs (1,) or None."""
+    by autograd, in the accumulation dtype; x of any rank 3 to 5, ws (C,) or the sSE conv's
+    (1, C, 1, ...) weight, bs (1,) or None."""
     acc = acc_dtype(x.dtype)
     xa = x.to(acc)
     s = excite(squeeze(x), w1, b1, w2, b2, act, gate)
-    q = torch.einsum("bc...,c->b...", xa, ws.to(acc))
+    q = torch.einsum("bc...,c->b...", xa, (ws if ws.dim() == 1 else _matrix(ws, acc)[0]).to(acc))
     if bs is not None:
         q = q + bs.to(acc).reshape(())
     y = xa * (s.view(*s.shape, *(1,) * (x.dim() - 2)) + torch.sigmoid(q).unsqueeze(1))

@@ -22,6 +22,7 @@ same arguments and outputs, for CPU tensors):
                     scse_scale_fwd(x, s, ws, bs) -> y                   MLP excitation
                     scse_reduce_bwd(g, x, ws, bs) -> (dssum, ss, dq, dbs)
                     scse_dx_bwd(g, x, s, dz, ss, dq, ws, need_dx, need_dws) -> (dx, dws)
+                    scse_db_s(shares, bs) -> dbs
     plan.py         plan_forward / plan_backward -> Plan(path, config): which of the MLP form's paths runs
     heuristics.py   block sizes and the thresholds behind each choice
 
@@ -42,7 +43,7 @@ from .excite_mlp import excite_bwd, excite_fwd
 from .one_launch import se_fwd_one_launch
 from .passes import scale_bwd, scale_fwd, squeeze_fwd, squeeze_scale_bwd
 from .plan import PATHS, Plan, force_paths, plan_backward, plan_forward
-from .scse import scse_dx_bwd, scse_reduce_bwd, scse_scale_fwd, scse_squeeze_fwd
+from .scse import scse_db_s, scse_dx_bwd, scse_reduce_bwd, scse_scale_fwd, scse_squeeze_fwd
 from .spread import se_fwd_spread
 from .stream import se_bwd_stream, se_fwd_stream
 
@@ -74,6 +75,7 @@ __all__ = [
     "record_launches",
     "scale_bwd",
     "scale_fwd",
+    "scse_db_s",
     "scse_dx_bwd",
     "scse_reduce_bwd",
     "scse_scale_fwd",

@@ -331,6 +331,12 @@ SCSE_DX_NCHW_BLOCK_C = 64
 # channels a position first (SE's 128-channel tiles, 16 positions deep, would split a 32 x 32 map
 # 64 ways at batch 1 on an H100: rows of N / 8 in bf16).
 SCSE_MIN_SPLIT_HW = 128
+# dw_s's shares (one a sample's span) and db_s's (one a backward program) are added up by a launch
+# (common.sum_partials: in order, each program walking every share of its columns) where there are
+# at most this many, so that a small call's backward replays; past it by torch's reductions,
+# parallel over the shares (a call that large is bound by its device time, not by its host's). Not
+# yet timed on a GPU.
+SCSE_LAUNCHED_SUM_MAX_SHARES = 64
 
 
 @dataclass(frozen=True)

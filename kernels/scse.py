@@ -48,7 +48,7 @@ import triton.language as tl
 
 from ..runtime.launch import empty, empty_like, launch, record
 from . import heuristics as hz
-from .common import acc_dtype, is_channels_last, strides_of
+from .common import acc_dtype, is_channels_last, partials, strides_of, sum_partials, weight_grad
 from .passes import hw_sum
 
 
@@ -244,6 +244,12 @@ def _scse_dx_bwd_kernel(
         tl.store(dws_ptr + (sample * num_spans + pid_hw) * C + offs_c, tl.sum(acc, axis=1), mask=mask_c)
 
 
+def channel_stride(ws: torch.Tensor) -> int:
+    """The stride between the spatial gate's weights: ws is (C,), or the sSE conv's (1, C, 1, ...)
+    weight as it is."""
+    return ws.stride(0) if ws.dim() == 1 else ws.stride(1)
+
+
 def _channels_last(x: torch.Tensor) -> bool:
     return is_channels_last(strides_of(x, None))
 
@@ -277,7 +283,7 @@ def scse_scale_fwd(x: torch.Tensor, s: torch.Tensor, ws: torch.Tensor, bs: Optio
     record("scse_scale")
     if x.numel():
         launch(_scse_scale_kernel, (_grid(x, cfg.span),))(
-            x, s, ws, s if bs is None else bs, y, *strides_of(x, None), *strides_of(y, None), ws.stride(0),
+            x, s, ws, s if bs is None else bs, y, *strides_of(x, None), *strides_of(y, None), channel_stride(ws),
             c, hw, cfg.span,
             HAS_BS=bs is not None, IS_FP64=x.dtype == torch.float64, ONE_SWEEP=cfg.one_sweep,
             BLOCK_C=cfg.block_c, BLOCK_HW=cfg.block_hw, num_warps=cfg.num_warps,
@@ -291,8 +297,8 @@ def scse_reduce_bwd(
     """(dssum, ss, dq, dbs): the partial sums of g * x over HW tiles, (SPLIT, B, C), the channel
     gate's gradient before excite_bwd; the spatial gate s_s = sigmoid(sum_c ws[c] x + bs) and
     dq = (sum_c g x) s_s (1 - s_s), the gradient of its input, (B, HW) each; and db_s's shares,
-    one per program (their sum is db_s). All in the accumulation dtype; g and x of any
-    flattenable strides."""
+    (programs, 1), one per program (`scse_db_s` adds them up), or db_s itself, (1,), where one
+    program writes it. All in the accumulation dtype; g and x of any flattenable strides."""
     assert g.shape == x.shape
     b, c, h, w = x.shape
     hw = h * w
@@ -301,12 +307,12 @@ def scse_reduce_bwd(
     programs = _grid(x, cfg.block_hw)
     dssum = empty(hz.cdiv(hw, cfg.block_hw), b, c, dtype=acc, device=x.device)
     ss, dq = empty(b, hw, dtype=acc, device=x.device), empty(b, hw, dtype=acc, device=x.device)
-    dbs = empty(programs, dtype=acc, device=x.device)
+    dbs = partials(programs, 1, dtype=acc, device=x.device)
     record("scse_reduce_bwd")
     if x.numel():
         launch(_scse_reduce_bwd_kernel, (programs,))(
             g, x, ws, ws if bs is None else bs, dssum, ss, dq, dbs, *strides_of(g, None), *strides_of(x, None),
-            ws.stride(0), b, c, hw,
+            channel_stride(ws), b, c, hw,
             HAS_BS=bs is not None, IS_FP64=x.dtype == torch.float64, BLOCK_C=cfg.block_c, BLOCK_HW=cfg.block_hw,
             num_warps=cfg.num_warps,
         )  # fmt: skip
@@ -325,14 +331,21 @@ def scse_dx_bwd(
     need_dws: bool,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """(dx, dws): dx = g * (s[b, c] + ss[b, hw]) + dz[b, c] / HW + dq[b, hw] * ws[c] in x's dtype
-    and memory format; dws[c] = sum_{b, hw} dq x in the accumulation dtype (each span's share,
-    summed in torch's fixed order). None where not needed; dz may be None without need_dx."""
+    and memory format; dws[c] = sum_{b, hw} dq x in ws's shape and dtype (each span's share in the
+    accumulation dtype, added up in order by common.sum_partials). None where not needed; dz may be
+    None without need_dx."""
     b, c, h, w = x.shape
     hw = h * w
     cfg = hz.scse_dx_config(c, hw, _channels_last(x))
     spans = hz.cdiv(hw, cfg.span)
     dx = empty_like(x) if need_dx else None
-    parts = empty(b * spans, c, dtype=acc_dtype(x.dtype), device=x.device) if need_dws else None
+    p = b * spans
+    launched_sum = p <= hz.SCSE_LAUNCHED_SUM_MAX_SHARES
+    # where a launch adds the shares up, the kernel writes the gradient itself if it is the one share
+    parts = partials(
+        p, dtype=acc_dtype(x.dtype), device=x.device, out_dtype=ws.dtype if launched_sum else None, like=ws
+    )
+    parts = parts if need_dws else None
     record("scse_dx_bwd")
     if not (need_dx or need_dws):
         return None, None
@@ -340,8 +353,21 @@ def scse_dx_bwd(
         xs = strides_of(x, None)
         launch(_scse_dx_bwd_kernel, (b * hz.cdiv(c, cfg.block_c) * spans,))(
             g, x, s, ss, s if dz is None else dz, dq, ws, g if dx is None else dx, s if parts is None else parts,
-            *strides_of(g, None), *xs, *strides_of(dx, xs), ws.stride(0), c, hw, cfg.span,
+            *strides_of(g, None), *xs, *strides_of(dx, xs), channel_stride(ws), c, hw, cfg.span,
             NEED_DX=need_dx, NEED_DWS=need_dws, IS_FP64=x.dtype == torch.float64,
             BLOCK_C=cfg.block_c, BLOCK_HW=cfg.block_hw, num_warps=cfg.num_warps,
         )  # fmt: skip
-    return dx, (None if parts is None else parts.sum(0))
+    if parts is None:
+        return dx, None
+    if launched_sum:
+        return dx, sum_partials(p, parts, dtypes=(ws.dtype,), likes=(ws,))[0]
+    return dx, weight_grad(ws, ws.dtype).copy_(parts.sum(0))
+
+
+def scse_db_s(shares: torch.Tensor, bs: torch.Tensor) -> torch.Tensor:
+    """db_s, (1,), from scse_reduce_bwd's shares: in bs's dtype where a launch adds them up, in
+    the accumulation dtype where torch's reduction does (the op casts it)."""
+    p = shares.shape[0] if shares.dim() == 2 else 1
+    if p <= hz.SCSE_LAUNCHED_SUM_MAX_SHARES:
+        return sum_partials(p, shares, dtypes=(bs.dtype,))[0]
+    return shares.sum(0)

@@ -2,6 +2,8 @@
 y and every gradient, both layouts, odd sizes, every dtype, ranks 3 to 5, the three dispatch
 paths, the input checks and the module's state_dict."""
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -12,6 +14,16 @@ from fused_se import _dispatch, reference
 
 FWD = ["scse_squeeze", "excite", "scse_scale"]
 BWD = ["scse_reduce_bwd", "excite_bwd", "scse_dx_bwd"]
+
+
+def _passes(launched: list) -> list:
+    """The launches without the sums that follow the dx pass: dw_s's span shares and db_s's program
+    shares, each added up by a launch (so that the backward replays) where there are more than one."""
+    i = launched.index("scse_dx_bwd") + 1 if "scse_dx_bwd" in launched else len(launched)
+    assert launched[i:] in ([], ["sum_partials"], ["sum_partials", "sum_partials"]), launched
+    return launched[:i]
+
+
 GRAD_NAMES = ["y", "dx", "dw1", "db1", "dw2", "db2", "dws", "dbs"]
 _ACTS = {"relu": torch.relu, "silu": F.silu}
 _GATES = {"sigmoid": torch.sigmoid, "hard_sigmoid": F.hardsigmoid}
@@ -69,7 +81,7 @@ def _check_all(x, params, act="relu", gate="sigmoid"):
 def test_scse_matches_the_reference(shape, hidden, layout, device):
     x = make_input(shape, torch.float32, device, layout)
     launched = _check_all(x, _params(shape[1], hidden, device))
-    assert launched == FWD + BWD  # the kernels ran, not the reference
+    assert _passes(launched) == FWD + BWD  # the kernels ran, not the reference
 
 
 @pytest.mark.parametrize(
@@ -85,13 +97,13 @@ def test_scse_matches_the_reference(shape, hidden, layout, device):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_scse_dtypes(dtype, param_dtype, layout, device):
     x = make_input((2, 24, 3, 5), dtype, device, layout)
-    assert _check_all(x, _params(24, 6, device, param_dtype)) == FWD + BWD
+    assert _passes(_check_all(x, _params(24, 6, device, param_dtype))) == FWD + BWD
 
 
 @pytest.mark.parametrize("act,gate", [("silu", "hard_sigmoid"), ("relu", "hard_sigmoid"), ("silu", "sigmoid")])
 def test_scse_variants_and_no_biases(act, gate, device):
     x = make_input((2, 24, 3, 5), torch.float32, device, "sliced_c")
-    assert _check_all(x, _params(24, 6, device, bias=False), act, gate) == FWD + BWD
+    assert _passes(_check_all(x, _params(24, 6, device, bias=False), act, gate)) == FWD + BWD
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last_3d", "sequence"])
@@ -102,7 +114,7 @@ def test_scse_other_ranks(layout, device):
         x = torch.randn(2, 24, 2, 3, 3, device=device)
         if layout == "channels_last_3d":
             x = x.to(memory_format=torch.channels_last_3d)
-    assert _check_all(x, _params(24, 6, device)) == FWD + BWD
+    assert _passes(_check_all(x, _params(24, 6, device))) == FWD + BWD
 
 
 def test_scse_gradient_subsets(device):
@@ -255,3 +267,39 @@ def test_the_module_refuses_a_residual_tail_before_any_kernel_runs(device):
         with pytest.raises(ValueError, match="two-FC form only"):
             m(torch.randn(2, 8, 5, device=device), lengths=torch.tensor([5, 3], device=device))
     assert launched == []
+
+
+def test_scse_eager_calls_take_the_plain_route_replay_and_match_the_custom_op(device):
+    """scSE's plain route, as the SE ops': an autograd.Function whose forward and backward replay
+    their recorded launches from the second call (the sums of dw_s's and db_s's shares are launches,
+    not torch ops, so the backward replays too); a function mode makes the call take the custom op,
+    with the same bits."""
+    from torch.overrides import TorchFunctionMode
+
+    from fused_se import ops_scse
+    from fused_se.runtime import replay
+
+    class PassThrough(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    module = fused_se.FusedSCSEModule(16, 4).to(device)
+    x = make_input((2, 16, 3, 5), torch.float32, device, "channels_last").requires_grad_()
+    g = torch.randn_like(x)
+    leaves = [x, *module.parameters()]
+    runs = []
+    for mode in (None, None, PassThrough()):
+        with mode if mode is not None else contextlib.nullcontext(), record_launches() as launched:
+            y = module(x)
+            runs.append((y.grad_fn, y, *torch.autograd.grad(y, leaves, g), launched))
+    plain = type(runs[0][0]).__name__
+    assert plain == "ScseBackward" and type(runs[1][0]).__name__ == plain
+    assert type(runs[2][0]).__name__ != plain  # the custom op's node
+    assert _passes(runs[1][-1]) == FWD + BWD and runs[1][-1] == runs[0][-1]
+    for table in (ops_scse.SCSE.plain_forward.table, ops_scse.SCSE.plain_backward.table):
+        assert table and all(isinstance(p, replay.Program) for p in table.values()), table
+    for got in runs[1:]:
+        for a, b in zip(got[1:-1], runs[0][1:-1], strict=True):
+            assert torch.equal(a, b)
+    # the sSE conv's weight as it is: its gradient in its own shape
+    assert runs[0][2 + 5].shape == module.sSE[0].weight.shape

@@ -5,6 +5,7 @@ import pytest
 import torch
 from se_testing import make_input, record_launches
 
+import fused_se
 from fused_se import decomposed, kernels
 from fused_se.kernels import heuristics as hz
 
@@ -67,9 +68,15 @@ def test_scse_passes_match_their_twins(shape, case, device):
         y = kernels.scse_scale_fwd(x, s, ws, bs)
         dssum, ss, dq, dbs = kernels.scse_reduce_bwd(g, x, ws, bs)
         dx, dws = kernels.scse_dx_bwd(g, x, s, dz, ss, dq, ws, True, True)
-    assert launched == ["scse_squeeze", "scse_scale", "scse_reduce_bwd", "scse_dx_bwd"]
+    # dw_s's span shares added up by a launch where there are more than one
+    spans = launched[4:]
+    assert launched[:4] == ["scse_squeeze", "scse_scale", "scse_reduce_bwd", "scse_dx_bwd"] and spans in (
+        [],
+        ["sum_partials"],
+    )
     acc = kernels.acc_dtype(dtype)
-    assert zsum.dtype == dssum.dtype == ss.dtype == dq.dtype == dbs.dtype == dws.dtype == acc
+    assert zsum.dtype == dssum.dtype == ss.dtype == dq.dtype == dbs.dtype == acc
+    assert dws.dtype == ws.dtype and dws.shape == ws.shape  # rounded once, into the weight's dtype
     assert y.dtype == dx.dtype == dtype
     assert y.stride() == dx.stride() == torch.empty_like(x).stride()  # x's memory format
     acc_tol = torch.float32 if dtype != torch.float64 else dtype
@@ -79,11 +86,11 @@ def test_scse_passes_match_their_twins(shape, case, device):
     _close("dssum", dssum.sum(0), dssum64[0], acc_tol)
     _close("ss", ss, ss64, acc_tol)
     _close("dq", dq, dq64, acc_tol)
-    _close("dbs", dbs.sum(0, keepdim=True), dbs64, acc_tol)
+    _close("dbs", dbs.sum().reshape(1), dbs64, acc_tol)
     # the dx pass from the kernels' s_s and dq, so that their own error does not count twice
     dx64, dws64 = decomposed.scse_dx_bwd(g64, x64, s.double(), dz.double(), ss.double(), dq.double(), ws64, True, True)
     _close("dx", dx, dx64, dtype)
-    _close("dws", dws, dws64, acc_tol)
+    _close("dws", dws, dws64, ws.dtype if ws.dtype != torch.float32 else acc_tol)
 
 
 @pytest.mark.parametrize("need_dx,need_dws", [(True, False), (False, True), (False, False)])
@@ -195,7 +202,8 @@ def test_scse_backward_tiles_shrink_while_programs_are_few(b, hw, shrunk, device
     x, g = torch.randn(b, 8, hw, 1, device=device), torch.randn(b, 8, hw, 1, device=device)
     dssum, ss, dq, dbs = kernels.scse_reduce_bwd(g, x, torch.ones(8, device=device), None)
     # s_s and dq of w_s = 1 and no bias: sigmoid(sum_c x), (sum_c g x) s_s (1 - s_s); db_s the sum of dq
-    assert dssum.shape == (hz.cdiv(hw, cfg.block_hw), b, 8) and dbs.shape == (b * hz.cdiv(hw, cfg.block_hw),)
+    programs = b * hz.cdiv(hw, cfg.block_hw)
+    assert dssum.shape == (hz.cdiv(hw, cfg.block_hw), b, 8) and dbs.shape == ((programs, 1) if programs > 1 else (1,))
     torch.testing.assert_close(dssum.sum(0), (g * x).sum((2, 3)), rtol=1e-5, atol=1e-5)
     ss64 = torch.sigmoid(x.double().sum(1)[..., 0])
     dq64 = (g.double() * x.double()).sum(1)[..., 0] * ss64 * (1 - ss64)
@@ -208,3 +216,23 @@ def test_scse_config_layouts():
     nchw, cl = hz.scse_config(8, 256, 4096, False, 132), hz.scse_config(8, 256, 4096, True, 132)
     assert nchw.block_hw >= nchw.block_c and cl.block_c >= cl.block_hw  # the contiguous axis the long side
     assert nchw.block_c * nchw.block_hw <= hz.SCSE_TILE and cl.block_c * cl.block_hw <= hz.SCSE_TILE
+
+
+@pytest.mark.parametrize("max_shares", [0, 10_000], ids=["torch-sums", "launched-sums"])
+def test_scse_weight_shares_are_added_up_by_a_launch_or_by_torch(max_shares, device, monkeypatch):
+    """dw_s's and db_s's shares: a launch adds them up where there are few (the backward then
+    replays), torch's reduction where there are many; both give the sums, in the weights' shapes."""
+    monkeypatch.setattr(hz, "SCSE_LAUNCHED_SUM_MAX_SHARES", max_shares)
+    module = fused_se.FusedSCSEModule(8, 2).to(device)
+    x = torch.randn(3, 8, 5, 30, device=device, requires_grad=True)
+    g = torch.randn_like(x)
+    with record_launches() as launched:
+        grads = torch.autograd.grad(module(x), [x, *module.parameters()], g)
+    assert launched.count("sum_partials") == (2 if max_shares else 0)
+    ref = fused_se.reference.SCSEModule(8, 2).to(device).double()
+    ref.load_state_dict(module.state_dict())
+    xr = x.detach().double().requires_grad_()
+    want = torch.autograd.grad(ref(xr), [xr, *ref.parameters()], g.double())
+    for got, w, p in zip(grads, want, [x, *module.parameters()], strict=True):
+        assert got.shape == p.shape
+        torch.testing.assert_close(got.double(), w, rtol=1e-4, atol=1e-5)
