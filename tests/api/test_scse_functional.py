@@ -170,7 +170,16 @@ def _bad(device):
     ],
     ids=["ws-size", "ws-rank", "bs-size", "ws-dtype", "w1-dtype", "w1-shape", "x-rank", "ws-device"],
 )
-def test_scse_input_checks_name_the_argument(change, error, match, device):
+@pytest.mark.parametrize("after", ["first", "after_good_calls"])
+def test_scse_input_checks_name_the_argument(change, error, match, after, device):
+    """Also after good calls of the same shapes have run and been recorded (a recorded key skips the
+    checks; no bad call has one)."""
+    if after == "after_good_calls":
+        x, params = _bad(device)
+        for grad in (False, True):
+            w1 = params[0].detach().requires_grad_(grad)
+            for _ in range(2):
+                fused_se.spatial_channel_squeeze_excite(x, w1, *params[1:])
     x, params = change(*_bad(device))
     with record_launches() as launched, pytest.raises(error, match=match):
         fused_se.spatial_channel_squeeze_excite(x, *params)
