@@ -15,6 +15,7 @@ The minimum over repeats, in microseconds per call.
 from __future__ import annotations
 
 import copy
+import statistics
 import timeit
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -105,16 +106,13 @@ def min_us(fn, number: int, repeat: int) -> float:
     return min(timeit.repeat(fn, number=number, repeat=repeat)) / number * 1e6
 
 
-def alternating_min_us(fns: list, number: int, repeat: int) -> list[float]:
-    """min_us of each of fns, timed in `repeat` rounds that alternate between them (number calls of
-    each a round): a shift in the machine's speed during the run reaches every one alike."""
+def alternating_rounds_us(fns: list, number: int, repeat: int) -> list[list[float]]:
+    """Each of fns timed in `repeat` rounds that alternate between them (number calls of each a
+    round, microseconds per call): one list per round, so that two calls are compared within a round,
+    at the machine's speed of that round (a VM's shifts by up to 2x within a run)."""
     for fn in fns:
         fn()  # warm-up
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], timeit.timeit(fn, number=number))
-    return [t / number * 1e6 for t in best]
+    return [[timeit.timeit(fn, number=number) / number * 1e6 for fn in fns] for _ in range(repeat)]
 
 
 def run_host(args) -> list[dict]:
@@ -197,7 +195,9 @@ def model_rows(name: str, number: int, repeat: int, size: int = MODEL_SIZE) -> l
     step's SE blocks (each block at its class's cost). Each class is timed at its narrowest block in
     the model on a (1, C, 1, 1) input, where eager's arithmetic is least (a GPU runs it as kernels):
     what is left is dispatch, autograd and Python on both sides. The rest of a training step is the
-    same on both sides, so the step's difference is the blocks'."""
+    same on both sides, so the step's difference is the blocks'. The two are timed in alternating
+    rounds; `ratio` is the median of the rounds' fused / eager (each round at one speed of the
+    machine), the times the least round of each."""
     import timm
 
     import fused_se
@@ -218,13 +218,17 @@ def model_rows(name: str, number: int, repeat: int, size: int = MODEL_SIZE) -> l
         eager_call = _call(eager_model.get_submodule(block), x, "fwd+bwd")
         with stubbed_launches():  # (the eager block launches nothing: stubbing leaves it as it is)
             fused_call = _call(fused_model.get_submodule(block), x, "fwd+bwd")
-            eager_us, fused_us = alternating_min_us([eager_call, fused_call], number, repeat)
+            rounds = alternating_rounds_us([eager_call, fused_call], number, repeat)
+        eager_us, fused_us = (min(r[i] for r in rounds) for i in (0, 1))
+        ratio = statistics.median(fused / eager for eager, fused in rounds)
         rows.append({"model": name, "block": eager_name, "fused": fused_name, "shape": f"{c}x1x1",
-                     "blocks": len(blocks), "eager_us": eager_us, "fused_us": fused_us})  # fmt: skip
+                     "blocks": len(blocks), "eager_us": eager_us, "fused_us": fused_us, "ratio": ratio})  # fmt: skip
     step_eager = sum(r["eager_us"] * r["blocks"] for r in rows)
     step_fused = sum(r["fused_us"] * r["blocks"] for r in rows)
+    step_ratio = sum(r["eager_us"] * r["ratio"] * r["blocks"] for r in rows) / step_eager
     rows.append({"model": name, "block": "the step's SE blocks", "fused": "", "shape": "",
-                 "blocks": sum(r["blocks"] for r in rows), "eager_us": step_eager, "fused_us": step_fused})  # fmt: skip
+                 "blocks": sum(r["blocks"] for r in rows), "eager_us": step_eager, "fused_us": step_fused,
+                 "ratio": step_ratio})  # fmt: skip
     return rows
 
 
@@ -246,11 +250,12 @@ def format_models(rows: list[dict]) -> str:
     for r in rows:
         lines.append(
             f"{r['model'][:15]:<15} {r['block'][:20]:<20} {r['fused'][:20]:<20} {r['shape']:>9} {r['blocks']:>3} "
-            f"{r['eager_us']:>9.1f} {r['fused_us']:>8.1f} {r['fused_us'] / r['eager_us']:>5.2f}x"
+            f"{r['eager_us']:>9.1f} {r['fused_us']:>8.1f} {r['ratio']:>5.2f}x"
         )
     lines.append("host us per forward+backward of a block at its class's narrowest C on a 1x1 map (fused: launches")
-    lines.append("stubbed), minimum over repeats (eager and fused alternate, a round each), one thread of this")
-    lines.append("machine's CPU; the step's row: each SE block of the model once, at its class's cost")
+    lines.append("stubbed), least of the rounds (eager and fused alternate, a round each), one thread of this")
+    lines.append("machine's CPU; ratio: the median over the rounds of each round's fused / eager; the step's row:")
+    lines.append("each SE block of the model once, at its class's cost and ratio")
     return "\n".join(lines)
 
 

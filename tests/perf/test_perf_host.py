@@ -60,6 +60,7 @@ def test_a_models_se_blocks_are_timed_against_what_convert_puts_in_their_place(m
     count = sum(isinstance(m, fused_se.FusedSEModule) for m in converted.modules())
     assert blocks[0]["blocks"] == step["blocks"] == count == 8
     assert step["eager_us"] == 8 * blocks[0]["eager_us"] and step["fused_us"] == 8 * blocks[0]["fused_us"]
+    assert step["ratio"] == pytest.approx(blocks[0]["ratio"])  # one class: the step's ratio is its
     assert stubbed == [True]  # the fused block ran with its launches stubbed
     assert all(len(line) <= 100 for line in host.format_models(rows).splitlines())
 
@@ -68,9 +69,9 @@ def test_alternating_rounds_time_every_call_in_turn():
     """--host --model times the eager and the fused block in alternating rounds, so that a change in
     the machine's speed during the run reaches both."""
     order = []
-    times = host.alternating_min_us([lambda: order.append("a"), lambda: order.append("b")], number=2, repeat=3)
+    rounds = host.alternating_rounds_us([lambda: order.append("a"), lambda: order.append("b")], number=2, repeat=3)
     assert order == ["a", "b"] + ["a", "a", "b", "b"] * 3  # a warm-up call each, then rounds of `number` calls
-    assert len(times) == 2 and all(t > 0 for t in times)
+    assert len(rounds) == 3 and all(len(r) == 2 and min(r) > 0 for r in rounds)
 
 
 _STUBBED_REPLAY = """
