@@ -56,6 +56,18 @@ def _check_matrix(name: str, t: object, rows: str, cols: str) -> None:
         raise TypeError(f"{name} must be float16, bfloat16, float32 or float64; got {t.dtype}")
 
 
+def _check_weights_vector(name: str, t: object, axis: int, shape_doc: str, conv_doc: str) -> int:
+    """A layer's weights as a vector: 1-D (shape_doc), or the conv's weight as it is (conv_doc), every
+    dim but `axis` of size 1. Their count."""
+    if isinstance(t, torch.Tensor) and t.dim() > 1:
+        if t.dim() <= axis or any(n != 1 for i, n in enumerate(t.shape) if i != axis):
+            raise ValueError(f"{name} must be 1-D, {shape_doc}, or {conv_doc}; got shape {tuple(t.shape)}")
+        _check_tensor(name, t, t.dim(), conv_doc)  # its dtype
+        return t.shape[axis]
+    _check_tensor(name, t, 1, shape_doc)
+    return t.shape[0]
+
+
 # The ranks x may have: (B, C, L), (B, C, H, W), (B, C, D, H, W).
 RANKS = (3, 4, 5)
 _X_SHAPES = "(B, C, L), (B, C, H, W) or (B, C, D, H, W)"
@@ -350,13 +362,12 @@ def _keyed_factor(sample_scale: Optional[torch.Tensor]) -> bool:
     return sample_scale is None or (type(sample_scale) is torch.Tensor and not sample_scale.requires_grad)
 
 
-def _known_call(op_name: str, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
-    """y where the op (fused_se.ops.<op_name>, or ops_scse's "scse") has already run with arguments of
-    this replay key (ops.run_if_known: they passed the checks, which read nothing the key does not
-    hold; x and a residual are then 4-D, in layouts the kernels take as they are): neither checked
-    nor signed again. None otherwise, and under the reference backend."""
-    _, ops, _, ops_scse = _fused_modules()
-    return ops.run_if_known(getattr(ops_scse if op_name == "scse" else ops, op_name), (x, *args))
+def _known_call(op, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
+    """y where the forward op `op` has already run with arguments of this replay key
+    (ops.run_if_known: they passed the checks, which read nothing the key does not hold; x and a
+    residual are then 4-D, in layouts the kernels take as they are): neither checked nor signed
+    again. None otherwise, and under the reference backend."""
+    return _fused_modules()[1].run_if_known(op, (x, *args))
 
 
 def _squeeze_excite(
@@ -375,7 +386,9 @@ def _squeeze_excite(
     """squeeze_excite with every argument positional (the modules' call: keywords cost each call
     their parsing)."""
     if lengths is None and _keyed_factor(sample_scale):
-        y = _known_call("squeeze_excite", x, (w1, b1, w2, b2, act, gate, residual, sample_scale, out_act))
+        y = _known_call(
+            _fused_modules()[1].squeeze_excite, x, (w1, b1, w2, b2, act, gate, residual, sample_scale, out_act)
+        )
         if y is not None:
             return y
     check_inputs(x, w1, b1, w2, b2, act, gate)
@@ -423,7 +436,7 @@ def _effective_squeeze_excite(
 ) -> torch.Tensor:
     """effective_squeeze_excite with every argument positional (the modules' call)."""
     if _keyed_factor(sample_scale):
-        y = _known_call("effective_squeeze_excite", x, (w, b, gate, residual, sample_scale, out_act))
+        y = _known_call(_fused_modules()[1].effective_squeeze_excite, x, (w, b, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
     _check_x(x)
@@ -477,15 +490,14 @@ def _efficient_channel_attention(
 ) -> torch.Tensor:
     """efficient_channel_attention with every argument positional (the modules' call)."""
     if _keyed_factor(sample_scale) and type(circular) is bool:  # (1 == True: a key would not tell them apart)
-        y = _known_call("efficient_channel_attention", x, (w, b, circular, gate, residual, sample_scale, out_act))
+        y = _known_call(
+            _fused_modules()[1].efficient_channel_attention, x, (w, b, circular, gate, residual, sample_scale, out_act)
+        )
         if y is not None:
             return y
     _check_x(x)
     c = x.shape[1]
-    if not isinstance(w, torch.Tensor) or w.dim() < 1 or any(n != 1 for n in w.shape[:-1]):
-        _check_tensor("w", w, 1, "(K,), or a Conv1d(1, 1, K)'s (1, 1, K) weight")
-    _check_tensor("w", w, w.dim(), "(K,)")  # its dtype
-    k = w.shape[-1]
+    k = _check_weights_vector("w", w, 2, "(K,)", "a Conv1d(1, 1, K)'s (1, 1, K) weight")
     if k % 2 == 0:
         raise ValueError(f"w must have an odd number of taps K (padding (K - 1) // 2 on each side); got K = {k}")
     if circular and (k - 1) // 2 > c:
@@ -560,18 +572,12 @@ def _spatial_channel_squeeze_excite(
     the residual tail's arguments too: scSE has no fused tail, so anything but their defaults is refused)."""
     if residual is not None or out_act != "identity" or sample_scale is not None:
         raise ValueError("scSE has no fused residual tail: residual, out_act and sample_scale are for SE blocks")
-    y = _known_call("scse", x, (w1, b1, w2, b2, ws, bs, act, gate, None, None, "identity"))
+    y = _known_call(_fused_modules()[3].scse, x, (w1, b1, w2, b2, ws, bs, act, gate, None, None, "identity"))
     if y is not None:
         return y
     check_inputs(x, w1, b1, w2, b2, act, gate)
     c = x.shape[1]
-    if not (isinstance(ws, torch.Tensor) and ws.dim() > 1):
-        _check_tensor("ws", ws, 1, "(C,)")
-    elif ws.shape[0] != 1 or any(n != 1 for n in ws.shape[2:]):
-        raise ValueError(f"ws must be 1-D, (C,), or the sSE conv's (1, C, 1, ...) weight; got shape {tuple(ws.shape)}")
-    else:
-        _check_tensor("ws", ws, ws.dim(), "(1, C, 1, ...)")  # its dtype
-    if ws.shape[ws.dim() > 1] != c:
+    if _check_weights_vector("ws", ws, 1, "(C,)", "the sSE conv's (1, C, 1, ...) weight") != c:
         raise ValueError(
             f"ws must have shape (C,) = ({c},), or (1, {c}, 1, ...), to match x's channels; got {tuple(ws.shape)}"
         )

@@ -301,7 +301,7 @@ class Op:
         """y: the plain Function's only output (z, s and a are saved, not returned: an output costs
         autograd a wrapper, a version check and a place in the node's inputs on every call). The
         last argument: the call's replay key where the caller has it (`run_if_known`), else None."""
-        *args, key = args
+        args, key = args[:-1], args[-1]
         kept = None
         cpu_kept = self.cpu_kept
         if cpu_kept is not None and not _launches_kernels(args):  # the CPU kernel

@@ -342,10 +342,8 @@ def scse_dx_bwd(
     p = b * spans
     launched_sum = p <= hz.SCSE_LAUNCHED_SUM_MAX_SHARES
     # where a launch adds the shares up, the kernel writes the gradient itself if it is the one share
-    parts = partials(
-        p, dtype=acc_dtype(x.dtype), device=x.device, out_dtype=ws.dtype if launched_sum else None, like=ws
-    )
-    parts = parts if need_dws else None
+    out_dtype = ws.dtype if launched_sum else None
+    parts = partials(p, dtype=acc_dtype(x.dtype), device=x.device, out_dtype=out_dtype, like=ws) if need_dws else None
     record("scse_dx_bwd")
     if not (need_dx or need_dws):
         return None, None
