@@ -356,18 +356,16 @@ def squeeze_excite(
     return _squeeze_excite(x, w1, b1, w2, b2, act, gate, residual, out_act, sample_scale, lengths)
 
 
+# The functional forms first try ops.run_if_known: y where the forward op has already run with
+# arguments of this replay key (they passed the checks, which read nothing the key does not hold;
+# x and a residual are then 4-D, in layouts the kernels take as they are), neither checked nor
+# signed again; None otherwise, and under the reference backend.
+
+
 def _keyed_factor(sample_scale: Optional[torch.Tensor]) -> bool:
     """Whether a replay key holds everything check_epilogue reads of sample_scale: not what it
     reads of one that requires a gradient (refused while grad mode is on)."""
     return sample_scale is None or (type(sample_scale) is torch.Tensor and not sample_scale.requires_grad)
-
-
-def _known_call(op, x: torch.Tensor, args: tuple) -> Optional[torch.Tensor]:
-    """y where the forward op `op` has already run with arguments of this replay key
-    (ops.run_if_known: they passed the checks, which read nothing the key does not hold; x and a
-    residual are then 4-D, in layouts the kernels take as they are): neither checked nor signed
-    again. None otherwise, and under the reference backend."""
-    return _fused_modules()[1].run_if_known(op, (x, *args))
 
 
 def _squeeze_excite(
@@ -386,9 +384,8 @@ def _squeeze_excite(
     """squeeze_excite with every argument positional (the modules' call: keywords cost each call
     their parsing)."""
     if lengths is None and _keyed_factor(sample_scale):
-        y = _known_call(
-            _fused_modules()[1].squeeze_excite, x, (w1, b1, w2, b2, act, gate, residual, sample_scale, out_act)
-        )
+        ops = _fused_modules()[1]
+        y = ops.run_if_known(ops.squeeze_excite, (x, w1, b1, w2, b2, act, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
     check_inputs(x, w1, b1, w2, b2, act, gate)
@@ -436,7 +433,8 @@ def _effective_squeeze_excite(
 ) -> torch.Tensor:
     """effective_squeeze_excite with every argument positional (the modules' call)."""
     if _keyed_factor(sample_scale):
-        y = _known_call(_fused_modules()[1].effective_squeeze_excite, x, (w, b, gate, residual, sample_scale, out_act))
+        ops = _fused_modules()[1]
+        y = ops.run_if_known(ops.effective_squeeze_excite, (x, w, b, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
     _check_x(x)
@@ -490,8 +488,9 @@ def _efficient_channel_attention(
 ) -> torch.Tensor:
     """efficient_channel_attention with every argument positional (the modules' call)."""
     if _keyed_factor(sample_scale) and type(circular) is bool:  # (1 == True: a key would not tell them apart)
-        y = _known_call(
-            _fused_modules()[1].efficient_channel_attention, x, (w, b, circular, gate, residual, sample_scale, out_act)
+        ops = _fused_modules()[1]
+        y = ops.run_if_known(
+            ops.efficient_channel_attention, (x, w, b, circular, gate, residual, sample_scale, out_act)
         )
         if y is not None:
             return y
@@ -572,7 +571,8 @@ def _spatial_channel_squeeze_excite(
     the residual tail's arguments too: scSE has no fused tail, so anything but their defaults is refused)."""
     if residual is not None or out_act != "identity" or sample_scale is not None:
         raise ValueError("scSE has no fused residual tail: residual, out_act and sample_scale are for SE blocks")
-    y = _known_call(_fused_modules()[3].scse, x, (w1, b1, w2, b2, ws, bs, act, gate, None, None, "identity"))
+    _, ops, _, ops_scse = _fused_modules()
+    y = ops.run_if_known(ops_scse.scse, (x, w1, b1, w2, b2, ws, bs, act, gate, None, None, "identity"))
     if y is not None:
         return y
     check_inputs(x, w1, b1, w2, b2, act, gate)

@@ -38,7 +38,7 @@ from .reference import acc_dtype
 from .runtime.eager import replayed_body
 from .runtime.env import getenv
 from .runtime.launch import empty
-from .runtime.replay import derived, signature
+from .runtime.replay import derived
 from .runtime.trace import is_fake, plain_eager
 
 TAIL = ("residual", "sample_scale", "out_act")
@@ -152,6 +152,7 @@ class Op:
         self.lengths = None if spec.lengths is None else names.index(spec.lengths)
         self.cpu_y, self.cpu_kept = spec.cpu_y, spec.cpu_kept
         self.hidden = spec.cpu_kept is not None
+        self.no_hidden = (None,) * self.hidden  # the backward's h where the kernels ran
         args = ", ".join(f"{t} {n}" for n, t in spec.args)
         needs = ", ".join(f"bool need_d{n}" for n in ("x", *spec.grads))
         hidden = ", Tensor? h=None" if self.hidden else ""
@@ -259,18 +260,20 @@ class Op:
         ctx.save_for_backward(inputs[0], z, s, a, inputs[-2], y if relu else None, *tensors)
         ctx.hidden = None  # the plain call's CPU kernel keeps it (_plain_apply)
 
+    def _in_order(self, tensors, others) -> list:
+        """The args from the saved tensors and ctx's other args, each at its place."""
+        args = [None] * self.n_args
+        for i, t in zip(self.tensor_args, tensors, strict=True):
+            args[i] = t
+        for i, v in zip(self.other_args, others, strict=True):
+            args[i] = v
+        return args
+
     def autograd_backward(self, ctx, grad_y, *_ignored):
         if grad_y is None:  # no gradient reached y (grads are not materialized)
             return (None,) * len(ctx.needs_input_grad)
         x, z, s, a, sample_scale, out, *tensors = ctx.saved_tensors
-        if self.tensors_first:
-            args = (*tensors, *ctx.others)
-        else:
-            args = [None] * self.n_args
-            for i, t in zip(self.tensor_args, tensors, strict=True):
-                args[i] = t
-            for i, v in zip(self.other_args, ctx.others, strict=True):
-                args[i] = v
+        args = (*tensors, *ctx.others) if self.tensors_first else self._in_order(tensors, ctx.others)
         # trailing inputs left at their defaults are not passed through autograd: needs_input_grad
         # may be shorter than the schema
         needs = ctx.needs_input_grad
@@ -282,7 +285,7 @@ class Op:
         hidden = (ctx.hidden,) if self.hidden else ()
         bwd_args = (grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *hidden)
         if plain:
-            key = ctx.replay_key  # the forward's: it fixes every saved input and output's signature
+            key = ctx.program  # the forward's: it fixes every saved input and output's signature
             if key is not None:
                 key = derived(key, (grad_y, *need, need_res), _settings())
             *grads, dres = self.plain_backward.keyed(bwd_args, key)[0]
@@ -295,23 +298,43 @@ class Op:
     # ---- the plain route ----
 
     def _plain_backward(self, ctx, grad_y):
-        return (*self.autograd_backward(ctx, grad_y), None)  # and the key argument's
+        """The plain Function's backward: where its forward replayed a Program (and no graph of the
+        gradient is built), the backward body's replay under a key derived from that Program,
+        without autograd_backward's choices; else autograd_backward. Plus the known Program
+        argument's None."""
+        program = ctx.program
+        if program is None or grad_y is None or torch.is_grad_enabled() or not plain_eager(()):
+            return (*self.autograd_backward(ctx, grad_y), None)
+        x, z, s, a, sample_scale, out, *tensors = ctx.saved_tensors
+        args = (*tensors, *ctx.others) if self.tensors_first else self._in_order(tensors, ctx.others)
+        needs = ctx.needs_input_grad  # every input's: the plain Function is given all of them
+        need, need_res = needs[: self.n_need], needs[self.residual_index]
+        # the Program fixes every saved input and output's signature; no hidden layer is kept
+        # where the kernels ran
+        key = derived(program, (grad_y, *need, need_res), _settings())
+        bwd_args = (grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *self.no_hidden)
+        *grads, dres = self.plain_backward.derived_call(bwd_args, key)
+        if not all(need):
+            grads = [g if n else None for g, n in zip(grads, need, strict=True)]
+        # without a ReLU the residual's gradient is dy itself
+        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None, None)
 
     def _plain_apply(self, ctx, *args) -> Tensor:
         """y: the plain Function's only output (z, s and a are saved, not returned: an output costs
         autograd a wrapper, a version check and a place in the node's inputs on every call). The
-        last argument: the call's replay key where the caller has it (`run_if_known`), else None."""
-        args, key = args[:-1], args[-1]
+        last argument: the Program `run_if_known` found for the call, else None."""
+        args, known = args[:-1], args[-1]
         kept = None
         cpu_kept = self.cpu_kept
-        if cpu_kept is not None and not _launches_kernels(args):  # the CPU kernel
+        if known is not None:  # run_if_known's: recorded where the kernels launch
+            out, program = self.plain_forward.run(args, known)
+        elif cpu_kept is not None and not _launches_kernels(args):  # the CPU kernel
             *out, kept = self._on_cpu_kernel(cpu_kept, args)
-            out = tuple(out)
-            key = None
+            out, program = tuple(out), None
         else:
-            out, key = self.plain_forward.keyed(args, key)
+            out, program = self.plain_forward.keyed(args)
         self.setup_context(ctx, args, out)
-        ctx.replay_key = key
+        ctx.program = program
         ctx.hidden = kept
         ctx.plain = True
         return out[0]
@@ -320,12 +343,15 @@ class Op:
         x, args, (residual, sample_scale, out_act) = args[0], args[1:-3], args[-3:]
         return fn(x, sample_factor(sample_scale, x), residual, out_act == "relu", *args)
 
-    def y_alone(self, args: tuple, key: Optional[tuple] = None) -> Tensor:
+    def y_alone(self, args: tuple, known=None) -> Tensor:
         """y of a plain call that takes no gradient (no autograd node): the body's first output, or
-        on the CPU kernel cpu_y where given (the same bits, with nothing kept for a backward)."""
+        on the CPU kernel cpu_y where given (the same bits, with nothing kept for a backward).
+        known: the Program run_if_known found for these args."""
+        if known is not None:  # recorded where the kernels launch
+            return self.plain_forward.run(args, known)[0][0]
         if self.cpu_y is not None and not _launches_kernels(args):  # the CPU kernel
             return self._on_cpu_kernel(self.cpu_y, args)
-        return self.plain_forward.keyed(args, key)[0][0]
+        return self.plain_forward.keyed(args)[0][0]
 
 
 def _dense_grad(grad_y: Tensor) -> Tensor:
@@ -376,13 +402,13 @@ def run(op, *args) -> Tensor:
     body and the same backward, so they give the same bits."""
     if not plain_eager(args):
         return op(*args)[0]
-    return _run_plain(_OPS[op], args, None)
+    return _run_plain(_OPS[op], args)
 
 
-def _run_plain(declared: Op, args: tuple, key: Optional[tuple]) -> Tensor:
+def _run_plain(declared: Op, args: tuple) -> Tensor:
     if torch.is_grad_enabled() and _any_requires_grad(args):
-        return declared.plain.apply(*args, key)
-    return declared.y_alone(args, key)  # no gradient to take: no autograd node either
+        return declared.plain.apply(*args, None)
+    return declared.y_alone(args)  # no gradient to take: no autograd node either
 
 
 def run_if_known(op, args: tuple) -> Optional[Tensor]:
@@ -396,11 +422,15 @@ def run_if_known(op, args: tuple) -> Optional[Tensor]:
         return None
     declared = _OPS[op]
     try:
-        key = signature(args, _settings())
-        if key not in declared.plain_forward.table:
-            return None
+        program = declared.plain_forward.lookup(args, _settings())
     except TypeError:  # an unhashable argument: the checks say what is wrong with it
         return None
-    if _dispatch.backend_for(args[0]) == "reference":
+    if program is None:
         return None
-    return _run_plain(declared, args, key)
+    # in plain eager execution only FUSED_SE_BACKEND=reference chooses the reference: unset, no
+    # need to ask
+    if getenv(_dispatch.BACKEND_ENV) is not None and _dispatch.backend_for(args[0]) == "reference":
+        return None
+    if torch.is_grad_enabled() and _any_requires_grad(args):
+        return declared.plain.apply(*args, program)
+    return declared.y_alone(args, program)

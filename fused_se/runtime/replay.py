@@ -286,7 +286,7 @@ class Replayed:
         return self.keyed(args)[0]
 
     def keyed(self, args: tuple, key: Optional[tuple] = None) -> tuple:
-        """(the body's result, the key it was replayed or recorded under, or None where it ran as a
+        """(the body's result, the Program it was replayed or recorded as, or None where it ran as a
         plain call). key: a key that determines this call's signature, given instead of it (`derived`)."""
         if not self.applies(args):
             return self.elsewhere(*args), None
@@ -301,14 +301,41 @@ class Replayed:
             if len(table) >= MAX_SIGNATURES:
                 table.clear()
             table[key] = program
-            return result, (None if program is NOT_REPLAYABLE else key)
+            return result, (None if program is NOT_REPLAYABLE else program)
+        return self.run(args, program)
+
+    def derived_call(self, args: tuple, key: tuple):
+        """keyed(args, key)[0] for a key `derived` from a Program: its device, where the kernels
+        launched, is this call's (applies is not asked)."""
+        table = self.table
+        program = table.get(key)
+        if program is None:
+            result, program = _record(self.__wrapped__, args)
+            if len(table) >= MAX_SIGNATURES:
+                table.clear()
+            table[key] = program
+            return result
+        if program is NOT_REPLAYABLE:
+            return self.__wrapped__(*args)
+        return program(args)
+
+    def lookup(self, args: tuple, settings: tuple):
+        """The Program recorded for these args' signature (or NOT_REPLAYABLE), None where none is;
+        TypeError where an argument is unhashable."""
+        return self.table.get(signature(args, settings))
+
+    def run(self, args: tuple, program) -> tuple:
+        """keyed(args) for the Program (or NOT_REPLAYABLE) that `lookup` gave for these args. It was
+        recorded where applies(args) held, which its signature fixes (x's device): not asked again.
+        A Program stays valid for its signature after the table is cleared."""
         if program is NOT_REPLAYABLE:
             return self.__wrapped__(*args), None
-        return program(args), key
+        return program(args), program
 
 
-def derived(key: tuple, args: tuple, settings: tuple = ()) -> tuple:
-    """A key for a call whose other arguments the call under `key` determined (a backward's saved
-    inputs and the forward's outputs; a returned key is one whose outputs a Program makes):
-    signature of the new arguments alone."""
-    return key, signature(args, settings)
+def derived(program: Program, args: tuple, settings: tuple = ()) -> tuple:
+    """A key for a call whose other arguments the call that `program` ran determined (a backward's
+    saved inputs and the forward's outputs, which the Program made): the Program itself, hashed by
+    identity and kept alive by the key (so its identity is never another's), and the signature of
+    the new arguments alone."""
+    return program, signature(args, settings)

@@ -274,18 +274,18 @@ def test_residual_tail_and_lengths_replay_with_their_extra_outputs(plans, device
 
 
 def test_the_backward_replays_under_a_key_derived_from_its_forwards(plans, device):
-    """The plain backward's signature is the forward's key and the gradient's own: its saved inputs
-    and the forward's outputs are what that key fixed. A gradient in another layout is a new
-    signature, recorded anew, and gives the same values."""
+    """The plain backward's signature is the forward's Program and the gradient's own signature: its
+    saved inputs and the forward's outputs are what the forward's key fixed. A gradient in another
+    layout is a new signature, recorded anew, and gives the same values."""
     m = fused_se.FusedSEModule(24, 6).to(device)
     x = torch.randn(3, 24, 5, 6, device=device, requires_grad=True)
     g = torch.randn_like(x)
     first = _fwd_bwd(m, x, g)
     second = _fwd_bwd(m, x, g)
     assert plans == ["forward", "backward"]
-    fwd_keys = list(ops.TWO_FC.plain_forward.table)
+    (fwd_program,) = ops.TWO_FC.plain_forward.table.values()
     (bwd_key,) = ops.TWO_FC.plain_backward.table
-    assert len(bwd_key) == 2 and bwd_key[0] in fwd_keys  # (the forward's key, the gradient's signature)
+    assert len(bwd_key) == 2 and bwd_key[0] is fwd_program  # (the forward's Program, the gradient's signature)
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
     third = _fwd_bwd(m, x, g.to(memory_format=torch.channels_last))
