@@ -36,7 +36,7 @@ from .kernels.heuristics import L2_ENV as _L2_ENV
 from .kernels.sync import CHECK_ENV as _CHECK_ENV
 from .reference import acc_dtype
 from .runtime.eager import replayed_body
-from .runtime.env import getenv
+from .runtime.env import getenvs
 from .runtime.launch import empty
 from .runtime.replay import derived
 from .runtime.trace import is_fake, plain_eager
@@ -104,9 +104,16 @@ def hw(x: Tensor) -> int:
     return x.shape[2] * x.shape[3]
 
 
+_SWITCHES = (_plan.PATHS_ENV, _L2_ENV, _CHECK_ENV, _dispatch.BACKEND_ENV)
+
+
 def _settings() -> tuple:
-    """What a body's decisions read besides its arguments: the planner's switches (replay signatures)."""
-    return _plan.enabled_paths(), getenv(_L2_ENV), getenv(_CHECK_ENV)
+    """What a body's decisions read besides its arguments (replay signatures): the planner's
+    switches as they are set (force_paths' innermost block, the environment's raw values; a value
+    the planner refuses is refused at the first call that records under it), and FUSED_SE_BACKEND
+    last (run_if_known reads it there)."""
+    forced = _plan._forced
+    return (forced[-1] if forced else None, *getenvs(_SWITCHES))
 
 
 def _launches_kernels(args: tuple) -> bool:
@@ -421,16 +428,17 @@ def run_if_known(op, args: tuple) -> Optional[Tensor]:
     if not plain_eager(args):
         return None
     declared = _OPS[op]
+    settings = _settings()
     try:
-        program = declared.plain_forward.lookup(args, _settings())
+        program = declared.plain_forward.lookup(args, settings)
     except TypeError:  # an unhashable argument: the checks say what is wrong with it
         return None
     if program is None:
         return None
     # in plain eager execution only FUSED_SE_BACKEND=reference chooses the reference: unset, no
     # need to ask
-    if getenv(_dispatch.BACKEND_ENV) is not None and _dispatch.backend_for(args[0]) == "reference":
+    if settings[-1] is not None and _dispatch.backend_for(args[0]) == "reference":
         return None
-    if torch.is_grad_enabled() and _any_requires_grad(args):
+    if torch.is_grad_enabled() and (args[0].requires_grad or _any_requires_grad(args)):  # x: a tensor here
         return declared.plain.apply(*args, program)
     return declared.y_alone(args, program)

@@ -40,3 +40,16 @@ def getenv(name: str) -> Optional[str]:
         return environ.get(name)
     raw = _DATA.get(key)
     return None if raw is None else _DECODE(raw)
+
+
+def getenvs(names: tuple[str, ...]) -> tuple[Optional[str], ...]:
+    """getenv of each name, in one call (the per-call settings read several)."""
+    environ = os.environ
+    if environ is not _ENVIRON or not _STANDARD:
+        return tuple([environ.get(name) for name in names])
+    values = []
+    for name in names:
+        key = _KEYS.get(name)
+        raw = environ.get(name) if key is None else _DATA.get(key)
+        values.append(raw if raw is None or key is None else _DECODE(raw))
+    return tuple(values)

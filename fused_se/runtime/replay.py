@@ -38,6 +38,7 @@ replays off (read at import).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Optional
 
@@ -106,8 +107,8 @@ class Program:
     their own."""
 
     __slots__ = (
-        "allocs", "as_tuple", "device", "first", "fixed", "launches", "names", "offsets", "outputs", "scratch_bytes",
-        "zeroed_bytes",
+        "allocs", "as_tuple", "device", "first", "fixed", "launches", "names", "offsets", "outputs", "pick",
+        "scratch_bytes", "zeroed_bytes",
     )  # fmt: skip
 
     def __init__(self, allocs, launches, names, outputs, as_tuple, device, first_alloc_slot: int):
@@ -115,6 +116,10 @@ class Program:
         self.outputs, self.as_tuple, self.device = outputs, as_tuple, device
         self.first = first_alloc_slot  # slots: the arguments, then the buffers
         returned = {i for i in outputs if isinstance(i, int)}
+        # the outputs as one itemgetter where each is a slot and there are several (a tuple)
+        self.pick = (
+            operator.itemgetter(*outputs) if as_tuple and len(outputs) > 1 and len(returned) == len(outputs) else None
+        )
         self.offsets = [None] * len(allocs)
         # an empty output (a gradient not asked for) made once: it holds nothing a caller could see
         self.fixed = [
@@ -137,7 +142,8 @@ class Program:
         if self._direct():
             return self._call_direct(args)
         slots = self._slots(args, None)
-        self._log()
+        if launch._launch_logs:
+            self._log()
         for ln in self.launches:
             a = ln.args.copy()
             for pos, slot in ln.tensors:
@@ -155,7 +161,8 @@ class Program:
                 scratch[: self.zeroed_bytes].zero_()
             base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
         slots = self._slots(args, base)
-        self._log()
+        if launch._launch_logs:  # (the list itself: a call per replay costs more than the test)
+            self._log()
         stream = 0 if self.device == STUB_DEVICE else launch.raw_stream(self.device)
         run = launch.run_compiled
         for ln in self.launches:
@@ -163,6 +170,8 @@ class Program:
             for pos, slot in ln.tensors:
                 params[pos] = slots[slot]
             run(ln.compiled, ln.grid3, stream, params)
+        if self.pick is not None:  # every output a slot
+            return self.pick(slots)
         return self._outputs(slots)
 
     def _slots(self, args: tuple, base: Optional[int]) -> list:
@@ -183,13 +192,12 @@ class Program:
         return slots
 
     def _log(self) -> None:
-        if launch._launch_logs:  # (the list itself: a call per replay costs more than the test)
-            for name in self.names:
-                launch.record(name)
+        for name in self.names:
+            launch.record(name)
 
     def _outputs(self, slots: list):
         if self.as_tuple:
-            return tuple([slots[i] if isinstance(i, int) else i[0] for i in self.outputs])
+            return tuple([slots[i] if type(i) is int else i[0] for i in self.outputs])
         i = self.outputs[0]
         return slots[i] if isinstance(i, int) else i[0]
 

@@ -61,8 +61,9 @@ def plain_eager(args: tuple) -> bool:
     may trace a launch (tracing), no function mode, no jit trace, no subclass."""
     if torch.compiler.is_compiling():  # first: under dynamo the checks below would break the graph
         return False
-    return not (
-        tracing()
+    return not (  # tracing()'s flags, inline (is_compiling is known False)
+        torch._C._len_torch_dispatch_stack() > 0
+        or torch._C._are_functorch_transforms_active()
         or torch._C._is_torch_function_mode_enabled()
         or torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
         or torch.overrides.has_torch_function(args)  # non-tensors have none

@@ -170,27 +170,35 @@ def test_unknown_backend_name(monkeypatch):
         fused_se.squeeze_excite(*_args("cpu"))
 
 
-def test_switches_are_read_as_os_environ_holds_them(monkeypatch):
-    """The switches' reads (fused_se.runtime.env.getenv, which skips os.environ's KeyError) see every
-    change made through os.environ, as os.environ.get does, and follow a replaced os.environ."""
+@pytest.mark.parametrize("name", ["FUSED_SE_TEST_SWITCH", "FUSED_SE_L2_BYTES"])
+def test_switches_are_read_as_os_environ_holds_them(monkeypatch, name):
+    """The switches' reads (fused_se.runtime.env.getenv and getenvs, which skip os.environ's
+    KeyError) see every change made through os.environ, as os.environ.get does, and follow a
+    replaced os.environ: for a name of the switches and for another."""
     from unittest import mock
 
-    from fused_se.runtime.env import getenv
+    from fused_se.runtime.env import getenv, getenvs
 
-    name = "FUSED_SE_TEST_SWITCH"
+    other = "FUSED_SE_CHECK_WAITS"
+    monkeypatch.delenv(other, raising=False)
+
+    def read(expected):
+        assert getenv(name) == expected == os.environ.get(name)
+        assert getenvs((name, other, name)) == (expected, None, expected)
+
     monkeypatch.delenv(name, raising=False)
-    assert getenv(name) is None
+    read(None)
     monkeypatch.setenv(name, "reference")
-    assert getenv(name) == "reference" == os.environ.get(name)
+    read("reference")
     os.environ[name] = "tr\u00efton"  # decoded as os.environ decodes it
-    assert getenv(name) == "tr\u00efton"
+    read("tr\u00efton")
     with mock.patch.dict(os.environ, {name: "auto"}):
-        assert getenv(name) == "auto"
-    assert getenv(name) == "tr\u00efton"
+        read("auto")
+    read("tr\u00efton")
     del os.environ[name]
-    assert getenv(name) is None
+    read(None)
     monkeypatch.setattr(os, "environ", {name: "replaced"})
-    assert getenv(name) == "replaced"
+    read("replaced")
     assert getenv("FUSED_SE_BACKEND") is None
 
 

@@ -5,6 +5,8 @@ cannot redo faithfully runs the body every time."""
 from __future__ import annotations
 
 import itertools
+import os
+from unittest import mock
 
 import pytest
 import torch
@@ -86,6 +88,29 @@ def test_a_new_signature_is_recorded_anew(plans, device, monkeypatch):
         m(x)
         m(x)
     assert plans == ["forward"] * 5
+
+
+def test_a_switch_set_after_replays_is_read_by_the_next_call(plans, device):
+    """The switches are in every signature as they are set: a value set after a replay (the
+    planner's refusal of an unknown path, the reference backend) is seen by the next call, with or
+    without a gradient, and the replays resume once it is unset."""
+    m = fused_se.FusedSEModule(16, 4).to(device)
+    x = torch.randn(2, 16, 4, 4, device=device, requires_grad=True)
+    for _ in range(2):
+        y = m(x)
+        y.sum().backward()
+    assert plans == ["forward", "backward"]
+    with mock.patch.dict(os.environ, {"FUSED_SE_PATHS": "warp"}):
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad), pytest.raises(ValueError, match="FUSED_SE_PATHS: unknown path 'warp'"):
+                m(x)
+    with mock.patch.dict(os.environ, {"FUSED_SE_BACKEND": "reference"}):
+        y_ref = m(x)
+        assert y_ref.grad_fn.name() != y.grad_fn.name()  # the reference's autograd, not the fused Function
+    torch.testing.assert_close(y_ref, y)
+    del plans[:]
+    m(x).sum().backward()
+    assert plans == []  # replayed again
 
 
 def test_heuristics_are_read_again_after_clear(plans, device):
