@@ -81,7 +81,8 @@ class FusedLayersSEModule(FusedSEModule):
         return tuple(".".join(parts) for parts in self._parts)
 
     def _excitation(self) -> tuple[Callable[..., torch.Tensor], tuple]:
-        reduce, expand = (descendant(self, parts) for parts in self._parts)
+        reduce, expand = self._parts
+        reduce, expand = descendant(self, reduce), descendant(self, expand)  # (no generator: a frame a call)
         return _squeeze_excite, (*_weight_and_bias(reduce), *_weight_and_bias(expand), self.act, self.gate)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None, **tail) -> torch.Tensor:

@@ -294,7 +294,7 @@ class Op:
         if plain:
             key = ctx.program  # the forward's: it fixes every saved input and output's signature
             if key is not None:
-                key = derived(key, (grad_y, *need, need_res), _settings())
+                key = derived(key, grad_y, (*need, need_res), _settings())
             *grads, dres = self.plain_backward.keyed(bwd_args, key)[0]
         else:
             *grads, dres = self.backward_op(*bwd_args)
@@ -318,7 +318,7 @@ class Op:
         need, need_res = needs[: self.n_need], needs[self.residual_index]
         # the Program fixes every saved input and output's signature; no hidden layer is kept
         # where the kernels ran
-        key = derived(program, (grad_y, *need, need_res), _settings())
+        key = derived(program, grad_y, (*need, need_res), _settings())
         bwd_args = (grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *self.no_hidden)
         *grads, dres = self.plain_backward.derived_call(bwd_args, key)
         if not all(need):

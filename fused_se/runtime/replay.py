@@ -341,9 +341,10 @@ class Replayed:
         return program(args), program
 
 
-def derived(program: Program, args: tuple, settings: tuple = ()) -> tuple:
-    """A key for a call whose other arguments the call that `program` ran determined (a backward's
-    saved inputs and the forward's outputs, which the Program made): the Program itself, hashed by
-    identity and kept alive by the key (so its identity is never another's), and the signature of
-    the new arguments alone."""
-    return program, signature(args, settings)
+def derived(program: Program, grad: torch.Tensor, flags: tuple, settings: tuple = ()) -> tuple:
+    """A backward's key, for a backward whose other arguments the call that `program` ran determined
+    (its saved inputs and the outputs the Program made): the Program itself (hashed by identity, and
+    kept alive by the key, so that its identity is never another's), the gradient's strides and
+    alignment (autograd hands a gradient in its output's shape, dtype and device, which the Program
+    fixed), the other arguments' values (`flags`) and the settings."""
+    return program, grad.stride(), grad.data_ptr() & 15, flags, settings, launch.POISON_OUTPUTS, bool(launch._STUBS)

@@ -299,9 +299,10 @@ def test_residual_tail_and_lengths_replay_with_their_extra_outputs(plans, device
 
 
 def test_the_backward_replays_under_a_key_derived_from_its_forwards(plans, device):
-    """The plain backward's signature is the forward's Program and the gradient's own signature: its
-    saved inputs and the forward's outputs are what the forward's key fixed. A gradient in another
-    layout is a new signature, recorded anew, and gives the same values."""
+    """The plain backward's key is the forward's Program and the gradient's strides and alignment:
+    its saved inputs and the forward's outputs are what the forward's key fixed, and autograd hands
+    the gradient in y's shape, dtype and device (a float64 one cast to y's float32: the same key).
+    A gradient in another layout is a new signature, recorded anew, and gives the same values."""
     m = fused_se.FusedSEModule(24, 6).to(device)
     x = torch.randn(3, 24, 5, 6, device=device, requires_grad=True)
     g = torch.randn_like(x)
@@ -310,9 +311,12 @@ def test_the_backward_replays_under_a_key_derived_from_its_forwards(plans, devic
     assert plans == ["forward", "backward"]
     (fwd_program,) = ops.TWO_FC.plain_forward.table.values()
     (bwd_key,) = ops.TWO_FC.plain_backward.table
-    assert len(bwd_key) == 2 and bwd_key[0] is fwd_program  # (the forward's Program, the gradient's signature)
+    assert bwd_key[0] is fwd_program and bwd_key[1] == g.stride()
     for a, b in zip(first, second, strict=True):
         assert torch.equal(a, b)
+    for a, b in zip(first, _fwd_bwd(m, x, g.double()), strict=True):
+        assert torch.equal(a, b)
+    assert plans == ["forward", "backward"]
     third = _fwd_bwd(m, x, g.to(memory_format=torch.channels_last))
     assert plans == ["forward", "backward", "backward"] and len(ops.TWO_FC.plain_backward.table) == 2
     for a, b in zip(first, third, strict=True):
