@@ -214,7 +214,10 @@ def jit_hooked(kernels) -> bool:
     runtime = knobs.runtime
     if _hooked(runtime.launch_enter_hook) or _hooked(runtime.launch_exit_hook):
         return True
-    return any(k.pre_run_hooks for k in kernels)
+    for k in kernels:  # (a loop, not any() over a generator: a frame a call)
+        if k.pre_run_hooks:
+            return True
+    return False
 
 
 def direct_call(compiled) -> bool:

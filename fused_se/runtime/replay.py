@@ -107,12 +107,13 @@ class Program:
     their own."""
 
     __slots__ = (
-        "allocs", "as_tuple", "device", "first", "fixed", "launches", "names", "offsets", "outputs", "pick",
-        "scratch_bytes", "zeroed_bytes",
+        "allocs", "as_tuple", "device", "first", "fixed", "kernels", "launches", "names", "offsets", "outputs",
+        "pick", "scratch_bytes", "zeroed_bytes",
     )  # fmt: skip
 
     def __init__(self, allocs, launches, names, outputs, as_tuple, device, first_alloc_slot: int):
         self.allocs, self.launches, self.names = allocs, launches, names
+        self.kernels = tuple({id(ln.kernel): ln.kernel for ln in launches}.values())  # each once, for jit_hooked
         self.outputs, self.as_tuple, self.device = outputs, as_tuple, device
         self.first = first_alloc_slot  # slots: the arguments, then the buffers
         returned = {i for i in outputs if isinstance(i, int)}
@@ -208,7 +209,7 @@ class Program:
             return False
         if self.device == STUB_DEVICE:
             return bool(launch._STUBS)
-        if launch.jit_hooked(ln.kernel for ln in self.launches):
+        if launch.jit_hooked(self.kernels):
             return False
         return torch.cuda.current_device() == self.device
 
