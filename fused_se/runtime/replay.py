@@ -303,30 +303,29 @@ class Replayed:
             return self.__wrapped__(*args), None
         if key is None:
             key = signature(args, self.settings())
-        table = self.table
-        program = table.get(key)
+        program = self.table.get(key)
         if program is None:
-            result, program = _record(self.__wrapped__, args)
-            if len(table) >= MAX_SIGNATURES:
-                table.clear()
-            table[key] = program
-            return result, (None if program is NOT_REPLAYABLE else program)
+            return self._record_as(args, key)
         return self.run(args, program)
 
     def derived_call(self, args: tuple, key: tuple):
         """keyed(args, key)[0] for a key `derived` from a Program: its device, where the kernels
         launched, is this call's (applies is not asked)."""
-        table = self.table
-        program = table.get(key)
+        program = self.table.get(key)
         if program is None:
-            result, program = _record(self.__wrapped__, args)
-            if len(table) >= MAX_SIGNATURES:
-                table.clear()
-            table[key] = program
-            return result
+            return self._record_as(args, key)[0]
         if program is NOT_REPLAYABLE:
             return self.__wrapped__(*args)
         return program(args)
+
+    def _record_as(self, args: tuple, key: tuple) -> tuple:
+        """(the body's result, its Program or None), recorded under key."""
+        result, program = _record(self.__wrapped__, args)
+        table = self.table
+        if len(table) >= MAX_SIGNATURES:
+            table.clear()
+        table[key] = program
+        return result, (None if program is NOT_REPLAYABLE else program)
 
     def lookup(self, args: tuple, settings: tuple):
         """The Program recorded for these args' signature (or NOT_REPLAYABLE), None where none is;
