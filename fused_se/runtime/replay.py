@@ -107,8 +107,8 @@ class Program:
     their own."""
 
     __slots__ = (
-        "allocs", "as_tuple", "device", "first", "fixed", "kernels", "launches", "names", "offsets", "outputs",
-        "pick", "scratch_bytes", "zeroed_bytes",
+        "allocs", "as_tuple", "device", "first", "fixed", "kernels", "launches", "makers", "names", "offsets",
+        "outputs", "pick", "scratch_bytes", "zeroed_bytes",
     )  # fmt: skip
 
     def __init__(self, allocs, launches, names, outputs, as_tuple, device, first_alloc_slot: int):
@@ -128,6 +128,13 @@ class Program:
             else None
             for j, (shape, stride, dtype, dev, _) in enumerate(allocs)
         ]  # fmt: skip
+        # each buffer's maker: new_empty_strided of an empty tensor of its dtype and device, which
+        # takes no keyword arguments to parse (torch.empty_strided's dtype and device)
+        protos: dict = {}
+        self.makers = [
+            protos.setdefault((dtype, dev), torch.empty(0, dtype=dtype, device=dev)).new_empty_strided
+            for _, _, dtype, dev, _ in allocs
+        ]
         self.scratch_bytes = self.zeroed_bytes = 0
         for zeroed in (True, False):  # the zeroed scratch first, so that one fill zeroes it all
             for j, (shape, stride, dtype, _, z) in enumerate(allocs):
@@ -180,15 +187,15 @@ class Program:
         the empty output made once, or a new tensor."""
         slots = list(args)
         poison = launch.POISON_OUTPUTS
-        for (shape, stride, dtype, device, zeroed), offset, fixed in zip(
-            self.allocs, self.offsets, self.fixed, strict=True
+        for (shape, stride, _, _, zeroed), offset, fixed, make in zip(
+            self.allocs, self.offsets, self.fixed, self.makers, strict=True
         ):
             if offset is not None and base is not None:
                 slots.append(base + offset)
             elif fixed is not None:
                 slots.append(fixed)
             else:
-                t = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+                t = make(shape, stride)
                 slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
         return slots
 
