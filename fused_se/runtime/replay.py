@@ -108,7 +108,7 @@ class Program:
 
     __slots__ = (
         "allocs", "as_tuple", "device", "first", "fixed", "kernels", "launches", "makers", "names", "offsets",
-        "outputs", "pick", "scratch_bytes", "zeroed_bytes",
+        "outputs", "pick", "scratch_bytes", "scratch_maker", "zeroed_bytes",
     )  # fmt: skip
 
     def __init__(self, allocs, launches, names, outputs, as_tuple, device, first_alloc_slot: int):
@@ -135,6 +135,9 @@ class Program:
             protos.setdefault((dtype, dev), torch.empty(0, dtype=dtype, device=dev)).new_empty_strided
             for _, _, dtype, dev, _ in allocs
         ]
+        self.scratch_maker = (
+            torch.empty(0, dtype=torch.uint8, device=allocs[0][3]).new_empty_strided if allocs else None
+        )
         self.scratch_bytes = self.zeroed_bytes = 0
         for zeroed in (True, False):  # the zeroed scratch first, so that one fill zeroes it all
             for j, (shape, stride, dtype, _, z) in enumerate(allocs):
@@ -162,7 +165,7 @@ class Program:
     def _call_direct(self, args: tuple):
         base = None
         if self.scratch_bytes:
-            scratch = torch.empty(self.scratch_bytes, dtype=torch.uint8, device=self.allocs[0][3])
+            scratch = self.scratch_maker((self.scratch_bytes,), (1,))
             if launch.POISON_OUTPUTS:
                 scratch.fill_(255)  # NaN in every float width, as launch.empty's poison
             if self.zeroed_bytes:
