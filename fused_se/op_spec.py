@@ -159,7 +159,6 @@ class Op:
         self.lengths = None if spec.lengths is None else names.index(spec.lengths)
         self.cpu_y, self.cpu_kept = spec.cpu_y, spec.cpu_kept
         self.hidden = spec.cpu_kept is not None
-        self.no_hidden = (None,) * self.hidden  # the backward's h where the kernels ran
         args = ", ".join(f"{t} {n}" for n, t in spec.args)
         needs = ", ".join(f"bool need_d{n}" for n in ("x", *spec.grads))
         hidden = ", Tensor? h=None" if self.hidden else ""
@@ -291,40 +290,22 @@ class Op:
         # else the op, whose own backward refuses double backward
         hidden = (ctx.hidden,) if self.hidden else ()
         bwd_args = (grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *hidden)
-        if plain:
-            key = ctx.program  # the forward's: it fixes every saved input and output's signature
-            if key is not None:
-                key = derived(key, grad_y, (*need, need_res), _settings())
-            *grads, dres = self.plain_backward.keyed(bwd_args, key)[0]
-        else:
+        if not plain:
             *grads, dres = self.backward_op(*bwd_args)
-        grads = [g if n else None for g, n in zip(grads, need, strict=True)]
+        elif ctx.program is None:  # the forward ran its body: the backward takes its whole signature
+            *grads, dres = self.plain_backward.keyed(bwd_args)[0]
+        else:  # the forward's Program fixes every saved input and output's signature
+            key = derived(ctx.program, grad_y, (*need, need_res), _settings())
+            *grads, dres = self.plain_backward.derived_call(bwd_args, key)
+        if not all(need):
+            grads = [g if n else None for g, n in zip(grads, need, strict=True)]
         # without a ReLU the residual's gradient is dy itself
         return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None)
 
     # ---- the plain route ----
 
     def _plain_backward(self, ctx, grad_y):
-        """The plain Function's backward: where its forward replayed a Program (and no graph of the
-        gradient is built), the backward body's replay under a key derived from that Program,
-        without autograd_backward's choices; else autograd_backward. Plus the known Program
-        argument's None."""
-        program = ctx.program
-        if program is None or grad_y is None or torch.is_grad_enabled() or not plain_eager(()):
-            return (*self.autograd_backward(ctx, grad_y), None)
-        x, z, s, a, sample_scale, out, *tensors = ctx.saved_tensors
-        args = (*tensors, *ctx.others) if self.tensors_first else self._in_order(tensors, ctx.others)
-        needs = ctx.needs_input_grad  # every input's: the plain Function is given all of them
-        need, need_res = needs[: self.n_need], needs[self.residual_index]
-        # the Program fixes every saved input and output's signature; no hidden layer is kept
-        # where the kernels ran
-        key = derived(program, grad_y, (*need, need_res), _settings())
-        bwd_args = (grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *self.no_hidden)
-        *grads, dres = self.plain_backward.derived_call(bwd_args, key)
-        if not all(need):
-            grads = [g if n else None for g, n in zip(grads, need, strict=True)]
-        # without a ReLU the residual's gradient is dy itself
-        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None, None)
+        return (*self.autograd_backward(ctx, grad_y), None)  # and the known Program argument's
 
     def _plain_apply(self, ctx, *args) -> Tensor:
         """y: the plain Function's only output (z, s and a are saved, not returned: an output costs

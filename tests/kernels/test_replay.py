@@ -109,8 +109,10 @@ def test_a_switch_set_after_replays_is_read_by_the_next_call(plans, device):
         assert y_ref.grad_fn.name() != y.grad_fn.name()  # the reference's autograd, not the fused Function
     torch.testing.assert_close(y_ref, y)
     del plans[:]
-    m(x).sum().backward()
-    assert plans == []  # replayed again
+    y_again = m(x)
+    assert y_again.grad_fn.name() == y.grad_fn.name()  # the fused Function again, not the reference
+    y_again.sum().backward()
+    assert plans == []  # and replayed, forward and backward
 
 
 def test_heuristics_are_read_again_after_clear(plans, device):
