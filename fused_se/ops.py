@@ -116,7 +116,7 @@ effective_squeeze_excite, effective_squeeze_excite_backward = FC.op, FC.backward
 
 def _conv_excite_bwd(impl, dssum, z, s, a, x, need, w, b, circular, gate):
     dz, dw, db = impl.excite_conv_bwd(dssum, z, s, a, w, circular, gate, need, grad_dtypes(w, b))
-    if db is not None and b is not None:
+    if db is not None and b is not None and db.shape != b.shape:  # (a view where it would be one: not replayed)
         db = db.view(b.shape)
     return dz, dw, db
 

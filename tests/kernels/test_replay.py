@@ -350,3 +350,80 @@ def test_empty_outputs_are_made_once_per_program(device):
     empties = [(j, f) for j, f in enumerate(bwd.fixed) if f is not None]
     assert empties and all(f.numel() == 0 and 0 in bwd.allocs[j][0] for j, f in empties)
     assert all(f is None for j, f in enumerate(bwd.fixed) if 0 not in bwd.allocs[j][0])
+
+
+_DIRECT_PARAMS = """
+import torch, fused_se
+from fused_se import kernels
+from fused_se.perf.host import stubbed_launches
+from fused_se.runtime import launch
+from fused_se.runtime.launch import INTERPRETED, kernel_calls
+
+assert not INTERPRETED
+seen = []
+launch._StubCompiled.run = lambda self, *args: seen.append((self.name, args[:3], args[9:]))
+
+
+def expected(calls):
+    out = []
+    for kernel, grid, args, kwargs in calls:
+        tail = [kwargs[n] if n in kwargs else d for n, d in launch.param_tail(kernel, len(args))]
+        out.append((kernel.__name__, (*grid, 1, 1)[:3], (*args, *tail)))
+    return out
+
+
+def check(first, replayed):
+    assert [(n, g) for n, g, _ in first] == [(n, g) for n, g, _ in replayed], (first, replayed)
+    as_replayed = {}  # each tensor of the recording call -> what the replay passed in its place
+    for (_, _, params), (_, _, again) in zip(first, replayed, strict=True):
+        assert len(params) == len(again)
+        for p, q in zip(params, again, strict=True):
+            if not isinstance(p, torch.Tensor):
+                assert type(p) is type(q) and p == q, (p, q)
+                continue
+            if isinstance(q, torch.Tensor):  # an output: a tensor like the recording's
+                assert (q.shape, q.stride(), q.dtype) == (p.shape, p.stride(), p.dtype)
+            else:  # scratch: an address
+                assert type(q) is int and q % 16 == 0
+            if id(p) in as_replayed:
+                assert as_replayed[id(p)] is q or as_replayed[id(p)] == q
+            as_replayed[id(p)] = q
+    ids = [id(q) if isinstance(q, torch.Tensor) else q for q in as_replayed.values()]
+    assert len(set(ids)) == len(ids)  # distinct buffers stay distinct
+
+
+def run(make, x, paths=None):
+    torch.manual_seed(0)
+    m = make()
+    xg = x.detach().requires_grad_(True)
+    grad = lambda: torch.autograd.grad(m(xg), [xg, *m.parameters()], torch.ones_like(x))
+    with stubbed_launches(), kernels.force_paths(*(paths or ())):
+        with kernel_calls() as calls:
+            grad()
+        first = expected(calls)
+        seen.clear()
+        grad()
+        check(first, list(seen))
+    return len(first)
+
+
+x = torch.randn(2, 32, 4, 4)
+n = run(lambda: fused_se.FusedSEModule(32, 4), x)
+n += run(lambda: fused_se.FusedEcaModule(3), x)
+n += run(lambda: fused_se.FusedEcaModule(3, circular=True, bias=True), x.to(memory_format=torch.channels_last))
+n += run(lambda: fused_se.FusedSEModule(32, 4), x, ("spread",))
+print("ok", n)
+"""
+
+
+def test_a_direct_replay_passes_each_launch_the_parameters_its_recording_did():
+    """The direct path (as on a GPU: here through the stubs' stand-ins, which log what they are
+    given) hands every compiled kernel the recorded call's grid and parameters: the same values
+    where they were not tensors, a new buffer like the recorded one where a tensor was returned,
+    an aligned scratch address where it was not, and one value for one buffer across launches."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", _DIRECT_PARAMS], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stderr[-3000:]
