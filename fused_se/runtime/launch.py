@@ -232,6 +232,12 @@ def run_compiled(compiled, grid3: tuple, stream: int, params) -> None:
     compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *params)
 
 
+def run_compiled_each(calls, stream: int, slots: list) -> None:
+    """run_compiled of each (compiled, grid3, getter) of calls in turn, its parameters getter(slots)."""
+    for compiled, (g0, g1, g2), params in calls:
+        compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *params(slots))
+
+
 def param_tail(kernel, n_args: int) -> tuple:
     """(name, default) of each parameter of `kernel` past its first n_args: what a compiled kernel's
     call takes after the positional arguments, a keyword argument's value or the default."""

@@ -107,8 +107,9 @@ class Program:
     their own."""
 
     __slots__ = (
-        "allocs", "as_tuple", "device", "first", "fixed", "kernels", "launches", "makers", "names", "offsets",
-        "outputs", "pick", "scratch_bytes", "scratch_maker", "zeroed_bytes",
+        "allocs", "as_tuple", "calls", "consts", "device", "direct_out", "first", "fixed", "kernels", "launches",
+        "made", "makers", "names", "offsets", "outputs", "scratch", "scratch_bytes", "scratch_maker",
+        "zeroed_bytes",
     )  # fmt: skip
 
     def __init__(self, allocs, launches, names, outputs, as_tuple, device, first_alloc_slot: int):
@@ -117,10 +118,6 @@ class Program:
         self.outputs, self.as_tuple, self.device = outputs, as_tuple, device
         self.first = first_alloc_slot  # slots: the arguments, then the buffers
         returned = {i for i in outputs if isinstance(i, int)}
-        # the outputs as one itemgetter where each is a slot and there are several (a tuple)
-        self.pick = (
-            operator.itemgetter(*outputs) if as_tuple and len(outputs) > 1 and len(returned) == len(outputs) else None
-        )
         self.offsets = [None] * len(allocs)
         # an empty output (a gradient not asked for) made once: it holds nothing a caller could see
         self.fixed = [
@@ -148,11 +145,52 @@ class Program:
                 self.scratch_bytes += -(-span * dtype.itemsize // SCRATCH_ALIGN) * SCRATCH_ALIGN
             if zeroed:
                 self.zeroed_bytes = self.scratch_bytes
+        self.calls = None  # the direct path's launches, where every launch was compiled
+        if device is not None and all(ln.compiled is not None for ln in launches):
+            self._lay_out_direct()
+
+    def _lay_out_direct(self) -> None:
+        """The direct path's slots: the arguments, the buffers made per call (`made`: maker, shape,
+        strides, zeroed), the scratch's addresses (`scratch`: offsets from the base), then every
+        value that is the same on each call (`consts`: the launches' other parameters and the empty
+        outputs made once). Each launch takes its parameters from them with one itemgetter
+        (`calls`: compiled kernel, grid, getter); `direct_out` picks the outputs."""
+        n_args, slot_of = self.first, {}
+        self.made, self.scratch, self.consts = [], [], []
+        for j, ((shape, stride, _, _, zeroed), offset, make) in enumerate(
+            zip(self.allocs, self.offsets, self.makers, strict=True)
+        ):
+            if offset is None and self.fixed[j] is None:
+                slot_of[n_args + j] = n_args + len(self.made)
+                self.made.append((make, shape, stride, zeroed))
+        for j, offset in enumerate(self.offsets):
+            if offset is not None:
+                slot_of[n_args + j] = n_args + len(self.made) + len(self.scratch)
+                self.scratch.append(offset)
+        n_slots = n_args + len(self.made) + len(self.scratch)
+
+        def const(value) -> int:
+            self.consts.append(value)
+            return n_slots + len(self.consts) - 1
+
+        for j, fixed in enumerate(self.fixed):
+            if fixed is not None:
+                slot_of[n_args + j] = const(fixed)
+        self.calls = []
+        for ln in self.launches:
+            tensors = dict(ln.tensors)
+            index = [
+                slot_of.get(tensors[pos], tensors[pos]) if pos in tensors else const(value)
+                for pos, value in enumerate(ln.params)
+            ]
+            self.calls.append((ln.compiled, ln.grid3, _getter(index)))
+        index = [slot_of.get(i, i) if isinstance(i, int) else const(i[0]) for i in self.outputs]
+        self.direct_out = _getter(index) if self.as_tuple else _getter(index[:1])
 
     def __call__(self, args: tuple):
         if self._direct():
             return self._call_direct(args)
-        slots = self._slots(args, None)
+        slots = self._slots(args)
         if launch._launch_logs:
             self._log()
         for ln in self.launches:
@@ -163,39 +201,32 @@ class Program:
         return self._outputs(slots)
 
     def _call_direct(self, args: tuple):
-        base = None
-        if self.scratch_bytes:
+        slots = list(args)
+        poison = launch.POISON_OUTPUTS
+        for make, shape, stride, zeroed in self.made:
+            t = make(shape, stride)
+            slots.append(t.zero_() if zeroed else t.fill_(float("nan")) if poison else t)
+        if self.scratch:
             scratch = self.scratch_maker((self.scratch_bytes,), (1,))
-            if launch.POISON_OUTPUTS:
+            if poison:
                 scratch.fill_(255)  # NaN in every float width, as launch.empty's poison
             if self.zeroed_bytes:
                 scratch[: self.zeroed_bytes].zero_()
-            base = scratch.data_ptr()  # freed on return: the stream's later work reuses it in order
-        slots = self._slots(args, base)
+            # (freed on return: the stream's later work reuses it in order)
+            slots.extend(map(scratch.data_ptr().__add__, self.scratch))
+        slots.extend(self.consts)
         if launch._launch_logs:  # (the list itself: a call per replay costs more than the test)
             self._log()
-        stream = 0 if self.device == STUB_DEVICE else launch.raw_stream(self.device)
-        run = launch.run_compiled
-        for ln in self.launches:
-            params = ln.params.copy()
-            for pos, slot in ln.tensors:
-                params[pos] = slots[slot]
-            run(ln.compiled, ln.grid3, stream, params)
-        if self.pick is not None:  # every output a slot
-            return self.pick(slots)
-        return self._outputs(slots)
+        launch.run_compiled_each(self.calls, 0 if self.device == STUB_DEVICE else launch.raw_stream(self.device), slots)
+        out = self.direct_out(slots)
+        return out if self.as_tuple else out[0]
 
-    def _slots(self, args: tuple, base: Optional[int]) -> list:
-        """The arguments, then each buffer: an address in the scratch at `base` (the direct path),
-        the empty output made once, or a new tensor."""
+    def _slots(self, args: tuple) -> list:
+        """The arguments, then each buffer: the empty output made once, or a new tensor."""
         slots = list(args)
         poison = launch.POISON_OUTPUTS
-        for (shape, stride, _, _, zeroed), offset, fixed, make in zip(
-            self.allocs, self.offsets, self.fixed, self.makers, strict=True
-        ):
-            if offset is not None and base is not None:
-                slots.append(base + offset)
-            elif fixed is not None:
+        for (shape, stride, _, _, zeroed), fixed, make in zip(self.allocs, self.fixed, self.makers, strict=True):
+            if fixed is not None:
                 slots.append(fixed)
             else:
                 t = make(shape, stride)
@@ -215,13 +246,21 @@ class Program:
     def _direct(self) -> bool:
         """Whether the launches may go straight to their compiled kernels: each launch compiled
         (CUDA), nothing hooked or intercepted, the device current."""
-        if self.device is None or launch._INTERCEPTS:
+        if self.calls is None or launch._INTERCEPTS:
             return False
         if self.device == STUB_DEVICE:
             return bool(launch._STUBS)
         if launch.jit_hooked(self.kernels):
             return False
         return torch.cuda.current_device() == self.device
+
+
+def _getter(index: list) -> Callable[[list], tuple]:
+    """A tuple of the items at these indices, in one C call."""
+    if len(index) == 1:
+        (i,) = index
+        return lambda slots: (slots[i],)
+    return operator.itemgetter(*index) if index else lambda slots: ()
 
 
 class _Recording:
