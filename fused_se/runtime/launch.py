@@ -233,9 +233,12 @@ def run_compiled(compiled, grid3: tuple, stream: int, params) -> None:
 
 
 def run_compiled_each(calls, stream: int, slots: list) -> None:
-    """run_compiled of each (compiled, grid3, getter) of calls in turn, its parameters getter(slots)."""
-    for compiled, (g0, g1, g2), params in calls:
-        compiled.run(g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *params(slots))
+    """run_compiled of each (compiled, grid3, getter, rest) of calls in turn, its parameters
+    getter(slots) and then rest."""
+    for compiled, (g0, g1, g2), first, rest in calls:
+        compiled.run(
+            g0, g1, g2, stream, compiled.function, compiled.packed_metadata, None, None, None, *first(slots), *rest
+        )
 
 
 def param_tail(kernel, n_args: int) -> tuple:

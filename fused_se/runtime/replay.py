@@ -152,9 +152,10 @@ class Program:
     def _lay_out_direct(self) -> None:
         """The direct path's slots: the arguments, the buffers made per call (`made`: maker, shape,
         strides, zeroed), the scratch's addresses (`scratch`: offsets from the base), then every
-        value that is the same on each call (`consts`: the launches' other parameters and the empty
-        outputs made once). Each launch takes its parameters from them with one itemgetter
-        (`calls`: compiled kernel, grid, getter); `direct_out` picks the outputs."""
+        value that is the same on each call (`consts`: the launches' other parameters among their
+        tensors, and the empty outputs made once). Each launch takes its parameters up to its last
+        tensor from them with one itemgetter, and the rest as they were recorded (`calls`: compiled
+        kernel, grid, getter, the tuple of the rest); `direct_out` picks the outputs."""
         n_args, slot_of = self.first, {}
         self.made, self.scratch, self.consts = [], [], []
         for j, ((shape, stride, _, _, zeroed), offset, make) in enumerate(
@@ -179,11 +180,13 @@ class Program:
         self.calls = []
         for ln in self.launches:
             tensors = dict(ln.tensors)
+            # the parameters up to the last tensor's from the slots, the rest as one tuple
+            end = 1 + max(tensors, default=-1)
             index = [
                 slot_of.get(tensors[pos], tensors[pos]) if pos in tensors else const(value)
-                for pos, value in enumerate(ln.params)
+                for pos, value in enumerate(ln.params[:end])
             ]
-            self.calls.append((ln.compiled, ln.grid3, _getter(index)))
+            self.calls.append((ln.compiled, ln.grid3, _getter(index), tuple(ln.params[end:])))
         index = [slot_of.get(i, i) if isinstance(i, int) else const(i[0]) for i in self.outputs]
         self.direct_out = _getter(index) if self.as_tuple else _getter(index[:1])
 
