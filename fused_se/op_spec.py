@@ -22,6 +22,7 @@ gives the excitation's two steps, and may take a whole forward or backward over 
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -38,7 +39,7 @@ from .reference import acc_dtype
 from .runtime.eager import replayed_body
 from .runtime.env import getenvs
 from .runtime.launch import empty
-from .runtime.replay import derived
+from .runtime.replay import derived, signature
 from .runtime.trace import is_fake, plain_eager
 
 TAIL = ("residual", "sample_scale", "out_act")
@@ -156,6 +157,7 @@ class Op:
         self.n_need = 1 + len(spec.grads)  # x's and the grads' needs_input_grad
         self.no_grads = (None,) * (k - len(spec.grads))
         self.residual_index = 1 + k
+        self.pickers: dict = {}  # autograd_backward's, by (need, need_res, relu, plain call)
         self.lengths = None if spec.lengths is None else names.index(spec.lengths)
         self.cpu_y, self.cpu_kept = spec.cpu_y, spec.cpu_kept
         self.hidden = spec.cpu_kept is not None
@@ -195,7 +197,7 @@ class Op:
         self.plain = type(
             "".join(p.title() for p in spec.name.split("_")),
             (torch.autograd.Function,),
-            {"forward": staticmethod(self._plain_apply), "backward": staticmethod(self._plain_backward)},
+            {"forward": staticmethod(self._plain_apply), "backward": staticmethod(self.autograd_backward)},
         )
 
     # ---- the bodies (the custom ops' and the plain route's) ----
@@ -285,27 +287,37 @@ class Op:
         needs = ctx.needs_input_grad
         need = needs[: self.n_need]
         need_res = len(needs) > self.residual_index and needs[self.residual_index]
-        plain = getattr(ctx, "plain", False) and not torch.is_grad_enabled() and plain_eager(())
+        plain_call = getattr(ctx, "plain", False)  # the plain Function's, not the op's
+        plain = plain_call and not torch.is_grad_enabled() and plain_eager(())
         # the body itself where the forward ran plainly and no graph of the gradient is built;
         # else the op, whose own backward refuses double backward
         hidden = (ctx.hidden,) if self.hidden else ()
         bwd_args = (grad_y, x, z, s, a, *args, *need, need_res, sample_scale, out, *hidden)
         if not plain:
-            *grads, dres = self.backward_op(*bwd_args)
+            done = self.backward_op(*bwd_args)
         elif ctx.program is None:  # the forward ran its body: the backward takes its whole signature
-            *grads, dres = self.plain_backward.keyed(bwd_args)[0]
+            done = self.plain_backward.keyed(bwd_args)[0]
         else:  # the forward's Program fixes every saved input and output's signature
             key = derived(ctx.program, grad_y, (*need, need_res), _settings())
-            *grads, dres = self.plain_backward.derived_call(bwd_args, key)
-        if not all(need):
-            grads = [g if n else None for g, n in zip(grads, need, strict=True)]
-        # without a ReLU the residual's gradient is dy itself
-        return (*grads, *self.no_grads, (dres if ctx.relu else grad_y) if need_res else None, None, None)
+            done = self.plain_backward.derived_call(bwd_args, key)
+        relu = ctx.relu
+        pick = self.pickers.get((need, need_res, relu, plain_call)) or self._picker(need, need_res, relu, plain_call)
+        return pick((*done, grad_y, None))
+
+    def _picker(self, need: tuple, need_res: bool, relu: bool, plain_call: bool) -> Callable[[tuple], tuple]:
+        """What autograd_backward returns, picked from (dx, d<grad>..., dresidual, grad_y, None) by one
+        itemgetter, made once per combination: each gradient asked for (None for the others: the
+        body's empty tensors are not gradients), None for the other args, the residual's gradient
+        (the backward's with a ReLU epilogue; without, dy itself) where asked for, None for
+        sample_scale and out_act, and for the plain Function's last argument (the known Program)."""
+        n = self.n_need
+        none = n + 2
+        index = [i if asked else none for i, asked in enumerate(need)] + [none] * len(self.no_grads)
+        index += [(n if relu else n + 1) if need_res else none, none, none] + [none] * plain_call
+        pick = self.pickers[(need, need_res, relu, plain_call)] = operator.itemgetter(*index)
+        return pick
 
     # ---- the plain route ----
-
-    def _plain_backward(self, ctx, grad_y):
-        return (*self.autograd_backward(ctx, grad_y), None)  # and the known Program argument's
 
     def _plain_apply(self, ctx, *args) -> Tensor:
         """y: the plain Function's only output (z, s and a are saved, not returned: an output costs
@@ -411,7 +423,7 @@ def run_if_known(op, args: tuple) -> Optional[Tensor]:
     declared = _OPS[op]
     settings = _settings()
     try:
-        program = declared.plain_forward.lookup(args, settings)
+        program = declared.plain_forward.table.get(signature(args, settings))
     except TypeError:  # an unhashable argument: the checks say what is wrong with it
         return None
     if program is None:

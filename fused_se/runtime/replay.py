@@ -191,19 +191,8 @@ class Program:
         self.direct_out = _getter(index) if self.as_tuple else _getter(index[:1])
 
     def __call__(self, args: tuple):
-        if self._direct():
-            return self._call_direct(args)
-        slots = self._slots(args)
-        if launch._launch_logs:
-            self._log()
-        for ln in self.launches:
-            a = ln.args.copy()
-            for pos, slot in ln.tensors:
-                a[pos] = slots[slot]
-            launch.launch(ln.kernel, ln.grid)(*a, **ln.kwargs)
-        return self._outputs(slots)
-
-    def _call_direct(self, args: tuple):
+        if not self._direct():
+            return self._call_launching(args)
         slots = list(args)
         poison = launch.POISON_OUTPUTS
         for make, shape, stride, zeroed in self.made:
@@ -223,6 +212,18 @@ class Program:
         launch.run_compiled_each(self.calls, 0 if self.device == STUB_DEVICE else launch.raw_stream(self.device), slots)
         out = self.direct_out(slots)
         return out if self.as_tuple else out[0]
+
+    def _call_launching(self, args: tuple):
+        """A replay through launch.launch: every buffer a tensor, each launch bound as the body's was."""
+        slots = self._slots(args)
+        if launch._launch_logs:
+            self._log()
+        for ln in self.launches:
+            a = ln.args.copy()
+            for pos, slot in ln.tensors:
+                a[pos] = slots[slot]
+            launch.launch(ln.kernel, ln.grid)(*a, **ln.kwargs)
+        return self._outputs(slots)
 
     def _slots(self, args: tuple) -> list:
         """The arguments, then each buffer: the empty output made once, or a new tensor."""
@@ -379,13 +380,9 @@ class Replayed:
         table[key] = program
         return result, (None if program is NOT_REPLAYABLE else program)
 
-    def lookup(self, args: tuple, settings: tuple):
-        """The Program recorded for these args' signature (or NOT_REPLAYABLE), None where none is;
-        TypeError where an argument is unhashable."""
-        return self.table.get(signature(args, settings))
-
     def run(self, args: tuple, program) -> tuple:
-        """keyed(args) for the Program (or NOT_REPLAYABLE) that `lookup` gave for these args. It was
+        """keyed(args) for the Program (or NOT_REPLAYABLE) that `table` holds for these args'
+        signature (a caller's lookup: table.get(signature(args, settings))). It was
         recorded where applies(args) held, which its signature fixes (x's device): not asked again.
         A Program stays valid for its signature after the table is cleared."""
         if program is NOT_REPLAYABLE:
