@@ -359,7 +359,8 @@ def squeeze_excite(
 # The functional forms first try ops.run_if_known: y where the forward op has already run with
 # arguments of this replay key (they passed the checks, which read nothing the key does not hold;
 # x and a residual are then 4-D, in layouts the kernels take as they are), neither checked nor
-# signed again; None otherwise, and under the reference backend.
+# signed again; None otherwise, and under the reference backend. (The common case inline: no
+# sample_scale, the fused modules imported.)
 
 
 def _keyed_factor(sample_scale: Optional[torch.Tensor]) -> bool:
@@ -383,8 +384,8 @@ def _squeeze_excite(
 ) -> torch.Tensor:
     """squeeze_excite with every argument positional (the modules' call: keywords cost each call
     their parsing)."""
-    if lengths is None and _keyed_factor(sample_scale):
-        ops = _fused_modules()[1]
+    if lengths is None and (sample_scale is None or _keyed_factor(sample_scale)):
+        ops = (_IMPORTED or _fused_modules())[1]
         y = ops.run_if_known(ops.squeeze_excite, (x, w1, b1, w2, b2, act, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
@@ -432,8 +433,8 @@ def _effective_squeeze_excite(
     sample_scale: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """effective_squeeze_excite with every argument positional (the modules' call)."""
-    if _keyed_factor(sample_scale):
-        ops = _fused_modules()[1]
+    if sample_scale is None or _keyed_factor(sample_scale):
+        ops = (_IMPORTED or _fused_modules())[1]
         y = ops.run_if_known(ops.effective_squeeze_excite, (x, w, b, gate, residual, sample_scale, out_act))
         if y is not None:
             return y
@@ -487,8 +488,9 @@ def _efficient_channel_attention(
     sample_scale: Optional[torch.Tensor],
 ) -> torch.Tensor:
     """efficient_channel_attention with every argument positional (the modules' call)."""
-    if _keyed_factor(sample_scale) and type(circular) is bool:  # (1 == True: a key would not tell them apart)
-        ops = _fused_modules()[1]
+    # (type(circular): 1 == True, so that a key would not tell them apart)
+    if (sample_scale is None or _keyed_factor(sample_scale)) and type(circular) is bool:
+        ops = (_IMPORTED or _fused_modules())[1]
         y = ops.run_if_known(
             ops.efficient_channel_attention, (x, w, b, circular, gate, residual, sample_scale, out_act)
         )

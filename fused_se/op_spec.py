@@ -252,7 +252,7 @@ class Op:
 
     # ---- autograd ----
 
-    def setup_context(self, ctx, inputs, output) -> None:
+    def setup_context(self, ctx, inputs, output, hidden: Optional[Tensor] = None) -> None:
         args = inputs[1:-3]
         y, z, s, a = output
         # z, s and a are outputs only to be saved and the backward ignores their gradients: not
@@ -266,7 +266,7 @@ class Op:
             tensors = [args[i] for i in self.tensor_args]
             ctx.others = tuple(args[i] for i in self.other_args)
         ctx.save_for_backward(inputs[0], z, s, a, inputs[-2], y if relu else None, *tensors)
-        ctx.hidden = None  # the plain call's CPU kernel keeps it (_plain_apply)
+        ctx.hidden = hidden  # the plain call's CPU kernel keeps it (_plain_apply)
 
     def _in_order(self, tensors, others) -> list:
         """The args from the saved tensors and ctx's other args, each at its place."""
@@ -333,9 +333,8 @@ class Op:
             out, program = tuple(out), None
         else:
             out, program = self.plain_forward.keyed(args)
-        self.setup_context(ctx, args, out)
+        self.setup_context(ctx, args, out, kept)
         ctx.program = program
-        ctx.hidden = kept
         ctx.plain = True
         return out[0]
 
