@@ -26,7 +26,8 @@ from .functional import (
     _spatial_channel_squeeze_excite,
     _squeeze_excite,
 )
-from .runtime.modules import children, own_parameters
+from .runtime.modules import children
+from .runtime.modules import weight_and_bias as _weight_and_bias
 
 _ACT_MODULES = {"relu": nn.ReLU, "silu": nn.SiLU}
 _GATE_MODULES = {"sigmoid": nn.Sigmoid, "hard_sigmoid": nn.Hardsigmoid}
@@ -247,23 +248,6 @@ class FusedSEModule(nn.Module):
     def extra_repr(self) -> str:
         reduction = "" if self.reduction is None else f", reduction={self.reduction}"
         return f"channel={self.channel}{reduction}, hidden={self.hidden}, act={self.act}, gate={self.gate}"
-
-
-# The layer classes whose weight and bias are plain Parameters (a parametrized layer's class is a
-# subclass that parametrize makes, which computes them).
-_PLAIN_LAYERS = frozenset((nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d))
-
-
-def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """layer.weight and layer.bias; read from a plain nn.Linear's or nn.ConvNd's parameters without
-    Module.__getattr__ (microseconds a call on small inputs). A subclass, a parametrized layer
-    (whose class parametrize replaces), may compute them: it is asked."""
-    if type(layer) in _PLAIN_LAYERS:
-        params = own_parameters(layer)
-        weight = params.get("weight")
-        if weight is not None:
-            return weight, params.get("bias")
-    return layer.weight, layer.bias
 
 
 def descendant(module: nn.Module, parts: tuple[str, ...]) -> nn.Module:

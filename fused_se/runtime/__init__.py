@@ -7,7 +7,7 @@ reaches private APIs of torch, triton or Python.
     replay.py   Replayed(body): a plain call's launches recorded per signature and redone
     trace.py    tracing, plain_eager, is_fake: what may trace or intercept a call (torch only)
     eager.py    on_real_tensors, replayed_body: the plain-eager route's bodies
-    modules.py  children, own_parameters: a block's layers and weights without Module.__getattr__
+    modules.py  children, weight_and_bias: a block's layers and weights without Module.__getattr__
     checks.py   the checks below, run at import; a failed one warns once and its public path runs
 
 Kernels call launch and the buffers; ops (fused_se/op_spec.py) call eager and trace; nothing
@@ -29,5 +29,5 @@ stack), and how each is checked at import (checks.py; tests/api/test_runtime.py)
 | torch._subclasses.fake_tensor.is_fake | the ops' choice of kernels vs twins | says False for a real tensor | fake = any tensor subclass |
 | Tensor._version | replays (only launches wrote a buffer or an input) | an in-place op bumps it | no replays: every plain call runs its body |
 | os.environ._data, encodekey, decodevalue | getenv, getenvs | _data a dict, the codecs callable, a name read both ways agrees | os.environ.get |
-| nn.Module._modules, _parameters | the fused blocks' layers and weights per call (modules.py) | dicts that named_children and named_parameters(recurse=False) read alike | those two, as new dicts |
+| nn.Module._modules, _parameters | the fused blocks' layers and weights per call (modules.py) | dicts that named_children and named_parameters(recurse=False) read alike | named_children as a new dict; layer.weight and layer.bias |
 """

@@ -56,7 +56,7 @@ INT_POINTER = "must be either uint64 or have data_ptr method"
 
 
 def compiled_call() -> Optional[str]:
-    """triton's compiled-kernel call convention, as launch.run_compiled uses it."""
+    """triton's compiled-kernel call convention, as launch.run_compiled and run_compiled_each use it."""
     import triton
     from triton import knobs
     from triton.compiler import CompiledKernel

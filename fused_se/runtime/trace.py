@@ -56,17 +56,26 @@ def any_trace() -> bool:
     )
 
 
+if TRACE_QUERIES:  # the flags plain_eager reads on every call, bound once (no attribute lookups per call)
+    _dispatch_stack_len = torch._C._len_torch_dispatch_stack
+    _functorch_active = torch._C._are_functorch_transforms_active
+    _function_mode = torch._C._is_torch_function_mode_enabled
+    _jit_tracing = torch._C._is_tracing
+_is_compiling = torch.compiler.is_compiling
+_has_torch_function = torch.overrides.has_torch_function
+
+
 def plain_eager(args: tuple) -> bool:
     """Whether nothing traces, transforms or intercepts a call with these arguments: nothing that
     may trace a launch (tracing), no function mode, no jit trace, no subclass."""
-    if torch.compiler.is_compiling():  # first: under dynamo the checks below would break the graph
+    if _is_compiling():  # first: under dynamo the checks below would break the graph
         return False
     return not (  # tracing()'s flags, inline (is_compiling is known False)
-        torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._are_functorch_transforms_active()
-        or torch._C._is_torch_function_mode_enabled()
-        or torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
-        or torch.overrides.has_torch_function(args)  # non-tensors have none
+        _dispatch_stack_len() > 0
+        or _functorch_active()
+        or _function_mode()
+        or _jit_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
+        or _has_torch_function(args)  # non-tensors have none
     )
 
 
