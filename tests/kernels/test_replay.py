@@ -372,9 +372,11 @@ def expected(calls):
     return out
 
 
-def check(first, replayed):
+def check(first, replayed, as_replayed):
+    # as_replayed: each tensor of the recording call -> what the replay passed in its place (kept
+    # across the forward's and the backward's check: z and s go from one to the other)
     assert [(n, g) for n, g, _ in first] == [(n, g) for n, g, _ in replayed], (first, replayed)
-    as_replayed = {}  # each tensor of the recording call -> what the replay passed in its place
+    here = {}
     for (_, _, params), (_, _, again) in zip(first, replayed, strict=True):
         assert len(params) == len(again)
         for p, q in zip(params, again, strict=True):
@@ -387,24 +389,32 @@ def check(first, replayed):
                 assert type(q) is int and q % 16 == 0
             if id(p) in as_replayed:
                 assert as_replayed[id(p)] is q or as_replayed[id(p)] == q
-            as_replayed[id(p)] = q
-    ids = [id(q) if isinstance(q, torch.Tensor) else q for q in as_replayed.values()]
-    assert len(set(ids)) == len(ids)  # distinct buffers stay distinct
+            as_replayed[id(p)] = here[id(p)] = q
+    # distinct buffers stay distinct within a call (the backward's scratch may reuse the forward's)
+    ids = [id(q) if isinstance(q, torch.Tensor) else q for q in here.values()]
+    assert len(set(ids)) == len(ids), here
 
 
 def run(make, x, paths=None):
     torch.manual_seed(0)
     m = make()
     xg = x.detach().requires_grad_(True)
-    grad = lambda: torch.autograd.grad(m(xg), [xg, *m.parameters()], torch.ones_like(x))
+    params = list(m.parameters())
     with stubbed_launches(), kernels.force_paths(*(paths or ())):
-        with kernel_calls() as calls:
-            grad()
-        first = expected(calls)
+        with kernel_calls() as fwd_calls:
+            y = m(xg)
+        with kernel_calls() as bwd_calls:
+            torch.autograd.grad(y, [xg, *params], torch.ones_like(x))
+        first_fwd, first_bwd = expected(fwd_calls), expected(bwd_calls)
         seen.clear()
-        grad()
-        check(first, list(seen))
-    return len(first)
+        y = m(xg)
+        replayed_fwd = list(seen)
+        seen.clear()
+        torch.autograd.grad(y, [xg, *params], torch.ones_like(x))
+        as_replayed = {}
+        check(first_fwd, replayed_fwd, as_replayed)
+        check(first_bwd, list(seen), as_replayed)
+    return len(first_fwd) + len(first_bwd)
 
 
 x = torch.randn(2, 32, 4, 4)
