@@ -37,7 +37,7 @@ from .kernels.heuristics import L2_ENV as _L2_ENV
 from .kernels.sync import CHECK_ENV as _CHECK_ENV
 from .reference import acc_dtype
 from .runtime.eager import replayed_body
-from .runtime.env import getenvs
+from .runtime.env import state_reader
 from .runtime.launch import empty
 from .runtime.replay import derived, signature
 from .runtime.trace import is_fake, plain_eager
@@ -105,16 +105,18 @@ def hw(x: Tensor) -> int:
     return x.shape[2] * x.shape[3]
 
 
-_SWITCHES = (_plan.PATHS_ENV, _L2_ENV, _CHECK_ENV, _dispatch.BACKEND_ENV)
+_SWITCHES = (_dispatch.BACKEND_ENV, _plan.PATHS_ENV, _L2_ENV, _CHECK_ENV)
+_switches = state_reader(_SWITCHES)
 
 
 def _settings() -> tuple:
     """What a body's decisions read besides its arguments (replay signatures): the planner's
-    switches as they are set (force_paths' innermost block, the environment's raw values; a value
-    the planner refuses is refused at the first call that records under it), and FUSED_SE_BACKEND
-    last (run_if_known reads it there)."""
+    switches as they are set (force_paths' innermost block, then how the environment's switches are
+    set: empty where none is, else their raw values; a value the planner refuses is refused at the
+    first call that records under it). run_if_known reads the second part: empty, no
+    FUSED_SE_BACKEND."""
     forced = _plan._forced
-    return (forced[-1] if forced else None, *getenvs(_SWITCHES))
+    return (forced[-1] if forced else None, _switches())
 
 
 def _launches_kernels(args: tuple) -> bool:
@@ -427,9 +429,9 @@ def run_if_known(op, args: tuple) -> Optional[Tensor]:
         return None
     if program is None:
         return None
-    # in plain eager execution only FUSED_SE_BACKEND=reference chooses the reference: unset, no
-    # need to ask
-    if settings[-1] is not None and _dispatch.backend_for(args[0]) == "reference":
+    # in plain eager execution only FUSED_SE_BACKEND=reference chooses the reference: no switch
+    # set, no need to ask
+    if settings[1] and _dispatch.backend_for(args[0]) == "reference":
         return None
     if torch.is_grad_enabled() and (args[0].requires_grad or _any_requires_grad(args)):  # x: a tensor here
         return declared.plain.apply(*args, program)

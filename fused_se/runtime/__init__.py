@@ -1,7 +1,8 @@
 """The host-speed seam: everything fused_se does to save host time per call, and the only code that
 reaches private APIs of torch, triton or Python.
 
-    env.py      getenv, getenvs: the switches' reads (FUSED_SE_*) without os.environ.get's KeyError
+    env.py      getenv, getenvs, state_reader: the switches' reads (FUSED_SE_*) without os.environ.get's
+                KeyError
     launch.py   launch(kernel, grid): the launch path, the launch cache, launch records, buffers
                 (empty, zeros, empty_like), and `intercepted`, the one hook for tools
     replay.py   Replayed(body): a plain call's launches recorded per signature and redone
@@ -28,6 +29,6 @@ stack), and how each is checked at import (checks.py; tests/api/test_runtime.py)
 | torch._library.triton.set_wrap_triton_enabled, is_wrap_triton_enabled | on_real_tensors, launch under tracing | turning wrapping off is seen and undone | no toggle (plain calls never trace); launches under tracing always wrapped |
 | torch._subclasses.fake_tensor.is_fake | the ops' choice of kernels vs twins | says False for a real tensor | fake = any tensor subclass |
 | Tensor._version | replays (only launches wrote a buffer or an input) | an in-place op bumps it | no replays: every plain call runs its body |
-| os.environ._data, encodekey, decodevalue | getenv, getenvs | _data a dict, the codecs callable, a name read both ways agrees | os.environ.get |
+| os.environ._data, encodekey, decodevalue | getenv, getenvs, state_reader | _data a dict, the codecs callable, a name read both ways agrees | os.environ.get |
 | nn.Module._modules, _parameters | the fused blocks' layers and weights per call (modules.py) | dicts that named_children and named_parameters(recurse=False) read alike | named_children as a new dict; layer.weight and layer.bias |
 """

@@ -202,6 +202,38 @@ def test_switches_are_read_as_os_environ_holds_them(monkeypatch, name):
     assert getenv("FUSED_SE_BACKEND") is None
 
 
+def test_the_switches_state_changes_exactly_when_a_switch_does(monkeypatch):
+    """state_reader (the replay signatures' view of the switches) is () where none of its names
+    is set, and otherwise equals an earlier reading exactly when each name is set as it was then:
+    through os.environ, mock.patch.dict, and a replaced os.environ."""
+    from unittest import mock
+
+    from fused_se.runtime.env import state_reader
+
+    names = ("FUSED_SE_TEST_SWITCH", "FUSED_SE_L2_BYTES")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    read = state_reader(names)
+    assert read() == ()
+    monkeypatch.setenv("FUSED_SE_L2_BYTES", "1000")
+    first = read()
+    assert first != () and read() == first
+    monkeypatch.setenv("FUSED_SE_L2_BYTES", "2000")
+    assert read() not in ((), first)
+    monkeypatch.setenv("FUSED_SE_L2_BYTES", "1000")
+    assert read() == first
+    with mock.patch.dict(os.environ, {"FUSED_SE_TEST_SWITCH": "x"}):
+        assert read() not in ((), first)
+    assert read() == first
+    monkeypatch.delenv("FUSED_SE_L2_BYTES")
+    monkeypatch.setenv("FUSED_SE_OTHER_SWITCH", "1")  # not one of the names
+    assert read() == ()
+    monkeypatch.setattr(os, "environ", {"FUSED_SE_TEST_SWITCH": "replaced"})
+    assert read() not in ((), first)
+    monkeypatch.setattr(os, "environ", {})
+    assert read() == ()
+
+
 # ---- the module as a drop-in ------------------------------------------------------------------
 
 
