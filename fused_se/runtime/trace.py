@@ -24,16 +24,6 @@ else:
         return nullcontext()
 
 
-def tracing() -> bool:
-    """Whether something may be tracing a launch: torch.compile, a dispatch mode (fake tensors,
-    make_fx, export, functionalization) or a functorch transform."""
-    return (
-        torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._are_functorch_transforms_active()
-        or torch.compiler.is_compiling()
-    )
-
-
 if checks.check("torch's is_fake", checks.fake_query):
     from torch._subclasses.fake_tensor import is_fake
 else:
@@ -43,26 +33,32 @@ else:
         return type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter)
 
 
-def any_trace() -> bool:
-    """Whether anything may be tracing this call, as an ONNX exporter always is: torch.jit.trace,
-    torch.compile or torch.export's dynamo, a dispatch or function mode (fake tensors, make_fx,
-    non-strict export)."""
-    if torch.compiler.is_compiling():  # first: under dynamo the checks below could break the graph
-        return True
-    return (
-        torch._C._is_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
-        or torch._C._len_torch_dispatch_stack() > 0
-        or torch._C._is_torch_function_mode_enabled()
-    )
-
-
-if TRACE_QUERIES:  # the flags plain_eager reads on every call, bound once (no attribute lookups per call)
+if TRACE_QUERIES:  # the flags read on every call, bound once (no attribute lookups per call)
     _dispatch_stack_len = torch._C._len_torch_dispatch_stack
     _functorch_active = torch._C._are_functorch_transforms_active
     _function_mode = torch._C._is_torch_function_mode_enabled
     _jit_tracing = torch._C._is_tracing
 _is_compiling = torch.compiler.is_compiling
 _has_torch_function = torch.overrides.has_torch_function
+
+
+def tracing() -> bool:
+    """Whether something may be tracing a launch: torch.compile, a dispatch mode (fake tensors,
+    make_fx, export, functionalization) or a functorch transform."""
+    return _dispatch_stack_len() > 0 or _functorch_active() or _is_compiling()
+
+
+def any_trace() -> bool:
+    """Whether anything may be tracing this call, as an ONNX exporter always is: torch.jit.trace,
+    torch.compile or torch.export's dynamo, a dispatch or function mode (fake tensors, make_fx,
+    non-strict export)."""
+    if _is_compiling():  # first: under dynamo the checks below could break the graph
+        return True
+    return (
+        _jit_tracing()  # torch.jit.is_tracing outside TorchScript, without its Python frame
+        or _dispatch_stack_len() > 0
+        or _function_mode()
+    )
 
 
 def plain_eager(args: tuple) -> bool:
