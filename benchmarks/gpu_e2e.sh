@@ -25,6 +25,9 @@
 #   bash benchmarks/gpu_e2e.sh 2a 2b        those steps
 #   bash benchmarks/gpu_e2e.sh              every step, in order (at most 10 minutes a step)
 #   OUT=/some/folder PYTHON=python3 bash benchmarks/gpu_e2e.sh 1
+#   PRINT_ONLY=1 bash benchmarks/gpu_e2e.sh  each step's command, run by nothing: its name, then its
+#                                            words, tab-separated, a line a step (the CPU test of the
+#                                            steps' arguments reads them)
 #
 # Writes under $OUT (default benchmarks/results/<card>_<date>_e2e/): e2e/e2e.json (every e2e row of
 # every step, each with its step in "run", written as measured), e2e/e2e.txt and e2e/e2e.png (all
@@ -46,16 +49,18 @@ PYTHON="${PYTHON:-python}"
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 CARD="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1 | tr 'A-Z ' 'a-z-' | tr -cd 'a-z0-9-')"
 OUT="${OUT:-$ROOT/benchmarks/results/${CARD:-unknown-gpu}_$(date -u +%Y-%m-%d)_e2e}"
-mkdir -p "$OUT/e2e"
-OUT="$(cd "$OUT" && pwd)"
-echo "bash benchmarks/gpu_e2e.sh ${STEPS[*]} (LIMIT=$LIMIT)" >> "$OUT/command.txt"
+if [ "${PRINT_ONLY:-0}" != 1 ]; then  # (printing only: nothing written, nothing laid out)
+  mkdir -p "$OUT/e2e"
+  OUT="$(cd "$OUT" && pwd)"
+  echo "bash benchmarks/gpu_e2e.sh ${STEPS[*]} (LIMIT=$LIMIT)" >> "$OUT/command.txt"
 
-WORK="$(mktemp -d)"
-trap 'rm -rf "$WORK"' EXIT
-cp -r "$ROOT/fused_se" "$WORK/fused_se"
-cp -r "$ROOT/kernels" "$WORK/fused_se/kernels"
-export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}"
-cd "$WORK" || exit 1
+  WORK="$(mktemp -d)"
+  trap 'rm -rf "$WORK"' EXIT
+  cp -r "$ROOT/fused_se" "$WORK/fused_se"
+  cp -r "$ROOT/kernels" "$WORK/fused_se/kernels"
+  export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}"
+  cd "$WORK" || exit 1
+fi
 
 E2E=("$PYTHON" "$ROOT/benchmarks/profile_e2e.py" --out "$OUT/e2e" --append)
 BLOCKS=("$PYTHON" "$ROOT/benchmarks/profile_gpu.py" --batch 128 --dtype bf16 --iters 20)
@@ -63,6 +68,12 @@ BLOCKS=("$PYTHON" "$ROOT/benchmarks/profile_gpu.py" --batch 128 --dtype bf16 --i
 step() {
   local name="$1"
   shift
+  if [ "${PRINT_ONLY:-0}" = 1 ]; then
+    printf '%s' "$name"
+    printf '\t%s' "$@"
+    printf '\n'
+    return
+  fi
   echo "== step $name (limit ${LIMIT}s) $(date -u +%H:%M:%S): $*" | tee -a "$OUT/command.txt"
   local t0=$SECONDS
   timeout -k 10 "$LIMIT" "$@" 2>&1 | tee "$OUT/$name.log"

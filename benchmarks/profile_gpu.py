@@ -218,7 +218,7 @@ def _write(rows: list[dict], path: str) -> None:
     os.replace(tmp, path)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=".")
     p.add_argument("--batch", type=int, help="default 128 (2 with --dry-run)")
@@ -232,6 +232,11 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="on the CPU: tiny shapes, rows marked dry_run, no timings")
     p.add_argument("--host", action="store_true", help="only the host costs per call (tiny input)")
     p.add_argument("--no-stream", action="store_true", help="leave out the streamed path (fused-stream)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.dry_run and not torch.cuda.is_available():
         p.exit(2, f"{p.prog}: error: no CUDA device here: this times kernels on a GPU (--dry-run tries the "

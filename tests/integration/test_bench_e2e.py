@@ -1,13 +1,18 @@
 """The whole-model harness (fused_se.bench.e2e, behind fused-se-bench --e2e and
-benchmarks/profile_e2e.py): its CPU dry run, the groups a GPU run times together, its table and
-its rows' schema."""
+benchmarks/profile_e2e.py): its CPU dry run, the groups a GPU run times together, its table,
+its rows' schema, and the GPU commands that run it (benchmarks/gpu_e2e.sh)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import torch
 
 from fused_se import bench
 from fused_se.bench import e2e
@@ -102,3 +107,60 @@ def test_e2e_help_and_table_fit_100_columns(columns, monkeypatch):
            "compile_s": 123.4, "error": "x"}  # fmt: skip
     table = e2e.e2e_table()
     assert all(len(line) <= 100 for line in [*table.header().splitlines(), table.line(row)])
+
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _gpu_e2e_steps(tmp_path) -> dict[str, list[str]]:
+    """benchmarks/gpu_e2e.sh's steps as it would run them on a GPU: name -> the command's words."""
+    env = {"PATH": "/usr/bin:/bin", "PRINT_ONLY": "1", "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(BENCHMARKS / "gpu_e2e.sh")], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "out").exists()  # printing only writes nothing
+    steps = [line.split("\t") for line in done.stdout.splitlines() if "\t" in line]
+    return {name: words for name, *words in steps}
+
+
+def test_every_gpu_e2e_step_is_a_command_its_harness_accepts(tmp_path, monkeypatch):
+    """Each step of benchmarks/gpu_e2e.sh (the GPU commands, each under 10 minutes) parses as its
+    harness parses it on a GPU, and together the steps time what the whole-step and block tables
+    need: every model's variants in every mode at the GPU batches (seresnet50 and resnet50 at 64
+    and 256, compiled at 128 first), and the block's providers in both layouts, Inductor's two
+    modes included. A renamed option or a step left out fails here, not on a GPU."""
+    steps = _gpu_e2e_steps(tmp_path)
+    assert list(steps) == ["1", "2a", "2b", "2c", "2d", "3a", "3b", "3c", "3d", "3e", "3f", "3g", "3h", "3i", "3j"]
+    spec = importlib.util.spec_from_file_location("profile_gpu", BENCHMARKS / "profile_gpu.py")
+    blocks_parser = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(blocks_parser)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # parse as on a GPU; nothing runs
+    cases, blocks = set(), set()
+    for name, (python, script, *argv) in steps.items():
+        assert python == sys.executable
+        if script.endswith("profile_e2e.py"):
+            args = e2e.parse_args(argv)
+            assert args.device == "cuda" and args.append and args.label == name
+            for _, batch, mode, pairs in e2e.plan_groups(args):
+                cases |= {(model, variant, mode, batch) for model, variant in pairs}
+        else:
+            assert script.endswith("profile_gpu.py"), script
+            args = blocks_parser.build_parser().parse_args(argv)
+            assert (args.batch, args.dtype) == (128, "bf16") and not args.dry_run
+            for provider in args.providers:
+                for compile_mode in args.compile_modes if provider == "compile" else [None]:
+                    blocks |= {(layout, mode, provider, compile_mode)
+                               for layout in args.layouts.split(",") for mode in args.modes.split(",")}  # fmt: skip
+    assert e2e.parse_args(steps["1"][2:]).batches == [128]  # the first step: compiled, at B=128
+    need = {("seresnet50", v, "compile", 128) for v in ("eager", "converted")}
+    for model, batches in (("resnet50", (64, 256)), ("seresnet50", (64, 256)), ("efficientnet_b0", (64,)),
+                           ("monai_seresnet50_3d", (4,))):  # fmt: skip
+        need |= {(model, v, m, b) for v in e2e.MODELS[model].variants for m in e2e.MODES for b in batches}
+    assert need <= cases, sorted(need - cases)
+    need = {(layout, mode, provider, "default" if provider == "compile" else None)
+            for layout in ("channels_last", "nchw") for mode in ("fwd", "fwd+bwd")
+            for provider in ("eager", "compile", "fused", "fused-3pass")}  # fmt: skip
+    need |= {("channels_last", mode, "compile", "max-autotune-no-cudagraphs") for mode in ("fwd", "fwd+bwd")}
+    need |= {("nchw", mode, "fused-stream", None) for mode in ("fwd", "fwd+bwd")}
+    assert need <= blocks, sorted(need - blocks)
